@@ -1,0 +1,1 @@
+"""A block cache: fixed-size blocks keyed by (content id, block index), on disk or in memory."""

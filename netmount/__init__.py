@@ -1,0 +1,1 @@
+"""netmount: a Hugging Face model repository as lazy, read-only local files."""
