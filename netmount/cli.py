@@ -1,0 +1,93 @@
+"""Command line: parse arguments, call the library, print one line per known error.
+
+No logic lives here.  ``--debug`` shows tracebacks; without it every failure is a single
+line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import errors, settings
+
+
+def _add_mount(sub) -> None:
+    p = sub.add_parser("mount", help="mount a Hub model repo read-only (lazy, block-cached)")
+    p.add_argument("repo", help="org/name, optionally org/name@revision")
+    p.add_argument("mountpoint", help="an existing empty directory")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--token", help="access token (visible in `ps`: prefer $HF_TOKEN or `hf auth login`)")
+    p.add_argument("--cache-dir", help="block cache folder (default: $NETMOUNT_CACHE_DIR or ~/.cache/netmount)")
+    p.add_argument("--cache-size", default=settings.DEFAULT_CACHE_SIZE,
+                   help=f"cache cap, e.g. 20G (default {settings.DEFAULT_CACHE_SIZE})")
+    p.add_argument("--block-size", default="1M", help="cache block size, power of two 64K..64M (default 1M)")
+    p.add_argument("--connections", type=int, default=settings.DEFAULT_CONNECTIONS,
+                   help=f"parallel HTTP connections (default {settings.DEFAULT_CONNECTIONS})")
+    p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
+    p.set_defaults(func=cmd_mount)
+
+
+def cmd_mount(args) -> int:
+    from .lifecycle import mount
+
+    if args.token:
+        print("netmount: warning: --token is visible to other users in `ps`; "
+              "prefer HF_TOKEN or `hf auth login`", file=sys.stderr)
+    m = mount(args.repo, args.mountpoint, revision=args.revision, endpoint=args.endpoint,
+              token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
+              block_size=args.block_size, connections=args.connections,
+              allow_other=args.allow_other, foreground=args.foreground, debug=args.debug)
+    if not args.foreground:
+        snap = m.snapshot
+        total = sum(f.size for f in snap.files)
+        from .units import format_size
+
+        print(f"mounted {snap.repo_id}@{snap.sha[:12]} ({len(snap.files)} files, "
+              f"{format_size(total)}) on {m.path}")
+    return 0
+
+
+def cmd_unmount(args) -> int:
+    from .lifecycle import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netmount", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_mount(sub)
+    p = sub.add_parser("unmount", aliases=["umount"], help="unmount a netmount mount")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_unmount)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except errors.NetmountError as exc:
+        if args.debug:
+            raise
+        print(f"netmount: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # unknown failure: still one line unless --debug
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"netmount: error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The mount daemon: wires store, fetcher, reader and filesystem, and serves until unmounted.
+
+Runs in-process for ``--foreground``, or as ``python -m netmount.daemon`` started by
+``lifecycle.mount``.  The parent sends the whole configuration (token included) as JSON
+on stdin — nothing secret in argv or the environment — and waits for one line on stdout:
+``ready`` once the kernel has sent FUSE INIT (the mount is live), or ``error: …``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cache import DiskBlockStore, SafeBlockStore
+
+from .counters import Counters
+from .fetch import RangeFetcher
+from .hub import Snapshot
+
+log = logging.getLogger("netmount.daemon")
+
+
+@dataclass
+class DaemonConfig:
+    snapshot: Snapshot
+    mountpoint: str
+    cache_dir: str
+    cache_size: int
+    block_size: int
+    connections: int = 8
+    token: str | None = None
+    allow_other: bool = False
+    debug: bool = False
+    log_file: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["snapshot"] = json.loads(self.snapshot.to_json())
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DaemonConfig":
+        data = json.loads(text)
+        data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
+        return cls(**data)
+
+
+def setup_logging(log_file: str, debug: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def run(config: DaemonConfig, on_ready=None) -> None:
+    """Serve the mount in this thread until it is unmounted."""
+    from .fs import NetmountFS, serve
+    from .reader import BlockReader
+    from .stats import build_stats
+
+    snap = config.snapshot
+    counters = Counters()
+    store = SafeBlockStore(
+        DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
+        logging.getLogger("netmount.cache"),
+    )
+    fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
+                           connections=config.connections, counters=counters).start()
+    by_path = {f.path: f for f in snap.files}
+    reader = BlockReader(
+        store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters
+    )
+    ops = NetmountFS(snap, reader, lambda: build_stats(config, snap, counters, store), on_ready)
+    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)
+    try:
+        serve(ops, config.mountpoint, allow_other=config.allow_other)
+    finally:
+        log.info("unmounted %s; closing", config.mountpoint)
+        reader.close()
+        fetcher.close()
+        store.close()
+
+
+def main() -> int:
+    """Entry point of the background daemon (see module docstring for the protocol)."""
+    config = DaemonConfig.from_json(sys.stdin.read())
+    setup_logging(config.log_file, config.debug)
+    ready_out = os.fdopen(os.dup(1), "w")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)  # libfuse and stray prints must not write into the parent's pipe
+
+    def ready() -> None:
+        ready_out.write("ready\n")
+        ready_out.flush()
+        ready_out.close()
+
+    try:
+        run(config, on_ready=ready)
+    except BaseException as exc:  # report to the waiting parent, then to the log
+        log.exception("daemon failed")
+        if not ready_out.closed:
+            ready_out.write(f"error: {type(exc).__name__}: {exc}\n")
+            ready_out.flush()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Verified HTTP range fetches on one background asyncio loop (the only aiohttp user).
+
+Why it looks like this:
+- ``/resolve/{sha}/{path}`` is resolved once per file (single-flight) to its data URL —
+  usually a 302 to a signed CDN URL on another host — and the target is reused until it
+  expires (``Expires=`` in the query) or the CDN answers 403; then it is resolved again.
+  This keeps Hub request counts (rate limits are per IP) to one per file, not per block.
+- Authorization is sent only to the endpoint's own host, never to a redirect target.
+- Never wrong bytes: a range answer must be 206 with exactly the Content-Range asked for
+  and exactly that many body bytes (a 200 is taken only for a whole-file request).
+  Anything else is retried with backoff (honouring Retry-After), and after
+  ``max_retries`` the fetch fails with ``FetchError`` — which the filesystem turns into EIO.
+- Bodies are never decompressed (``Accept-Encoding: identity``): ranges are of raw bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import re
+import threading
+import time
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
+
+import aiohttp
+
+from .counters import Counters
+from .errors import FetchError
+
+log = logging.getLogger("netmount.fetch")
+
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+REDIRECTS = {301, 302, 303, 307, 308}
+EXPIRY_MARGIN = 30.0  # re-resolve a signed URL this long before it says it expires
+
+
+class _Retry(Exception):
+    def __init__(self, why: str, after: float | None = None, forget_target: bool = False):
+        super().__init__(why)
+        self.after = after
+        self.forget_target = forget_target
+
+
+class _Fatal(Exception):
+    pass
+
+
+class RangeFetcher:
+    def __init__(
+        self,
+        endpoint: str,
+        repo_id: str,
+        sha: str,
+        token: str | None = None,
+        *,
+        connections: int = 8,
+        max_retries: int = 5,
+        timeout: float = 30.0,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        counters: Counters | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.repo_id, self.sha, self._token = repo_id, sha, token
+        self.connections = connections
+        self.max_retries, self.timeout = max_retries, timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.counters = counters or Counters()
+        self._endpoint_host = urlsplit(self.endpoint).netloc
+        self._targets: dict[str, tuple[str, float]] = {}
+        self._resolving: dict[str, asyncio.Future] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="netmount-http", daemon=True)
+        self._session: aiohttp.ClientSession | None = None
+        self._sem: asyncio.Semaphore | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> "RangeFetcher":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        return self
+
+    async def _open(self) -> None:
+        self._sem = asyncio.Semaphore(self.connections)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections * 2, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+            auto_decompress=False,
+            headers={"Accept-Encoding": "identity", "User-Agent": "netmount/0.1"},
+        )
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    # -- public API (any thread) ---------------------------------------------------------
+    def submit(self, path: str, start: int, end: int, size: int) -> concurrent.futures.Future:
+        """Fetch bytes [start, end) of ``path`` (whose full length is ``size``) in the background."""
+        return asyncio.run_coroutine_threadsafe(self.fetch(path, start, end, size), self._loop)
+
+    def fetch_sync(self, path: str, start: int, end: int, size: int) -> bytes:
+        return self.submit(path, start, end, size).result()
+
+    # -- the loop side -------------------------------------------------------------------
+    async def fetch(self, path: str, start: int, end: int, size: int) -> bytes:
+        if not 0 <= start < end <= size:
+            raise FetchError(f"bad range [{start}, {end}) of {path} ({size} bytes)")
+        attempt = 0
+        while True:
+            try:
+                async with self._sem:
+                    return await self._once(path, start, end, size)
+            except _Fatal as exc:
+                self.counters.add("errors")
+                raise FetchError(f"{path} [{start}, {end}): {exc}") from None
+            except (_Retry, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                why = str(exc) or type(exc).__name__
+                if isinstance(exc, _Retry) and exc.forget_target:
+                    self._targets.pop(path, None)
+                attempt += 1
+                if attempt > self.max_retries:
+                    self.counters.add("errors")
+                    log.error("giving up on %s [%d, %d) after %d tries: %s", path, start, end, attempt, why)
+                    raise FetchError(f"{path} [{start}, {end}): {why}") from None
+                self.counters.add("retries")
+                delay = getattr(exc, "after", None)
+                if delay is None:
+                    delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.8, 1.2)
+                log.warning("retry %d/%d for %s [%d, %d) in %.2fs: %s",
+                            attempt, self.max_retries, path, start, end, delay, why)
+                await asyncio.sleep(delay)
+
+    async def _once(self, path: str, start: int, end: int, size: int) -> bytes:
+        url = await self._target(path)
+        headers = {"Range": f"bytes={start}-{end - 1}", **self._auth_for(url)}
+        self.counters.add("requests", path=path)
+        async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+            status = resp.status
+            if status in REDIRECTS or status == 403 and url != self._resolve_url(path):
+                raise _Retry(f"data URL answered {status}; resolving again", after=0, forget_target=True)
+            _check_status(status, resp.headers)
+            if status == 200:
+                if not (start == 0 and end == size and resp.content_length == size):
+                    raise _Retry(f"server answered 200 (whole file) to a range request")
+            elif status == 206:
+                want = f"bytes {start}-{end - 1}/{size}"
+                got = resp.headers.get("Content-Range", "")
+                if got.strip() != want:
+                    raise _Retry(f"Content-Range {got!r}, asked for {want!r}")
+            else:
+                raise _Fatal(f"unexpected HTTP {status}")
+            body = await resp.read()
+            self.counters.add("bytes_fetched", len(body), path=path)
+            if len(body) != end - start:
+                raise _Retry(f"short body: {len(body)} of {end - start} bytes")
+            return body
+
+    def _resolve_url(self, path: str) -> str:
+        return f"{self.endpoint}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
+
+    def _auth_for(self, url: str) -> dict[str, str]:
+        if self._token and urlsplit(url).netloc == self._endpoint_host:
+            return {"authorization": f"Bearer {self._token}"}
+        return {}
+
+    async def _target(self, path: str) -> str:
+        """The data URL of ``path``: cached, or resolved once however many readers ask."""
+        hit = self._targets.get(path)
+        if hit and hit[1] > time.time():
+            return hit[0]
+        pending = self._resolving.get(path)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(path))
+            self._resolving[path] = pending
+            pending.add_done_callback(lambda _f: self._resolving.pop(path, None))
+        return await asyncio.shield(pending)
+
+    async def _resolve(self, path: str) -> str:
+        url = self._resolve_url(path)
+        for _hop in range(5):
+            self.counters.add("requests", path=path)
+            async with self._session.head(url, headers=self._auth_for(url), allow_redirects=False) as resp:
+                if resp.status in REDIRECTS:
+                    url = urljoin(url, resp.headers.get("Location", ""))
+                    if urlsplit(url).netloc != self._endpoint_host:
+                        break  # a CDN: no need to HEAD it, the first range GET will tell
+                    continue
+                _check_status(resp.status, resp.headers)
+                if resp.status != 200:
+                    raise _Fatal(f"resolving {path}: HTTP {resp.status}")
+                break
+        else:
+            raise _Fatal(f"resolving {path}: too many redirects")
+        self._targets[path] = (url, _expiry(url))
+        return url
+
+
+def _check_status(status: int, headers) -> None:
+    if status in RETRY_STATUSES:
+        raise _Retry(f"HTTP {status}", after=_retry_after(headers.get("Retry-After")))
+    if status in (401, 403, 404, 410, 416) or 400 <= status < 500:
+        code = headers.get("X-Error-Code")
+        raise _Fatal(f"HTTP {status}" + (f" ({code})" if code else ""))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return min(float(value), 60.0)
+    return None
+
+
+def _expiry(url: str) -> float:
+    """When a signed URL stops working, from its ``Expires=`` query field (else: 1 hour)."""
+    query = parse_qs(urlsplit(url).query)
+    for key in ("Expires", "expires"):
+        if key in query:
+            try:
+                return float(query[key][0]) - EXPIRY_MARGIN
+            except ValueError:
+                break
+    return time.time() + 3600.0

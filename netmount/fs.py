@@ -1,0 +1,158 @@
+"""The FUSE face of a mount (the only fusepy user): thin operations over the core.
+
+Look up the path, make one call into the reader, map errors to errno.  Files are
+immutable at the pinned commit, so the kernel may keep their pages across opens
+(``keep_cache``).  ``st_blocks`` reports *cached* bytes (``du`` shows what is local,
+``ls -l`` the full size).  ``/.netmount/stats.json`` is a hidden control file — not in
+``readdir`` — read with ``direct_io`` so every open sees fresh numbers.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from typing import Callable
+
+from fuse import FUSE, FuseOSError, Operations
+
+from .errors import FetchError
+from .hub import RemoteFile, Snapshot
+from .reader import BlockReader
+
+log = logging.getLogger("netmount.fs")
+
+CONTROL_DIR = "/.netmount"
+STATS_FILE = CONTROL_DIR + "/stats.json"
+
+
+class NetmountFS(Operations):
+    use_ns = True
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        reader: BlockReader,
+        stats: Callable[[], dict],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.snapshot, self.reader, self.stats, self.on_ready = snapshot, reader, stats, on_ready
+        self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
+        self.dirs: dict[str, set[str]] = {"/": set()}
+        for f in snapshot.files:
+            parts = f.path.split("/")
+            for depth in range(len(parts)):
+                parent = "/" + "/".join(parts[:depth])
+                self.dirs.setdefault(parent.rstrip("/") or "/", set()).add(parts[depth])
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.mtime_ns = time.time_ns()
+        self._handles = itertools.count(1)
+        self._control: dict[int, bytes] = {}
+        self._control_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def init(self, path):
+        if self.on_ready:
+            self.on_ready()
+
+    # -- metadata --------------------------------------------------------------------------
+    def getattr(self, path, fh=None):
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
+                "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
+        f = self.files.get(path)
+        if f is not None:
+            cached = min(self._cached_bytes(f), f.size)
+            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": f.size,
+                    "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
+        if path in self.dirs or path == CONTROL_DIR:
+            return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
+        if path == STATS_FILE:
+            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
+        raise FuseOSError(errno.ENOENT)
+
+    def readdir(self, path, fh):
+        children = self.dirs.get(path)
+        if children is None:
+            if path == CONTROL_DIR:
+                return [".", "..", "stats.json"]
+            raise FuseOSError(errno.ENOENT)
+        return [".", "..", *sorted(children)]
+
+    def statfs(self, path):
+        total = sum(f.size for f in self.files.values())
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (total + 4095) // 4096,
+                "f_bfree": 0, "f_bavail": 0, "f_files": len(self.files), "f_ffree": 0,
+                "f_namemax": 255}
+
+    def access(self, path, amode):
+        if amode & os.W_OK:
+            raise FuseOSError(errno.EROFS)
+        self.getattr(path)
+        return 0
+
+    # -- data ------------------------------------------------------------------------------
+    def open(self, path, fi):
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise FuseOSError(errno.EROFS)
+        if path == STATS_FILE:
+            fi.fh = next(self._handles)
+            fi.direct_io = 1
+            content = (json.dumps(self.stats(), indent=1) + "\n").encode()
+            with self._control_lock:
+                self._control[fi.fh] = content
+            return 0
+        if path not in self.files:
+            raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
+        fi.fh = 0
+        fi.keep_cache = 1
+        return 0
+
+    def read(self, path, size, offset, fi):
+        f = self.files.get(path)
+        if f is None:
+            with self._control_lock:
+                content = self._control.get(fi.fh)
+            if content is None:
+                raise FuseOSError(errno.EBADF)
+            return content[offset : offset + size]
+        try:
+            return self.reader.read(f, offset, size)
+        except FetchError as exc:
+            log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)
+            raise FuseOSError(errno.EIO)
+        except Exception:
+            log.exception("read %s [%d, +%d) failed unexpectedly", path, offset, size)
+            raise FuseOSError(errno.EIO)
+
+    def release(self, path, fi):
+        with self._control_lock:
+            self._control.pop(fi.fh, None)
+        return 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _cached_bytes(self, f: RemoteFile) -> int:
+        try:
+            return self.reader.store.cached_bytes(f.content_id)
+        except Exception:
+            return 0
+
+
+def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False) -> None:
+    """Run the FUSE loop in this thread until unmounted (libfuse handles SIGINT/SIGTERM)."""
+    label = f"netmount:{ops.snapshot.repo_id}"
+    options = dict(
+        foreground=True, nothreads=False, ro=True, raw_fi=True,
+        fsname=label.replace(",", "_"), subtype="netmount",
+        kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=3600.0,
+        max_readahead=1 << 20,
+    )
+    if allow_other:
+        options["allow_other"] = True
+    if debug:
+        options["debug"] = True
+    FUSE(ops, mountpoint, **options)

@@ -1,0 +1,147 @@
+"""Repo metadata, once per mount: pin the revision to a commit sha and list every file.
+
+huggingface_hub does the talking (pagination, headers, token handling, typed errors) —
+it is the reference client and we would only re-implement it worse.  This module turns
+its answers into a ``Snapshot`` and its exceptions into netmount's one-line errors.
+Nothing here is proportional to repo *bytes*: a 688 GB repo is a few hundred entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from . import errors
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    content_id: str  # LFS sha256, else the git blob oid: the cache key, shared across revisions
+    lfs: bool = False
+
+
+@dataclass
+class Snapshot:
+    repo_id: str
+    revision: str  # as asked ("main", a tag, a sha)
+    sha: str  # the pinned commit every URL uses
+    endpoint: str
+    files: list[RemoteFile]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Snapshot":
+        data = json.loads(text)
+        data["files"] = [RemoteFile(**f) for f in data["files"]]
+        return cls(**data)
+
+
+def parse_repo_spec(spec: str, revision: str | None = None) -> tuple[str, str]:
+    """``org/name[@rev]`` (+ an explicit ``--revision``) -> (repo_id, revision)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id, at, rev = spec.partition("@")
+    if at and not rev:
+        raise errors.BadInput(f"invalid repo id {spec!r}: nothing after '@'")
+    if rev and revision and rev != revision:
+        raise errors.BadInput(f"revision given twice: {spec!r} and --revision {revision!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise errors.BadInput(
+            f"invalid repo id {repo_id!r}: expected 'org/name' (letters, digits, '-', '_', '.')"
+        ) from None
+    return repo_id, (revision or rev or "main")
+
+
+def check_path(path: str) -> str:
+    """Reject listing entries that could escape or confuse the mount: ../x, /abs, a//b."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\0" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or parts[0] == ".netmount"
+    ):
+        raise errors.UnsafeListing(f"the server listed an unsafe path {path!r}; refusing to mount")
+    return path
+
+
+def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None) -> Snapshot:
+    """Resolve ``revision`` to a commit sha and list all files at that sha."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    api = HfApi(endpoint=endpoint, token=token if token else False)
+    with _mapped_errors(repo_id, revision, endpoint, token):
+        info = api.model_info(repo_id, revision=revision)
+        sha = info.sha
+        files = []
+        for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha):
+            if not isinstance(entry, RepoFile):
+                continue
+            lfs = entry.lfs
+            content_id = lfs.sha256 if lfs else entry.blob_id
+            files.append(RemoteFile(check_path(entry.path), int(entry.size), content_id, bool(lfs)))
+    if not sha:
+        raise errors.RepoNotFound(f"{endpoint} gave no commit for {repo_id}@{revision}")
+    files.sort(key=lambda f: f.path)
+    return Snapshot(repo_id, revision, sha, endpoint, files)
+
+
+class _mapped_errors:
+    """Turn huggingface_hub / network exceptions into netmount's typed one-line errors."""
+
+    def __init__(self, repo_id, revision, endpoint, token):
+        self.where = f"{repo_id}@{revision}" if revision != "main" else repo_id
+        self.repo_id, self.revision, self.endpoint, self.token = repo_id, revision, endpoint, token
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, errors.NetmountError):
+            return False
+        from huggingface_hub import errors as hf
+
+        if isinstance(exc, hf.GatedRepoError):
+            hint = (
+                "the token was accepted but has no access: request access on the repo page"
+                if self.token
+                else "set HF_TOKEN (or run `hf auth login`) with a token that has access"
+            )
+            raise errors.GatedRepo(f"{self.repo_id} is gated: {hint}") from None
+        if isinstance(exc, hf.RevisionNotFoundError):
+            raise errors.RevisionNotFound(
+                f"revision {self.revision!r} not found in {self.repo_id}"
+            ) from None
+        if isinstance(exc, hf.RepositoryNotFoundError):
+            more = "" if self.token else " (if it is private, set HF_TOKEN)"
+            raise errors.RepoNotFound(
+                f"repository {self.repo_id} not found at {self.endpoint}{more}"
+            ) from None
+        if isinstance(exc, hf.HfHubHTTPError):
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status in (401, 403):
+                raise errors.AuthFailed(
+                    f"{self.endpoint} rejected the token (HTTP {status}): check HF_TOKEN"
+                ) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise errors.EndpointUnreachable(f"{self.endpoint}: {first}") from None
+        if isinstance(exc, (OSError, ConnectionError, TimeoutError)) or _is_http_transport(exc):
+            raise errors.EndpointUnreachable(
+                f"cannot reach {self.endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            ) from None
+        return False
+
+
+def _is_http_transport(exc: BaseException) -> bool:
+    """httpx-style transport errors, without importing a particular httpx flavour."""
+    return any(c.__name__ in ("TransportError", "HTTPError", "RequestError") for c in type(exc).__mro__)

@@ -1,0 +1,219 @@
+"""Mount and unmount, as library functions the CLI and Python users share.
+
+``mount`` checks everything it can *before* starting a daemon (mountpoint, FUSE, the
+repo and revision), so bad input costs one line and leaves nothing mounted; it returns
+only once the kernel mount is live.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import errors, hub, mounts, settings
+from .daemon import DaemonConfig
+from .units import parse_size
+
+READY_TIMEOUT = 60.0
+
+
+class Mount:
+    """A live mount; a context manager that unmounts (and removes a temp mountpoint) on exit."""
+
+    def __init__(self, path: str, snapshot: hub.Snapshot, process: subprocess.Popen | None,
+                 log_file: str, owns_dir: bool = False):
+        self.path, self.snapshot, self.process, self.log_file = path, snapshot, process, log_file
+        self._owns_dir = owns_dir
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        self.unmount()
+
+    def unmount(self) -> None:
+        if mounts.find_mount(self.path) or mounts.is_dead(self.path):
+            unmount(self.path)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self._owns_dir:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._owns_dir = False
+
+
+def check_block_size(value: int | str) -> int:
+    try:
+        size = parse_size(value) if isinstance(value, str) else int(value)
+    except ValueError as exc:
+        raise errors.BadInput(f"invalid --block-size: {exc}") from None
+    if size < (64 << 10) or size > (64 << 20) or size & (size - 1):
+        raise errors.BadInput(f"invalid --block-size {value!r}: a power of two from 64K to 64M")
+    return size
+
+
+def check_cache_size(value: int | str) -> int:
+    try:
+        size = parse_size(value) if isinstance(value, str) else int(value)
+    except ValueError as exc:
+        raise errors.BadInput(f"invalid --cache-size: {exc}") from None
+    if size < (1 << 20):
+        raise errors.BadInput(f"invalid --cache-size {value!r}: at least 1M")
+    return size
+
+
+def check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise errors.FuseUnavailable(
+            "FUSE is not available: /dev/fuse is missing (install fuse3 and libfuse2; in a container "
+            "run with --device /dev/fuse --cap-add SYS_ADMIN)")
+    if mounts.fusermount() is None:
+        raise errors.FuseUnavailable("fusermount not found: install fuse3 (apt-get install fuse3 libfuse2)")
+    try:
+        import ctypes.util
+
+        if not ctypes.util.find_library("fuse"):
+            raise OSError
+    except OSError:
+        raise errors.FuseUnavailable("libfuse2 not found: apt-get install libfuse2") from None
+
+
+def check_mountpoint(path: str) -> str:
+    """An existing, empty directory that is not mounted; a dead netmount is cleaned first."""
+    path = os.path.abspath(path)
+    if mounts.is_dead(path):
+        if not mounts.force_unmount(path, lazy=True):
+            raise errors.MountpointError(
+                f"{path}: a dead mount is in the way; run: fusermount -u {path}")
+    if mounts.find_mount(path) or os.path.ismount(path):
+        raise errors.MountpointError(f"{path} is already mounted (netmount unmount {path})")
+    if not os.path.exists(path):
+        raise errors.MountpointError(f"mountpoint {path} does not exist (mkdir -p {path})")
+    if not os.path.isdir(path):
+        raise errors.MountpointError(f"mountpoint {path} is not a directory")
+    if os.listdir(path):
+        raise errors.MountpointError(f"mountpoint {path} is not empty")
+    return path
+
+
+def mount(
+    repo: str,
+    mountpoint: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_size: int | str = settings.DEFAULT_CACHE_SIZE,
+    block_size: int | str = settings.DEFAULT_BLOCK_SIZE,
+    connections: int = settings.DEFAULT_CONNECTIONS,
+    allow_other: bool = False,
+    foreground: bool = False,
+    debug: bool = False,
+) -> Mount:
+    """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
+
+    Returns once the mount is live (or, with ``foreground``, once it has been unmounted).
+    Raises a ``netmount.errors.NetmountError`` subclass for every known failure.
+    """
+    repo_id, rev = hub.parse_repo_spec(repo, revision)
+    bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
+    if connections < 1 or connections > 64:
+        raise errors.BadInput("invalid --connections: 1 to 64")
+    check_fuse()
+    owns_dir = mountpoint is None
+    path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
+    try:
+        cdir = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)
+        cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (cdir / "logs").mkdir(exist_ok=True, mode=0o700)
+        tok = settings.token(token)
+        snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
+        log_file = str(cdir / "logs" / f"{_slug(path)}.log")
+        config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
+                              allow_other, debug, log_file)
+        if foreground:
+            from .daemon import run, setup_logging
+
+            setup_logging("" if debug else log_file, debug)
+            run(config)
+            return Mount(path, snap, None, log_file, owns_dir)
+        return Mount(path, snap, _spawn(config), log_file, owns_dir)
+    except BaseException:
+        if owns_dir:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _spawn(config: DaemonConfig) -> subprocess.Popen:
+    with open(config.log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "netmount.daemon"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+            start_new_session=True, close_fds=True,
+        )
+    proc.stdin.write(config.to_json().encode())
+    proc.stdin.close()
+    line = _read_line(proc, READY_TIMEOUT)
+    if line == "ready":
+        proc.stdout.close()
+        return proc
+    proc.kill()
+    proc.wait()
+    if mounts.find_mount(config.mountpoint) or mounts.is_dead(config.mountpoint):
+        mounts.force_unmount(config.mountpoint, lazy=True)
+    why = line[len("error: "):] if line.startswith("error: ") else _last_fuse_line(config.log_file)
+    raise errors.MountpointError(
+        f"mount of {config.mountpoint} failed: {why or 'the daemon exited'} (log: {config.log_file})")
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while b"\n" not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _last_fuse_line(log_file: str) -> str:
+    try:
+        lines = Path(log_file).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines[-50:]):
+        if line.startswith(("fuse:", "fusermount")):
+            return line
+    return ""
+
+
+def _slug(path: str) -> str:
+    return path.strip("/").replace("/", "_") or "root"
+
+
+def unmount(mountpoint: str | os.PathLike) -> None:
+    path = os.path.abspath(os.fspath(mountpoint))
+    if mounts.find_mount(path) is None and not mounts.is_dead(path):
+        raise errors.NotAMount(f"{path} is not a netmount mount")
+    if not mounts.force_unmount(path):
+        raise errors.MountpointError(
+            f"could not unmount {path} (busy? close programs using it, or: fusermount -uz {path})")

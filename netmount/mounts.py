@@ -1,0 +1,75 @@
+"""Which netmount mounts are live: /proc/mounts, and unmounting them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+FSTYPE = "fuse.netmount"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    device: str
+    mountpoint: str
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    return (field.replace("\\040", " ").replace("\\011", "\t")
+            .replace("\\012", "\n").replace("\\134", "\\"))
+
+
+def list_mounts() -> list[MountEntry]:
+    try:
+        with open("/proc/mounts") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == FSTYPE:
+            out.append(MountEntry(_unescape(parts[0]), _unescape(parts[1])))
+    return out
+
+
+def find_mount(path: str) -> MountEntry | None:
+    real = os.path.realpath(path)
+    for entry in list_mounts():
+        if os.path.realpath(entry.mountpoint) == real:
+            return entry
+    return None
+
+
+def is_dead(path: str) -> bool:
+    """A FUSE mount whose daemon died answers ENOTCONN ('Transport endpoint is not connected')."""
+    try:
+        os.stat(path)
+        return False
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+
+
+def fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def force_unmount(path: str, lazy: bool = False) -> bool:
+    """Unmount ``path`` with fusermount (or umount as a last resort); True if it is gone."""
+    tool = fusermount()
+    commands = []
+    if tool:
+        commands.append([tool, "-u"] + (["-z"] if lazy else []) + [path])
+    commands.append(["umount"] + (["-l"] if lazy else []) + [path])
+    for cmd in commands:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return True
+    return find_mount(path) is None and not is_dead(path)

@@ -1,0 +1,173 @@
+"""Byte ranges of remote files, served from blocks: memory -> block store -> network.
+
+The read path in one place:
+- the requested range is mapped to fixed-size blocks (``blocks.py``);
+- blocks come from a small in-memory LRU (the kernel asks in 128 KiB pieces, so one
+  1 MiB block is read about eight times in a row), then from the block store;
+- missing blocks are fetched single-flight (two readers of a block cause one download)
+  and coalesced: adjacent missing blocks become one ranged GET of at most
+  ``max_request_bytes``, and the runs go out in parallel;
+- a fetched block goes to the store only complete and of the expected length, and a
+  stored block of the wrong length is treated as missing — never served.
+Completion work (splitting, writing to the store) runs on a small thread pool so the
+HTTP loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+from cache import BlockStore
+
+from .blocks import block_range, block_span, coalesce
+from .counters import Counters
+from .errors import FetchError
+from .hub import RemoteFile
+
+log = logging.getLogger("netmount.reader")
+
+Fetch = Callable[[RemoteFile, int, int], concurrent.futures.Future]
+
+
+class BlockReader:
+    def __init__(
+        self,
+        store: BlockStore,
+        fetch: Fetch,
+        *,
+        max_request_bytes: int = 16 << 20,
+        memory_bytes: int = 64 << 20,
+        counters: Counters | None = None,
+        workers: int = 4,
+    ) -> None:
+        self.store = store
+        self.block_size = store.block_size
+        self._fetch = fetch
+        self.max_run = max(1, max_request_bytes // self.block_size)
+        self.counters = counters or Counters()
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple[str, int], concurrent.futures.Future] = {}
+        self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._memory_blocks = max(2, memory_bytes // self.block_size)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, f: RemoteFile, offset: int, size: int) -> bytes:
+        """Exactly the bytes [offset, offset+size) of ``f`` (short only at end of file)."""
+        indices = block_range(offset, size, f.size, self.block_size)
+        if not indices:
+            return b""
+        blocks: dict[int, bytes] = {}
+        missing = []
+        for i in indices:
+            data = self._lookup(f, i)
+            if data is None:
+                missing.append(i)
+            else:
+                blocks[i] = data
+        self.counters.add("cache_hits", len(blocks))
+        if missing:
+            self.counters.add("cache_misses", len(missing))
+            for i, fut in self.ensure(f, missing).items():
+                blocks[i] = fut.result()
+        start = indices[0] * self.block_size
+        joined = b"".join(blocks[i] for i in indices)
+        lo = offset - start
+        out = joined[lo : lo + min(size, f.size - offset)]
+        self.counters.add("bytes_served", len(out), path=f.path)
+        return out
+
+    def ensure(self, f: RemoteFile, indices: Iterable[int]) -> dict[int, concurrent.futures.Future]:
+        """Futures for blocks of ``f``: joined if already downloading, else fetched now.
+
+        Also the prefetch entry point: call it and do not wait.
+        """
+        futures: dict[int, concurrent.futures.Future] = {}
+        owned: list[int] = []
+        with self._lock:
+            for i in sorted(set(indices)):
+                key = (f.content_id, i)
+                fut = self._inflight.get(key)
+                if fut is None:
+                    fut = concurrent.futures.Future()
+                    data = self._memory.get(key)
+                    if data is not None:
+                        fut.set_result(data)
+                    else:
+                        self._inflight[key] = fut
+                        owned.append(i)
+                futures[i] = fut
+        for first, last in coalesce(owned, self.max_run):
+            self._start_run(f, first, last, futures)
+        return futures
+
+    def is_cached(self, f: RemoteFile, index: int) -> bool:
+        return (f.content_id, index) in self._memory or self.store.get(f.content_id, index) is not None
+
+    # -- internals -----------------------------------------------------------------------
+    def _lookup(self, f: RemoteFile, i: int) -> bytes | None:
+        key = (f.content_id, i)
+        with self._lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                return data
+        data = self.store.get(f.content_id, i)
+        if data is None:
+            return None
+        start, end = block_span(i, self.block_size, f.size)
+        if len(data) != end - start:
+            log.warning("cached block %s:%d has %d bytes, expected %d: refetching",
+                        f.content_id[:12], i, len(data), end - start)
+            return None
+        self._remember(key, data)
+        return data
+
+    def _remember(self, key: tuple[str, int], data: bytes) -> None:
+        with self._lock:
+            self._memory[key] = data
+            self._memory.move_to_end(key)
+            while len(self._memory) > self._memory_blocks:
+                self._memory.popitem(last=False)
+
+    def _start_run(self, f: RemoteFile, first: int, last: int, futures) -> None:
+        start = block_span(first, self.block_size, f.size)[0]
+        end = block_span(last, self.block_size, f.size)[1]
+        try:
+            run = self._fetch(f, start, end)
+        except Exception as exc:  # could not even start: fail these blocks, not the process
+            self._finish(f, first, last, futures, None, exc)
+            return
+        run.add_done_callback(
+            lambda r: self._pool.submit(self._complete, f, first, last, futures, r)
+        )
+
+    def _complete(self, f, first, last, futures, run) -> None:
+        exc = run.exception()
+        self._finish(f, first, last, futures, None if exc else run.result(), exc)
+
+    def _finish(self, f, first, last, futures, body, exc) -> None:
+        start = block_span(first, self.block_size, f.size)[0]
+        for i in range(first, last + 1):
+            key = (f.content_id, i)
+            fut = futures[i]
+            if body is not None:
+                lo, hi = block_span(i, self.block_size, f.size)
+                data = body[lo - start : hi - start]
+                if len(data) == hi - lo:
+                    self._remember(key, data)
+                    self.store.put(f.content_id, i, data)
+                    fut.set_result(data)
+                else:
+                    fut.set_exception(FetchError(f"{f.path}: block {i} came back short"))
+            else:
+                fut.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}"))
+            with self._lock:
+                self._inflight.pop(key, None)

@@ -1,0 +1,35 @@
+"""Where settings come from: flags first, then the environment users already know.
+
+``HF_ENDPOINT`` / ``HF_TOKEN`` / ``HF_HOME`` as huggingface_hub reads them, plus
+``NETMOUNT_CACHE_DIR`` for the block cache.
+"""
+
+import os
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_CACHE_SIZE = "50G"
+DEFAULT_CONNECTIONS = 8
+
+
+def endpoint(flag: str | None = None) -> str:
+    value = flag or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    return value.rstrip("/")
+
+
+def token(flag: str | None = None) -> str | None:
+    """The flag, else $HF_TOKEN, else huggingface_hub's token file ($HF_TOKEN_PATH / $HF_HOME/token)."""
+    if flag:
+        return flag
+    from huggingface_hub import get_token
+
+    try:
+        return get_token()
+    except Exception:  # a broken token file must not stop an anonymous mount
+        return None
+
+
+def cache_dir(flag: str | None = None) -> Path:
+    value = flag or os.environ.get("NETMOUNT_CACHE_DIR")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "netmount"
