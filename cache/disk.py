@@ -1,0 +1,145 @@
+"""Blocks on disk, on ``diskcache.Cache`` (SQLite index + one file per block).
+
+Keys are TEXT ``f"{content_id}:{block_size}:{index:012d}"``:
+- the block size is part of the key, so a remount with another block size never sees
+  blocks cut to a different size (they age out by eviction);
+- text keys sort as strings in diskcache's ``Cache(key, raw)`` index, so the blocks of one
+  content are one contiguous key range (``content_id`` may not contain ``:``). We add a
+  covering index ``(key, size)``, so ``cached_bytes`` and ``cached_indices`` are one
+  index-range scan that never touches the table. Measured with 100k blocks in the cache
+  (50k of one content, 2.5k each of 20 others, stored in random order): cached_bytes
+  2.7 ms for the 50k-block content (25 ms without the covering index), 0.14 ms for a
+  2.5k-block one; cached_indices 15 ms / 0.7 ms; about 5 us for a content with nothing
+  cached. The SQL goes through ``Cache._sql``, diskcache 5.x's per-thread connection.
+
+Values are stored as raw ``bytes``, each in its own file (``disk_min_file_size=0``), so
+the ``size`` column is the block length (a value kept inside the DB records size 0) and
+``volume()`` is exact. A block is never readable half-written: diskcache writes the
+value file under a fresh random name and closes it *before* the transaction inserting
+the row that points to it commits. A process killed mid-``put`` leaves at most an orphan
+file that no row refers to (``diskcache.Cache.check(fix=True)`` reclaims those); a put that
+fails while writing (ENOSPC) removes its file. Files are not fsync'ed, so after a power
+loss a committed row could point at a truncated file: the CRC-32 of every block is kept
+in the row's ``tag`` (4 GB/s, about 1 ms per 4 MiB), and a mismatch is a miss and the
+entry is deleted.
+
+Eviction is diskcache's ``least-recently-stored`` (FIFO), deliberately not
+``least-recently-used``: LRU turns every cache hit into a write transaction (an
+``UPDATE access_time`` under SQLite's single writer lock, shared with other processes'
+puts), putting disk writes and lock waits on the hot read path. Checkpoint loading reads
+blocks in long passes, where store order is close to use order; repeated hot reads are
+absorbed by the reader's in-memory LRU and the kernel page cache. The price: a block
+stored long ago but still read often (a safetensors header) is evicted first and
+refetched once.
+The size limit is diskcache's: block files plus the SQLite file, culled 10 rows at a
+time after each put, so the stored block bytes stay below ``size_limit`` plus one block.
+
+Several processes may open one directory: SQLite (WAL) serializes writers, each process
+and thread has its own connection, and a block deleted by another process between
+lookup and read is a miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+
+import diskcache
+
+from .store import BlockStore, check_block, check_block_size, check_index
+
+_COVERING_INDEX = "CREATE INDEX IF NOT EXISTS netmount_key_size ON Cache(key, size)"
+
+
+class _BlockDisk(diskcache.Disk):
+    """diskcache's Disk, but a value file that fails half-way (ENOSPC, EIO) is removed.
+
+    diskcache leaves it behind: no row points to it, so it is never read, but it is never
+    counted or culled either, and on a full disk every failed put would leak more.
+    """
+
+    def _write(self, full_path, iterator, mode, encoding=None):
+        try:
+            return super()._write(full_path, iterator, mode, encoding)
+        except FileExistsError:  # not ours (names are 128-bit random; never seen)
+            raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(full_path)
+            raise
+
+
+class DiskBlockStore(BlockStore):
+    """A persistent, size-capped block store in ``directory`` (created mode 0700).
+
+    Raises ``OSError``/``sqlite3.Error`` when the directory cannot be opened; wrap the
+    store in ``SafeBlockStore`` so that failures *after* opening never fail a read.
+    """
+
+    def __init__(self, directory, block_size: int, size_limit: int, *, timeout: float = 10.0) -> None:
+        self.block_size = check_block_size(block_size)
+        self.directory = os.fspath(directory)
+        # Blocks of gated/private repos: only the owner may read them. An existing
+        # directory keeps the mode its owner gave it.
+        if not os.path.isdir(self.directory):
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+        self._cache = diskcache.Cache(
+            self.directory,
+            timeout=timeout,
+            disk=_BlockDisk,
+            size_limit=int(size_limit),
+            eviction_policy="least-recently-stored",
+            disk_min_file_size=0,  # every block is a file: exact `size`, see module doc
+            statistics=0,          # statistics would make every get a write transaction
+        )
+        self._cache._sql(_COVERING_INDEX)  # diskcache 5.x private API: per-thread execute
+        self._cache.cull(retry=True)  # a reopen with a smaller limit shrinks at once
+
+    def _key(self, content_id: str, index: int) -> str:
+        return f"{content_id}:{self.block_size}:{index:012d}"
+
+    def _bounds(self, content_id: str) -> tuple[str, str]:
+        # every key of this content and block size sorts in [prefix + ":", prefix + ";")
+        prefix = f"{content_id}:{self.block_size}"
+        return prefix + ":", prefix + ";"
+
+    def get(self, content_id: str, index: int) -> bytes | None:
+        check_index(index)
+        key = self._key(content_id, index)
+        data, crc = self._cache.get(key, tag=True)
+        if data is None:
+            return None
+        if type(data) is not bytes or crc != zlib.crc32(data):
+            self._cache.delete(key)  # torn or foreign value: drop it, refetch upstream
+            return None
+        return data
+
+    def put(self, content_id: str, index: int, data: bytes) -> None:
+        data = check_block(self.block_size, content_id, index, data)
+        self._cache.set(self._key(content_id, index), data, tag=zlib.crc32(data))
+
+    def cached_indices(self, content_id: str) -> list[int]:
+        rows = self._cache._sql(
+            "SELECT CAST(substr(key, -12) AS INTEGER) FROM Cache"
+            " WHERE key >= ? AND key < ? ORDER BY key",
+            self._bounds(content_id),
+        )
+        return [index for (index,) in rows]
+
+    def cached_bytes(self, content_id: str) -> int:
+        ((total,),) = self._cache._sql(
+            "SELECT COALESCE(SUM(size), 0) FROM Cache WHERE key >= ? AND key < ?",
+            self._bounds(content_id),
+        ).fetchall()
+        return total
+
+    def volume(self) -> int:
+        """Bytes of stored blocks (kept by diskcache's triggers; the SQLite file is extra)."""
+        ((total,),) = self._cache._sql("SELECT value FROM Settings WHERE key = 'size'").fetchall()
+        return total
+
+    def close(self) -> None:
+        """Close this thread's connection (diskcache keeps one per thread)."""
+        self._cache.close()
