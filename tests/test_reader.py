@@ -1,0 +1,96 @@
+"""BlockReader with an in-memory store and a fake fetcher: exact bytes, single-flight, coalescing."""
+
+import random
+import threading
+
+import pytest
+
+from cache import MemoryBlockStore
+from netmount.errors import FetchError
+from netmount.reader import BlockReader
+
+from fakes import FakeFetch, make_bytes, remote
+
+BS = 64 * 1024
+
+
+def setup(size=10 * BS + 123, delay=0.0, **kw):
+    data = make_bytes(size, seed=size)
+    f = remote("a.bin", data)
+    fetch = FakeFetch({"a.bin": data}, delay=delay)
+    reader = BlockReader(MemoryBlockStore(BS), fetch, **kw)
+    return data, f, fetch, reader
+
+
+def test_random_ranges_are_exact():
+    data, f, fetch, reader = setup()
+    rnd = random.Random(1)
+    for _ in range(300):
+        off = rnd.randrange(0, len(data) + 10)
+        size = rnd.choice([0, 1, 4096, BS, 3 * BS + 7, rnd.randrange(1, len(data))])
+        assert reader.read(f, off, size) == data[off : off + size]
+
+
+def test_second_read_hits_cache_without_fetching():
+    data, f, fetch, reader = setup()
+    assert reader.read(f, 0, len(data)) == data
+    n = len(fetch.calls)
+    assert reader.read(f, 5, len(data)) == data[5:]
+    assert len(fetch.calls) == n
+
+
+def test_adjacent_missing_blocks_are_one_request_capped_by_max_request_bytes():
+    data, f, fetch, reader = setup(size=40 * BS, max_request_bytes=16 * BS)
+    reader.read(f, 0, len(data))
+    assert [(s, e) for _, s, e in fetch.calls] == [(0, 16 * BS), (16 * BS, 32 * BS), (32 * BS, 40 * BS)]
+
+
+def test_holes_are_fetched_as_separate_runs_only():
+    data, f, fetch, reader = setup(size=10 * BS)
+    reader.read(f, 2 * BS, BS)
+    reader.read(f, 5 * BS, BS)
+    fetch.calls.clear()
+    assert reader.read(f, 0, len(data)) == data
+    assert sorted((s, e) for _, s, e in fetch.calls) == [
+        (0, 2 * BS), (3 * BS, 5 * BS), (6 * BS, 10 * BS)]
+
+
+def test_concurrent_readers_of_one_block_cause_one_fetch():
+    data, f, fetch, reader = setup(delay=0.2)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def go():
+        barrier.wait()
+        results.append(reader.read(f, BS + 10, 100))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data[BS + 10 : BS + 110]] * 8
+    assert fetch.calls == [("a.bin", BS, 2 * BS)]
+
+
+def test_failed_fetch_raises_and_caches_nothing_then_recovers():
+    data, f, fetch, reader = setup()
+    fetch.fail_next = 1
+    with pytest.raises(FetchError):
+        reader.read(f, 0, 10)
+    assert reader.store.get(f.content_id, 0) is None
+    assert reader.read(f, 0, 10) == data[:10]
+
+
+def test_wrong_length_block_in_store_is_refetched_not_served():
+    data, f, fetch, reader = setup()
+    reader.store.put(f.content_id, 3, b"short")
+    assert reader.read(f, 3 * BS, BS) == data[3 * BS : 4 * BS]
+    assert fetch.calls == [("a.bin", 3 * BS, 4 * BS)]
+
+
+def test_last_short_block_and_eof():
+    data, f, fetch, reader = setup(size=3 * BS + 5)
+    assert reader.read(f, 3 * BS, BS) == data[3 * BS :]
+    assert reader.read(f, len(data), 10) == b""
+    assert fetch.calls == [("a.bin", 3 * BS, 3 * BS + 5)]
