@@ -161,10 +161,13 @@ def mount(
 
 def _spawn(config: DaemonConfig) -> subprocess.Popen:
     with open(config.log_file, "ab") as logf:
+        # -P and cwd "/": a folder named like one of our packages in the caller's working
+        # directory (a cache dir called "cache", say) must not shadow the installed package.
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "netmount.daemon"],
+            [sys.executable, *safe_path, "-m", "netmount.daemon"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, cwd="/",
         )
     proc.stdin.write(config.to_json().encode())
     proc.stdin.close()
