@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cache import DiskBlockStore, SafeBlockStore
+from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
 
 from .counters import Counters
 from .fetch import RangeFetcher
@@ -69,9 +69,12 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
     snap = config.snapshot
     counters = Counters()
-    store = SafeBlockStore(
-        DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
+    # An unusable cache dir (full, read-only, corrupt) degrades to a small memory cache:
+    # reads keep working from the network.
+    store = SafeBlockStore.open(
+        lambda: DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
         logging.getLogger("netmount.cache"),
+        lambda: MemoryBlockStore(config.block_size, 256 << 20),
     )
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters).start()

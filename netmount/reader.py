@@ -108,9 +108,6 @@ class BlockReader:
             self._start_run(f, first, last, futures)
         return futures
 
-    def is_cached(self, f: RemoteFile, index: int) -> bool:
-        return (f.content_id, index) in self._memory or self.store.get(f.content_id, index) is not None
-
     # -- internals -----------------------------------------------------------------------
     def _lookup(self, f: RemoteFile, i: int) -> bytes | None:
         key = (f.content_id, i)
@@ -163,8 +160,8 @@ class BlockReader:
                 data = body[lo - start : hi - start]
                 if len(data) == hi - lo:
                     self._remember(key, data)
+                    fut.set_result(data)  # wake the reader before the disk write
                     self.store.put(f.content_id, i, data)
-                    fut.set_result(data)
                 else:
                     fut.set_exception(FetchError(f"{f.path}: block {i} came back short"))
             else:

@@ -1,0 +1,131 @@
+"""Shared fixtures: a Hub-compatible server on 127.0.0.1 and real kernel FUSE mounts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``netmount`` as a user would: a separate process, text output."""
+    return subprocess.run([sys.executable, "-m", "netmount", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: these tests need kernel FUSE (install fuse3 libfuse2)")
+
+
+class Mounter:
+    """Mounts through the real CLI and guarantees nothing stays mounted after a test."""
+
+    def __init__(self, tmp_path: Path, endpoint: str):
+        self.tmp_path, self.endpoint = tmp_path, endpoint
+        self.cache_dir = tmp_path / "cache"
+        self.mounted: list[Path] = []
+        self.env = {"HF_ENDPOINT": endpoint, "NETMOUNT_CACHE_DIR": str(self.cache_dir),
+                    "HF_TOKEN": "", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+    def mount(self, repo: str, *extra: str, name: str = "mnt", env: dict | None = None) -> Path:
+        require_fuse()
+        mp = self.tmp_path / name
+        mp.mkdir(exist_ok=True)
+        done = run_cli("mount", repo, str(mp), *extra, env={**self.env, **(env or {})})
+        assert done.returncode == 0, f"mount failed: {done.stderr}"
+        self.mounted.append(mp)
+        return mp
+
+    def unmount(self, mp: Path) -> None:
+        done = run_cli("unmount", str(mp))
+        assert done.returncode == 0, done.stderr
+        self.mounted.remove(mp)
+
+    def stats(self, mp: Path) -> dict:
+        return json.loads((mp / ".netmount" / "stats.json").read_text())
+
+    def cleanup(self) -> None:
+        for mp in self.mounted:
+            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+        self.mounted.clear()
+
+
+@pytest.fixture
+def mounter(tmp_path, hub):
+    m = Mounter(tmp_path, hub.url)
+    yield m
+    m.cleanup()
+
+
+def write_plain_repo(root: Path) -> Path:
+    """Small files, a nested folder, an empty file and a multi-block binary."""
+    repo = root / "tests" / "plain"
+    (repo / "sub" / "deeper").mkdir(parents=True)
+    (repo / "config.json").write_text(json.dumps({"hello": "world"}))
+    (repo / "README.md").write_text("# plain\n" * 100)
+    (repo / "empty.txt").write_bytes(b"")
+    (repo / "sub" / "deeper" / "note.txt").write_text("deep\n")
+    (repo / "data.bin").write_bytes(os.urandom(5 * (1 << 20) + 12345))
+    return repo
+
+
+def write_big_safetensors(root: Path) -> Path:
+    """One ~40 MB safetensors shard with tensors of different sizes (for amplification tests)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    repo = root / "tests" / "big"
+    repo.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tensors = {f"layer.{i}.weight": rng.standard_normal((1024, 1024 + 256 * i), dtype=np.float32)
+               for i in range(8)}
+    tensors["small.bias"] = rng.standard_normal((7,), dtype=np.float32)
+    save_file(tensors, str(repo / "model.safetensors"), metadata={"format": "np"})
+    (repo / "config.json").write_text("{}")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from netmount.testmodels import build_tiny_deepseek_v3
+
+    return build_tiny_deepseek_v3(tmp_path_factory.mktemp("models") / "tiny-dsv3")
+
+
+@pytest.fixture(scope="session")
+def hub_root(tmp_path_factory, tiny_model) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("hubroot")
+    write_plain_repo(root)
+    write_big_safetensors(root)
+    shutil.copytree(tiny_model, root / "tests" / "tiny-dsv3")
+    gated = root / "tests" / "gated"
+    gated.mkdir(parents=True)
+    (gated / "config.json").write_text("{}")
+    (gated / ".gated").write_text("")
+    return root
+
+
+@pytest.fixture(scope="session")
+def hub(hub_root):
+    from netmount.testhub import TestHub
+
+    with TestHub(hub_root, page_size=3, tokens={"good-token"}, synthetic_deepseek=True) as server:
+        yield server
