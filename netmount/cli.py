@@ -7,9 +7,15 @@ line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from . import errors, settings
+
+
+# Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
+# parser with ``set_defaults(func=...)``; ``func(args) -> int`` may raise NetmountError.
+COMMAND_MODULES: list[str] = []
 
 
 def _add_mount(sub) -> None:
@@ -65,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount a netmount mount")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_unmount)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"netmount.{name}").register(sub)
     return parser
 
 
