@@ -43,12 +43,14 @@ class BlockReader:
         memory_bytes: int = 64 << 20,
         counters: Counters | None = None,
         workers: int = 4,
+        on_served: Callable[[RemoteFile, int, int], None] | None = None,
     ) -> None:
         self.store = store
         self.block_size = store.block_size
         self._fetch = fetch
         self.max_run = max(1, max_request_bytes // self.block_size)
         self.counters = counters or Counters()
+        self.on_served = on_served  # (file, offset, length) of every range handed to a program
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, int], concurrent.futures.Future] = {}
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
@@ -82,6 +84,8 @@ class BlockReader:
         lo = offset - start
         out = joined[lo : lo + min(size, f.size - offset)]
         self.counters.add("bytes_served", len(out), path=f.path)
+        if self.on_served is not None:
+            self.on_served(f, offset, len(out))
         return out
 
     def ensure(self, f: RemoteFile, indices: Iterable[int]) -> dict[int, concurrent.futures.Future]:
