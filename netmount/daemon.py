@@ -37,6 +37,7 @@ class DaemonConfig:
     allow_other: bool = False
     debug: bool = False
     log_file: str = ""
+    prefetch: bool = True
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -64,6 +65,7 @@ def setup_logging(log_file: str, debug: bool) -> None:
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     from .fs import NetmountFS, serve
+    from .prefetch import Prefetcher, header_data_ranges
     from .reader import BlockReader
     from .stats import build_stats
 
@@ -82,12 +84,16 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     reader = BlockReader(
         store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters
     )
-    ops = NetmountFS(snap, reader, lambda: build_stats(config, snap, counters, store), on_ready)
+    prefetcher = Prefetcher(reader, header_ranges=header_data_ranges) if config.prefetch else None
+    ops = NetmountFS(snap, reader, lambda: build_stats(config, snap, counters, store), on_ready,
+                     prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)
     try:
         serve(ops, config.mountpoint, allow_other=config.allow_other)
     finally:
         log.info("unmounted %s; closing", config.mountpoint)
+        if prefetcher is not None:
+            prefetcher.close()
         reader.close()
         fetcher.close()
         store.close()

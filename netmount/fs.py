@@ -40,8 +40,10 @@ class NetmountFS(Operations):
         reader: BlockReader,
         stats: Callable[[], dict],
         on_ready: Callable[[], None] | None = None,
+        prefetcher=None,
     ) -> None:
         self.snapshot, self.reader, self.stats, self.on_ready = snapshot, reader, stats, on_ready
+        self.prefetcher = prefetcher
         self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
         self.dirs: dict[str, set[str]] = {"/": set()}
         for f in snapshot.files:
@@ -121,7 +123,10 @@ class NetmountFS(Operations):
                 raise FuseOSError(errno.EBADF)
             return content[offset : offset + size]
         try:
-            return self.reader.read(f, offset, size)
+            data = self.reader.read(f, offset, size)
+            if self.prefetcher is not None and data:
+                self.prefetcher.on_read(f, offset, len(data))
+            return data
         except FetchError as exc:
             log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)
             raise FuseOSError(errno.EIO)
@@ -149,7 +154,7 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
         foreground=True, nothreads=False, ro=True, raw_fi=True,
         fsname=label.replace(",", "_"), subtype="netmount",
         kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=3600.0,
-        max_readahead=1 << 20,
+        max_readahead=128 << 10,  # a page fault reads 128 KiB around it, not 1 MiB: prefetch does the rest
     )
     if allow_other:
         options["allow_other"] = True

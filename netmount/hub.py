@@ -90,10 +90,21 @@ def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | No
             lfs = entry.lfs
             content_id = lfs.sha256 if lfs else entry.blob_id
             files.append(RemoteFile(check_path(entry.path), int(entry.size), content_id, bool(lfs)))
+        if getattr(info, "gated", False) and files:
+            _probe_access(api, repo_id, sha, min(files, key=lambda f: f.size).path, endpoint)
     if not sha:
         raise errors.RepoNotFound(f"{endpoint} gave no commit for {repo_id}@{revision}")
     files.sort(key=lambda f: f.path)
     return Snapshot(repo_id, revision, sha, endpoint, files)
+
+
+def _probe_access(api, repo_id: str, sha: str, path: str, endpoint: str) -> None:
+    """Gated repos list their files to anyone; find out now, not at the first read, if
+    this token may download them (raises GatedRepoError through huggingface_hub)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, path, revision=sha, endpoint=endpoint)
+    get_hf_file_metadata(url, token=api.token)
 
 
 class _mapped_errors:

@@ -56,13 +56,19 @@ class BlockReader:
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._memory_blocks = max(2, memory_bytes // self.block_size)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
+        self._inflight_bytes = 0
+        self._cached_sets: dict[str, set[int]] = {}  # content id -> blocks known stored
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     # -- reading -----------------------------------------------------------------------
-    def read(self, f: RemoteFile, offset: int, size: int) -> bytes:
-        """Exactly the bytes [offset, offset+size) of ``f`` (short only at end of file)."""
+    def read(self, f: RemoteFile, offset: int, size: int, account: bool = True) -> bytes:
+        """Exactly the bytes [offset, offset+size) of ``f`` (short only at end of file).
+
+        ``account=False`` is for netmount's own reads (headers for prefetch): they are not
+        counted as bytes served to programs.
+        """
         indices = block_range(offset, size, f.size, self.block_size)
         if not indices:
             return b""
@@ -74,19 +80,35 @@ class BlockReader:
                 missing.append(i)
             else:
                 blocks[i] = data
-        self.counters.add("cache_hits", len(blocks))
+        if account:
+            self.counters.add("cache_hits", len(blocks))
         if missing:
-            self.counters.add("cache_misses", len(missing))
+            if account:
+                self.counters.add("cache_misses", len(missing))
             for i, fut in self.ensure(f, missing).items():
                 blocks[i] = fut.result()
         start = indices[0] * self.block_size
         joined = b"".join(blocks[i] for i in indices)
         lo = offset - start
         out = joined[lo : lo + min(size, f.size - offset)]
-        self.counters.add("bytes_served", len(out), path=f.path)
-        if self.on_served is not None:
-            self.on_served(f, offset, len(out))
+        if account:
+            self.counters.add("bytes_served", len(out), path=f.path)
+            if self.on_served is not None:
+                self.on_served(f, offset, len(out))
         return out
+
+    def prefetch(self, f: RemoteFile, indices: Iterable[int], budget: int) -> int:
+        """Start fetching those of ``indices`` not known to be cached, while fewer than
+        ``budget`` bytes are in flight; returns how many blocks were started."""
+        known = self._known_cached(f)
+        todo = [i for i in indices if i not in known and (f.content_id, i) not in self._memory]
+        room = (budget - self._inflight_bytes) // self.block_size
+        if room <= 0 or not todo:
+            return 0
+        todo = todo[:room]
+        self.counters.add("prefetch_blocks", len(todo))
+        self.ensure(f, todo)
+        return len(todo)
 
     def ensure(self, f: RemoteFile, indices: Iterable[int]) -> dict[int, concurrent.futures.Future]:
         """Futures for blocks of ``f``: joined if already downloading, else fetched now.
@@ -131,6 +153,16 @@ class BlockReader:
         self._remember(key, data)
         return data
 
+    def _known_cached(self, f: RemoteFile) -> set[int]:
+        """Blocks of ``f`` known to be in the store: read once from it, then kept up to date
+        by this reader's own puts (another daemon's puts or evictions only cost a refetch
+        or a skipped prefetch, never a wrong byte)."""
+        known = self._cached_sets.get(f.content_id)
+        if known is None:
+            known = set(self.store.cached_indices(f.content_id))
+            self._cached_sets[f.content_id] = known
+        return known
+
     def _remember(self, key: tuple[str, int], data: bytes) -> None:
         with self._lock:
             self._memory[key] = data
@@ -141,6 +173,8 @@ class BlockReader:
     def _start_run(self, f: RemoteFile, first: int, last: int, futures) -> None:
         start = block_span(first, self.block_size, f.size)[0]
         end = block_span(last, self.block_size, f.size)[1]
+        with self._lock:
+            self._inflight_bytes += end - start
         try:
             run = self._fetch(f, start, end)
         except Exception as exc:  # could not even start: fail these blocks, not the process
@@ -156,6 +190,8 @@ class BlockReader:
 
     def _finish(self, f, first, last, futures, body, exc) -> None:
         start = block_span(first, self.block_size, f.size)[0]
+        end = block_span(last, self.block_size, f.size)[1]
+        known = self._cached_sets.get(f.content_id)
         for i in range(first, last + 1):
             key = (f.content_id, i)
             fut = futures[i]
@@ -166,9 +202,13 @@ class BlockReader:
                     self._remember(key, data)
                     fut.set_result(data)  # wake the reader before the disk write
                     self.store.put(f.content_id, i, data)
+                    if known is not None:
+                        known.add(i)
                 else:
                     fut.set_exception(FetchError(f"{f.path}: block {i} came back short"))
             else:
                 fut.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}"))
             with self._lock:
                 self._inflight.pop(key, None)
+        with self._lock:
+            self._inflight_bytes -= end - start
