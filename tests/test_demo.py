@@ -1,0 +1,128 @@
+"""`netmount demo` end to end, as a user runs it: a separate process, real kernel FUSE, the
+test hub in its own process, stock transformers loading through mmap.
+
+Each test gives the demo its own --cache-dir, so it builds its own model and leaves nothing
+behind: no mount, no process that names or holds a file under that folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require_fuse
+
+DEMO_TIMEOUT = 600
+
+
+def demo(*args: str, cache_dir: Path) -> subprocess.CompletedProcess:
+    require_fuse()
+    return subprocess.run([sys.executable, "-m", "netmount", "demo", "--cache-dir", str(cache_dir), *args],
+                          capture_output=True, text=True, timeout=DEMO_TIMEOUT,
+                          env={**os.environ, "HF_TOKEN": ""}, cwd=cache_dir.parent)
+
+
+def mounts_under(folder: Path) -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line for line in fh if str(folder) in line.replace("\\040", " ")]
+
+
+def processes_using(folder: Path) -> list[str]:
+    """Processes whose command line, working directory or an open file lies under ``folder``."""
+    needle, found = str(folder), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            links = [os.readlink(f"/proc/{pid}/cwd")]
+            fd_dir = f"/proc/{pid}/fd"
+            links += [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        if needle in cmdline or any(link.startswith(needle) for link in links):
+            found.append(f"{pid}: {cmdline.strip()}")
+    return found
+
+
+def assert_nothing_left(cache_dir: Path) -> None:
+    deadline = time.monotonic() + 10  # a daemon exits a moment after its unmount
+    while (mounts_under(cache_dir) or processes_using(cache_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mounts_under(cache_dir) == []
+    assert processes_using(cache_dir) == []
+
+
+def test_demo_loads_through_the_mount_and_skips_the_mtp_shard(tmp_path):
+    cache_dir = tmp_path / "nm"
+    done = demo(cache_dir=cache_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "fetched no further than its header" in out, out
+    m = re.search(r"fetched ([\d,]+) of ([\d,]+) bytes", out)
+    assert m, out
+    fetched, total = (int(g.replace(",", "")) for g in m.groups())
+    assert 0 < fetched < total
+    # every file is listed with a coverage bar, and the MTP shard's is nowhere near full
+    mtp_line = next(line for line in out.splitlines() if "MTP layer, unused" in line)
+    assert re.search(r"\[#{0,6}\.+\]", mtp_line), mtp_line
+    assert "DeepseekV3ForCausalLM" in out and "generated" in out
+    assert "[demo]" in done.stderr and "[demo]" not in out  # progress on stderr, report on stdout
+    assert_nothing_left(cache_dir)
+    assert not (cache_dir / "demo" / "mnt").exists()
+
+
+def test_demo_keep_then_stop(tmp_path):
+    cache_dir = tmp_path / "nm"
+    try:
+        done = demo("--keep", cache_dir=cache_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"netmount demo --stop --cache-dir {cache_dir}" in done.stdout
+        mnt = cache_dir / "demo" / "mnt"
+        assert mounts_under(mnt), "--keep must leave the repo mounted"
+        # the kept mount still works after the demo process exited: the hub runs detached
+        src = next((cache_dir / "models").glob("tiny-deepseek-v3-*"))
+        assert (mnt / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+        assert processes_using(cache_dir), "the detached test hub should be running"
+
+        again = demo("--keep", cache_dir=cache_dir)  # idempotent: replaces the kept demo
+        assert again.returncode == 0, again.stderr
+        assert "removed what an earlier demo left running" in again.stderr
+        assert len(mounts_under(mnt)) == 1
+    finally:
+        stop = demo("--stop", cache_dir=cache_dir)
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped the kept demo" in stop.stderr
+    assert_nothing_left(cache_dir)
+    assert "no demo was running" in demo("--stop", cache_dir=cache_dir).stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_cleans_up(tmp_path, sig):
+    require_fuse()
+    cache_dir = tmp_path / "nm"
+    proc = subprocess.Popen([sys.executable, "-m", "netmount", "demo", "--cache-dir", str(cache_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_TOKEN": ""})
+    try:
+        lines = []
+        for line in proc.stderr:  # interrupt while transformers loads through the mount
+            lines.append(line)
+            if "loading with stock transformers" in line:
+                proc.send_signal(sig)
+                break
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "cleaning up" in rest
+    assert_nothing_left(cache_dir)
