@@ -1,7 +1,7 @@
 """Turn page-sized reads into few, large, parallel requests, ahead of the reader.
 
 Two signals, both cheap to compute on every read:
-- **Sequential**: per file, a read that starts where the previous one ended grows a
+- **Sequential** (files that are not safetensors): per file, a read that starts where the previous one ended grows a
   readahead window (doubling from 2 blocks up to ``window_max``); a jump resets it.
   That covers ``cat``, ``cp`` and loaders that stream a file.
 - **Tensor-aware** (safetensors): the header gives every tensor's byte range.  When a
@@ -31,6 +31,7 @@ from .reader import BlockReader
 log = logging.getLogger("netmount.prefetch")
 
 MAX_HEADER = 100 << 20  # the Rust safetensors reader's own limit
+GUARD = 512 << 10  # reads this close to a tensor's ends may be spill-over from a neighbour
 
 
 def header_data_ranges(header: bytes, data_start: int, file_size: int) -> list[tuple[int, int]] | None:
@@ -52,7 +53,8 @@ class TensorMap:
     def __init__(self, ranges: list[tuple[int, int]]):
         self.ranges = sorted(r for r in ranges if r[1] > r[0])
         self.starts = [r[0] for r in self.ranges]
-        self.touched: set[int] = set()
+        self.touched: set[int] = set()  # tensors any read landed in
+        self.triggered: set[int] = set()  # tensors fetched whole
 
     def find(self, offset: int) -> int | None:
         i = bisect.bisect_right(self.starts, offset) - 1
@@ -94,10 +96,15 @@ class Prefetcher:
     # -- decisions (background thread) ---------------------------------------------------
     def _decide(self, f: RemoteFile, offset: int, size: int) -> None:
         try:
-            wanted = self._sequential(f, offset, size)
-            wanted |= self._tensors(f, offset)
+            tensor_blocks = self._tensors(f, offset)
+            if tensor_blocks is None:  # not a (parsable) safetensors file
+                wanted = self._sequential(f, offset, size)
+            else:  # the tensor layout knows better than a window where reading stops
+                wanted = tensor_blocks
             if wanted:
-                self.reader.prefetch(f, sorted(wanted), self.budget)
+                started = self.reader.prefetch(f, sorted(wanted), self.budget)
+                log.debug("read %s [%d,+%d): %s prefetch of %d blocks, %d started", f.path, offset,
+                          size, "sequential" if tensor_blocks is None else "tensor", len(wanted), started)
         except Exception:
             log.exception("prefetch decision for %s failed (reads are unaffected)", f.path)
 
@@ -115,22 +122,29 @@ class Prefetcher:
             return set()
         return set(block_range(end, window, f.size, self.bs))
 
-    def _tensors(self, f: RemoteFile, offset: int) -> set[int]:
+    def _tensors(self, f: RemoteFile, offset: int) -> set[int] | None:
         if not f.path.endswith(".safetensors"):
-            return set()
+            return None
         tmap = self._tensor_map(f)
         if tmap is None:
-            return set()
+            return None
         i = tmap.find(offset)
         if i is None:
             return set()
-        with self._lock:
-            first_touch = i not in tmap.touched
-            tmap.touched.add(i)
-            streaming = i > 0 and (i - 1) in tmap.touched
-        if not first_touch:
-            return set()
         start, end = tmap.ranges[i]
+        with self._lock:
+            # streaming: the tensor before was read in earnest (fetched whole, or small and read)
+            prev = i - 1
+            streaming = prev >= 0 and (prev in tmap.triggered or (
+                prev in tmap.touched and tmap.ranges[prev][1] - tmap.ranges[prev][0] <= 2 * GUARD))
+            tmap.touched.add(i)
+            # Around a tensor's first and last pages the kernel reads windows that spill
+            # into the neighbours (mmap read-around, readahead): a read there alone is no
+            # reason to fetch a whole neighbouring tensor.  Small tensors come on demand.
+            inside = start + GUARD <= offset < end - GUARD
+            if i in tmap.triggered or not inside:
+                return set()
+            tmap.triggered.add(i)
         if streaming:
             j = i + 1
             while j < len(tmap.ranges) and tmap.ranges[j][0] < end + self.lookahead:

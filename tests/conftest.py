@@ -125,7 +125,8 @@ def hub_root(tmp_path_factory, tiny_model) -> Path:
 
 @pytest.fixture(scope="session")
 def hub(hub_root):
-    from netmount.testhub import TestHub
+    from hubproc import HubProcess
 
-    with TestHub(hub_root, page_size=3, tokens={"good-token"}, synthetic_deepseek=True) as server:
+    # a separate process: tests read the mount through mmap (see hubproc.py)
+    with HubProcess(hub_root, page_size=3, tokens={"good-token"}, synthetic_deepseek=True) as server:
         yield server

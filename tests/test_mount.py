@@ -90,7 +90,9 @@ def test_safe_open_one_tensor_fetches_only_its_blocks_and_header(mounter, hub, h
     finish += 8 + header_len
     block = 1 << 20
     allowed = set(range(0, (8 + header_len - 1) // block + 1))  # the header's blocks
-    allowed |= set(range(begin // block, (finish - 1) // block + 1))  # the tensor's blocks
+    # the tensor's blocks, and one on each side: the kernel's mmap read-around spills up to
+    # 256 KiB past the pages a program touches
+    allowed |= set(range(begin // block - 1, (finish - 1) // block + 2))
     fetched = hub.bytes_sent(server="cdn")
     assert fetched <= len(allowed) * block, (fetched, len(allowed) * block, finish - begin)
     assert fetched >= finish - begin
