@@ -7,16 +7,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -352,7 +350,7 @@ def test_synthetic_layout():
             names[k] = (p, v["dtype"], tuple(v["shape"]))
             itemsize = {"F8_E4M3": 1, "BF16": 2, "F32": 4}[v["dtype"]]
             a, b = v["data_offsets"]
-            assert b - a == itemsize * __import__("math").prod(v["shape"]), k
+            assert b - a == itemsize * math.prod(v["shape"]), k
     assert 90_000 < len(names) < 93_000
     assert index["weight_map"] == {k: v[0] for k, v in names.items()}
     assert index["metadata"]["total_size"] == data_total

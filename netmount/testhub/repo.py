@@ -99,9 +99,9 @@ class Snapshot:
 
     files: list[Entry]
     mtime: float = 0.0  # newest file's mtime: the "lastModified" of the repo
-    sha: str = ""
-    dirs: dict[str, str] = field(default_factory=dict)  # path -> tree oid ("" = root)
-    by_path: dict[str, Entry] = field(default_factory=dict)
+    sha: str = field(init=False)
+    dirs: dict[str, str] = field(init=False)  # path -> tree oid ("" = root)
+    by_path: dict[str, Entry] = field(init=False)
 
     def __post_init__(self) -> None:
         self.files.sort(key=lambda e: e.path)
