@@ -1,18 +1,28 @@
 # Sourced by scripts/test and scripts/demo: install what is missing, safe to run twice.
-#   - fuse3 + libfuse2 from apt (when root and missing)
+#   - python3 + python3-venv, fuse3 + libfuse2 from apt (when root and missing)
 #   - a venv ($NETMOUNT_VENV, default .venv) with torch==2.13.0 (CPU) and netmount[test]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${NETMOUNT_VENV:-$here/.venv}"
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-if ! command -v fusermount3 >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q 'libfuse.so.2'; then
+have_libfuse2() { { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libfuse.so.2'; }
+pkgs=()
+command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
+command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
+have_libfuse2 || pkgs+=(libfuse2)
+if [ "${#pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing fuse3 and libfuse2 with apt-get"
+    say "installing with apt-get: ${pkgs[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse2 >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq "${pkgs[@]}" >/dev/null; then
+      say "retrying with libfuse2t64 (its name since Ubuntu 24.04)"
+      apt-get install -y -qq "${pkgs[@]/#libfuse2/libfuse2t64}" >/dev/null
+    fi
   else
-    say "fuse3/libfuse2 missing and not root: install them with: sudo apt-get install fuse3 libfuse2"
+    say "missing: ${pkgs[*]}; install them with: sudo apt-get install ${pkgs[*]}"
   fi
 fi
 
@@ -25,9 +35,15 @@ else
     say "creating venv $venv"
     python3 -m venv "$venv"
   fi
-  say "installing torch==2.13.0 (CPU) and netmount[test] into $venv"
+  say "installing torch==2.13.0 (CPU build) and netmount[test] into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$venv/bin/python" -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+  # The CPU build, from a wheel or index pip already knows, else from PyTorch's CPU index:
+  # plain `pip install torch` on Linux pulls gigabytes of CUDA libraries a CPU run never uses.
+  if ! "$venv/bin/python" -m pip install -q "torch==2.13.0+cpu" >/dev/null 2>&1; then
+    say "torch 2.13.0+cpu is not on the configured indexes: using PyTorch's CPU index"
+    "$venv/bin/python" -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu \
+      "torch==2.13.0+cpu" 2>&1 | grep -v '^WARNING: Location' || true
+  fi
   "$venv/bin/python" -m pip install -q -c "$here/scripts/constraints.txt" -e "$here[test]" 2>&1 \
     | grep -v '^WARNING: Location' || true
   "$venv/bin/python" -c "import torch, transformers, fuse, netmount" \
