@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .records import RequestRecord, select
 from .server import HubServer
+from .wan import Wan
 
 
 class TestHub(HubServer):
@@ -36,9 +37,12 @@ class TestHub(HubServer):
         tokens: Iterable[str] = (),
         synthetic_deepseek: bool = False,
         gate_api: bool = False,
+        latency_ms: float = 0.0,
+        conn_mbps: float = 0.0,
     ) -> None:
         super().__init__(root, page_size=page_size, url_ttl=url_ttl, tokens=tokens,
-                         synthetic_deepseek=synthetic_deepseek, gate_api=gate_api)
+                         synthetic_deepseek=synthetic_deepseek, gate_api=gate_api,
+                         wan=Wan(latency_ms, conn_mbps))
         self.host, self.port, self.cdn_port = host, port, cdn_port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

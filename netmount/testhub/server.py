@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import html
 import inspect
 import json
 import math
@@ -39,6 +40,7 @@ from aiohttp import web
 from . import ranges, synthetic
 from .records import RequestRecord
 from .repo import Entry, FolderRepo, Hasher, Repo, Snapshot, SyntheticRepo
+from .wan import Wan
 
 # where a request's RequestRecord lives while it is served
 RECORD = web.RequestKey("record", RequestRecord) if hasattr(web, "RequestKey") else "record"
@@ -74,8 +76,10 @@ class HubServer:
         tokens: Iterable[str] = (),
         synthetic_deepseek: bool = False,
         gate_api: bool = False,
+        wan: Wan | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else None
+        self.wan = wan or Wan()  # latency and per-connection bandwidth (wan.py); off by default
         self.page_size = page_size
         self.url_ttl = url_ttl
         self.tokens = frozenset(tokens)
@@ -115,6 +119,7 @@ class HubServer:
         r.add_get("/api/models/{org}/{name}", self.model_info)
         r.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
         r.add_get("/api/models/{org}/{name}/tree/{rev}{path:(/.*)?}", self.tree)
+        r.add_get("/{org}/{name}/resolve/{rev}/{path:(.*/)?}", self.index)  # folders: HTML listing
         r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve)  # HEAD too
         return app
 
@@ -139,6 +144,7 @@ class HubServer:
             self.log.append(rec)
             self._inflight += 1
             try:
+                await self.wan.first_byte()
                 try:
                     resp = await self._run_faults(request, rec) or await handler(request)
                 except HubError as e:
@@ -276,6 +282,19 @@ class HubServer:
         }
         return web.Response(status=302, headers=headers, text=f"Found. Redirecting to {location}")
 
+    async def index(self, request: web.Request) -> web.Response:
+        """An HTML listing of a folder at a revision, as plain HTTP file servers give: what
+        directory-mounting clients (rclone's http remote, httpdirfs) parse for names."""
+        repo, snap = await self._lookup(request, request.match_info["rev"], download=True)
+        sub = request.match_info["path"].strip("/")
+        if sub and sub not in snap.dirs:
+            raise HubError(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": snap.sha})
+        names = [it["path"].rsplit("/", 1)[-1] + ("/" if it["type"] == "directory" else "")
+                 for it in _tree_items(snap, sub, recursive=False)]
+        links = "\n".join(f'<a href="{quote(n)}">{html.escape(n)}</a>' for n in names)
+        return web.Response(text=f"<html><body><pre>\n{links}\n</pre></body></html>\n",
+                            content_type="text/html", headers={"X-Repo-Commit": snap.sha})
+
     def _signature(self, path: str, expires: str) -> str:
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -329,15 +348,18 @@ class HubServer:
     async def write_body(self, request: web.Request, resp: web.StreamResponse, chunks: Iterator[bytes]) -> bool:
         """Phase 2: every body byte goes out here.  False if the client went away."""
         rec: RequestRecord = request[RECORD]
+        connection = request.transport
         for chunk in chunks:
-            rec.body_bytes += len(chunk)  # counted before the await: a client never sees more
-            try:
-                await resp.write(chunk)
-            except ConnectionError:
-                rec.body_bytes -= len(chunk)
-                if isinstance(request.transport, asyncio.Transport):
-                    request.transport.close()
-                return False
+            for piece in self.wan.slices(chunk):
+                await self.wan.pace(connection, len(piece))
+                rec.body_bytes += len(piece)  # counted before the await: a client never sees more
+                try:
+                    await resp.write(piece)
+                except ConnectionError:
+                    rec.body_bytes -= len(piece)
+                    if isinstance(request.transport, asyncio.Transport):
+                        request.transport.close()
+                    return False
         return True
 
 
