@@ -87,7 +87,10 @@ def cmd_demo(args) -> int:
 
 
 def say(msg: str) -> None:
-    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[demo] {msg}", file=sys.stderr, flush=True)
+    except OSError:  # stderr closed (`netmount demo 2>&1 | head`): the cleanup must still run
+        pass
 
 
 # --------------------------------------------------------------------------- the model
