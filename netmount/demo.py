@@ -403,6 +403,7 @@ class DemoResult:
     mtp_ok: bool
     kept: bool
     cache_dir: Path
+    hub_pid: int | None = None
     timings: dict = field(default_factory=dict)
 
 
@@ -432,6 +433,9 @@ def mtp_verdict(stats: dict, mtp: MtpShard) -> tuple[bool, str]:
         return True, (f"{what}: fetched no further than its header: {format_size(fetched)} fetched, "
                       f"within {where} ({format_size(limit)}) that its {format_size(mtp.header_len)} "
                       f"header needs; the other {format_size(mtp.size - fetched)} never crossed the network")
+    if limit >= mtp.size:
+        return False, (f"{what}: its {format_size(mtp.header_len)} header needs blocks covering the "
+                       f"whole file ({format_size(block)} blocks), so this run cannot show a lazy read")
     return False, (f"{what}: fetched {format_size(fetched)}, MORE than the "
                    f"{format_size(limit)} holding its {format_size(mtp.header_len)} header")
 
@@ -452,8 +456,9 @@ def report(result: DemoResult, out=None) -> None:
     extra = []
     if "requests" in s:
         extra.append(f"{s['requests']} HTTP requests")
-    if "amplification" in s and s["amplification"] is not None:
-        extra.append(f"amplification {s['amplification']:.2f}x")
+    amp = s.get("amplification")
+    if isinstance(amp, (int, float)) and not isinstance(amp, bool):  # fetched / read, when published
+        extra.append(f"amplification {amp:.2f}x")
     extra.append(f"{format_size(int(s.get('block_size') or BLOCK_SIZE))} blocks")
     w(f"  fetched {fetched:,} of {total:,} bytes ({format_size(fetched)} of {format_size(total)}, "
       f"{100 * fetched / total:.0f}%); {', '.join(extra)}")
@@ -466,15 +471,17 @@ def report(result: DemoResult, out=None) -> None:
     w()
     w(mtp_verdict(s, mtp)[1])
     t = result.timings
-    w()
-    w("Time: " + ", ".join(f"{k} {t[k]:.1f}s" for k in ("build", "hub", "mount", "load", "generate", "cleanup")
-                           if k in t))
+    if t:
+        w()
+        w("Time: " + ", ".join(f"{k} {t[k]:.1f}s" for k in ("build", "hub", "mount", "load", "generate",
+                                                             "cleanup") if k in t))
     if result.kept:
         w()
         w(f"Kept: {result.mountpoint} stays mounted, served by {result.hub_url}. Try:")
         w(f"  ls -l {result.mountpoint}; cat {result.mountpoint}/.netmount/stats.json")
         flag = "" if result.cache_dir == settings.cache_dir() else f" --cache-dir {result.cache_dir}"
         w(f"When done:  netmount demo --stop{flag}")
+        w(f"  (the same by hand: netmount unmount {result.mountpoint}; kill {result.hub_pid})")
 
 
 # --------------------------------------------------------------------------- main
@@ -522,7 +529,8 @@ def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, 
             timings["load"], timings["generate"] = gen.load_s, gen.generate_s
             stats = json.loads((Path(mount.path) / ".netmount" / "stats.json").read_text())
             mtp_ok, _ = mtp_verdict(stats, mtp)
-            result = DemoResult(stats, mtp, gen, mount.path, url, mtp_ok, keep, root, timings)
+            result = DemoResult(stats, mtp, gen, mount.path, url, mtp_ok, keep, root,
+                                hub_proc.pid, timings)
             if not keep:
                 say("unmounting and stopping the test hub")
                 t = time.monotonic()

@@ -126,3 +126,23 @@ def test_interrupted_demo_cleans_up(tmp_path, sig):
     assert proc.returncode == 130, "".join(lines) + rest
     assert "cleaning up" in rest
     assert_nothing_left(cache_dir)
+
+
+def test_mtp_verdict_allows_only_the_header_blocks():
+    from netmount.demo import MtpShard, mtp_verdict
+
+    mtp = MtpShard("mtp.safetensors", layer=4, header_len=5000, tensors=3, size=900_000)
+
+    def stats(fetched: int, block: int = 128 << 10) -> dict:
+        return {"block_size": block, "files": [{"path": mtp.path, "size": mtp.size, "fetched_bytes": fetched}]}
+
+    assert mtp_verdict(stats(0), mtp)[0]
+    ok, line = mtp_verdict(stats(128 << 10), mtp)
+    assert ok and "fetched no further than its header" in line
+    ok, line = mtp_verdict(stats((128 << 10) + 1), mtp)
+    assert not ok and "no further" not in line
+    # blocks as large as the file prove nothing
+    assert not mtp_verdict(stats(5000, block=1 << 20), mtp)[0]
+    big_header = MtpShard("mtp.safetensors", layer=4, header_len=200_000, tensors=3, size=900_000)
+    assert mtp_verdict(stats(256 << 10), big_header)[0]
+    assert not mtp_verdict({"files": []}, mtp)[0]
