@@ -44,8 +44,13 @@ class Mount:
         self.unmount()
 
     def unmount(self) -> None:
+        """Unmount; if programs still hold files open (a model's tensors are views into
+        mmaps of them), detach lazily: the kernel finishes the unmount when they let go."""
         if mounts.find_mount(self.path) or mounts.is_dead(self.path):
-            unmount(self.path)
+            try:
+                unmount(self.path)
+            except errors.MountpointError:
+                mounts.force_unmount(self.path, lazy=True)
         if self.process is not None:
             try:
                 self.process.wait(timeout=30)
@@ -116,7 +121,7 @@ def mount(
     *,
     revision: str | None = None,
     endpoint: str | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     cache_size: int | str = settings.DEFAULT_CACHE_SIZE,
     block_size: int | str = settings.DEFAULT_BLOCK_SIZE,
@@ -128,6 +133,7 @@ def mount(
     """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
 
     Returns once the mount is live (or, with ``foreground``, once it has been unmounted).
+    ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
     Raises a ``netmount.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
@@ -141,7 +147,7 @@ def mount(
         cdir = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)
         cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (cdir / "logs").mkdir(exist_ok=True, mode=0o700)
-        tok = settings.token(token)
+        tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = str(cdir / "logs" / f"{_slug(path)}.log")
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
@@ -169,9 +175,16 @@ def _spawn(config: DaemonConfig) -> subprocess.Popen:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
             start_new_session=True, close_fds=True, cwd="/",
         )
-    proc.stdin.write(config.to_json().encode())
-    proc.stdin.close()
-    line = _read_line(proc, READY_TIMEOUT)
+    try:
+        proc.stdin.write(config.to_json().encode())
+        proc.stdin.close()
+        line = _read_line(proc, READY_TIMEOUT)
+    except BaseException:  # Ctrl-C while waiting: no daemon may go on to mount
+        proc.kill()
+        proc.wait()
+        if mounts.find_mount(config.mountpoint):
+            mounts.force_unmount(config.mountpoint, lazy=True)
+        raise
     if line == "ready":
         proc.stdout.close()
         return proc
