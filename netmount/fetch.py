@@ -11,6 +11,11 @@ Why it looks like this:
   Anything else is retried with backoff (honouring Retry-After), and after
   ``max_retries`` the fetch fails with ``FetchError`` — which the filesystem turns into EIO.
 - Bodies are never decompressed (``Accept-Encoding: identity``): ranges are of raw bytes.
+- Timeouts: connecting, and every wait for the next bytes (headers or body), are bounded
+  by ``timeout``; a stalled answer is retried like a reset one.  The defaults (30 s, 5
+  retries, backoff from 0.5 s doubling to 8 s) can be changed without a flag through
+  ``NETMOUNT_FETCH_TIMEOUT``, ``NETMOUNT_FETCH_RETRIES`` and ``NETMOUNT_FETCH_BACKOFF`` in
+  the daemon's environment — tests use that to make fault runs take seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import threading
 import time
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
+import os
+
 import aiohttp
 
 from .counters import Counters
@@ -34,6 +41,23 @@ log = logging.getLogger("netmount.fetch")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 REDIRECTS = {301, 302, 303, 307, 308}
 EXPIRY_MARGIN = 30.0  # re-resolve a signed URL this long before it says it expires
+DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 30.0, 5, 0.5
+
+
+def _env_number(name: str, default, kind=float):
+    """A positive number from the environment (0 allowed for retries), else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number", name, raw)
+        return default
+    if value < 0 or (value == 0 and kind is float):
+        log.warning("ignoring %s=%r: out of range", name, raw)
+        return default
+    return value
 
 
 class _Retry(Exception):
@@ -56,17 +80,23 @@ class RangeFetcher:
         token: str | None = None,
         *,
         connections: int = 8,
-        max_retries: int = 5,
-        timeout: float = 30.0,
-        backoff: float = 0.5,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        backoff: float | None = None,
         max_backoff: float = 8.0,
         counters: Counters | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.repo_id, self.sha, self._token = repo_id, sha, token
         self.connections = connections
+        if max_retries is None:
+            max_retries = _env_number("NETMOUNT_FETCH_RETRIES", DEFAULT_RETRIES, int)
+        if timeout is None:
+            timeout = _env_number("NETMOUNT_FETCH_TIMEOUT", DEFAULT_TIMEOUT)
+        if backoff is None:
+            backoff = _env_number("NETMOUNT_FETCH_BACKOFF", DEFAULT_BACKOFF)
         self.max_retries, self.timeout = max_retries, timeout
-        self.backoff, self.max_backoff = backoff, max_backoff
+        self.backoff, self.max_backoff = backoff, max(max_backoff, backoff)
         self.counters = counters or Counters()
         self._endpoint_host = urlsplit(self.endpoint).netloc
         self._targets: dict[str, tuple[str, float]] = {}

@@ -76,12 +76,35 @@ class HubProcess:
     def commit_sha(self, repo_id: str) -> str:
         return self._get(f"sha?repo={repo_id}")["sha"]
 
+    # -- fault injection (netmount/testhub/faults.py), switched at runtime ------------------
+    def set_faults(self, rules: list[dict]) -> None:
+        """Replace the hub's fault rules: each a dict with ``kind`` and its options."""
+        req = urllib.request.Request(f"{self._control}/faults", data=json.dumps(rules).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+
+    def add_fault(self, kind: str, **options) -> None:
+        """Append one rule (the others are kept, their ``hits`` restart from 0)."""
+        keep = [{k: v for k, v in r.items() if k not in ("hits", "seen")} for r in self.faults()]
+        self.set_faults(keep + [{"kind": kind, **options}])
+
+    def clear_faults(self) -> None:
+        self.set_faults([])
+
+    def faults(self) -> list[dict]:
+        """The rules with their ``hits`` counts."""
+        return self._get("faults")
+
 
 def _serve(kwargs: dict) -> None:
     from netmount.testhub import TestHub
+    from netmount.testhub.faults import FaultRules
 
     root = kwargs.pop("root")
     hub = TestHub(Path(root) if root else None, **kwargs).start()
+    faults = FaultRules(hub)
+    hub.faults.append(faults)
 
     class Control(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -94,9 +117,26 @@ def _serve(kwargs: dict) -> None:
                 body = {}
             elif self.path.startswith("/sha?repo="):
                 body = {"sha": hub.commit_sha(self.path.split("=", 1)[1])}
+            elif self.path == "/faults":
+                body = faults.rules()
             else:
                 self.send_error(404)
                 return
+            self._answer(body)
+
+        def do_POST(self):
+            if self.path != "/faults":
+                self.send_error(404)
+                return
+            rules = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            try:
+                faults.set(rules)
+            except (ValueError, KeyError, TypeError) as exc:
+                self.send_error(400, str(exc))
+                return
+            self._answer({})
+
+        def _answer(self, body):
             data = json.dumps(body).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))

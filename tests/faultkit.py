@@ -1,0 +1,127 @@
+"""Shared by the fault, crash and security tests: a private hub with fault rules, mounts
+tuned for quick retries, and a check that every block in a cache dir is the source's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import run_cli, sha256_file
+
+from netmount.testhub.repo import git_blob_sha1, is_lfs
+
+# small retries and timeouts, so a fault run takes seconds (read by netmount/fetch.py)
+QUICK = {"NETMOUNT_FETCH_TIMEOUT": "1", "NETMOUNT_FETCH_RETRIES": "3", "NETMOUNT_FETCH_BACKOFF": "0.05"}
+CACHE_SIZE = 1 << 30
+BLOCK = 256 << 10
+
+
+def write_fault_repos(root: Path) -> None:
+    """faults/model: an LFS binary (CDN path) and regular files (hub /resolve/ path);
+    faults/gated: a gated repo with an LFS file (Authorization must stop at the hub)."""
+    repo = root / "faults" / "model"
+    repo.mkdir(parents=True)
+    (repo / "weights.bin").write_bytes(os.urandom(3 * (1 << 20) + 777))
+    (repo / "notes.txt").write_bytes(os.urandom(300_000))  # regular file, two blocks
+    (repo / "config.json").write_text(json.dumps({"fault": True}))
+    gated = root / "faults" / "gated"
+    gated.mkdir(parents=True)
+    (gated / ".gated").write_text("")
+    (gated / "config.json").write_text("{}")
+    (gated / "model.bin").write_bytes(os.urandom(700_000))
+
+
+def source_files(repo_dir: Path):
+    for p in sorted(repo_dir.rglob("*")):
+        if p.is_file() and not p.relative_to(repo_dir).as_posix().startswith("."):
+            yield p.relative_to(repo_dir).as_posix(), p
+
+
+def content_id(path: Path, rel: str) -> str:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest() if is_lfs(rel, len(data)) else git_blob_sha1(data)
+
+
+def check_cache_blocks(cache_dir: Path, repo_dirs, block_size: int = BLOCK,
+                       cache_size: int = CACHE_SIZE) -> int:
+    """Every block stored under ``cache_dir`` equals the source bytes it claims to be;
+    returns how many blocks were checked.  Call with no daemon using the cache."""
+    from cache import DiskBlockStore
+
+    sources = {}
+    for repo_dir in repo_dirs:
+        for rel, path in source_files(repo_dir):
+            sources[content_id(path, rel)] = path.read_bytes()
+    checked = 0
+    with DiskBlockStore(cache_dir / "blocks", block_size, cache_size) as store:
+        for cid, data in sources.items():
+            for i in store.cached_indices(cid):
+                block = store.get(cid, i)
+                assert block is not None, (cid, i)
+                assert block == data[i * block_size:(i + 1) * block_size], f"wrong block {cid[:12]}:{i}"
+                checked += 1
+    return checked
+
+
+class FaultMounter:
+    """Mounts through the CLI against the fault hub, with quick retries; cleans up."""
+
+    def __init__(self, tmp_path: Path, hub, extra_env: dict | None = None):
+        self.tmp_path, self.hub = tmp_path, hub
+        self.cache_dir = tmp_path / "cache"
+        self.env = {"HF_ENDPOINT": hub.url, "NETMOUNT_CACHE_DIR": str(self.cache_dir), "HF_TOKEN": "",
+                    "HF_HUB_DISABLE_TELEMETRY": "1", **QUICK, **(extra_env or {})}
+        self.mounted: list[Path] = []
+
+    def mount(self, repo: str, *extra: str, name: str = "mnt", env: dict | None = None) -> Path:
+        mp = self.tmp_path / name
+        mp.mkdir(exist_ok=True)
+        done = run_cli("mount", repo, str(mp), "--block-size", str(BLOCK), "--cache-size", str(CACHE_SIZE),
+                       *extra, env={**self.env, **(env or {})})
+        assert done.returncode == 0, f"mount failed: {done.stderr}"
+        self.mounted.append(mp)
+        return mp
+
+    def unmount(self, mp: Path) -> None:
+        pids = daemon_pids(mp)
+        done = run_cli("unmount", str(mp))
+        assert done.returncode == 0, done.stderr
+        self.mounted.remove(mp)
+        wait_gone(pids)  # the daemon closes the cache before exiting
+
+    def stats(self, mp: Path) -> dict:
+        return json.loads((mp / ".netmount" / "stats.json").read_text())
+
+    def cleanup(self) -> None:
+        for mp in self.mounted:
+            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+        self.mounted.clear()
+
+
+def daemon_pids(mp: Path) -> list[int]:
+    """Pids of daemons serving ``mp`` (from their stats file, if the mount answers)."""
+    try:
+        return [json.loads((mp / ".netmount" / "stats.json").read_text())["pid"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def wait_gone(pids, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                if open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+
+
+def assert_tree_matches(mp: Path, repo_dir: Path) -> None:
+    for rel, path in source_files(repo_dir):
+        assert sha256_file(mp / rel) == sha256_file(path), rel

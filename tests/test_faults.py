@@ -1,0 +1,143 @@
+"""Network faults on range requests, injected by the test hub (netmount/testhub/faults.py),
+against a real kernel mount: whole files come back with the source's sha256, or the read
+fails with EIO after bounded retries; never a wrong block in the cache; the daemon stays
+up and reads work again once the server recovers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from conftest import sha256_file
+from faultkit import FaultMounter, assert_tree_matches, check_cache_blocks, write_fault_repos
+
+
+@pytest.fixture(scope="module")
+def fault_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faultroot")
+    write_fault_repos(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fhub(fault_root):
+    from hubproc import HubProcess
+
+    with HubProcess(fault_root, tokens={"good-token"}) as server:
+        yield server
+
+
+@pytest.fixture
+def fm(tmp_path, fhub):
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    yield m
+    fhub.clear_faults()
+    m.cleanup()
+
+
+def _repo(fault_root):
+    return fault_root / "faults" / "model"
+
+
+# (kind, options): every fault a range request can meet; server=None hits both the CDN
+# (weights.bin, an LFS blob) and the hub's /resolve/ (notes.txt, config.json)
+FAULTS = {
+    "http500": ("status", {"status": 500}),
+    "http502": ("status", {"status": 502}),
+    "http503": ("status", {"status": 503}),
+    "http429": ("status", {"status": 429, "retry_after": 0.2}),
+    "reset_mid_body": ("reset", {}),
+    "short_body": ("short", {}),
+    "full_200_for_range": ("full", {}),
+    "wrong_content_range": ("wrong_range", {}),
+    "stall_mid_body": ("stall", {"delay": 30}),
+    "stall_before_headers": ("delay", {"delay": 30}),
+    "expired_signed_url": ("expired", {}),
+}
+
+
+def _rule(name, **more):
+    kind, opts = FAULTS[name]
+    server = "cdn" if kind == "expired" else None  # only the CDN signs URLs
+    return {"kind": kind, "server": server, **opts, **more}
+
+
+def _hits(fhub) -> int:
+    return sum(r["hits"] for r in fhub.faults())
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_transient_fault_is_retried_and_bytes_are_right(fm, fhub, fault_root, name):
+    """Each request meets the fault twice before being answered properly (3 retries)."""
+    repo = _repo(fault_root)
+    mp = fm.mount("faults/model")
+    fhub.set_faults([_rule(name, times=2)])
+    assert_tree_matches(mp, repo)
+    assert _hits(fhub) == 2, fhub.faults()
+    stats = fm.stats(mp)
+    # (a 200 with the whole file is right for a request of the whole file: config.json)
+    assert stats["retries"] >= 1 and stats["errors"] == 0, stats
+    fm.unmount(mp)
+    assert check_cache_blocks(fm.cache_dir, [repo]) > 0
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_persistent_fault_is_eio_then_the_mount_recovers(fm, fhub, fault_root, name):
+    repo = _repo(fault_root)
+    mp = fm.mount("faults/model")
+    fhub.set_faults([_rule(name)])
+    t0 = time.monotonic()
+    failing = ("weights.bin",) if _rule(name)["server"] == "cdn" else ("weights.bin", "notes.txt")
+    for rel in failing:
+        with pytest.raises(OSError) as exc:
+            (mp / rel).read_bytes()
+        assert exc.value.errno == errno.EIO, rel
+    # bounded: 4 tries per request, 1 s timeouts, short backoff; the kernel may retry a
+    # failed readahead once as a plain read
+    assert time.monotonic() - t0 < 60
+    assert _hits(fhub) >= 4
+    stats = fm.stats(mp)  # the daemon is still up and answering
+    assert stats["errors"] >= 1
+    assert os.path.exists(f"/proc/{stats['pid']}")
+    fhub.clear_faults()
+    assert_tree_matches(mp, repo)  # the server recovered: the same mount reads everything
+    fm.unmount(mp)
+    assert check_cache_blocks(fm.cache_dir, [repo]) > 0
+
+
+def test_429_retry_after_is_honoured(fm, fhub, fault_root):
+    mp = fm.mount("faults/model")
+    fhub.reset_log()
+    fhub.set_faults([{"kind": "status", "status": 429, "retry_after": 1.5, "times": 1,
+                      "path_contains": "/blobs/"}])
+    assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    cdn = [r for r in fhub.requests(server="cdn") if r.range]
+    first_429 = next(r for r in cdn if r.status == 429)
+    retry = next(r for r in cdn if r.range == first_429.range and r.t_start > first_429.t_start)
+    assert retry.t_start - first_429.t_start >= 1.4, "Retry-After was not waited for"
+
+
+def test_expired_url_is_resolved_again_once(fm, fhub, fault_root):
+    """A 403 from the CDN means the signed URL expired: resolve once more, not per block."""
+    mp = fm.mount("faults/model")
+    fhub.reset_log()
+    fhub.set_faults([{"kind": "expired", "server": "cdn", "times": 1}])
+    assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    resolves = fhub.requests(server="hub", method="HEAD", path_contains="/resolve/")
+    assert len([r for r in resolves if r.path.endswith("weights.bin")]) == 2, resolves
+    assert all(r.status == 302 for r in resolves)
+
+
+def test_a_file_that_fails_does_not_disturb_the_others(fm, fhub, fault_root):
+    repo = _repo(fault_root)
+    mp = fm.mount("faults/model")
+    fhub.set_faults([{"kind": "reset", "server": "cdn", "path_contains": "/blobs/"}])
+    with pytest.raises(OSError) as exc:
+        (mp / "weights.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
+    for rel in ("notes.txt", "config.json"):  # served by the hub, not the faulty CDN
+        assert sha256_file(mp / rel) == sha256_file(repo / rel)
