@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 
 from . import errors
@@ -74,14 +75,46 @@ def check_path(path: str) -> str:
     return path
 
 
+def check_tree(files: list[RemoteFile]) -> None:
+    """A listing must describe a tree: no path twice, no file that is also a folder."""
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen:
+            raise errors.UnsafeListing(f"the server listed {f.path!r} twice; refusing to mount")
+        seen.add(f.path)
+    for f in files:
+        parts = f.path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in seen:
+                raise errors.UnsafeListing(
+                    f"the server listed {parent!r} as a file and as a folder; refusing to mount")
+    for f in files:
+        if f.size < 0 or not f.content_id or ":" in f.content_id or "/" in f.content_id:
+            raise errors.UnsafeListing(f"the server listed {f.path!r} with a bad size or id; refusing to mount")
+
+
+def metadata_timeout() -> float:
+    """Seconds to wait for the Hub API (connect and each answer): a black-holed endpoint
+    fails the mount in this time instead of hanging (huggingface_hub waits forever by
+    default).  ``NETMOUNT_METADATA_TIMEOUT`` changes it."""
+    try:
+        value = float(os.environ.get("NETMOUNT_METADATA_TIMEOUT", "") or 20.0)
+    except ValueError:
+        value = 20.0
+    return value if value > 0 else 20.0
+
+
 def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None) -> Snapshot:
     """Resolve ``revision`` to a commit sha and list all files at that sha."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token if token else False)
+    timeout = metadata_timeout()
     with _mapped_errors(repo_id, revision, endpoint, token):
-        info = api.model_info(repo_id, revision=revision)
+        # the first request bounds a dead endpoint; list_repo_tree takes no timeout
+        info = api.model_info(repo_id, revision=revision, timeout=timeout)
         sha = info.sha
         files = []
         for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha):
@@ -89,22 +122,23 @@ def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | No
                 continue
             lfs = entry.lfs
             content_id = lfs.sha256 if lfs else entry.blob_id
-            files.append(RemoteFile(check_path(entry.path), int(entry.size), content_id, bool(lfs)))
+            files.append(RemoteFile(check_path(entry.path), int(entry.size), str(content_id or ""), bool(lfs)))
+        check_tree(files)
         if getattr(info, "gated", False) and files:
-            _probe_access(api, repo_id, sha, min(files, key=lambda f: f.size).path, endpoint)
+            _probe_access(api, repo_id, sha, min(files, key=lambda f: f.size).path, endpoint, timeout)
     if not sha:
         raise errors.RepoNotFound(f"{endpoint} gave no commit for {repo_id}@{revision}")
     files.sort(key=lambda f: f.path)
     return Snapshot(repo_id, revision, sha, endpoint, files)
 
 
-def _probe_access(api, repo_id: str, sha: str, path: str, endpoint: str) -> None:
+def _probe_access(api, repo_id: str, sha: str, path: str, endpoint: str, timeout: float) -> None:
     """Gated repos list their files to anyone; find out now, not at the first read, if
     this token may download them (raises GatedRepoError through huggingface_hub)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo_id, path, revision=sha, endpoint=endpoint)
-    get_hf_file_metadata(url, token=api.token)
+    get_hf_file_metadata(url, token=api.token, timeout=timeout)
 
 
 class _mapped_errors:
@@ -124,9 +158,9 @@ class _mapped_errors:
 
         if isinstance(exc, hf.GatedRepoError):
             hint = (
-                "the token was accepted but has no access: request access on the repo page"
+                "this token has no access to it: request access on the repo page, or check HF_TOKEN"
                 if self.token
-                else "set HF_TOKEN (or run `hf auth login`) with a token that has access"
+                else "give a token that has access: set HF_TOKEN, run `hf auth login`, or pass --token"
             )
             raise errors.GatedRepo(f"{self.repo_id} is gated: {hint}") from None
         if isinstance(exc, hf.RevisionNotFoundError):

@@ -81,11 +81,21 @@ def check_cache_size(value: int | str) -> int:
     return size
 
 
+FUSE_DEVICE = "/dev/fuse"
+_CONTAINER_HINT = "in a container run with --device /dev/fuse --cap-add SYS_ADMIN"
+
+
 def check_fuse() -> None:
-    if not os.path.exists("/dev/fuse"):
+    if not os.path.exists(FUSE_DEVICE):
         raise errors.FuseUnavailable(
-            "FUSE is not available: /dev/fuse is missing (install fuse3 and libfuse2; in a container "
-            "run with --device /dev/fuse --cap-add SYS_ADMIN)")
+            f"FUSE is not available: {FUSE_DEVICE} is missing (install fuse3 and libfuse2; "
+            f"{_CONTAINER_HINT})")
+    try:
+        os.close(os.open(FUSE_DEVICE, os.O_RDWR))
+    except OSError as exc:
+        raise errors.FuseUnavailable(
+            f"FUSE is not available: cannot open {FUSE_DEVICE} ({exc.strerror}; {_CONTAINER_HINT})"
+        ) from None
     if mounts.fusermount() is None:
         raise errors.FuseUnavailable("fusermount not found: install fuse3 (apt-get install fuse3 libfuse2)")
     try:
@@ -145,11 +155,9 @@ def mount(
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
     try:
         cdir = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)
-        cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (cdir / "logs").mkdir(exist_ok=True, mode=0o700)
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
-        log_file = str(cdir / "logs" / f"{_slug(path)}.log")
+        log_file = _log_file(cdir, path)
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file)
         if foreground:
@@ -165,6 +173,35 @@ def mount(
         raise
 
 
+def _log_file(cdir: Path, mountpoint: str) -> str:
+    """The daemon's log, in ``<cache dir>/logs``.  A cache dir that cannot be created or
+    written (read-only, full, a file in the way) is not fatal: the daemon then caches in
+    memory (see daemon.py) and logs to a private folder under the temp dir."""
+    name = f"{_slug(mountpoint)}.log"
+    try:
+        cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (cdir / "logs").mkdir(exist_ok=True, mode=0o700)
+        with open(cdir / "logs" / name, "ab"):
+            pass
+        return str(cdir / "logs" / name)
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / f"netmount-logs-{os.getuid()}"
+        fallback.mkdir(exist_ok=True, mode=0o700)
+        if fallback.is_symlink() or fallback.stat().st_uid != os.getuid():
+            raise errors.MountpointError(
+                f"cache dir {cdir} is unusable and {fallback} is not ours; set --cache-dir") from None
+        return str(fallback / name)
+
+
+# The daemon gets the token on stdin: it must not sit in its environment either, where
+# /proc/<pid>/environ shows it for the daemon's whole life.
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+
+def _daemon_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
+
+
 def _spawn(config: DaemonConfig) -> subprocess.Popen:
     with open(config.log_file, "ab") as logf:
         # -P and cwd "/": a folder named like one of our packages in the caller's working
@@ -173,7 +210,7 @@ def _spawn(config: DaemonConfig) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, *safe_path, "-m", "netmount.daemon"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-            start_new_session=True, close_fds=True, cwd="/",
+            start_new_session=True, close_fds=True, cwd="/", env=_daemon_env(),
         )
     try:
         proc.stdin.write(config.to_json().encode())

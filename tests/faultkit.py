@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli, sha256_file
 
 from netmount.testhub.repo import git_blob_sha1, is_lfs
@@ -33,6 +35,39 @@ def write_fault_repos(root: Path) -> None:
     (gated / ".gated").write_text("")
     (gated / "config.json").write_text("{}")
     (gated / "model.bin").write_bytes(os.urandom(700_000))
+    corrupt = root / "faults" / "corrupt"
+    corrupt.mkdir(parents=True)
+    (corrupt / "absurd.safetensors").write_bytes((1 << 62).to_bytes(8, "little") + os.urandom(400_000))
+    (corrupt / "garbage.safetensors").write_bytes((1000).to_bytes(8, "little") + os.urandom(300_000))
+    lies = json.dumps({"w": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 1 << 40]}}).encode()
+    (corrupt / "lies.safetensors").write_bytes(len(lies).to_bytes(8, "little") + lies + os.urandom(1000))
+    (corrupt / "truncated.safetensors").write_bytes(b"\x10\x00")
+    (corrupt / "config.json").write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def fault_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faultroot")
+    write_fault_repos(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fhub(fault_root):
+    """A private hub process per test module (its faults never reach other tests)."""
+    from hubproc import HubProcess
+
+    with HubProcess(fault_root, tokens={"good-token"}) as server:
+        yield server
+
+
+@pytest.fixture
+def fm(tmp_path, fhub):
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    yield m
+    fhub.clear_faults()
+    m.cleanup()
 
 
 def source_files(repo_dir: Path):

@@ -12,31 +12,7 @@ import time
 import pytest
 
 from conftest import sha256_file
-from faultkit import FaultMounter, assert_tree_matches, check_cache_blocks, write_fault_repos
-
-
-@pytest.fixture(scope="module")
-def fault_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faultroot")
-    write_fault_repos(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def fhub(fault_root):
-    from hubproc import HubProcess
-
-    with HubProcess(fault_root, tokens={"good-token"}) as server:
-        yield server
-
-
-@pytest.fixture
-def fm(tmp_path, fhub):
-    fhub.clear_faults()
-    m = FaultMounter(tmp_path, fhub)
-    yield m
-    fhub.clear_faults()
-    m.cleanup()
+from faultkit import assert_tree_matches, check_cache_blocks, fault_root, fhub, fm  # noqa: F401 (fixtures)
 
 
 def _repo(fault_root):
