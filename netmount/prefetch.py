@@ -19,10 +19,12 @@ one background thread so a FUSE read never waits for prefetch bookkeeping.
 from __future__ import annotations
 
 import bisect
-import json
 import concurrent.futures
+import json
 import logging
+import re
 import threading
+from collections import OrderedDict
 
 from .blocks import block_range
 from .hub import RemoteFile
@@ -32,6 +34,10 @@ log = logging.getLogger("netmount.prefetch")
 
 MAX_HEADER = 100 << 20  # the Rust safetensors reader's own limit
 GUARD = 512 << 10  # reads this close to a tensor's ends may be spill-over from a neighbour
+NEXT_HEADERS = 4  # opening a shard starts the first block of this many following shards
+SHARD = re.compile(r"-(?P<k>\d+)-of-(?P<n>\d+)\.safetensors$")
+STREAM_BYTES = 4 << 20  # and this much tensor data read in one sequential run: a stream
+LOAD_TENSORS = 4  # distinct tensors of a file read: a loader is reading the file
 
 
 def header_data_ranges(header: bytes, data_start: int, file_size: int) -> list[tuple[int, int]] | None:
@@ -55,6 +61,7 @@ class TensorMap:
         self.starts = [r[0] for r in self.ranges]
         self.touched: set[int] = set()  # tensors any read landed in
         self.triggered: set[int] = set()  # tensors fetched whole
+        self.loading = False  # a loader is reading this file tensor after tensor
 
     def find(self, offset: int) -> int | None:
         i = bisect.bisect_right(self.starts, offset) - 1
@@ -70,87 +77,170 @@ class Prefetcher:
         *,
         window_max: int = 64 << 20,
         lookahead: int = 64 << 20,
-        budget: int = 256 << 20,
+        budget: int = 64 << 20,
+        load_tensors: int = LOAD_TENSORS,
+        connections: int = 8,
+        files: dict[str, RemoteFile] | None = None,
         header_ranges=header_data_ranges,
     ) -> None:
         self.reader = reader
         self.bs = reader.block_size
         self.window_max, self.lookahead, self.budget = window_max, lookahead, budget
+        self.load_tensors = load_tensors
+        self.connections = connections
+        self.files = files or {}  # path -> file: where the next shard's header is found
         self._header_ranges = header_ranges  # callable(bytes) -> list[(start, end)] or None
         self._lock = threading.Lock()
         self._seq: dict[str, tuple[int, int]] = {}  # path -> (next expected offset, window)
         self._maps: dict[str, TensorMap | None] = {}  # None: not safetensors / unparsable
-        self._pending_headers: set[str] = set()
+        # path -> (file, blocks still wanted, in fetch order); the most recently read file last
+        self._loading_dirs: set[str] = set()  # folders where a file is being loaded
+        self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netmount-prefetch")
+        reader.on_run_done = self._on_done
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     def on_read(self, f: RemoteFile, offset: int, size: int) -> None:
         """Called after every demand read; returns at once."""
+        self._submit(self._decide, f, offset, size)
+
+    def _submit(self, fn, *args) -> None:
         try:
-            self._worker.submit(self._decide, f, offset, size)
+            self._worker.submit(fn, *args)
         except RuntimeError:  # shut down
             pass
 
     # -- decisions (background thread) ---------------------------------------------------
     def _decide(self, f: RemoteFile, offset: int, size: int) -> None:
         try:
-            tensor_blocks = self._tensors(f, offset)
-            if tensor_blocks is None:  # not a (parsable) safetensors file
-                wanted = self._sequential(f, offset, size)
-            else:  # the tensor layout knows better than a window where reading stops
-                wanted = tensor_blocks
+            window, streak = self._sequential(f, offset, size)
+            tensor_blocks, limit = self._tensors(f, offset, streak)
+            # a sequential reader (cat, cp, a streaming loader) gets a growing window even in
+            # a safetensors file — but not past the tensor it is in until it has streamed
+            # through several tensors or a loader is seen at work: reading one tensor page
+            # by page must cost that tensor only
+            wanted = [i for i in window if i * self.bs < limit]
+            if tensor_blocks:
+                wanted = sorted(set(wanted).union(tensor_blocks))
+            if offset == 0:
+                self._next_headers(f)
             if wanted:
-                started = self.reader.prefetch(f, sorted(wanted), self.budget)
-                log.debug("read %s [%d,+%d): %s prefetch of %d blocks, %d started", f.path, offset,
-                          size, "sequential" if tensor_blocks is None else "tensor", len(wanted), started)
+                with self._lock:
+                    self._pending[f.path] = (f, wanted)
+                    self._pending.move_to_end(f.path)
+                log.debug("read %s [%d,+%d): %s prefetch of %d blocks", f.path, offset, size,
+                          "sequential" if tensor_blocks is None else "tensor", len(wanted))
+            self._pump()
         except Exception:
             log.exception("prefetch decision for %s failed (reads are unaffected)", f.path)
 
-    def _sequential(self, f: RemoteFile, offset: int, size: int) -> set[int]:
+    def _pump(self) -> None:
+        """Start wanted blocks while the in-flight budget allows, the most recently read file
+        first; called after each decision and whenever a prefetched run completes, so a long
+        wanted range keeps flowing at the budget without waiting for the next read."""
+        try:
+            with self._lock:
+                queue = list(reversed(self._pending.items()))
+            for path, (f, wanted) in queue:
+                # parallel sub-ranges: spread what is wanted over the connections, in requests
+                # of at least a block and at most the reader's request cap
+                per_request = len(wanted) * self.bs // max(1, self.connections)
+                started, left = self.reader.prefetch(f, wanted, self.budget, max_request_bytes=per_request)
+                with self._lock:
+                    if not left and self._pending.get(path, (None, None))[1] is wanted:
+                        del self._pending[path]
+                if left and not started:
+                    break  # no room: a completion will call again
+        except Exception:
+            log.exception("prefetch pump failed (reads are unaffected)")
+
+    def _next_headers(self, f: RemoteFile) -> None:
+        """Opening shard k of n: loaders open the next shards right after (transformers does,
+        one at a time, reading each header before the next): start their first blocks now.
+        At most NEXT_HEADERS blocks, whatever is read later."""
+        m = SHARD.search(f.path)
+        if m is None:
+            return
+        k, n = int(m["k"]), int(m["n"])
+        for j in range(k + 1, min(n, k + NEXT_HEADERS) + 1):
+            path = f"{f.path[:m.start('k')]}{j:0{len(m['k'])}d}{f.path[m.end('k'):]}"
+            nxt = self.files.get(path)
+            if nxt is not None and nxt.size > 0:
+                self.reader.prefetch(nxt, [0], self.budget)
+
+    def _on_done(self) -> None:
+        self._submit(self._pump)
+
+    def _sequential(self, f: RemoteFile, offset: int, size: int) -> tuple[list[int], int | None]:
+        """The readahead window after this read, and where its sequential streak began
+        (None: this read is a jump)."""
         end = offset + size
         with self._lock:
-            expected, window = self._seq.get(f.path, (-1, 0))
+            expected, window, streak = self._seq.get(f.path, (-1, 0, offset))
             # the kernel may reorder neighbouring requests a little: allow one block of slack
             if expected >= 0 and abs(offset - expected) <= self.bs:
                 window = min(max(window * 2, 2 * self.bs), self.window_max)
+                continued = True
             else:
-                window = 0
-            self._seq[f.path] = (max(end, expected), window)
+                window, streak, continued = 0, offset, False
+            self._seq[f.path] = (max(end, expected) if continued else end, window, streak)
         if window == 0 or end >= f.size:
-            return set()
-        return set(block_range(end, window, f.size, self.bs))
+            return [], (streak if continued else None)
+        return list(block_range(end, window, f.size, self.bs)), (streak if continued else None)
 
-    def _tensors(self, f: RemoteFile, offset: int) -> set[int] | None:
+    def _tensors(self, f: RemoteFile, offset: int, streak: int | None) -> tuple[list[int], int]:
+        """Blocks to fetch for a read at ``offset`` by tensor layout, and how far a
+        sequential window may reach (the file's end, or the end of the tensor read).
+        ``streak``: where the sequential run this read continues began (None: a jump)."""
         if not f.path.endswith(".safetensors"):
-            return None
+            return [], f.size
         tmap = self._tensor_map(f)
         if tmap is None:
-            return None
+            return [], f.size
         i = tmap.find(offset)
+        folder = f.path.rpartition("/")[0]
         if i is None:
-            return set()
+            return [], (f.size if tmap.loading or folder in self._loading_dirs else offset + self.bs)
         start, end = tmap.ranges[i]
         with self._lock:
-            # streaming: the tensor before was read in earnest (fetched whole, or small and read)
-            prev = i - 1
-            streaming = prev >= 0 and (prev in tmap.triggered or (
-                prev in tmap.touched and tmap.ranges[prev][1] - tmap.ranges[prev][0] <= 2 * GUARD))
-            tmap.touched.add(i)
+            # Only jumps count as touching a tensor: a sequential run (the kernel's readahead
+            # after a header read, say) crosses many small tensors without meaning them.
+            if streak is None:
+                tmap.touched.add(i)
+            # A run through >= 3 whole tensors and STREAM_BYTES is a stream (cat, cp): no limit.
+            streaming = streak is not None and i >= 3 and streak <= tmap.ranges[i - 3][0] and (
+                offset - max(streak, tmap.ranges[0][0]) >= STREAM_BYTES)
+            # A loader is at work once reads have landed in several tensors: more than a
+            # lone tensor read can touch (it, and its two neighbours through the kernel's
+            # read-around).  Loaders touch tensors in their own order (transformers 5.24
+            # faults in the last pages of every tensor first, two threads hopping between
+            # shards), so from then on every read pulls its tensor and what follows.
+            # A loader that read several tensors of one shard will read the other shards
+            # of that folder the same way: there, the first tensor read is enough.
+            loading = tmap.loading = tmap.loading or len(tmap.touched) >= self.load_tensors or (
+                folder in self._loading_dirs)
+            if loading:
+                self._loading_dirs.add(folder)
             # Around a tensor's first and last pages the kernel reads windows that spill
-            # into the neighbours (mmap read-around, readahead): a read there alone is no
+            # into the neighbours (mmap read-around, readahead): for a lone read, that is no
             # reason to fetch a whole neighbouring tensor.  Small tensors come on demand.
             inside = start + GUARD <= offset < end - GUARD
-            if i in tmap.triggered or not inside:
-                return set()
+            # a lone reader that just crossed into this tensor may be spill-over: no window yet
+            limit = end if start + GUARD <= offset else min(end, offset + GUARD)
+            if streaming or loading:
+                limit = f.size
+            if not loading and (i in tmap.triggered or not inside):
+                return [], limit
             tmap.triggered.add(i)
-        if streaming:
-            j = i + 1
-            while j < len(tmap.ranges) and tmap.ranges[j][0] < end + self.lookahead:
-                end = tmap.ranges[j][1]
-                j += 1
-        return set(block_range(start, end - start, f.size, self.bs))
+        if not loading:
+            return list(block_range(start, end - start, f.size, self.bs)), limit
+        j, stop = i + 1, end + self.lookahead
+        while j < len(tmap.ranges) and tmap.ranges[j][0] < stop:
+            end = tmap.ranges[j][1]
+            j += 1
+        return list(block_range(start, end - start, f.size, self.bs)), f.size
 
     def _tensor_map(self, f: RemoteFile) -> TensorMap | None:
         if f.path in self._maps:

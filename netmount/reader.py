@@ -52,12 +52,17 @@ class BlockReader:
         self.counters = counters or Counters()
         self.on_served = on_served  # (file, offset, length) of every range handed to a program
         self._lock = threading.Lock()
+        self._prefetch_lock = threading.Lock()
         self._inflight: dict[tuple[str, int], concurrent.futures.Future] = {}
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._memory_blocks = max(2, memory_bytes // self.block_size)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
-        self._inflight_bytes = 0
+        self._inflight_bytes = 0  # bytes of runs started and not yet finished (demand and prefetch)
+        self.max_inflight_bytes = 0  # the most ever in flight at once (stats, tests)
         self._cached_sets: dict[str, set[int]] = {}  # content id -> blocks known stored
+        # called (no arguments, on a store thread) after every run has finished and its bytes
+        # left the in-flight count: the prefetcher's cue to start more
+        self.on_run_done: Callable[[], None] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -97,20 +102,41 @@ class BlockReader:
                 self.on_served(f, offset, len(out))
         return out
 
-    def prefetch(self, f: RemoteFile, indices: Iterable[int], budget: int) -> int:
-        """Start fetching those of ``indices`` not known to be cached, while fewer than
-        ``budget`` bytes are in flight; returns how many blocks were started."""
-        known = self._known_cached(f)
-        todo = [i for i in indices if i not in known and (f.content_id, i) not in self._memory]
-        room = (budget - self._inflight_bytes) // self.block_size
-        if room <= 0 or not todo:
-            return 0
-        todo = todo[:room]
-        self.counters.add("prefetch_blocks", len(todo))
-        self.ensure(f, todo)
-        return len(todo)
+    def prefetch(self, f: RemoteFile, indices: Iterable[int], budget: int,
+                 max_request_bytes: int | None = None) -> tuple[int, int]:
+        """Start fetching ``indices`` (in the order given) that are not cached, in memory or
+        already downloading, as long as no more than ``budget`` bytes are in flight in all
+        (demand reads included: they are never held back, so they only leave less room).
 
-    def ensure(self, f: RemoteFile, indices: Iterable[int]) -> dict[int, concurrent.futures.Future]:
+        ``max_request_bytes`` (at least one block, at most the reader's cap) splits the
+        blocks into smaller requests, which go out in parallel.
+
+        Returns ``(started, left)``: blocks started now, and blocks still wanted but not
+        started for lack of room.  Call again when a run finishes (``on_run_done``)."""
+        with self._prefetch_lock:  # check and start as one step: the budget holds across callers
+            return self._prefetch(f, indices, budget, max_request_bytes)
+
+    def _prefetch(self, f, indices, budget, max_request_bytes) -> tuple[int, int]:
+        known = self._known_cached(f)
+        with self._lock:
+            todo = [i for i in dict.fromkeys(indices) if i not in known
+                    and (f.content_id, i) not in self._memory and (f.content_id, i) not in self._inflight]
+            room = budget - self._inflight_bytes
+        take = []
+        for i in todo:
+            lo, hi = block_span(i, self.block_size, f.size)
+            if hi - lo > room:
+                break
+            room -= hi - lo
+            take.append(i)
+        if take:
+            self.counters.add("prefetch_blocks", len(take))
+            run = self.max_run if max_request_bytes is None else max(1, min(self.max_run, max_request_bytes // self.block_size))
+            self.ensure(f, take, max_run=run)
+        return len(take), len(todo) - len(take)
+
+    def ensure(self, f: RemoteFile, indices: Iterable[int],
+               max_run: int | None = None) -> dict[int, concurrent.futures.Future]:
         """Futures for blocks of ``f``: joined if already downloading, else fetched now.
 
         Also the prefetch entry point: call it and do not wait.
@@ -130,7 +156,7 @@ class BlockReader:
                         self._inflight[key] = fut
                         owned.append(i)
                 futures[i] = fut
-        for first, last in coalesce(owned, self.max_run):
+        for first, last in coalesce(owned, max_run or self.max_run):
             self._start_run(f, first, last, futures)
         return futures
 
@@ -175,6 +201,7 @@ class BlockReader:
         end = block_span(last, self.block_size, f.size)[1]
         with self._lock:
             self._inflight_bytes += end - start
+            self.max_inflight_bytes = max(self.max_inflight_bytes, self._inflight_bytes)
         try:
             run = self._fetch(f, start, end)
         except Exception as exc:  # could not even start: fail these blocks, not the process
@@ -212,3 +239,9 @@ class BlockReader:
                 self._inflight.pop(key, None)
         with self._lock:
             self._inflight_bytes -= end - start
+        hook = self.on_run_done
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("on_run_done hook failed")
