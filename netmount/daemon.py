@@ -82,9 +82,14 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                            connections=config.connections, counters=counters).start()
     by_path = {f.path: f for f in snap.files}
     reader = BlockReader(
-        store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters
+        store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters,
+        # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
+        # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
+        max_request_bytes=4 << 20,
     )
-    prefetcher = Prefetcher(reader, header_ranges=header_data_ranges) if config.prefetch else None
+    prefetcher = (Prefetcher(reader, connections=config.connections, files=by_path,
+                             header_ranges=header_data_ranges)
+                  if config.prefetch else None)
     ops = NetmountFS(snap, reader, lambda: build_stats(config, snap, counters, store), on_ready,
                      prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)
