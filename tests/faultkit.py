@@ -35,6 +35,10 @@ def write_fault_repos(root: Path) -> None:
     (gated / ".gated").write_text("")
     (gated / "config.json").write_text("{}")
     (gated / "model.bin").write_bytes(os.urandom(700_000))
+    big = root / "faults" / "big"  # for crashes, cache limits and concurrency
+    big.mkdir(parents=True)
+    for i in range(4):
+        (big / f"shard-{i}.bin").write_bytes(os.urandom(6 * (1 << 20) + 1000 * i))
     corrupt = root / "faults" / "corrupt"
     corrupt.mkdir(parents=True)
     (corrupt / "absurd.safetensors").write_bytes((1 << 62).to_bytes(8, "little") + os.urandom(400_000))

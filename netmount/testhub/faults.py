@@ -30,6 +30,8 @@ Kinds — each is what a real CDN or proxy has been seen to do:
   (or until the client gives up), then a close.
 - ``delay``: wait ``delay`` seconds before answering, then answer normally (a slow link;
   with a long delay, a server that never sends its headers).
+- ``slow``: the right answer, its body sent at ``rate`` bytes per second (a slow link:
+  keeps downloads in flight long enough to kill a daemon in the middle of them).
 - ``listing``: answer a tree API request with ``entries`` (a Hub tree listing), e.g. to
   list an unsafe path no folder on disk can hold.
 - ``bad_token``: 401 "Invalid credentials in Authorization header" when the request
@@ -54,8 +56,8 @@ from aiohttp import web
 from . import ranges
 
 KINDS = {"status", "expired", "reset", "short", "full", "wrong_range", "stall", "delay",
-         "listing", "bad_token"}
-BODY_KINDS = {"reset", "short", "full", "wrong_range", "stall"}
+         "slow", "listing", "bad_token"}
+BODY_KINDS = {"reset", "short", "full", "wrong_range", "stall", "slow"}
 
 DEFAULTS: dict[str, Any] = {
     "server": "cdn",
@@ -68,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "retry_after": None,
     "delay": 3600.0,
     "fraction": 0.5,
+    "rate": 1 << 20,
     "entries": None,
 }
 
@@ -247,6 +250,23 @@ async def _wrong_range(rules, rule, request, rec):
     return resp
 
 
+async def _slow(rules, rule, request, rec):
+    repo, entry = rules._locate(request)
+    p = _plan(request, entry.size)
+    if p.status == 416:
+        return None
+    headers = {"Content-Range": p.content_range(entry.size)} if p.status == 206 else {}
+    resp = await _start(request, rec, p.status, headers, p.end - p.start)
+    piece = max(1, int(rule["rate"]) // 20)
+    for pos in range(p.start, p.end, piece):
+        if request.transport is None or request.transport.is_closing():
+            return resp
+        await _send(request, rec, resp, _read(repo, entry, pos, min(p.end, pos + piece)))
+        await asyncio.sleep(0.05)
+    await resp.write_eof()
+    return resp
+
+
 async def _partial(rules, rule, request, rec):
     """reset / short / stall: the right headers, part of the body, then the fault."""
     repo, entry = rules._locate(request)
@@ -295,4 +315,5 @@ _ACTIONS = {
     "reset": _partial,
     "short": _partial,
     "stall": _partial,
+    "slow": _slow,
 }
