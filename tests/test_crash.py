@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -161,6 +163,11 @@ def test_unusable_cache_dir_still_reads_from_the_network(fm, fhub, fault_root, t
     pid = stats["pid"]
     fm.unmount(mp)
     assert not _running(pid)  # exited cleanly at unmount
+    # logged, not fatal: in the cache dir if a log fits there, else in a private temp dir
+    slug = str(mp).strip("/").replace("/", "_") + ".log"
+    logs = [p for p in (cache / "netmount" / "logs" / slug,
+                        Path(tempfile.gettempdir()) / f"netmount-logs-{os.getuid()}" / slug) if p.exists()]
+    assert logs and "block cache" in "".join(p.read_text(errors="replace") for p in logs)
 
 
 def _running(pid: int) -> bool:
