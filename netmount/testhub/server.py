@@ -119,7 +119,8 @@ class HubServer:
         r.add_get("/api/models/{org}/{name}", self.model_info)
         r.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
         r.add_get("/api/models/{org}/{name}/tree/{rev}{path:(/.*)?}", self.tree)
-        r.add_get("/{org}/{name}/resolve/{rev}/{path:(.*/)?}", self.index)  # folders: HTML listing
+        r.add_get("/{org}/{name}/resolve/{rev}", self.index)  # folders: HTML listing
+        r.add_get("/{org}/{name}/resolve/{rev}/{path:(.*/)?}", self.index)
         r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve)  # HEAD too
         return app
 
@@ -286,11 +287,12 @@ class HubServer:
         """An HTML listing of a folder at a revision, as plain HTTP file servers give: what
         directory-mounting clients (rclone's http remote, httpdirfs) parse for names."""
         repo, snap = await self._lookup(request, request.match_info["rev"], download=True)
-        sub = request.match_info["path"].strip("/")
+        sub = request.match_info.get("path", "").strip("/")
         if sub and sub not in snap.dirs:
             raise HubError(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": snap.sha})
         names = [it["path"].rsplit("/", 1)[-1] + ("/" if it["type"] == "directory" else "")
                  for it in _tree_items(snap, sub, recursive=False)]
+        # relative hrefs, as Apache/nginx autoindex writes them (httpdirfs takes no other kind)
         links = "\n".join(f'<a href="{quote(n)}">{html.escape(n)}</a>' for n in names)
         return web.Response(text=f"<html><body><pre>\n{links}\n</pre></body></html>\n",
                             content_type="text/html", headers={"X-Repo-Commit": snap.sha})
