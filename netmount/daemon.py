@@ -67,7 +67,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     from .fs import NetmountFS, serve
     from .prefetch import Prefetcher, header_data_ranges
     from .reader import BlockReader
-    from .stats import build_stats
+    from .coverage import Coverage
+    from .stats import StatsBuilder
 
     snap = config.snapshot
     counters = Counters()
@@ -81,8 +82,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters).start()
     by_path = {f.path: f for f in snap.files}
+    coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     reader = BlockReader(
         store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters,
+        on_served=coverage.record,
         # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
         max_request_bytes=4 << 20,
@@ -90,7 +93,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = (Prefetcher(reader, connections=config.connections, files=by_path,
                              header_ranges=header_data_ranges)
                   if config.prefetch else None)
-    ops = NetmountFS(snap, reader, lambda: build_stats(config, snap, counters, store), on_ready,
+    stats = StatsBuilder(config, snap, counters, store, coverage)
+    ops = NetmountFS(snap, reader, stats, on_ready,
                      prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)
     try:
@@ -99,6 +103,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         log.info("unmounted %s; closing", config.mountpoint)
         if prefetcher is not None:
             prefetcher.close()
+        stats.close()
         reader.close()
         fetcher.close()
         store.close()

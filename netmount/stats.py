@@ -1,29 +1,165 @@
-"""The numbers a live mount publishes in ``/.netmount/stats.json``."""
+"""``/.netmount/stats.json``: what a live mount publishes, and reading it back from a shell.
+
+The daemon side (``StatsBuilder``) runs every time the control file is opened, so it must
+stay cheap and must never cause network traffic: tensors are listed only for safetensors
+files whose header blocks are already in the block store (a program read them); the
+header of any other file is simply not known yet.  The client side (``read_stats``) is
+what ``netmount stats`` and ``netmount prefetch`` call.
+
+Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
+bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
+download_rate download_rate_avg amplification files[{path size cached_bytes fetched_bytes
+served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
+``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
+``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
+"""
 
 from __future__ import annotations
 
+import collections
+import json
+import logging
+import os
+import threading
 import time
 
+from . import errors, mounts
+from .blocks import block_range, block_span, coalesce
+from .tensors import HeaderError, read_header
 
-def build_stats(config, snap, counters, store) -> dict:
+log = logging.getLogger("netmount.stats")
+
+STATS_FILE = os.path.join(".netmount", "stats.json")
+
+
+# -- daemon side ----------------------------------------------------------------------------
+
+class RateMeter:
+    """Download rate over the last ``window`` seconds, from a counter sampled each ``period``."""
+
+    def __init__(self, value, period: float = 1.0, window: float = 5.0) -> None:
+        self._value = value
+        self._period = period
+        self._samples: collections.deque = collections.deque(maxlen=max(2, int(window / period) + 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="netmount-rate", daemon=True)
+
+    def start(self) -> "RateMeter":
+        self._samples.append((time.monotonic(), self._value()))
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._samples.append((time.monotonic(), self._value()))
+
+    def rate(self) -> float:
+        """Bytes per second between the oldest sample kept and now."""
+        if not self._samples:
+            return 0.0
+        t0, v0 = self._samples[0]
+        dt = time.monotonic() - t0
+        return (self._value() - v0) / dt if dt > 0.05 else 0.0
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _NotLocal(Exception):
+    pass
+
+
+class HeaderCache:
+    """Tensor ranges of safetensors files whose header is in the block store; never fetches.
+
+    Headers of a pinned commit never change, so a parsed header (or a corrupt one, logged
+    once) is remembered; a header not yet local is looked for again next time.
+    """
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.block_size = store.block_size
+        self._known: dict[str, list[tuple[str, int, int]] | None] = {}
+
+    def tensors(self, f) -> list[tuple[str, int, int]] | None:
+        """``[(name, start, end), ...]`` of ``f``, or None (not safetensors, not local, corrupt)."""
+        if not f.path.endswith(".safetensors"):
+            return None
+        if f.path in self._known:
+            return self._known[f.path]
+        try:
+            infos = read_header(lambda a, b: self._local(f, a, b), f.size, first=self.block_size)
+        except _NotLocal:
+            return None
+        except HeaderError as exc:
+            log.warning("%s: not listing tensors, bad safetensors header: %s", f.path, exc)
+            infos = None
+        found = None if infos is None else [(t.name, t.start, t.end) for t in infos]
+        self._known[f.path] = found
+        return found
+
+    def _local(self, f, start: int, end: int) -> bytes:
+        parts = []
+        for i in block_range(start, end - start, f.size, self.block_size):
+            data = self.store.get(f.content_id, i)
+            lo, hi = block_span(i, self.block_size, f.size)
+            if data is None or len(data) != hi - lo:
+                raise _NotLocal
+            parts.append(data)
+        first = start - start // self.block_size * self.block_size
+        return b"".join(parts)[first:first + end - start]
+
+
+class StatsBuilder:
+    """The callable the filesystem runs for each open of the stats file."""
+
+    def __init__(self, config, snap, counters, store, coverage=None) -> None:
+        self.config, self.snap, self.counters, self.store = config, snap, counters, store
+        self.coverage = coverage
+        self.headers = HeaderCache(store)
+        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
+        self._lock = threading.Lock()  # one build at a time: the header cache is not shared
+
+    def __call__(self) -> dict:
+        with self._lock:
+            return build_stats(self.config, self.snap, self.counters, self.store,
+                               coverage=self.coverage, headers=self.headers, rate=self.rate)
+
+    def close(self) -> None:
+        self.rate.close()
+
+
+def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None) -> dict:
     values = counters.snapshot()
     per_file = counters.per_file()
-    files = []
-    cached_total = 0
+    files, tensors = [], []
+    cached_total = read_total = 0
     for f in snap.files:
         try:
             cached = min(store.cached_bytes(f.content_id), f.size)
+            runs = coalesce(store.cached_indices(f.content_id)) if cached else []
         except Exception:
-            cached = 0
+            cached, runs = 0, []
+        read = coverage.covered_bytes(f.path) if coverage is not None else 0
         cached_total += cached
+        read_total += read
         files.append({
             "path": f.path,
             "size": f.size,
             "cached_bytes": cached,
             "fetched_bytes": per_file.get(f.path, {}).get("bytes_fetched", 0),
             "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
+            "read_bytes": read,
+            "cached_runs": [list(r) for r in runs],
         })
+        known = headers.tensors(f) if headers is not None else None
+        if known:
+            touched = (coverage.touched(f.path, [(s, e) for _, s, e in known])
+                       if coverage is not None else [0] * len(known))
+            tensors.extend({"name": name, "file": f.path, "nbytes": e - s, "touched_bytes": t}
+                           for (name, s, e), t in zip(known, touched))
     uptime = max(time.time() - counters.started, 1e-9)
+    fetched = values.get("bytes_fetched", 0)
     return {
         "mountpoint": config.mountpoint,
         "repo": snap.repo_id,
@@ -31,16 +167,54 @@ def build_stats(config, snap, counters, store) -> dict:
         "requested_revision": snap.revision,
         "endpoint": snap.endpoint,
         "block_size": config.block_size,
-        "pid": __import__("os").getpid(),
+        "pid": os.getpid(),
         "uptime_s": round(uptime, 3),
         "bytes_served": values.get("bytes_served", 0),
-        "bytes_fetched": values.get("bytes_fetched", 0),
+        "bytes_fetched": fetched,
+        "bytes_read": read_total,
         "requests": values.get("requests", 0),
         "retries": values.get("retries", 0),
         "errors": values.get("errors", 0),
         "cache_hits": values.get("cache_hits", 0),
         "cache_misses": values.get("cache_misses", 0),
+        "prefetch_blocks": values.get("prefetch_blocks", 0),
         "cached_bytes": cached_total,
         "total_bytes": sum(f.size for f in snap.files),
+        "download_rate": round(rate.rate()) if rate is not None else 0,
+        "download_rate_avg": round(fetched / uptime),
+        "amplification": round(fetched / read_total, 4) if read_total else None,
         "files": files,
+        "tensors": tensors,
     }
+
+
+# -- client side ----------------------------------------------------------------------------
+
+def read_stats(mountpoint: str | os.PathLike) -> dict:
+    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one."""
+    path = os.path.abspath(os.fspath(mountpoint))
+    if mounts.find_mount(path) is None:
+        if mounts.is_dead(path):
+            raise errors.MountpointError(
+                f"{path}: its netmount daemon is gone (run: netmount unmount {path})")
+        raise errors.NotAMount(f"{path} is not a netmount mount")
+    try:
+        with open(os.path.join(path, STATS_FILE), "rb") as fh:
+            return json.loads(fh.read())
+    except OSError as exc:
+        raise errors.MountpointError(f"{path}: cannot read its stats: {exc.strerror or exc}") from None
+    except ValueError:
+        raise errors.MountpointError(f"{path}: its stats file is not valid JSON") from None
+
+
+def live_stats(mountpoints=()) -> list[dict]:
+    """Stats of the named mounts, or of every live netmount mount when none is named."""
+    if mountpoints:
+        return [read_stats(m) for m in mountpoints]
+    out = []
+    for entry in mounts.list_mounts():
+        try:
+            out.append(read_stats(entry.mountpoint))
+        except errors.NetmountError as exc:  # one dead mount must not hide the others
+            log.warning("%s", exc)
+    return out

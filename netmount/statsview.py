@@ -1,0 +1,118 @@
+"""Text for people from stats dicts: the summary table, the cache map, ``--watch``.
+
+Pure functions of the stats (``stats.py`` documents the keys) and a width, so they are
+tested without a mount or a terminal; only ``watch`` touches the screen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+import time
+from typing import Callable
+
+from .blocks import block_count
+from .units import format_size
+
+SHADES = "·░▒▓█"  # no block cached, some, about half, most, all
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def render_summary(s: dict) -> str:
+    """A few aligned lines for one mount."""
+    hits, misses = s.get("cache_hits", 0), s.get("cache_misses", 0)
+    amp = s.get("amplification")
+    rows = [
+        ("served", f"{format_size(s['bytes_served'])} to programs"
+                   f" ({format_size(s.get('bytes_read', 0))} distinct)"),
+        ("fetched", f"{format_size(s['bytes_fetched'])} from the network"
+                    f"   amplification {'-' if amp is None else f'{amp:.2f}'}"),
+        ("cache", f"{_pct(hits, hits + misses)} block hits ({hits} hits, {misses} misses)"),
+        ("cached", f"{format_size(s['cached_bytes'])} of {format_size(s.get('total_bytes', 0))}"
+                   f" ({_pct(s['cached_bytes'], s.get('total_bytes', 0))})"),
+        ("http", f"{s['requests']} requests, {s['retries']} retries, {s['errors']} errors"),
+        ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
+                 f" average {format_size(s.get('download_rate_avg', 0))}/s"),
+    ]
+    head = f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}"
+    return "\n".join([head] + [f"  {k:<8} {v}" for k, v in rows])
+
+
+def render_table(stats: list[dict]) -> str:
+    if not stats:
+        return "no live netmount mounts"
+    return "\n\n".join(render_summary(s) for s in stats)
+
+
+class _Cached:
+    """Counts cached blocks in index ranges, from inclusive ``[first, last]`` runs."""
+
+    def __init__(self, runs) -> None:
+        self.starts = [a for a, _ in runs]
+        self.ends = [b + 1 for _, b in runs]
+        self.cum = [0]
+        for a, b in runs:
+            self.cum.append(self.cum[-1] + b + 1 - a)
+
+    def below(self, x: int) -> int:
+        k = bisect.bisect_left(self.starts, x) - 1  # last run starting before x
+        if k < 0:
+            return 0
+        return self.cum[k] + min(x, self.ends[k]) - self.starts[k]
+
+    def count(self, a: int, b: int) -> int:
+        return self.below(b) - self.below(a)
+
+
+def bar(runs, nblocks: int, width: int) -> str:
+    """``width`` cells over ``nblocks`` blocks; each cell's shade is the cached fraction."""
+    if nblocks <= 0 or width <= 0:
+        return " " * max(width, 0)
+    cached = _Cached(runs)
+    cells = []
+    for c in range(width):
+        a = c * nblocks // width
+        b = max(a + 1, (c + 1) * nblocks // width)
+        frac = cached.count(a, b) / (b - a)
+        if frac <= 0:
+            cells.append(SHADES[0])
+        elif frac >= 1:
+            cells.append(SHADES[4])
+        else:
+            cells.append(SHADES[1 + min(2, int(frac * 3))])
+    return "".join(cells)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def render_map(s: dict, width: int) -> str:
+    """One bar per file of which blocks are cached, fitted to ``width`` columns."""
+    bs = s["block_size"]
+    files = s["files"]
+    name_w = min(max((len(f["path"]) for f in files), default=4), max(12, width // 3))
+    bar_w = max(10, width - name_w - 10)
+    lines = [f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}: cached blocks "
+             f"({SHADES[4]} all {SHADES[3]} most {SHADES[2]} half {SHADES[1]} some {SHADES[0]} none)"]
+    for f in files:
+        n = block_count(f["size"], bs)
+        pct = f"{100 * f['cached_bytes'] / f['size']:5.1f}%" if f["size"] else "   -  "
+        lines.append(f"{_fit(f['path'], name_w):<{name_w}} {bar(f.get('cached_runs', []), n, bar_w)} {pct}")
+    return "\n".join(lines)
+
+
+def watch(fetch: Callable[[], str], interval: float = 1.0, out=None) -> None:
+    """Redraw ``fetch()`` in place every ``interval`` seconds until Ctrl-C."""
+    out = out or sys.stdout
+    try:
+        while True:
+            text = fetch()
+            out.write("\x1b[H\x1b[2J" + text + "\n")
+            out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        out.write("\n")
