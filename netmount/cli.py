@@ -15,7 +15,7 @@ from . import errors, settings
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``set_defaults(func=...)``; ``func(args) -> int`` may raise NetmountError.
-COMMAND_MODULES: list[str] = ["demo"]
+COMMAND_MODULES: list[str] = ["demo", "inspect_cmds"]
 
 
 def _add_mount(sub) -> None:

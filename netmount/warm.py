@@ -1,0 +1,239 @@
+"""``netmount prefetch``: warm a mount's block cache for whole files or matching tensors.
+
+Works from outside the daemon, through the mounted files, so every byte goes through the
+one read path (single-flight, verification, stats) and nothing here needs the token or
+the cache directory.  The plan comes from the mount's stats (block size, which blocks are
+cached) and from the safetensors headers (``tensorlist``): globs that match a file path
+take the whole file, the others select tensors by name.  Only blocks not cached yet are
+read, so an interrupted run resumes where it stopped.
+
+Each missing run is read with ``os.pread`` by a pool of threads (parallel HTTP requests in
+the daemon), one block at a time, block-aligned.  Readahead is off (``POSIX_FADV_RANDOM``)
+so the kernel asks for exactly those blocks, and the pages are dropped before and after
+(``POSIX_FADV_DONTNEED``): before, so a page already in the page cache still reaches the
+daemon; after, so warming 100 GB does not push everything else out of memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from . import errors
+from .blocks import block_range, coalesce
+from .stats import read_stats
+from .tensorlist import list_tensors, matches
+
+Run = tuple[int, int]  # block indices, inclusive
+
+
+@dataclass
+class Plan:
+    block_size: int
+    sizes: dict[str, int]
+    wanted: dict[str, list[Run]] = field(default_factory=dict)  # runs selected
+    missing: dict[str, list[Run]] = field(default_factory=dict)  # of those, runs not cached
+    wanted_bytes: int = 0  # bytes of all blocks selected (cached or not)
+    tensors: int = 0
+    whole_files: int = 0
+    unmatched: list[str] = field(default_factory=list)  # globs that selected nothing
+
+    @property
+    def todo_bytes(self) -> int:
+        return sum(_run_bytes(r, self.block_size, self.sizes[p]) for p, runs in self.missing.items()
+                   for r in runs)
+
+
+def _run_bytes(run: Run, bs: int, size: int) -> int:
+    return min((run[1] + 1) * bs, size) - run[0] * bs
+
+
+def subtract(wanted: list[Run], have: list[Run]) -> list[Run]:
+    """Block runs in ``wanted`` not covered by ``have`` (both sorted, non-overlapping)."""
+    out, j = [], 0
+    for first, last in wanted:
+        while j < len(have) and have[j][1] < first:
+            j += 1
+        k, pos = j, first
+        while pos <= last:
+            if k < len(have) and have[k][0] <= pos:
+                pos = max(pos, have[k][1] + 1)
+                k += 1
+                continue
+            stop = min(last, have[k][0] - 1) if k < len(have) else last
+            out.append((pos, stop))
+            pos = stop + 1
+    return out
+
+
+def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Plan:
+    """What to read: block runs per file that the globs select and the cache lacks."""
+    patterns = list(patterns)
+    stats = read_stats(mountpoint)
+    bs = stats["block_size"]
+    sizes = {f["path"]: f["size"] for f in stats["files"]}
+    plan = Plan(bs, sizes)
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    used: set[str] = set()
+    for path, size in sizes.items():
+        hit = [p for p in patterns if matches(path, [p])] if patterns else ["*"]
+        if hit and size:
+            ranges[path] = [(0, size)]
+            plan.whole_files += 1
+            used.update(hit)
+    if patterns:
+        for t in list_tensors(mountpoint, patterns, on_skip=on_skip):
+            if t["file"] in ranges and ranges[t["file"]] == [(0, sizes[t["file"]])]:
+                continue  # the whole file is already selected
+            ranges.setdefault(t["file"], []).append((t["start"], t["end"]))
+            plan.tensors += 1
+            used.update(p for p in patterns if matches(t["name"], [p]))
+        stats = read_stats(mountpoint)  # reading the headers cached their blocks
+    plan.unmatched = [p for p in patterns if p not in used]
+    for path, spans in ranges.items():
+        blocks = []
+        for start, end in spans:
+            blocks.extend(block_range(start, end - start, sizes[path], bs))
+        plan.wanted[path] = coalesce(blocks)
+        plan.wanted_bytes += sum(_run_bytes(r, bs, sizes[path]) for r in plan.wanted[path])
+    update_missing(plan, stats)
+    return plan
+
+
+def update_missing(plan: Plan, stats: dict) -> None:
+    """Recompute ``plan.missing`` from the cached runs in a fresh ``stats``."""
+    have = {f["path"]: [tuple(r) for r in f.get("cached_runs", [])] for f in stats["files"]}
+    plan.missing = {}
+    for path, wanted in plan.wanted.items():
+        missing = subtract(wanted, have.get(path, []))
+        if missing:
+            plan.missing[path] = missing
+
+
+def segments(plan: Plan, max_blocks: int = 16):
+    """Missing runs cut into pieces of at most ``max_blocks``, lazily (bounded memory)."""
+    for path, runs in plan.missing.items():
+        for first, last in runs:
+            for a in range(first, last + 1, max_blocks):
+                yield path, a, min(last, a + max_blocks - 1)
+
+
+def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
+            progress: Callable[[int], None] | None = None) -> int:
+    """Read the plan's missing blocks through the mount; returns bytes read.
+
+    Each worker reads one segment at a time, front to back, one block per ``pread``: a
+    sequential stream the daemon's own prefetcher can follow.
+    """
+    bs = plan.block_size
+    work = segments(plan)
+    lock = threading.Lock()
+    fds: dict[str, int] = {}
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    done = [0]
+
+    def fd_of(path: str) -> int:
+        with lock:
+            if path not in fds:
+                fd = os.open(os.path.join(mountpoint, path), os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                fds[path] = fd
+            return fds[path]
+
+    def read_block(path: str, i: int) -> int:
+        fd = fd_of(path)
+        start = i * bs
+        length = min(bs, plan.sizes[path] - start)
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+        got = 0
+        while got < length:
+            chunk = os.pread(fd, length - got, start + got)
+            if not chunk:
+                raise errors.FetchError(f"{path}: unexpected end of file at {start + got}")
+            got += len(chunk)
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+        return got
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    seg = next(work, None)
+                if seg is None:
+                    return
+                path, first, last = seg
+                for i in range(first, last + 1):
+                    if stop.is_set():
+                        return
+                    n = read_block(path, i)
+                    with lock:
+                        done[0] += n
+                    if progress is not None:
+                        progress(n)
+        except BaseException as exc:
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, name=f"netmount-warm-{k}", daemon=True)
+               for k in range(max(1, workers))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # wake up for Ctrl-C
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for fd in fds.values():
+            os.close(fd)
+    if failures:
+        exc = failures[0]
+        if isinstance(exc, OSError):
+            raise errors.FetchError(f"prefetch read failed: {exc.strerror or exc}") from None
+        raise exc
+    return done[0]
+
+
+def _settle(mountpoint: str, plan: Plan, wait: float = 3.0) -> int:
+    """Bytes of the plan still not cached.  The daemon hands a block to the reader before
+    writing it to the store, so the last blocks may take a moment to show up."""
+    deadline = time.monotonic() + wait
+    while True:
+        update_missing(plan, read_stats(mountpoint))
+        if not plan.missing or time.monotonic() >= deadline:
+            return plan.todo_bytes
+        time.sleep(0.1)
+
+
+def prefetch(mountpoint: str, patterns: Iterable[str] = (), *, workers: int = 16,
+             show_progress: bool = True, on_skip=None) -> dict:
+    """Warm the cache of the mount at ``mountpoint``; returns a summary dict.
+
+    ``patterns`` are globs matched against file paths (whole file) and tensor names; none
+    means every file.  Safe to interrupt and run again: cached blocks are skipped.
+    """
+    mountpoint = os.path.abspath(mountpoint)
+    plan = make_plan(mountpoint, patterns, on_skip)
+    todo = plan.todo_bytes
+    bar = None
+    if show_progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc="prefetch",
+                   dynamic_ncols=True)
+    try:
+        done = execute(mountpoint, plan, workers=workers, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    left = todo and _settle(mountpoint, plan)
+    return {"files": len(plan.wanted), "whole_files": plan.whole_files, "tensors": plan.tensors,
+            "selected_bytes": plan.wanted_bytes, "read_bytes": done,
+            "already_cached_bytes": plan.wanted_bytes - todo, "still_missing_bytes": left,
+            "unmatched": plan.unmatched}

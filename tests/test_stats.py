@@ -1,0 +1,210 @@
+"""`netmount stats`: the numbers agree with the test hub's own byte log, and the views render.
+
+Mounted files are read with os.pread / open().read() only: no mmap in the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli, sha256_file
+from netmount.statsview import SHADES, _Cached, bar, render_map, render_table
+
+BLOCK = 1 << 20
+
+
+def pread_range(path, start, end):
+    """Read [start, end) with readahead off, so the kernel asks for those pages only."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        out = b""
+        while len(out) < end - start:
+            chunk = os.pread(fd, end - start - len(out), start + len(out))
+            assert chunk
+            out += chunk
+        return out
+    finally:
+        os.close(fd)
+
+
+def header_of(path):
+    from netmount.tensors import parse_header
+
+    raw = open(path, "rb").read()
+    return {t.name: t for t in parse_header(raw, len(raw))}
+
+
+def settled_stats(mp, hub, timeout=10.0):
+    """CLI stats once the daemon's downloads are over: bytes_fetched has caught up with the hub."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = run_cli("stats", "--json", str(mp))
+        assert done.returncode == 0, done.stderr
+        stats = json.loads(done.stdout)
+        sent = hub.bytes_sent(server=None)
+        if abs(stats["bytes_fetched"] - sent) <= stats["block_size"] or time.monotonic() > deadline:
+            return stats, sent
+        time.sleep(0.2)
+
+
+def test_stats_json_agrees_with_the_server_byte_log(mounter, hub, hub_root):
+    src = hub_root / "tests" / "big" / "model.safetensors"
+    mp = mounter.mount("tests/big")
+    hub.reset_log()
+    tensors = header_of(src)
+    t = tensors["layer.4.weight"]
+    assert pread_range(mp / "model.safetensors", t.start, t.end) == src.read_bytes()[t.start:t.end]
+    pread_range(mp / "config.json", 0, 2)
+    stats, sent = settled_stats(mp, hub)
+    assert abs(stats["bytes_fetched"] - sent) <= stats["block_size"], (stats["bytes_fetched"], sent)
+    assert stats["requests"] == len(hub.log)
+    for key in ("mountpoint", "repo", "revision", "block_size", "bytes_served", "bytes_fetched",
+                "requests", "retries", "errors", "cache_hits", "cache_misses", "cached_bytes",
+                "files", "tensors", "amplification", "download_rate", "download_rate_avg"):
+        assert key in stats, key
+    assert stats["mountpoint"] == str(mp) and stats["repo"] == "tests/big"
+    assert stats["revision"] == hub.commit_sha("tests/big")
+    by_path = {f["path"]: f for f in stats["files"]}
+    assert sum(f["fetched_bytes"] for f in stats["files"]) == stats["bytes_fetched"]
+    for f in stats["files"]:
+        # small files come from the hub's /resolve/, LFS files from the CDN's /blobs/<sha256>
+        sent_f = (hub.bytes_sent(server="hub", path_contains="/" + f["path"])
+                  + hub.bytes_sent(server="cdn", path_contains=sha256_file(src.parent / f["path"])))
+        assert abs(f["fetched_bytes"] - sent_f) <= stats["block_size"], f
+        runs_bytes = sum(min((b + 1) * BLOCK, f["size"]) - a * BLOCK for a, b in f["cached_runs"])
+        assert runs_bytes == f["cached_bytes"], f
+    model = by_path["model.safetensors"]
+    cached_blocks = {i for a, b in model["cached_runs"] for i in range(a, b + 1)}
+    assert set(range(t.start // BLOCK, (t.end - 1) // BLOCK + 1)) <= cached_blocks
+    assert stats["cached_bytes"] == sum(f["cached_bytes"] for f in stats["files"])
+    assert stats["errors"] == 0 and stats["retries"] == 0
+
+
+def test_tensor_touched_bytes_and_amplification(mounter, hub, hub_root):
+    src = hub_root / "tests" / "big" / "model.safetensors"
+    mp = mounter.mount("tests/big")
+    hub.reset_log()
+    before = mounter.stats(mp)
+    assert before["tensors"] == [] and before["amplification"] is None  # no header known yet
+    assert hub.log == []  # and the stats file did not go and fetch one
+    tensors = header_of(src)
+    t = tensors["layer.2.weight"]
+    pread_range(mp / "model.safetensors", 0, 8 + int.from_bytes(src.read_bytes()[:8], "little"))
+    pread_range(mp / "model.safetensors", t.start, t.end)
+    stats, _ = settled_stats(mp, hub)
+    touched = {x["name"]: x for x in stats["tensors"]}
+    assert set(touched) == set(tensors)
+    assert all(x["file"] == "model.safetensors" for x in stats["tensors"])
+    assert touched["layer.2.weight"]["touched_bytes"] == t.nbytes == touched["layer.2.weight"]["nbytes"]
+    # neighbours share at most the boundary page with it; the rest was never read
+    assert 0 < touched["layer.1.weight"]["touched_bytes"] < 4096
+    assert 0 < touched["layer.3.weight"]["touched_bytes"] < 4096
+    assert touched["layer.6.weight"]["touched_bytes"] == 0
+    read = stats["bytes_read"]
+    assert t.nbytes <= read <= t.nbytes + tensors["layer.0.weight"].start + 3 * 4096
+    assert stats["amplification"] == pytest.approx(stats["bytes_fetched"] / read, rel=1e-3)
+    assert stats["amplification"] >= 1.0
+    # a second read of the same bytes is served from cache: nothing new read or fetched
+    fetched = stats["bytes_fetched"]
+    pread_range(mp / "model.safetensors", t.start, t.end)
+    again, _ = settled_stats(mp, hub)
+    assert again["bytes_read"] == read and again["bytes_fetched"] == fetched
+
+
+def test_stats_of_a_plain_folder_fails_in_one_line(tmp_path):
+    for path in (tmp_path, tmp_path / "missing"):
+        done = run_cli("stats", str(path))
+        assert done.returncode != 0
+        assert done.stderr.strip() == f"netmount: error: {path} is not a netmount mount"
+        assert done.stdout == ""
+
+
+def test_all_mounts_table_json_and_map(mounter, hub, monkeypatch):
+    a = mounter.mount("tests/big", name="a")
+    b = mounter.mount("tests/plain", name="b")
+    (b / "README.md").read_bytes()
+    done = run_cli("stats", "--json")  # no mountpoint: every live mount (there may be others)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert isinstance(listed, list)
+    assert {str(a), str(b)} <= {s["mountpoint"] for s in listed}
+    one = json.loads(run_cli("stats", "--json", str(b)).stdout)
+    assert isinstance(one, dict) and one["repo"] == "tests/plain"
+    two = json.loads(run_cli("stats", "--json", str(a), str(b)).stdout)
+    assert [s["repo"] for s in two] == ["tests/big", "tests/plain"]
+
+    table = run_cli("stats", str(a), str(b)).stdout
+    assert f"tests/big@{hub.commit_sha('tests/big')[:12]} on {a}" in table
+    assert f"tests/plain@{one['revision'][:12]} on {b}" in table
+    assert "amplification" in table and "requests" in table
+
+    done = run_cli("stats", "--map", str(b), env={"COLUMNS": "70"})
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 70 for line in lines[1:]), lines
+    readme = next(line for line in lines if line.startswith("README.md"))
+    assert SHADES[4] in readme and "100.0%" in readme  # read in full: every block cached
+    data = next(line for line in lines if line.startswith("data.bin"))
+    assert SHADES[4] not in data and "0.0%" in data
+
+
+def test_watch_refreshes_until_ctrl_c(mounter):
+    mp = mounter.mount("tests/plain")
+    proc = subprocess.Popen([sys.executable, "-m", "netmount", "stats", "--watch", "--interval", "0.2",
+                             str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.count("\x1b[H\x1b[2J") >= 3 and out.count("tests/plain@") >= 3
+    assert "Traceback" not in err
+
+
+# -- the views, without a mount -----------------------------------------------------------------
+
+def test_bar_shades_follow_cached_fractions():
+    assert bar([], 10, 10) == SHADES[0] * 10
+    assert bar([(0, 9)], 10, 10) == SHADES[4] * 10
+    assert bar([(0, 4)], 10, 10) == SHADES[4] * 5 + SHADES[0] * 5
+    assert bar([(0, 0)], 1, 8) == SHADES[4] * 8  # one block: every cell shows it
+    assert bar([(0, 0), (4, 4)], 8, 2) == SHADES[1] + SHADES[1]  # 1 of 4 per cell
+    assert bar([(0, 1), (4, 6)], 8, 2) == SHADES[2] + SHADES[3]  # 2 of 4, 3 of 4
+    assert bar([(0, 99)], 100, 0) == ""
+
+
+def test_cached_counts_against_a_set():
+    import random
+
+    rnd = random.Random(3)
+    blocks = sorted(rnd.sample(range(500), 200))
+    from netmount.blocks import coalesce
+
+    counter = _Cached(coalesce(blocks))
+    present = set(blocks)
+    for _ in range(300):
+        a = rnd.randrange(500)
+        b = rnd.randrange(a, 501)
+        assert counter.count(a, b) == len(present & set(range(a, b)))
+
+
+def test_render_views_from_a_stats_dict():
+    s = {"repo": "o/n", "revision": "a" * 40, "mountpoint": "/m", "block_size": 4,
+         "bytes_served": 10, "bytes_read": 8, "bytes_fetched": 16, "amplification": 2.0,
+         "cache_hits": 3, "cache_misses": 1, "cached_bytes": 16, "total_bytes": 40,
+         "requests": 2, "retries": 0, "errors": 0, "download_rate": 0, "download_rate_avg": 1024,
+         "files": [{"path": "x" * 50, "size": 40, "cached_bytes": 16, "cached_runs": [[0, 3]]},
+                   {"path": "empty", "size": 0, "cached_bytes": 0, "cached_runs": []}]}
+    table = render_table([s])
+    assert "o/n@aaaaaaaaaaaa on /m" in table and "75.0% block hits" in table
+    assert "amplification 2.00" in table and "16 B of 40 B (40.0%)" in table
+    assert render_table([]) == "no live netmount mounts"
+    lines = render_map(s, 60).splitlines()
+    assert len(lines) == 3 and all(len(line) <= 60 for line in lines[1:])
+    assert lines[1].startswith("…") and lines[1].endswith(" 40.0%")
