@@ -85,6 +85,13 @@ class SafeBlockStore(BlockStore):
             self._failed("volume", exc)
             return 0
 
+    def block_locks(self):
+        try:
+            return self.inner.block_locks()
+        except Exception as exc:  # no cross-process single-flight: duplicate fetches, right bytes
+            self._failed("block_locks", exc)
+            return None
+
     def close(self) -> None:
         try:
             self.inner.close()

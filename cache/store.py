@@ -41,6 +41,11 @@ class BlockStore(abc.ABC):
     def close(self) -> None:
         """Release files and connections; the store must not be used afterwards."""
 
+    def block_locks(self):
+        """A ``StripeLocks`` (cache/locks.py) shared by every process using this store, or
+        None when the store is private to one process (nothing to coordinate)."""
+        return None
+
     def __enter__(self):
         return self
 

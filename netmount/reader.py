@@ -11,6 +11,12 @@ The read path in one place:
   stored block of the wrong length is treated as missing — never served.
 Completion work (splitting, writing to the store) runs on a small thread pool so the
 HTTP loop never blocks on disk.
+
+Across processes (two mounts sharing one cache dir), single-flight goes through the
+store's ``block_locks()`` (cache/locks.py): a run first takes the stripe locks of its
+blocks — on a thread of its own, never the caller's — then looks in the store again,
+fetches only the blocks still missing, stores them, and lets go.  A store without
+locks (memory) skips all that.
 """
 
 from __future__ import annotations
@@ -63,8 +69,17 @@ class BlockReader:
         # called (no arguments, on a store thread) after every run has finished and its bytes
         # left the in-flight count: the prefetcher's cue to start more
         self.on_run_done: Callable[[], None] | None = None
+        try:
+            self._locks = store.block_locks()
+        except Exception as exc:
+            log.warning("no cross-process single-flight (%s: %s)", type(exc).__name__, exc)
+            self._locks = None
+        self._lock_pool = (concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="netmount-lock")
+                           if self._locks is not None else None)
 
     def close(self) -> None:
+        if self._lock_pool is not None:
+            self._lock_pool.shutdown(wait=True, cancel_futures=False)
         self._pool.shutdown(wait=True, cancel_futures=False)
 
     # -- reading -----------------------------------------------------------------------
@@ -202,14 +217,95 @@ class BlockReader:
         with self._lock:
             self._inflight_bytes += end - start
             self.max_inflight_bytes = max(self.max_inflight_bytes, self._inflight_bytes)
+        if self._lock_pool is not None:
+            try:
+                self._lock_pool.submit(self._locked_run, f, first, last, futures)
+                return
+            except RuntimeError:  # shutting down: fetch without the cross-process lock
+                pass
+        self._fetch_run(f, first, last, futures)
+
+    def _fetch_run(self, f: RemoteFile, first: int, last: int, futures, done=None) -> None:
+        start = block_span(first, self.block_size, f.size)[0]
+        end = block_span(last, self.block_size, f.size)[1]
         try:
             run = self._fetch(f, start, end)
         except Exception as exc:  # could not even start: fail these blocks, not the process
-            self._finish(f, first, last, futures, None, exc)
+            try:
+                self._finish(f, first, last, futures, None, exc)
+            finally:
+                if done is not None:
+                    done()
             return
-        run.add_done_callback(
-            lambda r: self._pool.submit(self._complete, f, first, last, futures, r)
-        )
+
+        def complete(r):
+            try:
+                self._complete(f, first, last, futures, r)
+            finally:
+                if done is not None:
+                    done()
+
+        run.add_done_callback(lambda r: self._pool.submit(complete, r))
+
+    def _locked_run(self, f: RemoteFile, first: int, last: int, futures) -> None:
+        """The blocks' stripe locks, then the store again, then fetch what is still missing;
+        the locks go once every fetched block is stored (or has failed)."""
+        try:
+            held = self._locks.hold(f.content_id, range(first, last + 1))
+        except Exception as exc:  # unusable lock files: duplicate fetches, never wrong bytes
+            log.warning("block locks unavailable (%s: %s); fetching without", type(exc).__name__, exc)
+            held = None
+        try:
+            missing = []
+            found = 0
+            for i in range(first, last + 1):
+                data = self.store.get(f.content_id, i)
+                lo, hi = block_span(i, self.block_size, f.size)
+                if data is not None and len(data) == hi - lo:  # another process fetched it
+                    key = (f.content_id, i)
+                    self._remember(key, data)
+                    futures[i].set_result(data)
+                    known = self._cached_sets.get(f.content_id)
+                    if known is not None:
+                        known.add(i)
+                    with self._lock:
+                        self._inflight.pop(key, None)
+                        self._inflight_bytes -= hi - lo
+                    found += 1
+                else:
+                    missing.append(i)
+            if found:
+                self.counters.add("shared_cache_hits", found)
+            runs = coalesce(missing, self.max_run)
+        except BaseException as exc:
+            if held is not None:
+                held.release()
+            for i in range(first, last + 1):
+                if not futures[i].done():
+                    futures[i].set_exception(FetchError(f"{f.path}: block {i}: {exc}"))
+                    with self._lock:
+                        self._inflight.pop((f.content_id, i), None)
+                        lo, hi = block_span(i, self.block_size, f.size)
+                        self._inflight_bytes -= hi - lo
+            log.exception("%s: run [%d, %d] failed before fetching", f.path, first, last)
+            return
+        if not runs:
+            if held is not None:
+                held.release()
+            self._run_done()
+            return
+        left = [len(runs)]
+        left_lock = threading.Lock()
+
+        def one_done() -> None:
+            with left_lock:
+                left[0] -= 1
+                last_one = left[0] == 0
+            if last_one and held is not None:
+                held.release()
+
+        for a, b in runs:
+            self._fetch_run(f, a, b, futures, one_done)
 
     def _complete(self, f, first, last, futures, run) -> None:
         exc = run.exception()
@@ -239,6 +335,9 @@ class BlockReader:
                 self._inflight.pop(key, None)
         with self._lock:
             self._inflight_bytes -= end - start
+        self._run_done()
+
+    def _run_done(self) -> None:
         hook = self.on_run_done
         if hook is not None:
             try:

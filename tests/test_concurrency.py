@@ -1,0 +1,156 @@
+"""Many readers at once: 8 processes through one mount, and two mounts (two daemons)
+sharing one cache dir.  All bytes right, and each block fetched once per cache dir
+(counted in the hub's request log)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+from faultkit import BLOCK, check_cache_blocks, fault_root, fhub, fm  # noqa: F401 (fixtures)
+
+READER = r"""
+import os, random, sys
+mp, src, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rnd = random.Random(seed)
+names = sorted(os.listdir(src))
+for _ in range(60):
+    name = rnd.choice(names)
+    size = os.path.getsize(os.path.join(src, name))
+    # overlapping ranges: every process draws from the same few hot regions
+    start = rnd.choice([0, size // 3, size // 2, size - 700_000]) + rnd.randrange(0, 400_000)
+    length = rnd.randrange(1, 900_000)
+    with open(os.path.join(mp, name), "rb") as a, open(os.path.join(src, name), "rb") as b:
+        got, want = os.pread(a.fileno(), length, start), os.pread(b.fileno(), length, start)
+    if got != want:
+        sys.exit(f"{name} [{start}, +{length}): wrong bytes")
+"""
+
+
+def _blocks_fetched(fhub) -> Counter:
+    """(blob, block index) -> how many answered CDN requests carried that block."""
+    seen: Counter = Counter()
+    for r in fhub.requests(server="cdn", method="GET"):
+        if r.status != 206 or not r.range:
+            continue
+        a, b = (int(x) for x in r.range.split("=")[1].split("-"))
+        if r.body_bytes != b - a + 1:  # cut short: the block was not delivered
+            continue
+        for i in range(a // BLOCK, b // BLOCK + 1):
+            seen[(r.path, i)] += 1
+    return seen
+
+
+def test_eight_processes_overlapping_ranges_one_mount(fm, fhub, fault_root):
+    src = fault_root / "faults" / "big"
+    mp = fm.mount("faults/big")
+    fhub.reset_log()
+    procs = [subprocess.Popen([sys.executable, "-c", READER, str(mp), str(src), str(seed)],
+                              stderr=subprocess.PIPE, text=True) for seed in range(8)]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    seen = _blocks_fetched(fhub)
+    assert seen, "nothing was fetched"
+    twice = {k: n for k, n in seen.items() if n > 1}
+    assert not twice, twice
+    fm.unmount(mp)
+    assert check_cache_blocks(fm.cache_dir, [src]) > 0
+
+
+def test_two_mounts_sharing_one_cache_dir_fetch_each_block_once(fm, fhub, fault_root):
+    src = fault_root / "faults" / "big"
+    a = fm.mount("faults/big", name="a")
+    b = fm.mount("faults/big", name="b")
+    assert fm.stats(a)["pid"] != fm.stats(b)["pid"]
+    fhub.reset_log()
+    fhub.set_faults([{"kind": "slow", "rate": 4 << 20, "server": "cdn"}])  # downloads overlap
+    errors: list = []
+
+    def read(mp, name):
+        try:
+            data = (mp / name).read_bytes()
+            if data != (src / name).read_bytes():
+                errors.append(f"{mp.name}/{name}: wrong bytes")
+        except OSError as exc:
+            errors.append(exc)
+
+    names = sorted(p.name for p in src.iterdir())
+    threads = [threading.Thread(target=read, args=(mp, n)) for n in names for mp in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    seen = _blocks_fetched(fhub)
+    total_blocks = sum(-(-p.stat().st_size // BLOCK) for p in src.iterdir())
+    assert len(seen) == total_blocks, (len(seen), total_blocks)
+    twice = {k: n for k, n in seen.items() if n > 1}
+    assert not twice, f"{len(twice)} blocks fetched by both daemons: {sorted(twice)[:5]}"
+    fm.unmount(a)
+    fm.unmount(b)
+    assert check_cache_blocks(fm.cache_dir, [src]) == total_blocks
+
+
+# -- the pieces, without a kernel: stripe locks and two readers over one disk store --------
+
+def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
+    import time
+
+    from cache.locks import StripeLocks
+
+    locks = StripeLocks(str(tmp_path / "locks"))
+    held = locks.hold("cid", [0, 1, 2])
+    again = locks.hold("cid", [1])  # another thread of this process: joins, does not wait
+    probe = (f"import fcntl, os, sys; fd = os.open({str(tmp_path / 'locks')!r} + '/%04d.lock' % "
+             f"{locks.stripe_of('cid', 1)}, os.O_RDWR)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)\n")
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 3  # held across processes
+    held.release()
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 3  # still one holder left
+    again.release()
+    t0 = time.monotonic()
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0  # free now
+    assert time.monotonic() - t0 < 10
+    locks.close()
+
+
+def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
+    from cache import DiskBlockStore
+
+    from fakes import FakeFetch, make_bytes, remote
+    from netmount.reader import BlockReader
+
+    bs = 64 << 10
+    data = make_bytes(40 * bs + 99, seed=7)
+    f = remote("x.bin", data)
+    fetch = FakeFetch({"x.bin": data}, delay=0.02)  # one fake network, two "daemons"
+    # two stores on one directory, each with its own lock files' descriptors: as two processes
+    readers = [BlockReader(DiskBlockStore(tmp_path / "blocks", bs, 1 << 30), fetch, max_request_bytes=4 * bs)
+               for _ in range(2)]
+    results = []
+
+    def read(reader, seed):
+        import random
+
+        rnd = random.Random(seed)
+        for _ in range(40):
+            a = rnd.randrange(len(data))
+            n = rnd.randrange(1, 5 * bs)
+            results.append(reader.read(f, a, n) == data[a:a + n])
+
+    threads = [threading.Thread(target=read, args=(readers[k % 2], k)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results and all(results)
+    per_block = Counter()
+    for _, s, e in fetch.calls:
+        for i in range(s // bs, (e - 1) // bs + 1):
+            per_block[i] += 1
+    assert per_block and max(per_block.values()) == 1, {i: n for i, n in per_block.items() if n > 1}
+    for r in readers:
+        r.close()
+        r.store.close()
