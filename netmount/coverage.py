@@ -86,7 +86,10 @@ class FileCoverage:
         if start >= end or not self.pages:
             return 0
         first, last = start >> _PAGE_SHIFT, (end - 1) >> _PAGE_SHIFT
-        n = self._pages_in(first, last + 1) * PAGE
+        pages = self._pages_in(first, last + 1)
+        if not pages:  # the common case for most tensors of a file: one lookup
+            return 0
+        n = pages * PAGE
         if self._page_read(first):
             n -= start - (first << _PAGE_SHIFT)
         if self._page_read(last):

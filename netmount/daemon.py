@@ -90,7 +90,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
         max_request_bytes=4 << 20,
     )
-    prefetcher = (Prefetcher(reader, connections=config.connections, files=by_path,
+    prefetcher = (Prefetcher(reader, connections=config.connections,
                              header_ranges=header_data_ranges)
                   if config.prefetch else None)
     stats = StatsBuilder(config, snap, counters, store, coverage)

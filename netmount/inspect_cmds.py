@@ -94,8 +94,7 @@ def cmd_tensors(args) -> int:
                            token=args.token, on_skip=skip)
     try:
         if args.json:
-            json.dump(records, sys.stdout)
-            sys.stdout.write("\n")
+            sys.stdout.write(json.dumps(records) + "\n")  # dumps: the C encoder; dump is pure Python
         elif args.csv:
             w = csv.writer(sys.stdout, lineterminator="\n")
             w.writerow(KEYS)

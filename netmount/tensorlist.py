@@ -41,14 +41,14 @@ Skip = Callable[[str, Exception], None]
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
+    """No patterns match everything."""
     patterns = list(patterns)
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def record(t: TensorInfo, path: str, url_base: str | None) -> dict:
+def record(t: TensorInfo, path: str, url: str | None) -> dict:
     return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "file": path,
-            "start": t.start, "end": t.end, "nbytes": t.nbytes,
-            "url": f"{url_base}/{quote(path)}" if url_base else None}
+            "start": t.start, "end": t.end, "nbytes": t.end - t.start, "url": url}
 
 
 def list_tensors(target: str, match: Iterable[str] = (), *, revision: str | None = None,
@@ -188,9 +188,8 @@ def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_sk
 def _records(paths, headers, match, url_base) -> list[dict]:
     out = []
     for path, infos in zip(paths, headers):
-        for t in infos or ():
-            if matches(t.name, match):
-                out.append(record(t, path, url_base))
+        url = f"{url_base}/{quote(path)}" if url_base else None
+        out.extend(record(t, path, url) for t in infos or () if matches(t.name, match))
     return out
 
 
