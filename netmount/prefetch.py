@@ -1,19 +1,36 @@
 """Turn page-sized reads into few, large, parallel requests, ahead of the reader.
 
-Two signals, both cheap to compute on every read:
-- **Sequential** (files that are not safetensors): per file, a read that starts where the previous one ended grows a
-  readahead window (doubling from 2 blocks up to ``window_max``); a jump resets it.
-  That covers ``cat``, ``cp`` and loaders that stream a file.
-- **Tensor-aware** (safetensors): the header gives every tensor's byte range.  When a
-  read lands in a tensor, the whole tensor is fetched (loaders read tensors whole), in
-  parallel sub-ranges.  If the tensor before it was also read, the reader is streaming
-  through the file, so the following tensors up to ``lookahead`` bytes are fetched too.
-  A lone tensor read (``safe_open`` + ``get_tensor``) thus costs that tensor only.
+Designed on a read trace of transformers 5.24 loading a 6-shard bf16 Llama through the
+mount (BENCHMARKS.md): ``from_pretrained`` reads each shard's header on the main thread,
+shard after shard, then two threads fault in the *last* ~256 KiB of every tensor, hopping
+between shards in key order; weights stay zero-copy mmap views, so the bulk of the bytes
+is read later, at first use, in module order (not file order) on torch's threads.
 
-Bounds: prefetch never goes past the end of the file or into another file, never
-refetches blocks known to be cached, and stops issuing while ``budget`` bytes of
-downloads are already in flight (demand reads are never held back).  Decisions run on
-one background thread so a FUSE read never waits for prefetch bookkeeping.
+Signals, cheap to compute on every read:
+- **Sequential**: per file, a read that starts where the previous one ended grows a
+  readahead window (doubling from 2 blocks up to ``window_max``); a jump resets it.
+  That covers ``cat``, ``cp`` and loaders that stream a file.  In a safetensors file the
+  window stops at the end of the tensor being read until the run is a stream (from byte 0
+  through ``STREAM_BYTES`` of data, or through 3 whole tensors): reading one tensor page by
+  page must cost that tensor, not the next 64 MiB.
+- **Tensor-aware** (safetensors; the header gives every tensor's byte range): a lone read
+  well inside a tensor (``GUARD`` from its ends: reads near the edges may be the kernel's
+  read-around spilling over from a neighbour) fetches the whole tensor.  Once reads have
+  *jumped* into ``load_tensors`` different tensors of a file — more than one tensor read
+  and its spill-over can — a loader is at work: from then on every read there fetches its
+  tensor and the tensors after it up to ``lookahead`` bytes, and so does the first read in
+  any other shard of the same folder (loaders treat all shards alike).
+
+Requests: what is wanted is spread over the connections in sub-ranges of at least a
+block and at most the reader's request cap, so one tensor comes in parallel.  A pump keeps
+up to ``budget`` bytes in flight (demand reads included; they are never held back) and
+starts more whenever a run finishes, so a long want flows at link speed without waiting
+for the next read; the most recently read file goes first.
+
+Bounds: prefetch never goes past the end of the file being read or into another file,
+never refetches blocks known to be cached or already downloading, and never has more
+than ``budget`` bytes of its own in flight.  Decisions run on one background thread so a
+FUSE read never waits for prefetch bookkeeping.
 """
 
 from __future__ import annotations
@@ -22,7 +39,6 @@ import bisect
 import concurrent.futures
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
 
@@ -34,9 +50,7 @@ log = logging.getLogger("netmount.prefetch")
 
 MAX_HEADER = 100 << 20  # the Rust safetensors reader's own limit
 GUARD = 512 << 10  # reads this close to a tensor's ends may be spill-over from a neighbour
-NEXT_HEADERS = 4  # opening a shard starts the first block of this many following shards
-SHARD = re.compile(r"-(?P<k>\d+)-of-(?P<n>\d+)\.safetensors$")
-STREAM_BYTES = 4 << 20  # and this much tensor data read in one sequential run: a stream
+STREAM_BYTES = 2 << 20  # and this much tensor data read in one sequential run: a stream
 LOAD_TENSORS = 4  # distinct tensors of a file read: a loader is reading the file
 
 
@@ -80,7 +94,6 @@ class Prefetcher:
         budget: int = 64 << 20,
         load_tensors: int = LOAD_TENSORS,
         connections: int = 8,
-        files: dict[str, RemoteFile] | None = None,
         header_ranges=header_data_ranges,
     ) -> None:
         self.reader = reader
@@ -88,7 +101,6 @@ class Prefetcher:
         self.window_max, self.lookahead, self.budget = window_max, lookahead, budget
         self.load_tensors = load_tensors
         self.connections = connections
-        self.files = files or {}  # path -> file: where the next shard's header is found
         self._header_ranges = header_ranges  # callable(bytes) -> list[(start, end)] or None
         self._lock = threading.Lock()
         self._seq: dict[str, tuple[int, int]] = {}  # path -> (next expected offset, window)
@@ -124,8 +136,6 @@ class Prefetcher:
             wanted = [i for i in window if i * self.bs < limit]
             if tensor_blocks:
                 wanted = sorted(set(wanted).union(tensor_blocks))
-            if offset == 0:
-                self._next_headers(f)
             if wanted:
                 with self._lock:
                     self._pending[f.path] = (f, wanted)
@@ -155,20 +165,6 @@ class Prefetcher:
                     break  # no room: a completion will call again
         except Exception:
             log.exception("prefetch pump failed (reads are unaffected)")
-
-    def _next_headers(self, f: RemoteFile) -> None:
-        """Opening shard k of n: loaders open the next shards right after (transformers does,
-        one at a time, reading each header before the next): start their first blocks now.
-        At most NEXT_HEADERS blocks, whatever is read later."""
-        m = SHARD.search(f.path)
-        if m is None:
-            return
-        k, n = int(m["k"]), int(m["n"])
-        for j in range(k + 1, min(n, k + NEXT_HEADERS) + 1):
-            path = f"{f.path[:m.start('k')]}{j:0{len(m['k'])}d}{f.path[m.end('k'):]}"
-            nxt = self.files.get(path)
-            if nxt is not None and nxt.size > 0:
-                self.reader.prefetch(nxt, [0], self.budget)
 
     def _on_done(self) -> None:
         self._submit(self._pump)
@@ -209,9 +205,12 @@ class Prefetcher:
             # after a header read, say) crosses many small tensors without meaning them.
             if streak is None:
                 tmap.touched.add(i)
-            # A run through >= 3 whole tensors and STREAM_BYTES is a stream (cat, cp): no limit.
-            streaming = streak is not None and i >= 3 and streak <= tmap.ranges[i - 3][0] and (
-                offset - max(streak, tmap.ranges[0][0]) >= STREAM_BYTES)
+            # A stream (cat, cp) gets no limit: a run from the file's first byte through
+            # STREAM_BYTES of tensor data (past what the kernel reads ahead after a header),
+            # or through >= 3 whole tensors and STREAM_BYTES.
+            data = tmap.ranges[0][0]
+            streaming = streak is not None and offset - max(streak, data) >= STREAM_BYTES and (
+                streak == 0 or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
             # A loader is at work once reads have landed in several tensors: more than a
             # lone tensor read can touch (it, and its two neighbours through the kernel's
             # read-around).  Loaders touch tensors in their own order (transformers 5.24
