@@ -213,6 +213,8 @@ def main() -> int:
     ap.add_argument("--peers", default="rclone,httpdirfs", help="comma list; empty for none")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--mount-args", default="", help="extra netmount mount arguments")
+    ap.add_argument("--only", default="local,snapshot,netmount,partial,cat,peers",
+                    help="scenarios to run (comma list; default all)")
     args = ap.parse_args()
 
     from netmount.testmodels import cached_model
@@ -240,10 +242,11 @@ def main() -> int:
 
     try:
         sha = json.loads(urllib.request.urlopen(f"{hub.url}/api/models/{REPO}").read())["sha"]
-        for _ in range(R):  # local folder
+        only = set(args.only.split(","))
+        for _ in range(R if "local" in only else 0):  # local folder
             drop_caches()
             add("local", run_json(LOAD, str(model))["seconds"])
-        for _ in range(R):  # snapshot_download + load
+        for _ in range(R if "snapshot" in only else 0):  # snapshot_download + load
             hf = work / "hf-cache"
             shutil.rmtree(hf, ignore_errors=True)
             d = run_json(SNAPSHOT, REPO, str(hf), env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "",
@@ -251,7 +254,7 @@ def main() -> int:
             add("snapshot_download", d["seconds"])
             add("snapshot+load", d["seconds"] + run_json(LOAD, d["path"])["seconds"])
         rss = []
-        for _ in range(R):  # cold, then hot (same mount) and warm (fresh mount, disk cache)
+        for _ in range(R if "netmount" in only else 0):  # cold, then hot (same mount) and warm (fresh mount, disk cache)
             cache = work / "nm-cache"
             shutil.rmtree(cache, ignore_errors=True)
             m = NetMount(hub, work, cache, *extra)
@@ -269,7 +272,7 @@ def main() -> int:
                 add("netmount warm", m.mount_seconds + run_json(LOAD, str(m.mp))["seconds"])
             finally:
                 m.unmount()
-        for _ in range(R):  # partial: one tensor per shard
+        for _ in range(R if "partial" in only else 0):  # partial: one tensor per shard
             cache = work / "nm-cache"
             shutil.rmtree(cache, ignore_errors=True)
             m = NetMount(hub, work, cache, *extra)
@@ -289,7 +292,7 @@ def main() -> int:
             fetched = sum(f["fetched_bytes"] for f in st["files"] if f["path"].endswith(".safetensors"))
             add("partial amplification", fetched / need)
         big = max(shards, key=lambda p: p.stat().st_size)
-        for _ in range(R):  # cat one shard vs 16 connections
+        for _ in range(R if "cat" in only else 0):  # cat one shard vs 16 connections
             cache = work / "nm-cache"
             shutil.rmtree(cache, ignore_errors=True)
             m = NetMount(hub, work, cache, *extra)
@@ -299,7 +302,7 @@ def main() -> int:
                 m.unmount()
             add("16-conn download", parallel_download(f"{hub.url}/{REPO}/resolve/{sha}/{big.name}",
                                                       big.stat().st_size))
-        for kind in [p for p in args.peers.split(",") if p]:
+        for kind in [p for p in args.peers.split(",") if p and "peers" in only]:
             if shutil.which(kind) is None:
                 print(f"  {kind}: not installed, skipped", flush=True)
                 continue
