@@ -28,6 +28,7 @@ FAULTS = {
     "http429": ("status", {"status": 429, "retry_after": 0.2}),
     "reset_mid_body": ("reset", {}),
     "short_body": ("short", {}),
+    "short_body_declared": ("short", {"declare_short": True}),
     "full_200_for_range": ("full", {}),
     "wrong_content_range": ("wrong_range", {}),
     "stall_mid_body": ("stall", {"delay": 30}),
@@ -117,3 +118,21 @@ def test_a_file_that_fails_does_not_disturb_the_others(fm, fhub, fault_root):
     assert exc.value.errno == errno.EIO
     for rel in ("notes.txt", "config.json"):  # served by the hub, not the faulty CDN
         assert sha256_file(mp / rel) == sha256_file(repo / rel)
+
+
+@pytest.mark.parametrize("times", [2, None])
+def test_resolve_failures_are_retried_or_eio(fm, fhub, fault_root, times):
+    """The HEAD that resolves a file's data URL fails too: retried like a range request."""
+    repo = _repo(fault_root)
+    mp = fm.mount("faults/model")
+    fhub.set_faults([{"kind": "status", "status": 503, "server": "hub", "method": "HEAD",
+                      "ranged": None, "path_contains": "/resolve/", "times": times}])
+    if times is None:
+        with pytest.raises(OSError) as exc:
+            (mp / "weights.bin").read_bytes()
+        assert exc.value.errno == errno.EIO
+        assert _hits(fhub) >= 4  # 1 + 3 retries
+        fhub.clear_faults()
+    assert_tree_matches(mp, repo)
+    if times is not None:
+        assert _hits(fhub) == times

@@ -22,7 +22,9 @@ Kinds — each is what a real CDN or proxy has been seen to do:
 - ``expired``: 403 AccessDenied "Request has expired" (a signed URL that expired).
 - ``reset``: headers and half of the body, then a TCP reset (SO_LINGER 0).
 - ``short``: headers announcing the full Content-Length, ``fraction`` of the body, then
-  a clean close (FIN): fewer bytes than promised.
+  a clean close (FIN): fewer bytes than promised.  With ``declare_short`` the headers
+  agree with the short body (Content-Length of the part sent, Content-Range as asked):
+  a well-formed answer that is simply too short.
 - ``full``: 200 and the whole file in answer to a Range request.
 - ``wrong_range``: 206 whose Content-Range (and bytes) are a shifted range — what a
   client that trusts the status code alone would take for the bytes it asked for.
@@ -71,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "delay": 3600.0,
     "fraction": 0.5,
     "rate": 1 << 20,
+    "declare_short": False,
     "entries": None,
 }
 
@@ -274,8 +277,13 @@ async def _partial(rules, rule, request, rec):
     if p.status == 416:
         return None
     headers = {"Content-Range": p.content_range(entry.size)} if p.status == 206 else {}
-    resp = await _start(request, rec, p.status, headers, p.end - p.start)
     cut = p.start + int((p.end - p.start) * rule["fraction"])
+    if rule["kind"] == "short" and rule["declare_short"]:
+        resp = await _start(request, rec, p.status, headers, cut - p.start)
+        await _send(request, rec, resp, _read(repo, entry, p.start, cut))
+        await resp.write_eof()
+        return resp
+    resp = await _start(request, rec, p.status, headers, p.end - p.start)
     if cut > p.start:
         await _send(request, rec, resp, _read(repo, entry, p.start, cut))
     transport = request.transport
