@@ -47,6 +47,10 @@ def write_fault_repos(root: Path) -> None:
     (corrupt / "lies.safetensors").write_bytes(len(lies).to_bytes(8, "little") + lies + os.urandom(1000))
     (corrupt / "truncated.safetensors").write_bytes(b"\x10\x00")
     (corrupt / "config.json").write_text("{}")
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"good.weight": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(corrupt / "good.safetensors"))
 
 
 @pytest.fixture(scope="module")

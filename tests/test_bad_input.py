@@ -195,5 +195,14 @@ def test_corrupt_safetensors_headers_do_not_disturb_the_daemon(fm, fault_root):
     stats = fm.stats(mp)
     assert stats["pid"] == pid and stats["errors"] == 0
     assert json.loads((mp / "config.json").read_text()) == {}
+    # tensor features skip the bad files with a warning each, through the mount and the Hub
+    bad = {"absurd.safetensors", "garbage.safetensors", "lies.safetensors", "truncated.safetensors"}
+    for target in (str(mp), "faults/corrupt"):
+        done = run_cli("tensors", target, env=fm.env)
+        assert done.returncode == 0, done.stderr
+        assert "good.weight" in done.stdout and "Traceback" not in done.stderr
+        warned = {n for n in bad if any(n in line and "warning" in line for line in done.stderr.splitlines())}
+        assert warned == bad, done.stderr
+    assert fm.stats(mp)["pid"] == pid
     log = next((fm.cache_dir / "logs").glob("*.log")).read_text()
     assert "Traceback" not in log, log
