@@ -46,12 +46,19 @@ def find_mount(path: str) -> MountEntry | None:
 
 
 def is_dead(path: str) -> bool:
-    """A FUSE mount whose daemon died answers ENOTCONN ('Transport endpoint is not connected')."""
-    try:
-        os.stat(path)
-        return False
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+    """A FUSE mount whose daemon died answers ENOTCONN ('Transport endpoint is not connected').
+
+    ``statvfs`` as well as ``stat``: for ``attr_timeout`` after the daemon's death the
+    kernel still answers ``stat`` of the mount root from its attribute cache, while
+    ``statfs`` always asks the daemon."""
+    for probe in (os.stat, os.statvfs):
+        try:
+            probe(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return True
+            return False
+    return False
 
 
 def fusermount() -> str | None:
