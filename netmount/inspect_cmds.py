@@ -60,7 +60,8 @@ def cmd_stats(args) -> int:
     from .statsview import render_map, render_table, watch
 
     def text() -> str:
-        stats = live_stats(args.mountpoint)
+        stats = live_stats(args.mountpoint, on_error=lambda exc: print(
+            f"netmount: warning: {exc}", file=sys.stderr))
         if args.json:
             return json.dumps(stats[0] if len(stats) == 1 else stats, indent=1)
         width = shutil.get_terminal_size((100, 24)).columns

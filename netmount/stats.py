@@ -207,14 +207,18 @@ def read_stats(mountpoint: str | os.PathLike) -> dict:
         raise errors.MountpointError(f"{path}: its stats file is not valid JSON") from None
 
 
-def live_stats(mountpoints=()) -> list[dict]:
-    """Stats of the named mounts, or of every live netmount mount when none is named."""
+def live_stats(mountpoints=(), on_error=None) -> list[dict]:
+    """Stats of the named mounts, or of every live netmount mount when none is named.
+
+    Unnamed mounts that cannot be read (a dead daemon) go to ``on_error(exc)`` and are
+    left out: one broken mount must not hide the others.
+    """
     if mountpoints:
         return [read_stats(m) for m in mountpoints]
     out = []
     for entry in mounts.list_mounts():
         try:
             out.append(read_stats(entry.mountpoint))
-        except errors.NetmountError as exc:  # one dead mount must not hide the others
-            log.warning("%s", exc)
+        except errors.NetmountError as exc:
+            (on_error or (lambda e: log.warning("%s", e)))(exc)
     return out

@@ -146,7 +146,8 @@ def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_sk
     from .fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)
-    endpoint, token = settings.endpoint(endpoint), settings.token(token)
+    endpoint = settings.endpoint(endpoint)
+    token = None if token is False else settings.token(token or None)  # False: anonymous
     snap = hub.resolve_snapshot(repo_id, rev, endpoint, token)
     sizes = {f.path: f.size for f in snap.files}
     fetcher = RangeFetcher(endpoint, repo_id, snap.sha, token, connections=max(1, workers)).start()

@@ -12,6 +12,11 @@ the daemon), one block at a time, block-aligned.  Readahead is off (``POSIX_FADV
 so the kernel asks for exactly those blocks, and the pages are dropped before and after
 (``POSIX_FADV_DONTNEED``): before, so a page already in the page cache still reaches the
 daemon; after, so warming 100 GB does not push everything else out of memory.
+
+Known gap: the daemon's own prefetcher sees these reads as a program loading tensors and
+may fetch past the selection (whole following tensors); with it off, exactly the selected
+blocks and the headers cross the network (tests/test_prefetch_cmd.py).  Telling the daemon
+"these reads are explicit" needs a hook in fs.py / prefetch.py.
 """
 
 from __future__ import annotations
