@@ -5,6 +5,8 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 (``keep_cache``).  ``st_blocks`` reports *cached* bytes (``du`` shows what is local,
 ``ls -l`` the full size).  ``/.netmount/stats.json`` is a hidden control file — not in
 ``readdir`` — read with ``direct_io`` so every open sees fresh numbers.
+``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
+explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger("netmount.fs")
 
 CONTROL_DIR = "/.netmount"
 STATS_FILE = CONTROL_DIR + "/stats.json"
+RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
 
 
 class NetmountFS(Operations):
@@ -62,8 +65,20 @@ class NetmountFS(Operations):
         if self.on_ready:
             self.on_ready()
 
+    def _split(self, path: str) -> tuple[str, bool]:
+        """A path under ``/.netmount/raw`` -> (the repo path, True); others -> (path, False)."""
+        if path == RAW_DIR:
+            return "/", True
+        if path.startswith(RAW_DIR + "/"):
+            rest = path[len(RAW_DIR):]
+            if rest == CONTROL_DIR or rest.startswith(CONTROL_DIR + "/"):
+                return "/\0", True  # no control files inside the mirror: a name that never exists
+            return rest, True
+        return path, False
+
     # -- metadata --------------------------------------------------------------------------
     def getattr(self, path, fh=None):
+        path, _raw = self._split(path)
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
                 "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
         f = self.files.get(path)
@@ -78,10 +93,11 @@ class NetmountFS(Operations):
         raise FuseOSError(errno.ENOENT)
 
     def readdir(self, path, fh):
+        path, _raw = self._split(path)
         children = self.dirs.get(path)
         if children is None:
             if path == CONTROL_DIR:
-                return [".", "..", "stats.json"]
+                return [".", "..", "stats.json", "raw"]
             raise FuseOSError(errno.ENOENT)
         return [".", "..", *sorted(children)]
 
@@ -94,6 +110,7 @@ class NetmountFS(Operations):
     def access(self, path, amode):
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
+        path, _raw = self._split(path)
         self.getattr(path)
         return 0
 
@@ -104,10 +121,11 @@ class NetmountFS(Operations):
         if path == STATS_FILE:
             fi.fh = next(self._handles)
             fi.direct_io = 1
-            content = (json.dumps(self.stats(), indent=1) + "\n").encode()
+            content = (json.dumps(self.stats(), separators=(",", ":")) + "\n").encode()
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0
+        path, _raw = self._split(path)
         if path not in self.files:
             raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
         fi.fh = 0
@@ -115,6 +133,7 @@ class NetmountFS(Operations):
         return 0
 
     def read(self, path, size, offset, fi):
+        path, raw = self._split(path)
         f = self.files.get(path)
         if f is None:
             with self._control_lock:
@@ -124,7 +143,7 @@ class NetmountFS(Operations):
             return content[offset : offset + size]
         try:
             data = self.reader.read(f, offset, size)
-            if self.prefetcher is not None and data:
+            if self.prefetcher is not None and data and not raw:
                 self.prefetcher.on_read(f, offset, len(data))
             return data
         except FetchError as exc:

@@ -5,7 +5,8 @@ For a repo, the commit is pinned and each safetensors header is read with range 
 per shard, and a second only for a longer header — never tensor data beyond that.  For
 a mount or a local folder, headers are read with ``os.pread`` through the files (the
 mount fetches the header's blocks, nothing else: readahead is turned off with
-``POSIX_FADV_RANDOM``).
+``POSIX_FADV_RANDOM``, and a mount is read through its ``.netmount/raw`` mirror, which the
+daemon's prefetch leaves alone).
 
 With ``match`` globs and a ``*.safetensors.index.json``, only the shards its
 ``weight_map`` places matching tensors in are read (plus any shard no index mentions):
@@ -103,17 +104,18 @@ def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[d
             for n in names:
                 full = os.path.join(dirpath, n)
                 files[os.path.relpath(full, target).replace(os.sep, "/")] = os.path.getsize(full)
-    url_base = None
+    url_base, data_root = None, root
     if mounts.find_mount(root):
         s = read_stats(root)
         url_base = f"{s['endpoint']}/{s['repo']}/resolve/{s['revision']}"
+        data_root = os.path.join(root, ".netmount", "raw")  # headers without daemon prefetch
 
     def read_small(rel: str) -> bytes:
         with open(os.path.join(root, rel), "rb") as fh:
             return fh.read()
 
     def one(rel: str) -> list[TensorInfo] | None:
-        with open(os.path.join(root, rel), "rb") as fh:
+        with open(os.path.join(data_root, rel), "rb") as fh:
             fd = fh.fileno()
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead into tensor data
             try:

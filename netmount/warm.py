@@ -13,10 +13,9 @@ so the kernel asks for exactly those blocks, and the pages are dropped before an
 (``POSIX_FADV_DONTNEED``): before, so a page already in the page cache still reaches the
 daemon; after, so warming 100 GB does not push everything else out of memory.
 
-Known gap: the daemon's own prefetcher sees these reads as a program loading tensors and
-may fetch past the selection (whole following tensors); with it off, exactly the selected
-blocks and the headers cross the network (tests/test_prefetch_cmd.py).  Telling the daemon
-"these reads are explicit" needs a hook in fs.py / prefetch.py.
+Reads go through ``<mount>/.netmount/raw/``, the same files without the daemon's own
+prefetch: it would take these reads for a program streaming tensors and fetch past the
+selection.  So exactly the selected blocks and the headers cross the network.
 """
 
 from __future__ import annotations
@@ -144,7 +143,8 @@ def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
     def fd_of(path: str) -> int:
         with lock:
             if path not in fds:
-                fd = os.open(os.path.join(mountpoint, path), os.O_RDONLY)
+                # the raw mirror: the daemon's own prefetch stays out of an explicit selection
+                fd = os.open(os.path.join(mountpoint, ".netmount", "raw", path), os.O_RDONLY)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
                 fds[path] = fd
             return fds[path]

@@ -193,3 +193,14 @@ def test_unmount_of_a_plain_folder_fails_cleanly(tmp_path):
     done = run_cli("unmount", str(tmp_path))
     assert done.returncode != 0
     assert "not a netmount mount" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_raw_mirror_serves_the_same_bytes_and_no_control_files(mounter, hub_root):
+    src = hub_root / "tests" / "plain"
+    mp = mounter.mount("tests/plain")
+    raw = mp / ".netmount" / "raw"
+    assert sorted(os.listdir(raw)) == sorted(os.listdir(mp))
+    for rel, path in source_files(src):
+        assert sha256_file(raw / rel) == sha256_file(path), rel
+    assert not (raw / ".netmount").exists()
+    assert not (raw / ".netmount" / "stats.json").exists()

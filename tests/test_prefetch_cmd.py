@@ -72,10 +72,15 @@ def test_subtract_against_sets():
         assert got == coalesce(wanted - have)
 
 
-def test_glob_fetches_exactly_those_tensors_blocks_plus_headers(bare, hub, hub_root):
+@pytest.mark.parametrize("daemon_prefetch", [False, True])
+def test_glob_fetches_exactly_those_tensors_blocks_plus_headers(bare, mounter, hub, hub_root,
+                                                                daemon_prefetch):
     folder = hub_root / "tests" / "tiny-dsv3"
     bs = 64 << 10
-    mp = bare.mount("tests/tiny-dsv3", block_size=bs)  # daemon prefetch off: only what we ask
+    if daemon_prefetch:  # a normal mount: its prefetcher must stay out of the selection
+        mp = mounter.mount("tests/tiny-dsv3", "--block-size", "64K", name="mnt-prefetching")
+    else:
+        mp = bare.mount("tests/tiny-dsv3", block_size=bs)
     hub.reset_log()
     # tensors with unselected blocks between and after them, in several shards
     patterns = ["model.layers.4.embed_tokens.*", "*.experts.5.*", "model.layers.1.*"]
