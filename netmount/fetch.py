@@ -12,10 +12,13 @@ Why it looks like this:
   ``max_retries`` the fetch fails with ``FetchError`` — which the filesystem turns into EIO.
 - Bodies are never decompressed (``Accept-Encoding: identity``): ranges are of raw bytes.
 - Timeouts: connecting, and every wait for the next bytes (headers or body), are bounded
-  by ``timeout``; a stalled answer is retried like a reset one.  The defaults (30 s, 5
-  retries, backoff from 0.5 s doubling to 8 s) can be changed without a flag through
-  ``NETMOUNT_FETCH_TIMEOUT``, ``NETMOUNT_FETCH_RETRIES`` and ``NETMOUNT_FETCH_BACKOFF`` in
-  the daemon's environment — tests use that to make fault runs take seconds.
+  by ``timeout``; a stalled answer is retried like a reset one.  A trickle (a few bytes
+  now and then, never ``timeout`` apart) is bounded too: a whole request may take
+  ``timeout`` plus its size at ``min_rate`` (64 KiB/s).  The defaults (30 s, 5 retries,
+  backoff from 0.5 s doubling to 8 s) can be changed without a flag through
+  ``NETMOUNT_FETCH_TIMEOUT``, ``NETMOUNT_FETCH_RETRIES``, ``NETMOUNT_FETCH_BACKOFF`` and
+  ``NETMOUNT_FETCH_MIN_RATE`` in the daemon's environment — tests use that to make fault
+  runs take seconds.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 REDIRECTS = {301, 302, 303, 307, 308}
 EXPIRY_MARGIN = 30.0  # re-resolve a signed URL this long before it says it expires
 DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_BACKOFF = 30.0, 5, 0.5
+DEFAULT_MIN_RATE = 64 << 10  # bytes/s: slower than this over a whole request is a stall
 
 
 def _env_number(name: str, default, kind=float):
@@ -96,6 +100,7 @@ class RangeFetcher:
         if backoff is None:
             backoff = _env_number("NETMOUNT_FETCH_BACKOFF", DEFAULT_BACKOFF)
         self.max_retries, self.timeout = max_retries, timeout
+        self.min_rate = _env_number("NETMOUNT_FETCH_MIN_RATE", DEFAULT_MIN_RATE)
         self.backoff, self.max_backoff = backoff, max(max_backoff, backoff)
         self.counters = counters or Counters()
         self._endpoint_host = urlsplit(self.endpoint).netloc
@@ -169,7 +174,9 @@ class RangeFetcher:
         url = await self._target(path)
         headers = {"Range": f"bytes={start}-{end - 1}", **self._auth_for(url)}
         self.counters.add("requests", path=path)
-        async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+        deadline = aiohttp.ClientTimeout(total=self.timeout + (end - start) / self.min_rate,
+                                         sock_connect=self.timeout, sock_read=self.timeout)
+        async with self._session.get(url, headers=headers, allow_redirects=False, timeout=deadline) as resp:
             status = resp.status
             if status in REDIRECTS or status == 403 and url != self._resolve_url(path):
                 raise _Retry(f"data URL answered {status}; resolving again", after=0, forget_target=True)

@@ -136,3 +136,15 @@ def test_resolve_failures_are_retried_or_eio(fm, fhub, fault_root, times):
     assert_tree_matches(mp, repo)
     if times is not None:
         assert _hits(fhub) == times
+
+
+def test_a_trickle_is_a_stall_too(fm, fhub, fault_root):
+    """Bytes keep coming, never a timeout apart, far too slowly: bounded by the whole-request
+    deadline (timeout + size at the minimum rate), retried, then served right."""
+    mp = fm.mount("faults/model", env={"NETMOUNT_FETCH_MIN_RATE": str(1 << 20)})
+    fhub.set_faults([{"kind": "slow", "rate": 40 << 10, "server": "cdn", "times": 1}])
+    t0 = time.monotonic()
+    assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    assert _hits(fhub) == 1
+    assert fm.stats(mp)["retries"] >= 1
+    assert time.monotonic() - t0 < 30
