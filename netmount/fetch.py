@@ -251,13 +251,17 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-def _expiry(url: str) -> float:
-    """When a signed URL stops working, from its ``Expires=`` query field (else: 1 hour)."""
+def _expiry(url: str, now: float | None = None) -> float:
+    """When to stop using a signed URL: ``EXPIRY_MARGIN`` before its ``Expires=`` says, or
+    a quarter of its remaining life before for short-lived URLs (a margin longer than the
+    life would re-resolve on every request); without ``Expires=``, in an hour."""
+    now = time.time() if now is None else now
     query = parse_qs(urlsplit(url).query)
     for key in ("Expires", "expires"):
         if key in query:
             try:
-                return float(query[key][0]) - EXPIRY_MARGIN
+                expires = float(query[key][0])
             except ValueError:
                 break
-    return time.time() + 3600.0
+            return expires - min(EXPIRY_MARGIN, max(0.0, expires - now) / 4)
+    return now + 3600.0

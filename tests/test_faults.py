@@ -148,3 +148,42 @@ def test_a_trickle_is_a_stall_too(fm, fhub, fault_root):
     assert _hits(fhub) == 1
     assert fm.stats(mp)["retries"] >= 1
     assert time.monotonic() - t0 < 30
+
+
+def test_short_lived_signed_urls_are_reused_then_resolved_again(tmp_path, fault_root):
+    """A CDN whose signed URLs really expire after 4 s: reused while valid (not one resolve
+    per request), resolved again once expired, every byte right."""
+    from faultkit import FaultMounter
+    from hubproc import HubProcess
+
+    src = _repo(fault_root) / "weights.bin"
+    with HubProcess(fault_root, url_ttl=4) as hub:
+        m = FaultMounter(tmp_path, hub)
+        try:
+            mp = m.mount("faults/model")
+            data = src.read_bytes()
+            with open(mp / "weights.bin", "rb") as fh:
+                assert os.pread(fh.fileno(), 4096, 0) == data[:4096]  # one block, no stream
+                n = len(hub.requests(server="cdn", method="GET"))
+                time.sleep(4.5)  # the URL from the first resolve has expired
+                assert os.pread(fh.fileno(), 4096, len(data) - 4096) == data[-4096:]
+                assert len(hub.requests(server="cdn", method="GET")) > n  # a new fetch happened
+            assert sha256_file(mp / "weights.bin") == sha256_file(src)
+            gets = [r for r in hub.requests(server="cdn", method="GET") if r.range]
+            resolves = [r for r in hub.requests(server="hub", method="HEAD", path_contains="weights.bin")]
+            assert len(gets) >= 2 and len(resolves) == 2, (len(gets), len(resolves))
+            assert all(r.status == 206 for r in gets)  # re-resolved before expiry: no 403 met
+        finally:
+            m.cleanup()
+
+
+def test_expiry_margin():
+    from urllib.parse import urlencode
+
+    from netmount.fetch import _expiry
+
+    url = "http://cdn/blobs/x?" + urlencode({"Expires": 1000, "Signature": "s"})
+    assert _expiry(url, now=0) == 1000 - 30  # long-lived: 30 s early
+    assert _expiry(url, now=996) == 999  # 4 s left: a quarter early, not 30 s (always stale)
+    assert _expiry(url, now=2000) == 1000  # already expired: stale now
+    assert _expiry("http://cdn/blobs/x", now=5) == 3605
