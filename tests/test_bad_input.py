@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -206,3 +207,24 @@ def test_corrupt_safetensors_headers_do_not_disturb_the_daemon(fm, fault_root):
     assert fm.stats(mp)["pid"] == pid
     log = next((fm.cache_dir / "logs").glob("*.log")).read_text()
     assert "Traceback" not in log, log
+
+
+def test_hub_api_errors_at_mount_time(tmp_path, fhub):
+    """The API answers 503: one line naming the endpoint, nothing mounted; a single 503 on
+    the listing is retried (by huggingface_hub) and the mount goes on."""
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    env = {"HF_ENDPOINT": fhub.url, "NETMOUNT_CACHE_DIR": str(tmp_path / "c"), "HF_TOKEN": ""}
+    try:
+        fhub.set_faults([{"kind": "status", "status": 503, "server": "hub", "ranged": None,
+                          "path_contains": "/api/models/"}])
+        _fails_in_one_line(run_cli("mount", "faults/model", str(mp), env=env), fhub.url, "503")
+        assert not os.path.ismount(mp)
+        fhub.set_faults([{"kind": "status", "status": 503, "server": "hub", "ranged": None,
+                          "path_contains": "/tree/", "times": 1}])
+        done = run_cli("mount", "faults/model", str(mp), env=env)
+        assert done.returncode == 0, done.stderr
+        assert sorted(os.listdir(mp)) == ["config.json", "notes.txt", "weights.bin"]
+    finally:
+        fhub.clear_faults()
+        subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
