@@ -50,6 +50,8 @@ class BlockReader:
         counters: Counters | None = None,
         workers: int = 4,
         on_served: Callable[[RemoteFile, int, int], None] | None = None,
+        head_bytes: int = 128 << 10,
+        head_memory: int = 16 << 20,
     ) -> None:
         self.store = store
         self.block_size = store.block_size
@@ -69,6 +71,14 @@ class BlockReader:
         # called (no arguments, on a store thread) after every run has finished and its bytes
         # left the in-flight count: the prefetcher's cue to start more
         self.on_run_done: Callable[[], None] | None = None
+        # Safetensors headers: the first read of a shard is its header (8 + N bytes, often
+        # ~10 KB).  Fetching the whole first block for it (1 MiB) is most of what a
+        # ``safe_open`` costs, so the first ``head_bytes`` (the kernel's largest read) are
+        # fetched alone and kept here, outside the store (which holds only whole blocks).
+        self.head_bytes = head_bytes if 0 < head_bytes < self.block_size else 0
+        self._heads: OrderedDict[str, bytes] = OrderedDict()
+        self._heads_max = max(1, head_memory // max(1, self.head_bytes))
+        self._head_inflight: dict[str, concurrent.futures.Future] = {}
         try:
             self._locks = store.block_locks()
         except Exception as exc:
@@ -100,6 +110,15 @@ class BlockReader:
                 missing.append(i)
             else:
                 blocks[i] = data
+        if missing == [0] and len(indices) == 1 and offset + size <= self.head_bytes:
+            head = self._head(f)
+            if head is not None:  # a header read: served from the head, block 0 not fetched
+                out = head[offset : offset + size]
+                if account:
+                    self.counters.add("bytes_served", len(out), path=f.path)
+                    if self.on_served is not None:
+                        self.on_served(f, offset, len(out))
+                return out
         if account:
             self.counters.add("cache_hits", len(blocks))
         if missing:
@@ -193,6 +212,41 @@ class BlockReader:
             return None
         self._remember(key, data)
         return data
+
+    def _head(self, f: RemoteFile) -> bytes | None:
+        """The first ``head_bytes`` of a safetensors file whose block 0 is neither cached nor
+        downloading (else None: the block path is as cheap); single-flight per file."""
+        n = self.head_bytes
+        if not n or f.size <= n or not f.path.endswith(".safetensors") or 0 in self._known_cached(f):
+            return None
+        with self._lock:
+            data = self._heads.get(f.content_id)
+            if data is not None:
+                self._heads.move_to_end(f.content_id)
+                return data
+            if (f.content_id, 0) in self._inflight:
+                return None
+            fut = self._head_inflight.get(f.content_id)
+            owner = fut is None
+            if owner:
+                fut = concurrent.futures.Future()
+                self._head_inflight[f.content_id] = fut
+        if owner:
+            try:
+                data = self._fetch(f, 0, n).result()
+                if len(data) != n:
+                    raise FetchError(f"{f.path}: head came back with {len(data)} of {n} bytes")
+                with self._lock:
+                    self._heads[f.content_id] = data
+                    while len(self._heads) > self._heads_max:
+                        self._heads.popitem(last=False)
+                fut.set_result(data)
+            except BaseException as exc:
+                fut.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}"))
+            finally:
+                with self._lock:
+                    self._head_inflight.pop(f.content_id, None)
+        return fut.result()
 
     def _known_cached(self, f: RemoteFile) -> set[int]:
         """Blocks of ``f`` known to be in the store: read once from it, then kept up to date

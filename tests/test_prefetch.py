@@ -241,3 +241,47 @@ def test_reading_a_tensor_page_by_page_causes_few_large_requests(mounter, hub, h
     assert len(gets) <= (end - begin) // (1 << 20) + 2, sizes  # about one per MiB, not per page
     assert min(sizes) >= 1 << 20, sizes  # whole blocks or more, never page-sized
     assert pages > 50 * len(gets)
+
+
+# -- headers ---------------------------------------------------------------------------------
+
+def test_a_header_read_fetches_the_head_not_the_first_block():
+    data = safetensors_bytes([700_000, 900_000, 1_500_000], seed=7)  # ~3 MiB, 1 MiB blocks
+    f = remote("m.safetensors", data)
+    fetch = FakeFetch({f.path: data}, delay=0.05)
+    reader = BlockReader(MemoryBlockStore(1 << 20), fetch)
+    n = struct.unpack("<Q", data[:8])[0]
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(reader.read(f, 0, 128 << 10)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data[: 128 << 10]] * 4
+    assert reader.read(f, 8, n) == data[8 : 8 + n]
+    assert fetch.calls == [(f.path, 0, 128 << 10)]  # one request, 128 KiB, for a header of ~200 B
+    # past the head, the block path as usual (and block 0 whole when a read needs it)
+    assert reader.read(f, (1 << 20) + 5, 100) == data[(1 << 20) + 5 : (1 << 20) + 105]
+    assert reader.read(f, 100_000, 100_000) == data[100_000:200_000]
+    assert fetch.calls[1:] == [(f.path, 1 << 20, 2 << 20), (f.path, 0, 1 << 20)]
+    # once block 0 is stored, header reads come from it: no more head requests
+    reader._heads.clear()
+    assert reader.read(f, 0, 4096) == data[:4096]
+    assert len(fetch.calls) == 3
+    reader.close()
+
+
+def test_head_fetch_failure_fails_the_read_and_the_next_read_retries():
+    import pytest
+    from netmount.errors import FetchError
+
+    data = safetensors_bytes([2 << 20], seed=8)
+    f = remote("m.safetensors", data)
+    fetch = FakeFetch({f.path: data})
+    reader = BlockReader(MemoryBlockStore(1 << 20), fetch)
+    fetch.fail_next = 1
+    with pytest.raises(FetchError):
+        reader.read(f, 0, 8)
+    assert reader.read(f, 0, 8) == data[:8]
+    reader.close()
