@@ -9,6 +9,9 @@ The read path in one place:
   ``max_request_bytes``, and the runs go out in parallel;
 - a fetched block goes to the store only complete and of the expected length, and a
   stored block of the wrong length is treated as missing — never served.
+- a read inside the first 128 KiB of a safetensors file whose first block is not local
+  (``safe_open``'s header read) fetches just those 128 KiB, kept in a small memory map:
+  with 1 MiB blocks a ~10 KB header would otherwise cost 1 MiB.
 Completion work (splitting, writing to the store) runs on a small thread pool so the
 HTTP loop never blocks on disk.
 
