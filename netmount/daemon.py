@@ -93,7 +93,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = (Prefetcher(reader, connections=config.connections,
                              header_ranges=header_data_ranges)
                   if config.prefetch else None)
-    stats = StatsBuilder(config, snap, counters, store, coverage)
+    stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     ops = NetmountFS(snap, reader, stats, on_ready,
                      prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)

@@ -251,6 +251,11 @@ class BlockReader:
                     self._head_inflight.pop(f.content_id, None)
         return fut.result()
 
+    def local_head(self, f: RemoteFile) -> bytes | None:
+        """The head of ``f`` if it is in memory (see ``head_bytes``); never fetches."""
+        with self._lock:
+            return self._heads.get(f.content_id)
+
     def _known_cached(self, f: RemoteFile) -> set[int]:
         """Blocks of ``f`` known to be in the store: read once from it, then kept up to date
         by this reader's own puts (another daemon's puts or evictions only cost a refetch

@@ -76,9 +76,10 @@ class HeaderCache:
     once) is remembered; a header not yet local is looked for again next time.
     """
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, head=None) -> None:
         self.store = store
         self.block_size = store.block_size
+        self.head = head  # f -> the reader's in-memory head of f (a header read), or None
         self._known: dict[str, list[tuple[str, int, int]] | None] = {}
 
     def tensors(self, f) -> list[tuple[str, int, int]] | None:
@@ -104,6 +105,11 @@ class HeaderCache:
             data = self.store.get(f.content_id, i)
             lo, hi = block_span(i, self.block_size, f.size)
             if data is None or len(data) != hi - lo:
+                head = self.head(f) if self.head is not None else None
+                if head is not None and start < len(head) and not parts:
+                    # a header read kept only the head: maybe short, and read_header then
+                    # asks for the rest of a longer header (and gets _NotLocal past it)
+                    return head[start:end]
                 raise _NotLocal
             parts.append(data)
         first = start - start // self.block_size * self.block_size
@@ -113,10 +119,10 @@ class HeaderCache:
 class StatsBuilder:
     """The callable the filesystem runs for each open of the stats file."""
 
-    def __init__(self, config, snap, counters, store, coverage=None) -> None:
+    def __init__(self, config, snap, counters, store, coverage=None, head=None) -> None:
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
         self.coverage = coverage
-        self.headers = HeaderCache(store)
+        self.headers = HeaderCache(store, head)
         self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
         self._lock = threading.Lock()  # one build at a time: the header cache is not shared
 
