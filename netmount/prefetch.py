@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -45,6 +44,7 @@ from collections import OrderedDict
 from .blocks import block_range
 from .hub import RemoteFile
 from .reader import BlockReader
+from .tensors import HeaderError, parse_header
 
 log = logging.getLogger("netmount.prefetch")
 
@@ -55,16 +55,14 @@ LOAD_TENSORS = 4  # distinct tensors of a file read: a loader is reading the fil
 
 
 def header_data_ranges(header: bytes, data_start: int, file_size: int) -> list[tuple[int, int]] | None:
-    """Absolute [start, end) of every tensor in a safetensors header; None if it is not one."""
+    """Absolute [start, end) of every tensor in a safetensors header (the JSON after the
+    8-byte length); None, with a warning, if it does not validate (``tensors.parse_header``)."""
+    prefix = (data_start - 8).to_bytes(8, "little")
     try:
-        entries = json.loads(header)
-        ranges = [(data_start + int(v["data_offsets"][0]), data_start + int(v["data_offsets"][1]))
-                  for k, v in entries.items() if k != "__metadata__"]
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return [(t.start, t.end) for t in parse_header(prefix + header, file_size)]
+    except HeaderError as exc:
+        log.warning("not a valid safetensors header, no tensor-aware prefetch: %s", exc)
         return None
-    if any(not data_start <= a <= b <= file_size for a, b in ranges):
-        return None
-    return ranges
 
 
 class TensorMap:
