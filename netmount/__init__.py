@@ -4,15 +4,19 @@
         model = AutoModelForCausalLM.from_pretrained(path)
 """
 
-__all__ = ["Mount", "NetmountError", "mount", "unmount"]
+__all__ = ["Mount", "NetmountError", "list_tensors", "mount", "read_stats", "unmount"]
+# (warming the cache: ``netmount.warm.prefetch`` — ``netmount.prefetch`` is the daemon's module)
+
+_HOMES = {"Mount": "lifecycle", "mount": "lifecycle", "unmount": "lifecycle",
+          "read_stats": "stats", "list_tensors": "tensorlist"}
 
 
 def __getattr__(name):
     """Import lazily: ``import netmount.testhub`` must not pull in FUSE and the cache."""
-    if name in ("Mount", "mount", "unmount"):
-        from . import lifecycle
+    if name in _HOMES:
+        import importlib
 
-        return getattr(lifecycle, name)
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     if name == "NetmountError":
         from .errors import NetmountError
 
