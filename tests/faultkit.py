@@ -6,13 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, sha256_file
+from conftest import Mounter, sha256_file
 
 from netmount.testhub.repo import git_blob_sha1, is_lfs
 
@@ -110,39 +109,23 @@ def check_cache_blocks(cache_dir: Path, repo_dirs, block_size: int = BLOCK,
     return checked
 
 
-class FaultMounter:
-    """Mounts through the CLI against the fault hub, with quick retries; cleans up."""
+class FaultMounter(Mounter):
+    """``Mounter`` against the fault hub: quick retries, fixed block and cache size, and an
+    unmount that waits for the daemon to exit (it closes the cache on the way out)."""
 
     def __init__(self, tmp_path: Path, hub, extra_env: dict | None = None):
-        self.tmp_path, self.hub = tmp_path, hub
-        self.cache_dir = tmp_path / "cache"
-        self.env = {"HF_ENDPOINT": hub.url, "NETMOUNT_CACHE_DIR": str(self.cache_dir), "HF_TOKEN": "",
-                    "HF_HUB_DISABLE_TELEMETRY": "1", **QUICK, **(extra_env or {})}
-        self.mounted: list[Path] = []
+        super().__init__(tmp_path, hub.url)
+        self.hub = hub
+        self.env.update({**QUICK, **(extra_env or {})})
 
     def mount(self, repo: str, *extra: str, name: str = "mnt", env: dict | None = None) -> Path:
-        mp = self.tmp_path / name
-        mp.mkdir(exist_ok=True)
-        done = run_cli("mount", repo, str(mp), "--block-size", str(BLOCK), "--cache-size", str(CACHE_SIZE),
-                       *extra, env={**self.env, **(env or {})})
-        assert done.returncode == 0, f"mount failed: {done.stderr}"
-        self.mounted.append(mp)
-        return mp
+        return super().mount(repo, "--block-size", str(BLOCK), "--cache-size", str(CACHE_SIZE),
+                             *extra, name=name, env=env)
 
     def unmount(self, mp: Path) -> None:
         pids = daemon_pids(mp)
-        done = run_cli("unmount", str(mp))
-        assert done.returncode == 0, done.stderr
-        self.mounted.remove(mp)
-        wait_gone(pids)  # the daemon closes the cache before exiting
-
-    def stats(self, mp: Path) -> dict:
-        return json.loads((mp / ".netmount" / "stats.json").read_text())
-
-    def cleanup(self) -> None:
-        for mp in self.mounted:
-            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
-        self.mounted.clear()
+        super().unmount(mp)
+        wait_gone(pids)
 
 
 def daemon_pids(mp: Path) -> list[int]:
