@@ -116,12 +116,7 @@ class BlockReader:
         if missing == [0] and len(indices) == 1 and offset + size <= self.head_bytes:
             head = self._head(f)
             if head is not None:  # a header read: served from the head, block 0 not fetched
-                out = head[offset : offset + size]
-                if account:
-                    self.counters.add("bytes_served", len(out), path=f.path)
-                    if self.on_served is not None:
-                        self.on_served(f, offset, len(out))
-                return out
+                return self._served(f, offset, head[offset : offset + size], account)
         if account:
             self.counters.add("cache_hits", len(blocks))
         if missing:
@@ -132,7 +127,9 @@ class BlockReader:
         start = indices[0] * self.block_size
         joined = b"".join(blocks[i] for i in indices)
         lo = offset - start
-        out = joined[lo : lo + min(size, f.size - offset)]
+        return self._served(f, offset, joined[lo : lo + min(size, f.size - offset)], account)
+
+    def _served(self, f: RemoteFile, offset: int, out: bytes, account: bool) -> bytes:
         if account:
             self.counters.add("bytes_served", len(out), path=f.path)
             if self.on_served is not None:
@@ -324,14 +321,9 @@ class BlockReader:
                 data = self.store.get(f.content_id, i)
                 lo, hi = block_span(i, self.block_size, f.size)
                 if data is not None and len(data) == hi - lo:  # another process fetched it
-                    key = (f.content_id, i)
-                    self._remember(key, data)
-                    futures[i].set_result(data)
-                    known = self._cached_sets.get(f.content_id)
-                    if known is not None:
-                        known.add(i)
+                    self._deliver(f, i, data, futures[i], store=False)
                     with self._lock:
-                        self._inflight.pop(key, None)
+                        self._inflight.pop((f.content_id, i), None)
                         self._inflight_bytes -= hi - lo
                     found += 1
                 else:
@@ -376,7 +368,6 @@ class BlockReader:
     def _finish(self, f, first, last, futures, body, exc) -> None:
         start = block_span(first, self.block_size, f.size)[0]
         end = block_span(last, self.block_size, f.size)[1]
-        known = self._cached_sets.get(f.content_id)
         for i in range(first, last + 1):
             key = (f.content_id, i)
             fut = futures[i]
@@ -384,11 +375,7 @@ class BlockReader:
                 lo, hi = block_span(i, self.block_size, f.size)
                 data = body[lo - start : hi - start]
                 if len(data) == hi - lo:
-                    self._remember(key, data)
-                    fut.set_result(data)  # wake the reader before the disk write
-                    self.store.put(f.content_id, i, data)
-                    if known is not None:
-                        known.add(i)
+                    self._deliver(f, i, data, fut, store=True)
                 else:
                     fut.set_exception(FetchError(f"{f.path}: block {i} came back short"))
             else:
@@ -398,6 +385,16 @@ class BlockReader:
         with self._lock:
             self._inflight_bytes -= end - start
         self._run_done()
+
+    def _deliver(self, f: RemoteFile, i: int, data: bytes, fut, store: bool) -> None:
+        """A complete block: to memory, to its waiters, then (if fetched) to the store."""
+        self._remember((f.content_id, i), data)
+        fut.set_result(data)  # wake the reader before the disk write
+        if store:
+            self.store.put(f.content_id, i, data)
+        known = self._cached_sets.get(f.content_id)
+        if known is not None:
+            known.add(i)
 
     def _run_done(self) -> None:
         hook = self.on_run_done
