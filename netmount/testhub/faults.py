@@ -253,12 +253,22 @@ async def _wrong_range(rules, rule, request, rec):
     return resp
 
 
-async def _slow(rules, rule, request, rec):
+def _honest_plan(rules, request):
+    """What a correct answer to ``request`` would be: (repo, entry, plan, headers), or None
+    for a range past the end (left to the normal 416)."""
     repo, entry = rules._locate(request)
     p = _plan(request, entry.size)
     if p.status == 416:
         return None
     headers = {"Content-Range": p.content_range(entry.size)} if p.status == 206 else {}
+    return repo, entry, p, headers
+
+
+async def _slow(rules, rule, request, rec):
+    planned = _honest_plan(rules, request)
+    if planned is None:
+        return None
+    repo, entry, p, headers = planned
     resp = await _start(request, rec, p.status, headers, p.end - p.start)
     piece = max(1, int(rule["rate"]) // 20)
     for pos in range(p.start, p.end, piece):
@@ -272,11 +282,10 @@ async def _slow(rules, rule, request, rec):
 
 async def _partial(rules, rule, request, rec):
     """reset / short / stall: the right headers, part of the body, then the fault."""
-    repo, entry = rules._locate(request)
-    p = _plan(request, entry.size)
-    if p.status == 416:
+    planned = _honest_plan(rules, request)
+    if planned is None:
         return None
-    headers = {"Content-Range": p.content_range(entry.size)} if p.status == 206 else {}
+    repo, entry, p, headers = planned
     cut = p.start + int((p.end - p.start) * rule["fraction"])
     if rule["kind"] == "short" and rule["declare_short"]:
         resp = await _start(request, rec, p.status, headers, cut - p.start)
