@@ -65,7 +65,7 @@ def setup_logging(log_file: str, debug: bool) -> None:
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     from .fs import NetmountFS, serve
-    from .prefetch import Prefetcher, header_data_ranges
+    from .prefetch import Prefetcher
     from .reader import BlockReader
     from .coverage import Coverage
     from .stats import StatsBuilder
@@ -81,7 +81,6 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     )
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters).start()
-    by_path = {f.path: f for f in snap.files}
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     reader = BlockReader(
         store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters,
@@ -90,13 +89,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
         max_request_bytes=4 << 20,
     )
-    prefetcher = (Prefetcher(reader, connections=config.connections,
-                             header_ranges=header_data_ranges)
-                  if config.prefetch else None)
+    prefetcher = Prefetcher(reader, connections=config.connections) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
-    ops = NetmountFS(snap, reader, stats, on_ready,
-                     prefetcher)
-    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(by_path), config.mountpoint)
+    ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
+    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
         serve(ops, config.mountpoint, allow_other=config.allow_other)
     finally:
