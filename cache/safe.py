@@ -85,6 +85,12 @@ class SafeBlockStore(BlockStore):
             self._failed("volume", exc)
             return 0
 
+    def will_need(self, content_id: str, indices) -> None:
+        try:
+            self.inner.will_need(content_id, indices)
+        except Exception as exc:
+            self._failed("will_need", exc)
+
     def block_locks(self):
         try:
             return self.inner.block_locks()

@@ -41,6 +41,11 @@ class BlockStore(abc.ABC):
     def close(self) -> None:
         """Release files and connections; the store must not be used afterwards."""
 
+    def will_need(self, content_id: str, indices) -> None:
+        """A hint: these blocks will be read soon.  A store on disk starts reading them
+        into the kernel's page cache, so the ``get`` that follows does not wait on the
+        disk; the default does nothing."""
+
     def block_locks(self):
         """A ``StripeLocks`` (cache/locks.py) shared by every process using this store, or
         None when the store is private to one process (nothing to coordinate)."""

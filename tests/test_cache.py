@@ -393,6 +393,58 @@ def test_disk_blocks_are_raw_bytes_with_crc(tmp_path):
     assert tag == zlib.crc32(b"raw!" * (BS // 4)) and size == BS
 
 
+def test_disk_will_need_advises_exactly_the_stored_files_asked_for(tmp_path, monkeypatch):
+    directory = str(tmp_path / "c")
+    advised = []
+
+    def fadvise(fd, offset, length, advice):
+        assert advice == os.POSIX_FADV_WILLNEED
+        advised.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    with DiskBlockStore(directory, BS, 1 << 30) as store:
+        for i in range(6):
+            store.put("r", i, bytes([i]) * BS)
+        store.put("other", 3, b"o" * BS)
+        os.remove(_value_path(directory, "r", 4))  # evicted by someone else: skipped quietly
+        store.will_need("r", [1, 3, 4, 9])
+        store.will_need("r", [])
+    assert sorted(advised) == sorted(_value_path(directory, "r", i) for i in (1, 3))
+
+
+def test_disk_connections_are_kept_per_os_thread(tmp_path, monkeypatch):
+    """FUSE callbacks arrive on libfuse's threads with a fresh Python thread state each
+    call, so diskcache's ``threading.local`` would be empty every time; the store keys its
+    connections by the OS thread id instead (what sqlite3's same-thread check uses)."""
+    import diskcache.core
+
+    from cache.disk import _PerOSThread
+
+    local = _PerOSThread()
+    local.con = "mine"
+    seen = {}
+    t = threading.Thread(target=lambda: seen.update(has=hasattr(local, "con")))
+    t.start()
+    t.join()
+    assert local.con == "mine" and seen == {"has": False}
+    del local.con
+    assert not hasattr(local, "con")
+
+    made = []
+    real = diskcache.core.sqlite3.connect
+    monkeypatch.setattr(diskcache.core.sqlite3, "connect", lambda *a, **k: made.append(1) or real(*a, **k))
+    with DiskBlockStore(str(tmp_path / "c"), BS, 1 << 30) as store:
+        assert isinstance(store._cache._local, _PerOSThread)
+        store.put("r", 0, b"x" * BS)
+        n = len(made)
+        for _ in range(20):
+            assert store.get("r", 0) == b"x" * BS
+        t = threading.Thread(target=lambda: store.get("r", 0))
+        t.start()
+        t.join()
+        assert len(made) == n + 1  # one more OS thread, one more connection
+
+
 # -- SafeBlockStore --------------------------------------------------------------------
 
 
