@@ -2,6 +2,7 @@
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -94,3 +95,77 @@ def test_last_short_block_and_eof():
     assert reader.read(f, 3 * BS, BS) == data[3 * BS :]
     assert reader.read(f, len(data), 10) == b""
     assert fetch.calls == [("a.bin", 3 * BS, 3 * BS + 5)]
+
+
+class RecordingStore(MemoryBlockStore):
+    """A memory store that records its gets and puts and can hold puts back."""
+
+    def __init__(self, bs):
+        super().__init__(bs)
+        self.gets: list[int] = []
+        self.advised: list[int] = []
+        self.put_gate = threading.Event()
+        self.put_gate.set()
+
+    def get(self, content_id, index):
+        self.gets.append(index)
+        return super().get(content_id, index)
+
+    def put(self, content_id, index, data):
+        assert self.put_gate.wait(10)
+        super().put(content_id, index, data)
+
+    def will_need(self, content_id, indices):
+        self.advised.extend(indices)
+
+
+def test_waiters_of_a_run_wake_before_its_blocks_are_stored():
+    data = make_bytes(8 * BS, 11)
+    f = remote("a.bin", data)
+    store = RecordingStore(BS)
+    reader = BlockReader(store, FakeFetch({"a.bin": data}), max_request_bytes=8 * BS)
+    store.put_gate.clear()  # the disk is slow: puts wait
+    try:
+        assert reader.read(f, 0, len(data)) == data  # returns although nothing is stored yet
+        assert store.cached_indices(f.content_id) == []
+    finally:
+        store.put_gate.set()
+    reader.close()
+    assert store.cached_indices(f.content_id) == list(range(8))
+
+
+def test_prefetch_of_stored_blocks_reads_them_into_memory_without_fetching():
+    data = make_bytes(40 * BS, 12)
+    f = remote("a.bin", data)
+    store = RecordingStore(BS)
+    for i in range(40):
+        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
+    fetch = FakeFetch({"a.bin": data})
+    reader = BlockReader(store, fetch, memory_bytes=32 * BS)  # lifts 32 // 4 = 8 blocks ahead
+    assert reader.lift_blocks == 8
+    assert reader.prefetch(f, range(10, 40), budget=64 * BS) == (0, 0)  # nothing to download
+    deadline = time.monotonic() + 10
+    while len(reader._memory) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(store.gets) == list(range(10, 18))  # the first 8 wanted, read once each
+    assert sorted(store.advised) == list(range(18, 40))  # the rest: a hint to the store
+    store.gets.clear()
+    assert reader.read(f, 10 * BS, 8 * BS) == data[10 * BS : 18 * BS]
+    assert store.gets == [] and fetch.calls == []  # served from memory
+    reader.close()
+
+
+def test_a_lifted_block_that_vanished_from_the_store_is_fetched():
+    data = make_bytes(4 * BS, 13)
+    f = remote("a.bin", data)
+    store = RecordingStore(BS)
+    for i in range(4):
+        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
+    fetch = FakeFetch({"a.bin": data})
+    reader = BlockReader(store, fetch)
+    reader._known_cached(f)  # the reader believes all 4 are stored...
+    store.get = lambda content_id, index: None  # ...but another process evicted them
+    reader.prefetch(f, range(4), budget=64 * BS)
+    assert reader.read(f, 0, 4 * BS) == data
+    assert fetch.fetched_bytes() == 4 * BS
+    reader.close()
