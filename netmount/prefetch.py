@@ -132,8 +132,8 @@ class Prefetcher:
             # through several tensors or a loader is seen at work: reading one tensor page
             # by page must cost that tensor only
             wanted = [i for i in window if i * self.bs < limit]
-            if tensor_blocks:
-                wanted = sorted(set(wanted).union(tensor_blocks))
+            if tensor_blocks:  # in their order (what is needed first), then the window
+                wanted = list(dict.fromkeys([*tensor_blocks, *wanted]))
             if wanted:
                 with self._lock:
                     self._pending[f.path] = (f, wanted)
@@ -237,7 +237,16 @@ class Prefetcher:
         while j < len(tmap.ranges) and tmap.ranges[j][0] < stop:
             end = tmap.ranges[j][1]
             j += 1
-        return list(block_range(start, end - start, f.size, self.bs)), f.size
+        # Loaders do not go in file order: a file sorts a layer's tensors by name (k, o, q,
+        # v; down, gate, up), a model uses them in module order (q, k, v, o; gate, up,
+        # down), so the tensors just before this one are wanted too, after those following.
+        k, back = i, start - self.lookahead // 2
+        while k > 0 and tmap.ranges[k - 1][1] > back:
+            k -= 1
+        ahead = list(block_range(start, end - start, f.size, self.bs))
+        before = tmap.ranges[k][0]
+        behind = [b for b in block_range(before, start - before, f.size, self.bs) if b < ahead[0]]
+        return ahead + behind[::-1], f.size
 
     def _tensor_map(self, f: RemoteFile) -> TensorMap | None:
         if f.path in self._maps:

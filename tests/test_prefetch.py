@@ -196,6 +196,31 @@ def test_loader_lookahead_stops_at_end_of_the_shard_being_read():
     reader.close()
 
 
+def test_a_loader_gets_the_tensors_before_the_one_it_reads_too():
+    """Module order is not file order (q, k, v, o vs k, o, q, v): after a loader is seen, a
+    read in a tensor also wants the tensors just before it, up to half the lookahead."""
+    sizes = [2 * BS] * 40
+    data = safetensors_bytes(sizes, seed=8)
+    f = remote("model.safetensors", data)
+    fetch, reader, pre = make({f.path: data}, budget=256 * BS)
+    ranges = tensor_ranges(data)
+    for k in (1, 3, 5, 7):  # tails of four tensors: a loader (it wants up to ~tensor 23)
+        reader.read(f, ranges[k][1] - 1000, 1000)
+        pre.on_read(f, ranges[k][1] - 1000, 1000)
+    wait_idle(reader, pre)
+    fetch.calls.clear()
+    start, end = ranges[38]
+    reader.read(f, start + BS, 100)
+    pre.on_read(f, start + BS, 100)
+    wait_idle(reader, pre)
+    fetched = {i for _, s, e in fetch.calls for i in range(s // BS, (e - 1) // BS + 1)}
+    behind = set(range((start - 16 * BS) // BS, start // BS))  # lookahead 32 blocks: 16 behind
+    assert behind <= fetched
+    assert all(0 <= s < e <= len(data) for _, s, e in fetch.calls)
+    pre.close()
+    reader.close()
+
+
 def test_one_tensor_read_page_by_page_fetches_that_tensor_only():
     sizes = [BS // 2, 3 * BS, 2 * BS + 5, 24 * BS + 100, 3 * BS, 40 * BS]
     data = safetensors_bytes(sizes, seed=6)
