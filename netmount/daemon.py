@@ -83,7 +83,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                            connections=config.connections, counters=counters).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     reader = BlockReader(
-        store, lambda f, start, end: fetcher.submit(f.path, start, end, f.size), counters=counters,
+        store, lambda f, start, end, **kw: fetcher.submit(f.path, start, end, f.size, **kw), counters=counters,
         on_served=coverage.record,
         # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)

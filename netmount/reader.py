@@ -43,7 +43,13 @@ from .hub import RemoteFile
 
 log = logging.getLogger("netmount.reader")
 
-Fetch = Callable[[RemoteFile, int, int], concurrent.futures.Future]
+# fetch(file, start, end, *, prefetch=False, on_part=None, part_size=0) -> Future[bytes].
+# ``prefetch=True`` marks a request no reader waits for yet, which the fetcher may hold back
+# so that reads never queue behind it.  ``on_part(offset, data)``, if the fetcher supports
+# it, is called (on any thread) with each ``part_size`` piece of the body as it arrives, from
+# a response already checked: a reader waiting for the first block of a 4 MiB request gets
+# it when its bytes are in, not when the whole request is.
+Fetch = Callable[..., concurrent.futures.Future]
 
 
 class BlockReader:
@@ -213,11 +219,11 @@ class BlockReader:
         if take:
             self.counters.add("prefetch_blocks", len(take))
             run = self.max_run if max_request_bytes is None else max(1, min(self.max_run, max_request_bytes // self.block_size))
-            self.ensure(f, take, max_run=run)
+            self.ensure(f, take, max_run=run, prefetch=True)
         return len(take), len(todo) - len(take)
 
-    def ensure(self, f: RemoteFile, indices: Iterable[int],
-               max_run: int | None = None) -> dict[int, concurrent.futures.Future]:
+    def ensure(self, f: RemoteFile, indices: Iterable[int], max_run: int | None = None,
+               prefetch: bool = False) -> dict[int, concurrent.futures.Future]:
         """Futures for blocks of ``f``: joined if already downloading, else fetched now.
 
         Also the prefetch entry point: call it and do not wait.
@@ -238,7 +244,7 @@ class BlockReader:
                         owned.append(i)
                 futures[i] = fut
         for first, last in coalesce(owned, max_run or self.max_run):
-            self._start_run(f, first, last, futures)
+            self._start_run(f, first, last, futures, prefetch)
         return futures
 
     # -- internals -----------------------------------------------------------------------
@@ -350,7 +356,7 @@ class BlockReader:
             while len(self._memory) > self._memory_blocks:
                 self._memory.popitem(last=False)
 
-    def _start_run(self, f: RemoteFile, first: int, last: int, futures) -> None:
+    def _start_run(self, f: RemoteFile, first: int, last: int, futures, prefetch: bool) -> None:
         start = block_span(first, self.block_size, f.size)[0]
         end = block_span(last, self.block_size, f.size)[1]
         with self._lock:
@@ -358,17 +364,18 @@ class BlockReader:
             self.max_inflight_bytes = max(self.max_inflight_bytes, self._inflight_bytes)
         if self._lock_pool is not None:
             try:
-                self._lock_pool.submit(self._locked_run, f, first, last, futures)
+                self._lock_pool.submit(self._locked_run, f, first, last, futures, prefetch)
                 return
             except RuntimeError:  # shutting down: fetch without the cross-process lock
                 pass
-        self._fetch_run(f, first, last, futures)
+        self._fetch_run(f, first, last, futures, prefetch)
 
-    def _fetch_run(self, f: RemoteFile, first: int, last: int, futures, done=None) -> None:
+    def _fetch_run(self, f: RemoteFile, first: int, last: int, futures, prefetch: bool, done=None) -> None:
         start = block_span(first, self.block_size, f.size)[0]
         end = block_span(last, self.block_size, f.size)[1]
         try:
-            run = self._fetch(f, start, end)
+            run = self._fetch(f, start, end, prefetch=prefetch, part_size=self.block_size,
+                              on_part=lambda offset, data: self._part(f, offset, data, futures))
         except Exception as exc:  # could not even start: fail these blocks, not the process
             try:
                 self._finish(f, first, last, futures, None, exc)
@@ -386,7 +393,18 @@ class BlockReader:
 
         run.add_done_callback(lambda r: self._pool.submit(complete, r))
 
-    def _locked_run(self, f: RemoteFile, first: int, last: int, futures) -> None:
+    def _part(self, f: RemoteFile, offset: int, data: bytes, futures) -> None:
+        """One block of a run's body arrived (the fetcher's thread): wake its readers now."""
+        i = offset // self.block_size
+        lo, hi = block_span(i, self.block_size, f.size)
+        fut = futures.get(i)
+        if fut is not None and offset == lo and len(data) == hi - lo and not fut.done():
+            try:
+                self._pool.submit(self._deliver, f, i, data, fut)
+            except RuntimeError:  # shutting down: the run's end delivers it, or fails it
+                pass
+
+    def _locked_run(self, f: RemoteFile, first: int, last: int, futures, prefetch: bool) -> None:
         """The blocks' stripe locks, then the store again, then fetch what is still missing;
         the locks go once every fetched block is stored (or has failed)."""
         try:
@@ -440,7 +458,7 @@ class BlockReader:
                 held.release()
 
         for a, b in runs:
-            self._fetch_run(f, a, b, futures, one_done)
+            self._fetch_run(f, a, b, futures, prefetch, one_done)
 
     def _complete(self, f, first, last, futures, run) -> None:
         exc = run.exception()
@@ -449,7 +467,8 @@ class BlockReader:
     def _finish(self, f, first, last, futures, body, exc) -> None:
         """Wake every waiter of the run, release its budget, then store its blocks.  A
         block stays in ``_inflight`` (its future done) until stored, so a prefetch in the
-        meantime neither refetches it nor misses it in the store."""
+        meantime neither refetches it nor misses it in the store.  Blocks delivered early
+        (``_part``) are stored even if the rest of the run failed: their bytes were right."""
         start = block_span(first, self.block_size, f.size)[0]
         end = block_span(last, self.block_size, f.size)[1]
         fetched, failed = [], []
@@ -462,9 +481,16 @@ class BlockReader:
                     self._deliver(f, i, data, fut)
                     fetched.append((i, data))
                     continue
-                fut.set_exception(FetchError(f"{f.path}: block {i} came back short"))
-            else:
-                fut.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}"))
+                exc = FetchError(f"{f.path}: block {i} came back short")
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fetched.append((i, fut.result()))  # arrived before the run failed
+                continue
+            error = exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}")
+            try:
+                fut.set_exception(error)
+            except concurrent.futures.InvalidStateError:  # delivered meanwhile: keep it
+                fetched.append((i, fut.result()))
+                continue
             failed.append(i)
         with self._lock:
             for i in failed:
@@ -480,9 +506,13 @@ class BlockReader:
                     self._inflight.pop((f.content_id, i), None)
 
     def _deliver(self, f: RemoteFile, i: int, data: bytes, fut) -> None:
-        """A complete block: to memory, then to its waiters."""
+        """A complete block: to memory, then to its waiters (once: a block delivered early
+        by ``_part`` is not delivered again at the run's end)."""
         self._remember((f.content_id, i), data)
-        fut.set_result(data)
+        try:
+            fut.set_result(data)
+        except concurrent.futures.InvalidStateError:
+            pass
 
     def _mark_known(self, f: RemoteFile, i: int) -> None:
         known = self._cached_sets.get(f.content_id)

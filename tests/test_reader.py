@@ -169,3 +169,23 @@ def test_a_lifted_block_that_vanished_from_the_store_is_fetched():
     assert reader.read(f, 0, 4 * BS) == data
     assert fetch.fetched_bytes() == 4 * BS
     reader.close()
+
+
+def test_a_block_is_served_when_its_bytes_arrive_not_when_its_whole_request_ends():
+    data = make_bytes(4 * BS, 14)
+    f = remote("a.bin", data)
+    fetch = FakeFetch({"a.bin": data})
+    fetch.hold_after_first_part = threading.Event()
+    store = RecordingStore(BS)
+    reader = BlockReader(store, fetch, max_request_bytes=4 * BS)
+    try:
+        futures = reader.ensure(f, range(4))  # one request of 4 blocks
+        assert len(fetch.calls) == 1
+        assert futures[0].result(timeout=10) == data[:BS]  # the request is still running
+        assert not futures[1].done()
+        assert reader.read(f, 100, 1000) == data[100:1100]
+    finally:
+        fetch.hold_after_first_part.set()
+    assert reader.read(f, 0, 4 * BS) == data
+    reader.close()
+    assert store.cached_indices(f.content_id) == [0, 1, 2, 3]
