@@ -18,8 +18,13 @@ Signals, cheap to compute on every read:
   read-around spilling over from a neighbour) fetches the whole tensor.  Once reads have
   *jumped* into ``load_tensors`` different tensors of a file — more than one tensor read
   and its spill-over can — a loader is at work: from then on every read there fetches its
-  tensor and the tensors after it up to ``lookahead`` bytes, and so does the first read in
-  any other shard of the same folder (loaders treat all shards alike).
+  tensor and the tensors after it up to ``lookahead`` bytes (and half that before it:
+  module order is not file order), and so does the first read in any other shard of the
+  same folder (loaders treat all shards alike).  The next shard by name that the program
+  has read too (its header, at least) is wanted from its first tensor, up to
+  ``lookahead`` bytes, so its download overlaps the loader's work on this one.
+- **Already cached** blocks among those wanted are read into memory (or hinted to the
+  page cache) ahead of the reader instead (``BlockReader.prefetch``).
 
 Requests: what is wanted is spread over the connections in sub-ranges of at least a
 block and at most the reader's request cap, so one tensor comes in parallel.  A pump keeps
@@ -27,8 +32,8 @@ up to ``budget`` bytes in flight (demand reads included; they are never held bac
 starts more whenever a run finishes, so a long want flows at link speed without waiting
 for the next read; the most recently read file goes first.
 
-Bounds: prefetch never goes past the end of the file being read or into another file,
-never refetches blocks known to be cached or already downloading, and never has more
+Bounds: prefetch never goes past the end of a file, never touches a file the program has
+not read (the next shard above must have been read already), never refetches blocks known to be cached or already downloading, and never has more
 than ``budget`` bytes of its own in flight.  Decisions run on one background thread so a
 FUSE read never waits for prefetch bookkeeping.
 """
@@ -105,6 +110,8 @@ class Prefetcher:
         self._maps: dict[str, TensorMap | None] = {}  # None: not safetensors / unparsable
         # path -> (file, blocks still wanted, in fetch order); the most recently read file last
         self._loading_dirs: set[str] = set()  # folders where a file is being loaded
+        self._read: dict[str, dict[str, RemoteFile]] = {}  # folder -> files the program read
+        self._chained: set[str] = set()  # files wanted because the one before was being loaded
         self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netmount-prefetch")
         reader.on_run_done = self._on_done
@@ -134,15 +141,43 @@ class Prefetcher:
             wanted = [i for i in window if i * self.bs < limit]
             if tensor_blocks:  # in their order (what is needed first), then the window
                 wanted = list(dict.fromkeys([*tensor_blocks, *wanted]))
-            if wanted:
-                with self._lock:
+            nxt = self._next_shard(f)
+            with self._lock:
+                if nxt is not None:  # queued first: the file being read keeps priority
+                    self._pending[nxt[0].path] = nxt
+                    self._pending.move_to_end(nxt[0].path)
+                if wanted:
                     self._pending[f.path] = (f, wanted)
                     self._pending.move_to_end(f.path)
+            if wanted:
                 log.debug("read %s [%d,+%d): %s prefetch of %d blocks", f.path, offset, size,
                           "sequential" if tensor_blocks is None else "tensor", len(wanted))
             self._pump()
         except Exception:
             log.exception("prefetch decision for %s failed (reads are unaffected)", f.path)
+
+    def _next_shard(self, f: RemoteFile) -> tuple[RemoteFile, list[int]] | None:
+        """Once a loader is at work in a folder, the next safetensors file (by name) that
+        the program has also read — its header, typically — is wanted from its first
+        tensor, up to ``lookahead`` bytes, once: loaders walk shards in order, and without
+        this each shard's download only started when the loader got there.  A file the
+        program never read is never fetched."""
+        folder = f.path.rpartition("/")[0]
+        with self._lock:
+            read = self._read.setdefault(folder, {})
+            read[f.path] = f
+            if folder not in self._loading_dirs or not f.path.endswith(".safetensors"):
+                return None
+            later = sorted(p for p in read if p > f.path and p.endswith(".safetensors"))
+            if not later or later[0] in self._chained:
+                return None
+            nxt = read[later[0]]
+            self._chained.add(nxt.path)
+        tmap = self._tensor_map(nxt)
+        if tmap is None or not tmap.ranges:
+            return None
+        start = tmap.ranges[0][0]
+        return nxt, list(block_range(start, min(self.lookahead, nxt.size - start), nxt.size, self.bs))
 
     def _pump(self) -> None:
         """Start wanted blocks while the in-flight budget allows, the most recently read file

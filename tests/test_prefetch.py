@@ -46,11 +46,11 @@ class CountingFetch(FakeFetch):
         self.peak = 0
         self._count = threading.Lock()
 
-    def __call__(self, f, start, end):
+    def __call__(self, f, start, end, **kw):
         with self._count:
             self.now += end - start
             self.peak = max(self.peak, self.now)
-        fut = super().__call__(f, start, end)
+        fut = super().__call__(f, start, end, **kw)
 
         def done(_):
             with self._count:
@@ -217,6 +217,50 @@ def test_a_loader_gets_the_tensors_before_the_one_it_reads_too():
     behind = set(range((start - 16 * BS) // BS, start // BS))  # lookahead 32 blocks: 16 behind
     assert behind <= fetched
     assert all(0 <= s < e <= len(data) for _, s, e in fetch.calls)
+    pre.close()
+    reader.close()
+
+
+def test_a_loader_gets_the_next_shard_it_has_read_but_never_one_it_has_not():
+    shards = {f"model-0000{k}-of-00003.safetensors": safetensors_bytes([3 * BS + 100] * 6, seed=20 + k)
+              for k in (1, 2, 3)}
+    files = {p: remote(p, d) for p, d in shards.items()}
+    f1, f2, f3 = files.values()
+    fetch, reader, pre = make(shards, budget=256 * BS)
+    for f in (f1, f2):  # the program read the headers of shards 1 and 2, not 3
+        reader.read(f, 0, 8)
+        pre.on_read(f, 0, 8)
+    wait_idle(reader, pre)
+    for start, end in tensor_ranges(shards[f1.path])[:4]:  # a loader at work in shard 1
+        reader.read(f1, end - 1000, 1000)
+        pre.on_read(f1, end - 1000, 1000)
+    wait_idle(reader, pre)
+    data2 = tensor_ranges(shards[f2.path])
+    assert set(range(data2[0][0] // BS, (data2[-1][1] - 1) // BS + 1)) <= reader._known_cached(f2)
+    assert f3.path not in {p for p, _, _ in fetch.calls}  # never read: never fetched
+    assert all(0 <= s < e <= len(shards[p]) for p, s, e in fetch.calls)
+    pre.close()
+    reader.close()
+
+
+def test_a_loader_gets_the_next_shard_it_has_read_but_never_one_it_has_not():
+    shards = {f"model-0000{k}-of-00003.safetensors": safetensors_bytes([3 * BS + 100] * 6, seed=20 + k)
+              for k in (1, 2, 3)}
+    files = {p: remote(p, d) for p, d in shards.items()}
+    f1, f2, f3 = files.values()
+    fetch, reader, pre = make(shards, budget=256 * BS)
+    for f in (f1, f2):  # the program read the headers of shards 1 and 2, not 3
+        reader.read(f, 0, 8)
+        pre.on_read(f, 0, 8)
+    wait_idle(reader, pre)
+    for start, end in tensor_ranges(shards[f1.path])[:4]:  # a loader at work in shard 1
+        reader.read(f1, end - 1000, 1000)
+        pre.on_read(f1, end - 1000, 1000)
+    wait_idle(reader, pre)
+    data2 = tensor_ranges(shards[f2.path])
+    assert set(range(data2[0][0] // BS, (data2[-1][1] - 1) // BS + 1)) <= reader._known_cached(f2)
+    assert f3.path not in {p for p, _, _ in fetch.calls}  # never read: never fetched
+    assert all(0 <= s < e <= len(shards[p]) for p, s, e in fetch.calls)
     pre.close()
     reader.close()
 
