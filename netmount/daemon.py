@@ -23,6 +23,7 @@ from .fetch import RangeFetcher
 from .hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
+MAX_REQUEST = 4 << 20  # bytes per HTTP request at most (BENCHMARKS.md: "max_request_bytes")
 
 
 @dataclass
@@ -87,9 +88,12 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         on_served=coverage.record,
         # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
-        max_request_bytes=4 << 20,
+        max_request_bytes=MAX_REQUEST,
     )
-    prefetcher = Prefetcher(reader, connections=config.connections) if config.prefetch else None
+    # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
+    # in flight as those carry at once: more would only queue (and sit in memory)
+    prefetcher = Prefetcher(reader, connections=fetcher.prefetch_connections,
+                            budget=fetcher.prefetch_connections * MAX_REQUEST) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)

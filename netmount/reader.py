@@ -474,6 +474,9 @@ class BlockReader:
         fetched, failed = [], []
         for i in range(first, last + 1):
             fut = futures[i]
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fetched.append((i, fut.result()))  # streamed in already (``_part``)
+                continue
             if body is not None:
                 lo, hi = block_span(i, self.block_size, f.size)
                 data = body[lo - start : hi - start]
@@ -482,9 +485,6 @@ class BlockReader:
                     fetched.append((i, data))
                     continue
                 exc = FetchError(f"{f.path}: block {i} came back short")
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                fetched.append((i, fut.result()))  # arrived before the run failed
-                continue
             error = exc if isinstance(exc, FetchError) else FetchError(f"{f.path}: {exc}")
             try:
                 fut.set_exception(error)
