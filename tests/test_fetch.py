@@ -54,8 +54,8 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
         try:
             seen = []
             start, end, part = 100 << 10, len(data) - 5, 1 << 20
-            body = fetcher.submit("data.bin", start, end, len(data), on_part=lambda o, b: seen.append((o, b)),
-                                  part_size=part).result(timeout=60)
+            body = fetcher.submit("data.bin", start, end, len(data), prefetch=True,  # one request
+                                  on_part=lambda o, b: seen.append((o, b)), part_size=part).result(timeout=60)
         finally:
             fetcher.close()
         assert len(hub.requests("cdn", "GET")) == 2 and rules.rules()[0]["hits"] == 1  # reset, retry
@@ -65,3 +65,32 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
     full = list(range(start, end, part))
     assert offsets[-len(full):] == full  # the successful try: every piece, in order
     assert set(offsets) == set(full)  # the reset try handed out a prefix of them, if any
+
+
+def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
+    from netmount.fetch import SPLIT_MAX, SPLIT_PIECE
+    from netmount.testhub.faults import FaultRules
+
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    with TestHub(tmp_path) as hub:
+        rules = FaultRules(hub)
+        hub.faults.append(rules)
+        rules.add("reset", times=1, skip=2)  # the third piece is cut, then retried
+        sha = hub.commit_sha("tests/plain")
+        fetcher = RangeFetcher(hub.url, "tests/plain", sha, connections=8, backoff=0.01).start()
+        try:
+            seen = []
+            start, end = 3 << 20, len(data)  # 2 MiB + 12345: two whole 1 MiB parts and a tail
+            body = fetcher.submit("data.bin", start, end, len(data), on_part=lambda o, b: seen.append((o, b)),
+                                  part_size=1 << 20).result(timeout=60)
+            small = fetcher.submit("data.bin", 0, 1 << 20, len(data)).result(timeout=60)  # one block
+        finally:
+            fetcher.close()
+        gets = hub.requests("cdn", "GET")
+    assert body == data[start:end] and small == data[: 1 << 20]
+    assert all(b == data[o : o + len(b)] for o, b in seen)
+    assert {o for o, _ in seen} == {start, start + (1 << 20), start + (2 << 20)}
+    pieces = [r.range for r in gets]
+    assert len(pieces) == 3 + 1 + SPLIT_MAX  # 3 part-aligned pieces + the retry, 4 for the block
+    assert f"bytes=0-{SPLIT_PIECE - 1}" in pieces
