@@ -16,10 +16,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
-
-from .counters import Counters
-from .fetch import RangeFetcher
 from .hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
@@ -65,6 +61,12 @@ def setup_logging(log_file: str, debug: bool) -> None:
 
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
+    # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
+    # and aiohttp alone costs it ~0.2 s of start-up
+    from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
+
+    from .counters import Counters
+    from .fetch import RangeFetcher
     from .fs import NetmountFS, serve
     from .prefetch import Prefetcher
     from .reader import BlockReader
@@ -93,7 +95,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
     # in flight as those carry at once: more would only queue (and sit in memory)
     prefetcher = Prefetcher(reader, connections=fetcher.prefetch_connections,
-                            budget=fetcher.prefetch_connections * MAX_REQUEST) if config.prefetch else None
+                            budget=fetcher.prefetch_connections * MAX_REQUEST,
+                            files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)

@@ -98,6 +98,8 @@ class Prefetcher:
         load_tensors: int = LOAD_TENSORS,
         connections: int = 8,
         header_ranges=header_data_ranges,
+        files=(),
+        resolve=None,
     ) -> None:
         self.reader = reader
         self.bs = reader.block_size
@@ -113,6 +115,12 @@ class Prefetcher:
         self._read: dict[str, dict[str, RemoteFile]] = {}  # folder -> files the program read
         self._chained: set[str] = set()  # files wanted because the one before was being loaded
         self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
+        # folder -> its safetensors files; ``resolve(paths)`` looks their data URLs up ahead
+        self._shards: dict[str, list[str]] = {}
+        for f in files:
+            if f.path.endswith(".safetensors"):
+                self._shards.setdefault(f.path.rpartition("/")[0], []).append(f.path)
+        self._resolve = resolve
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netmount-prefetch")
         reader.on_run_done = self._on_done
 
@@ -141,6 +149,7 @@ class Prefetcher:
             wanted = [i for i in window if i * self.bs < limit]
             if tensor_blocks:  # in their order (what is needed first), then the window
                 wanted = list(dict.fromkeys([*tensor_blocks, *wanted]))
+            self._resolve_siblings(f)
             nxt = self._next_shard(f)
             with self._lock:
                 if nxt is not None:  # queued first: the file being read keeps priority
@@ -155,6 +164,17 @@ class Prefetcher:
             self._pump()
         except Exception:
             log.exception("prefetch decision for %s failed (reads are unaffected)", f.path)
+
+    def _resolve_siblings(self, f: RemoteFile) -> None:
+        """At the first shard read in a folder, look up the data URLs of the others: loaders
+        open them next, header after header, each waiting a round trip to resolve
+        otherwise.  Only metadata: no byte of those files is fetched."""
+        if self._resolve is None or not f.path.endswith(".safetensors"):
+            return
+        with self._lock:
+            shards = self._shards.pop(f.path.rpartition("/")[0], None)
+        if shards:
+            self._resolve([p for p in shards if p != f.path])
 
     def _next_shard(self, f: RemoteFile) -> tuple[RemoteFile, list[int]] | None:
         """Once a loader is at work in a folder, the next safetensors file (by name) that
