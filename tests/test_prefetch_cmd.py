@@ -28,18 +28,23 @@ def blocks_of(start, end, bs):
 
 
 def fetched_blocks(hub, folder, bs):
-    """File -> set of blocks the CDN sent (ranges are block-aligned runs), and bytes sent."""
+    """File -> set of blocks the CDN sent, and bytes sent.  A block may come in pieces (a
+    miss a reader waits for goes out in parallel parts) but no byte comes twice."""
     by_sha = {sha256_file(p): p.name for p in folder.iterdir() if p.is_file()}
-    out: dict[str, set[int]] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}
     total = 0
     for r in hub.requests(server="cdn", method="GET"):
         name = by_sha[r.path.rsplit("/", 1)[1]]
         a, b = (int(x) for x in r.range.removeprefix("bytes=").split("-"))
         assert r.body_bytes == b + 1 - a
         total += r.body_bytes
-        got = blocks_of(a, b + 1, bs)
-        assert not (out.get(name, set()) & got), f"{name}: a block was fetched twice"
-        out.setdefault(name, set()).update(got)
+        spans.setdefault(name, []).append((a, b + 1))
+    out: dict[str, set[int]] = {}
+    for name, ranges in spans.items():
+        ranges.sort()
+        for (_, end), (start, _) in zip(ranges, ranges[1:]):
+            assert end <= start, f"{name}: a byte was fetched twice"
+        out[name] = set().union(*(blocks_of(a, b, bs) for a, b in ranges))
     return out, total
 
 
