@@ -149,7 +149,8 @@ class RangeFetcher:
         """Fetch bytes [start, end) of ``path`` (whose full length is ``size``) in the background;
         ``prefetch`` requests use at most ``prefetch_connections`` of the connections.
         ``on_part(offset, data)`` (on the HTTP thread: keep it short) gets each piece
-        ``[offset, offset + part_size)`` as soon as it is in, counted from ``start``; a try
+        ``[offset, offset + part_size)`` as soon as it is in, counted from ``start``, and the
+        result is then the byte count, not the bytes (the body is never held twice); a try
         that fails midway may have delivered some pieces, and the retry delivers them again."""
         return asyncio.run_coroutine_threadsafe(
             self.fetch(path, start, end, size, prefetch, on_part, part_size), self._loop)
@@ -183,9 +184,9 @@ class RangeFetcher:
             return await self._split(path, start, end, size, on_part, part_size)
         return await self._fetch_one(path, start, end, size, prefetch, on_part, part_size)
 
-    async def _split(self, path: str, start: int, end: int, size: int, on_part, part_size: int) -> bytes:
-        """[start, end) in parallel pieces, joined; pieces of whole parts when there are at
-        least two parts (they still stream to ``on_part``), else of 4 KiB pages."""
+    async def _split(self, path: str, start: int, end: int, size: int, on_part, part_size: int) -> bytes | int:
+        """[start, end) in parallel pieces; pieces of whole parts when there are at least two
+        parts (each streams to ``on_part``), else of 4 KiB pages, joined."""
         n = min(SPLIT_MAX, (end - start) // SPLIT_PIECE)
         unit = part_size if on_part is not None and part_size and end - start >= 2 * part_size else 4096
         units = -(-(end - start) // unit)
@@ -196,7 +197,14 @@ class RangeFetcher:
         tasks = [asyncio.ensure_future(self._fetch_one(path, a, b, size, False, stream, part_size))
                  for a, b in zip(cuts, cuts[1:])]
         try:
-            return b"".join(await asyncio.gather(*tasks))
+            got = await asyncio.gather(*tasks)
+            if stream is not None:
+                return sum(got)
+            body = b"".join(got)
+            if on_part is not None:
+                on_part(start, body)
+                return len(body)
+            return body
         finally:
             for t in tasks:  # one piece failed for good: do not leave the others running
                 t.cancel()
@@ -260,11 +268,11 @@ class RangeFetcher:
                 raise _Retry(f"short body: {len(body)} of {end - start} bytes")
             if on_part is not None:
                 on_part(start, body)
+                return len(body)
             return body
 
-    async def _read_parts(self, resp, path: str, start: int, end: int, on_part, part_size: int) -> bytes:
+    async def _read_parts(self, resp, path: str, start: int, end: int, on_part, part_size: int) -> int:
         """The body of a checked 206, handed out piece by piece as it arrives."""
-        parts = []
         for lo in range(start, end, part_size):
             n = min(part_size, end - lo)
             try:
@@ -274,12 +282,11 @@ class RangeFetcher:
                 self.counters.add("bytes_fetched", len(exc.partial), path=path)
                 raise _Retry(f"short body: {got} of {end - start} bytes") from None
             self.counters.add("bytes_fetched", n, path=path)
-            parts.append(piece)
             on_part(lo, piece)
         extra = await resp.content.read(1)
         if extra:
             raise _Retry(f"long body: more than the {end - start} bytes asked for")
-        return b"".join(parts)
+        return end - start
 
     def _resolve_url(self, path: str) -> str:
         return f"{self.endpoint}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"

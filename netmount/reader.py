@@ -394,15 +394,13 @@ class BlockReader:
         run.add_done_callback(lambda r: self._pool.submit(complete, r))
 
     def _part(self, f: RemoteFile, offset: int, data: bytes, futures) -> None:
-        """One block of a run's body arrived (the fetcher's thread): wake its readers now."""
+        """One block of a run's body arrived (on the fetcher's thread, before the run's
+        future resolves): to memory and to its readers now."""
         i = offset // self.block_size
         lo, hi = block_span(i, self.block_size, f.size)
         fut = futures.get(i)
-        if fut is not None and offset == lo and len(data) == hi - lo and not fut.done():
-            try:
-                self._pool.submit(self._deliver, f, i, data, fut)
-            except RuntimeError:  # shutting down: the run's end delivers it, or fails it
-                pass
+        if fut is not None and offset == lo and len(data) == hi - lo:
+            self._deliver(f, i, data, fut)
 
     def _locked_run(self, f: RemoteFile, first: int, last: int, futures, prefetch: bool) -> None:
         """The blocks' stripe locks, then the store again, then fetch what is still missing;
@@ -462,10 +460,13 @@ class BlockReader:
 
     def _complete(self, f, first, last, futures, run) -> None:
         exc = run.exception()
-        self._finish(f, first, last, futures, None if exc else run.result(), exc)
+        body = None if exc else run.result()
+        if isinstance(body, int):  # streamed: every block went through ``_part`` already
+            body = b""
+        self._finish(f, first, last, futures, body, exc)
 
     def _finish(self, f, first, last, futures, body, exc) -> None:
-        """Wake every waiter of the run, release its budget, then store its blocks.  A
+        """Wake every waiter of the run, store its blocks, then release its budget.  A
         block stays in ``_inflight`` (its future done) until stored, so a prefetch in the
         meantime neither refetches it nor misses it in the store.  Blocks delivered early
         (``_part``) are stored even if the rest of the run failed: their bytes were right."""
@@ -495,15 +496,20 @@ class BlockReader:
         with self._lock:
             for i in failed:
                 self._inflight.pop((f.content_id, i), None)
-            self._inflight_bytes -= end - start
-        self._run_done()
-        for i, data in fetched:
-            try:
-                self.store.put(f.content_id, i, data)
-                self._mark_known(f, i)
-            finally:
-                with self._lock:
-                    self._inflight.pop((f.content_id, i), None)
+        try:
+            for i, data in fetched:
+                try:
+                    self.store.put(f.content_id, i, data)
+                    self._mark_known(f, i)
+                finally:
+                    with self._lock:
+                        self._inflight.pop((f.content_id, i), None)
+        finally:
+            # the run leaves the budget once stored: prefetch cannot outrun the disk (and
+            # fill memory with blocks waiting to be written) by more than its budget
+            with self._lock:
+                self._inflight_bytes -= end - start
+            self._run_done()
 
     def _deliver(self, f: RemoteFile, i: int, data: bytes, fut) -> None:
         """A complete block: to memory, then to its waiters (once: a block delivered early
