@@ -142,7 +142,7 @@ class NetmountFS(Operations):
                 raise FuseOSError(errno.EBADF)
             return content[offset : offset + size]
         try:
-            data = self.reader.read(f, offset, size)
+            data = self.reader.read(f, offset, size, exact=not raw)
             if self.prefetcher is not None and data and not raw:
                 self.prefetcher.on_read(f, offset, len(data))
             return data

@@ -13,9 +13,13 @@ Signals, cheap to compute on every read:
   window stops at the end of the tensor being read until the run is a stream (from byte 0
   through ``STREAM_BYTES`` of data, or through 3 whole tensors): reading one tensor page by
   page must cost that tensor, not the next 64 MiB.
-- **Tensor-aware** (safetensors; the header gives every tensor's byte range): a lone read
-  well inside a tensor (``GUARD`` from its ends: reads near the edges may be the kernel's
-  read-around spilling over from a neighbour) fetches the whole tensor.  Once reads have
+- **Tensor-aware** (safetensors; the header gives every tensor's byte range): a far jump
+  to the start of a tensor of at most ``MAX_EXTENT`` in a shard no loader is reading (the
+  first fault of ``safe_open(...).get_tensor``) fetches exactly that tensor as an extent
+  (extents.py), and the kernel's reads around it exactly too (``_exact``, asked by the
+  reader on the read's own thread).  A lone read well inside a bigger tensor (``GUARD``
+  from its ends: reads near the edges may be the kernel's read-around spilling over from
+  a neighbour) fetches the whole tensor in blocks.  Once reads have
   *jumped* into ``load_tensors`` different tensors of a file — more than one tensor read
   and its spill-over can — a loader is at work: from then on every read there fetches its
   tensor and the tensors after it up to ``lookahead`` bytes (and half that before it:
@@ -56,6 +60,9 @@ log = logging.getLogger("netmount.prefetch")
 MAX_HEADER = 100 << 20  # the Rust safetensors reader's own limit
 GUARD = 512 << 10  # reads this close to a tensor's ends may be spill-over from a neighbour
 STREAM_BYTES = 2 << 20  # and this much tensor data read in one sequential run: a stream
+MAX_EXTENT = 16 << 20  # a lone tensor up to this size is fetched exactly (extents.py), not in blocks
+NEAR = 512 << 10  # reads this close to a lone tensor's extent are the kernel reading around it
+FAR = 2 << 20  # a read this far from where the last one ended is a jump to a new place
 LOAD_TENSORS = 4  # distinct tensors of a file read: a loader is reading the file
 
 
@@ -123,13 +130,17 @@ class Prefetcher:
         self._resolve = resolve
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netmount-prefetch")
         reader.on_run_done = self._on_done
+        reader.exact = self._exact
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     def on_read(self, f: RemoteFile, offset: int, size: int) -> None:
         """Called after every demand read; returns at once."""
-        self._submit(self._decide, f, offset, size)
+        # the run bookkeeping happens now, on the reader's thread: ``_exact`` asks it about
+        # the very next read, which must not see a state some decisions behind
+        window, streak = self._sequential(f, offset, size)
+        self._submit(self._decide, f, offset, size, window, streak)
 
     def _submit(self, fn, *args) -> None:
         try:
@@ -138,10 +149,11 @@ class Prefetcher:
             pass
 
     # -- decisions (background thread) ---------------------------------------------------
-    def _decide(self, f: RemoteFile, offset: int, size: int) -> None:
+    def _decide(self, f: RemoteFile, offset: int, size: int, window: list[int], streak: int | None) -> None:
         try:
-            window, streak = self._sequential(f, offset, size)
             tensor_blocks, limit = self._tensors(f, offset, streak)
+            if self.reader.extents.near(f, offset, offset + size, NEAR):
+                window = []  # a lone tensor's reader: its extent holds what comes next
             # a sequential reader (cat, cp, a streaming loader) gets a growing window even in
             # a safetensors file — but not past the tensor it is in until it has streamed
             # through several tensors or a loader is seen at work: reading one tensor page
@@ -164,6 +176,46 @@ class Prefetcher:
             self._pump()
         except Exception:
             log.exception("prefetch decision for %s failed (reads are unaffected)", f.path)
+
+    def _exact(self, f: RemoteFile, offset: int, size: int) -> bool:
+        """The reader's question for a read that misses (on its FUSE thread, so only a few
+        lookups): fetch just these pages rather than their blocks?  Yes around a lone
+        tensor's extent; and a far jump to the start of a small tensor in a shard no
+        loader is reading (the first fault of ``safe_open(...).get_tensor``) starts that
+        whole tensor as an extent right here, so the reads that follow find it.
+        Extents are outside the prefetch budget: at most ``load_tensors`` lone tensors
+        (``MAX_EXTENT`` each) before a loader is assumed and blocks take over."""
+        if not f.path.endswith(".safetensors"):
+            return False
+        # the map may not be parsed yet (a tensor is faulted in right after the header
+        # read whose decision builds it): parse it here then, from the head in memory
+        tmap = self._maps[f.path] if f.path in self._maps else self._tensor_map(f)
+        if not tmap or tmap.loading or f.path.rpartition("/")[0] in self._loading_dirs:
+            return False
+        if offset < tmap.ranges[0][0]:
+            return False  # the header: the head, or blocks
+        if self.reader.extents.near(f, offset, offset + size, NEAR):
+            return True
+        seq = self._seq.get(f.path)
+        if seq is not None and abs(offset - seq[0]) <= FAR:
+            return False  # continues (or nearly) a run read in blocks, or the read-ahead past an extent
+        last = min(offset + size, f.size) - 1
+        i = tmap.find(last)
+        if i is None:
+            return False
+        # a reader of a tensor starts at its start; the read-around of its first page may
+        # end just before it (in the previous tensor's tail)
+        if tmap.ranges[i][0] + NEAR < offset and i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + NEAR:
+            i += 1
+        start, end = tmap.ranges[i]
+        # a jump to the middle or the end of a tensor (a loader's first look, in
+        # transformers' case) is left to blocks
+        if end - start > MAX_EXTENT or offset > start + NEAR:
+            return False
+        with self._lock:
+            tmap.triggered.add(i)  # no whole-tensor blocks for it (``_tensors``)
+        self.reader.prefetch_extent(f, start, end)
+        return True
 
     def _resolve_siblings(self, f: RemoteFile) -> None:
         """At the first shard read in a folder, look up the data URLs of the others: loaders

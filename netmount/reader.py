@@ -13,6 +13,9 @@ The read path in one place:
   reader, on a few threads of its own (at most ``lift_blocks`` past the read), so a warm
   sequential reader finds its next blocks in memory instead of waiting on the disk once
   per block (a warm ``cat`` spent half its time there);
+- a missing read the prefetcher calls a lone read (``exact``: a lone tensor of a shard
+  no loader is reading, and the kernel's reads around it) is fetched as an *extent*,
+  exactly its pages, kept in memory (extents.py); whole blocks inside go to the store;
 - a read inside the first 128 KiB of a safetensors file whose first block is not local
   (``safe_open``'s header read) fetches just those 128 KiB, kept in a small memory map:
   with 1 MiB blocks a ~10 KB header would otherwise cost 1 MiB.
@@ -39,6 +42,7 @@ from cache import BlockStore
 from .blocks import block_range, block_span, coalesce
 from .counters import Counters
 from .errors import FetchError
+from .extents import Extents
 from .hub import RemoteFile
 
 log = logging.getLogger("netmount.reader")
@@ -66,6 +70,7 @@ class BlockReader:
         head_bytes: int = 128 << 10,
         head_memory: int = 16 << 20,
         disk_workers: int = 4,
+        extent_memory: int = 32 << 20,
     ) -> None:
         self.store = store
         self.block_size = store.block_size
@@ -82,6 +87,10 @@ class BlockReader:
         self._lifting: dict[tuple[str, int], concurrent.futures.Future] = {}
         self.lift_blocks = max(1, self._memory_blocks // 4)
         self._advised: OrderedDict[tuple[str, int], None] = OrderedDict()  # will_need sent
+        # exact byte ranges for lone reads (extents.py); ``exact(f, offset, size)``, set by
+        # the prefetcher, says which missing reads to fetch that way instead of in blocks
+        self.extents = Extents(lambda f, start, end: self._fetch(f, start, end), extent_memory)
+        self.exact: Callable[[RemoteFile, int, int], bool] | None = None
         self._disk_pool = concurrent.futures.ThreadPoolExecutor(disk_workers, thread_name_prefix="netmount-disk")
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
         self._inflight_bytes = 0  # bytes of runs started and not yet finished (demand and prefetch)
@@ -113,11 +122,12 @@ class BlockReader:
         self._disk_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- reading -----------------------------------------------------------------------
-    def read(self, f: RemoteFile, offset: int, size: int, account: bool = True) -> bytes:
+    def read(self, f: RemoteFile, offset: int, size: int, account: bool = True, exact: bool = True) -> bytes:
         """Exactly the bytes [offset, offset+size) of ``f`` (short only at end of file).
 
         ``account=False`` is for netmount's own reads (headers for prefetch): they are not
-        counted as bytes served to programs.
+        counted as bytes served to programs.  ``exact=False`` never fetches an extent
+        (reads meant to fill the block cache: ``netmount prefetch``).
         """
         indices = block_range(offset, size, f.size, self.block_size)
         if not indices:
@@ -134,6 +144,17 @@ class BlockReader:
             head = self._head(f)
             if head is not None:  # a header read: served from the head, block 0 not fetched
                 return self._served(f, offset, head[offset : offset + size], account)
+        end = offset + min(size, f.size - offset)
+        if missing and exact:  # (not for reads meant to fill the block cache)
+            got = self.extents.get(f, offset, end)
+            if got is None and self.exact is not None and self.exact(f, offset, size):
+                self.extents.fetch(f, offset, end, on_done=self._extent_in)
+                got = self.extents.get(f, offset, end)
+            if got is not None:
+                if account:
+                    self.counters.add("cache_hits", len(blocks))
+                    self.counters.add("cache_misses", len(missing))
+                return self._served(f, offset, got, account)
         if account:
             self.counters.add("cache_hits", len(blocks))
         if missing:
@@ -141,7 +162,6 @@ class BlockReader:
                 self.counters.add("cache_misses", len(missing))
             for i, fut in self.ensure(f, missing).items():
                 blocks[i] = fut.result()
-        end = offset + min(size, f.size - offset)
         if len(indices) == 1:  # the common case: a slice of one block
             base = indices[0] * self.block_size
             out = blocks[indices[0]][offset - base : end - base]
@@ -159,6 +179,44 @@ class BlockReader:
             if self.on_served is not None:
                 self.on_served(f, offset, len(out))
         return out
+
+    def prefetch_extent(self, f: RemoteFile, start: int, end: int) -> None:
+        """Fetch exactly [start, end) of ``f`` (widened to pages) as an extent, leaving out
+        a head and a tail already in blocks (cached or downloading); for lone tensors."""
+        bs = self.block_size
+        known = self._known_cached(f)
+        with self._lock:
+            def have(i):
+                key = (f.content_id, i)
+                return i in known or key in self._memory or key in self._inflight
+            while start < end and have(start // bs):
+                start = (start // bs + 1) * bs
+            while end > start and have((end - 1) // bs):
+                end = (end - 1) // bs * bs
+        if start < end:
+            self.extents.fetch(f, start, end, on_done=self._extent_in, anchor=True)
+
+    def _extent_in(self, f: RemoteFile, start: int, data: bytes) -> None:
+        """Whole blocks inside an extent that just came in go to the store as well."""
+        bs = self.block_size
+        first = -(-start // bs)
+        for i in range(first, (start + len(data)) // bs + 1):
+            lo, hi = block_span(i, bs, f.size) if i * bs < f.size else (0, 0)
+            if hi <= lo or lo < start or hi > start + len(data):
+                continue
+            try:
+                self._pool.submit(self._store_whole, f, i, data[lo - start : hi - start])
+            except RuntimeError:  # shutting down
+                return
+
+    def _store_whole(self, f: RemoteFile, i: int, data: bytes) -> None:
+        with self._lock:
+            if (f.content_id, i) in self._inflight:
+                return
+        if i not in self._known_cached(f):
+            self._remember((f.content_id, i), data)
+            self.store.put(f.content_id, i, data)
+            self._mark_known(f, i)
 
     def prefetch(self, f: RemoteFile, indices: Iterable[int], budget: int,
                  max_request_bytes: int | None = None) -> tuple[int, int]:
@@ -391,7 +449,13 @@ class BlockReader:
                 if done is not None:
                     done()
 
-        run.add_done_callback(lambda r: self._pool.submit(complete, r))
+        def hand_over(r):
+            try:
+                self._pool.submit(complete, r)
+            except RuntimeError:  # the reader is closing: finish here
+                complete(r)
+
+        run.add_done_callback(hand_over)
 
     def _part(self, f: RemoteFile, offset: int, data: bytes, futures) -> None:
         """One block of a run's body arrived (on the fetcher's thread, before the run's

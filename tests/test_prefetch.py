@@ -308,11 +308,11 @@ def test_reading_a_tensor_page_by_page_causes_few_large_requests(mounter, hub, h
     sizes = [r.body_bytes for r in gets]
     assert sum(sizes) >= end - begin
     assert sum(sizes) <= end - begin + 4 * (1 << 20)  # its blocks, plus spill at most
-    # about one per MiB, not per page: blocks come in requests of whole blocks, except the
-    # first miss, which a reader waits for and which goes out in SPLIT_MAX parallel pieces
+    # about one per MiB, not per page: a lone tensor comes as one exact extent in
+    # SPLIT_MAX parallel pieces, plus the pages of the first read and of the kernel's
+    # read-ahead past its end (two windows), each fetched exactly
     assert len(gets) <= (end - begin) // (1 << 20) + 2 + SPLIT_MAX, sizes
-    assert min(sizes) >= SPLIT_PIECE, sizes  # never page-sized
-    assert sum(s < 1 << 20 for s in sizes) <= 2 * SPLIT_MAX, sizes
+    assert sum(s < SPLIT_PIECE for s in sizes) <= 3, repr([(r.range, r.body_bytes) for r in gets])
     assert pages > 50 * len(gets)
 
 

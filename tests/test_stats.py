@@ -83,7 +83,9 @@ def test_stats_json_agrees_with_the_server_byte_log(mounter, hub, hub_root):
         assert runs_bytes == f["cached_bytes"], f
     model = by_path["model.safetensors"]
     cached_blocks = {i for a, b in model["cached_runs"] for i in range(a, b + 1)}
-    assert set(range(t.start // BLOCK, (t.end - 1) // BLOCK + 1)) <= cached_blocks
+    # the tensor's whole blocks are cached; its two edge blocks hold other tensors' bytes
+    # too, and a lone tensor's reads fetch only its own (kept in memory, netmount/extents.py)
+    assert set(range(-(-t.start // BLOCK), t.end // BLOCK)) <= cached_blocks
     assert stats["cached_bytes"] == sum(f["cached_bytes"] for f in stats["files"])
     assert stats["errors"] == 0 and stats["retries"] == 0
 

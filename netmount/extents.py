@@ -1,0 +1,108 @@
+"""Exact byte ranges of files, kept in memory beside the blocks, for lone reads.
+
+A program that reads one tensor of a shard (``safe_open(...).get_tensor``) needs that
+tensor's bytes.  In whole 1 MiB blocks it pays for the parts of the blocks at the tensor's
+two ends that hold other tensors — half the bench's partial-read bytes were that.  So a lone
+tensor, and the kernel's read-around spilling past its ends, are fetched as *extents*: the
+exact pages asked for.  Extents live in a small LRU here (whole blocks inside one also go
+to the block store, through ``on_done``), and a read the extents cover is served from them.
+
+Single-flight: a range already in memory or being fetched inside one extent is not
+fetched again; readers of a range an extent in flight covers wait for that extent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+from .hub import RemoteFile
+
+PAGE = 4096
+
+
+class Extents:
+    def __init__(self, fetch: Callable[[RemoteFile, int, int], concurrent.futures.Future],
+                 max_bytes: int = 32 << 20) -> None:
+        self._fetch = fetch  # (file, start, end) -> Future[bytes] of exactly [start, end)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._done: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()  # content id -> extents
+        self._bytes = 0
+        self._pending: dict[str, list[tuple[int, int, concurrent.futures.Future]]] = {}
+        self._anchors: dict[str, list[tuple[int, int]]] = {}  # content id -> lone tensors fetched
+
+    def get(self, f: RemoteFile, lo: int, hi: int) -> bytes | None:
+        """The bytes [lo, hi) if one extent in memory or in flight holds them all (waiting
+        for it if need be; its failure raises here), else None."""
+        with self._lock:
+            for start, data in self._done.get(f.content_id, ()):
+                if start <= lo and hi <= start + len(data):
+                    self._done.move_to_end(f.content_id)
+                    return data[lo - start : hi - start]
+            for start, end, fut in self._pending.get(f.content_id, ()):
+                if start <= lo and hi <= end:
+                    break
+            else:
+                return None
+        data = fut.result()
+        return data[lo - start : hi - start]
+
+    def near(self, f: RemoteFile, lo: int, hi: int, margin: int) -> bool:
+        """Whether [lo, hi) lies within ``margin`` bytes of an *anchor* extent of ``f`` (a
+        lone tensor; the kernel reads around its ends).  Only anchors count, so small
+        extents never pull more small extents after them."""
+        with self._lock:
+            spans = list(self._anchors.get(f.content_id, ()))
+        return any(lo < e + margin and hi > s - margin for s, e in spans)
+
+    def fetch(self, f: RemoteFile, lo: int, hi: int,
+              on_done: Callable[[RemoteFile, int, bytes], None] | None = None, anchor: bool = False) -> None:
+        """Start fetching [lo, hi), widened to whole pages and clipped to the file, unless
+        an extent in memory or in flight already holds it.  ``on_done(f, start, data)`` is
+        called with the extent once it is in (on the fetcher's thread: keep it short).
+        ``anchor``: a lone tensor, which reads around it may be fetched exactly too."""
+        lo, hi = lo // PAGE * PAGE, min(f.size, -(-hi // PAGE) * PAGE)
+        if lo >= hi:
+            return
+        cid = f.content_id
+        with self._lock:
+            if anchor:
+                anchors = self._anchors.setdefault(cid, [])
+                anchors.append((lo, hi))
+                del anchors[:-64]  # the recent ones are what reads go around
+            if any(s <= lo and hi <= s + len(d) for s, d in self._done.get(cid, ())) or any(
+                    s <= lo and hi <= e for s, e, _ in self._pending.get(cid, ())):
+                return
+            fut = self._fetch(f, lo, hi)
+            entry = (lo, hi, fut)
+            self._pending.setdefault(cid, []).append(entry)
+
+        def landed(r: concurrent.futures.Future) -> None:
+            data = None if r.cancelled() or r.exception() is not None else r.result()
+            with self._lock:
+                waiting = self._pending.get(cid, [])
+                if entry in waiting:
+                    waiting.remove(entry)
+                if not waiting:
+                    self._pending.pop(cid, None)
+                if data is not None and len(data) == hi - lo:
+                    self._done.setdefault(cid, []).append((lo, data))
+                    self._done.move_to_end(cid)
+                    self._bytes += len(data)
+                    self._shrink()
+            if data is not None and on_done is not None:
+                on_done(f, lo, data)
+
+        fut.add_done_callback(landed)
+
+    def _shrink(self) -> None:
+        """Drop the oldest extents (least recently used file first) down to ``max_bytes``."""
+        while self._bytes > self.max_bytes and self._done:
+            cid, extents = next(iter(self._done.items()))
+            start, data = extents.pop(0)
+            self._bytes -= len(data)
+            if not extents:
+                del self._done[cid]
