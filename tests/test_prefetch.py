@@ -244,28 +244,6 @@ def test_a_loader_gets_the_next_shard_it_has_read_but_never_one_it_has_not():
     reader.close()
 
 
-def test_a_loader_gets_the_next_shard_it_has_read_but_never_one_it_has_not():
-    shards = {f"model-0000{k}-of-00003.safetensors": safetensors_bytes([3 * BS + 100] * 6, seed=20 + k)
-              for k in (1, 2, 3)}
-    files = {p: remote(p, d) for p, d in shards.items()}
-    f1, f2, f3 = files.values()
-    fetch, reader, pre = make(shards, budget=256 * BS)
-    for f in (f1, f2):  # the program read the headers of shards 1 and 2, not 3
-        reader.read(f, 0, 8)
-        pre.on_read(f, 0, 8)
-    wait_idle(reader, pre)
-    for start, end in tensor_ranges(shards[f1.path])[:4]:  # a loader at work in shard 1
-        reader.read(f1, end - 1000, 1000)
-        pre.on_read(f1, end - 1000, 1000)
-    wait_idle(reader, pre)
-    data2 = tensor_ranges(shards[f2.path])
-    assert set(range(data2[0][0] // BS, (data2[-1][1] - 1) // BS + 1)) <= reader._known_cached(f2)
-    assert f3.path not in {p for p, _, _ in fetch.calls}  # never read: never fetched
-    assert all(0 <= s < e <= len(shards[p]) for p, s, e in fetch.calls)
-    pre.close()
-    reader.close()
-
-
 def test_one_tensor_read_page_by_page_fetches_that_tensor_only():
     sizes = [BS // 2, 3 * BS, 2 * BS + 5, 24 * BS + 100, 3 * BS, 40 * BS]
     data = safetensors_bytes(sizes, seed=6)
