@@ -37,7 +37,8 @@ starts more whenever a run finishes, so a long want flows at link speed without 
 for the next read; the most recently read file goes first.
 
 Bounds: prefetch never goes past the end of a file, never touches a file the program has
-not read (the next shard above must have been read already), never refetches blocks known to be cached or already downloading, and never has more
+not read (the next shard above must have been read already), never refetches blocks
+known to be cached or already downloading, and never has more
 than ``budget`` bytes of its own in flight.  Decisions run on one background thread so a
 FUSE read never waits for prefetch bookkeeping.
 """
@@ -190,7 +191,7 @@ class Prefetcher:
         # the map may not be parsed yet (a tensor is faulted in right after the header
         # read whose decision builds it): parse it here then, from the head in memory
         tmap = self._maps[f.path] if f.path in self._maps else self._tensor_map(f)
-        if not tmap or tmap.loading or f.path.rpartition("/")[0] in self._loading_dirs:
+        if tmap is None or not tmap.ranges or tmap.loading or f.path.rpartition("/")[0] in self._loading_dirs:
             return False
         if offset < tmap.ranges[0][0]:
             return False  # the header: the head, or blocks
@@ -360,10 +361,11 @@ class Prefetcher:
             return self._maps[f.path]
         tmap = None
         try:
-            head = self.reader.read(f, 0, 8, account=False)
+            # exact=False: ``_exact`` builds maps with this, it must not ask itself again
+            head = self.reader.read(f, 0, 8, account=False, exact=False)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
             if 0 < n <= MAX_HEADER and 8 + n <= f.size:
-                ranges = self._header_ranges(self.reader.read(f, 8, n, account=False), 8 + n, f.size)
+                ranges = self._header_ranges(self.reader.read(f, 8, n, account=False, exact=False), 8 + n, f.size)
                 tmap = TensorMap(ranges) if ranges is not None else None
         except Exception as exc:
             log.warning("%s: no tensor-aware prefetch (%s)", f.path, exc)

@@ -336,3 +336,20 @@ def test_head_fetch_failure_fails_the_read_and_the_next_read_retries():
         reader.read(f, 0, 8)
     assert reader.read(f, 0, 8) == data[:8]
     reader.close()
+
+
+def test_a_small_shard_read_first_inside_a_tensor_reads_right(caplog):
+    """The exact-read policy parses the header on the reader's thread: that header read
+    must not ask the policy again (it once recursed until Python gave up, quietly)."""
+    data = safetensors_bytes([3000, 5000, 2000], seed=9)
+    f = remote("small.safetensors", data)
+    fetch, reader, pre = make({f.path: data})
+    start, end = tensor_ranges(data)[1]
+    with caplog.at_level("WARNING", logger="netmount.prefetch"):
+        assert reader.read(f, start, end - start) == data[start:end]  # the file's first read
+        pre.on_read(f, start, end - start)
+        wait_idle(reader, pre)
+    assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
+    assert pre._maps[f.path] is not None
+    pre.close()
+    reader.close()
