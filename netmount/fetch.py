@@ -177,7 +177,7 @@ class RangeFetcher:
 
     # -- the loop side -------------------------------------------------------------------
     async def fetch(self, path: str, start: int, end: int, size: int, prefetch: bool = False,
-                    on_part=None, part_size: int = 0) -> bytes:
+                    on_part=None, part_size: int = 0) -> bytes | int:
         if not 0 <= start < end <= size:
             raise FetchError(f"bad range [{start}, {end}) of {path} ({size} bytes)")
         if not prefetch and end - start >= 2 * SPLIT_PIECE:
@@ -210,7 +210,7 @@ class RangeFetcher:
                 t.cancel()
 
     async def _fetch_one(self, path: str, start: int, end: int, size: int, prefetch: bool,
-                         on_part, part_size: int) -> bytes:
+                         on_part, part_size: int) -> bytes | int:
         attempt = 0
         while True:
             try:
@@ -239,7 +239,8 @@ class RangeFetcher:
                             attempt, self.max_retries, path, start, end, delay, why)
                 await asyncio.sleep(delay)
 
-    async def _once(self, path: str, start: int, end: int, size: int, on_part=None, part_size: int = 0) -> bytes:
+    async def _once(self, path: str, start: int, end: int, size: int, on_part=None,
+                    part_size: int = 0) -> bytes | int:
         url = await self._target(path)
         headers = {"Range": f"bytes={start}-{end - 1}", **self._auth_for(url)}
         self.counters.add("requests", path=path)
