@@ -145,21 +145,18 @@ class BlockReader:
             if head is not None:  # a header read: served from the head, block 0 not fetched
                 return self._served(f, offset, head[offset : offset + size], account)
         end = offset + min(size, f.size - offset)
+        if account:
+            self.counters.add("cache_hits", len(blocks))
+            if missing:
+                self.counters.add("cache_misses", len(missing))
         if missing and exact:  # (not for reads meant to fill the block cache)
             got = self.extents.get(f, offset, end)
             if got is None and self.exact is not None and self.exact(f, offset, size):
                 self.extents.fetch(f, offset, end, on_done=self._extent_in)
                 got = self.extents.get(f, offset, end)
             if got is not None:
-                if account:
-                    self.counters.add("cache_hits", len(blocks))
-                    self.counters.add("cache_misses", len(missing))
                 return self._served(f, offset, got, account)
-        if account:
-            self.counters.add("cache_hits", len(blocks))
         if missing:
-            if account:
-                self.counters.add("cache_misses", len(missing))
             for i, fut in self.ensure(f, missing).items():
                 blocks[i] = fut.result()
         if len(indices) == 1:  # the common case: a slice of one block
