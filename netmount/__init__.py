@@ -5,20 +5,20 @@
 """
 
 __all__ = ["Mount", "NetmountError", "list_tensors", "mount", "read_stats", "unmount"]
-# (warming the cache: ``netmount.warm.prefetch`` — ``netmount.prefetch`` is the daemon's module)
+# (warming the cache: ``netmount.commands.warm.prefetch`` — ``netmount.read.prefetch`` is the daemon's module)
 
-_HOMES = {"Mount": "lifecycle", "mount": "lifecycle", "unmount": "lifecycle",
-          "read_stats": "stats", "list_tensors": "tensorlist"}
+_HOMES = {"Mount": "mounting.lifecycle", "mount": "mounting.lifecycle", "unmount": "mounting.lifecycle",
+          "read_stats": "mounting.stats", "list_tensors": "commands.tensorlist"}
 
 
 def __getattr__(name):
-    """Import lazily: ``import netmount.testhub`` must not pull in FUSE and the cache."""
+    """Import lazily: ``import netmount.dev.testhub`` must not pull in FUSE and the cache."""
     if name in _HOMES:
         import importlib
 
         return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     if name == "NetmountError":
-        from .errors import NetmountError
+        from netmount.core.errors import NetmountError
 
         return NetmountError
     raise AttributeError(name)

@@ -89,7 +89,7 @@ def drop_caches() -> None:
 class Hub:
     def __init__(self, root: Path, latency_ms: float, conn_mbps: float):
         self.proc = subprocess.Popen(
-            [PY, "-m", "netmount.testhub", "--root", str(root), "--latency-ms", str(latency_ms),
+            [PY, "-m", "netmount.dev.testhub", "--root", str(root), "--latency-ms", str(latency_ms),
              "--conn-mbps", str(conn_mbps)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=ROOT)
         self.url = self.proc.stdout.readline().strip()
@@ -217,7 +217,7 @@ def main() -> int:
                     help="scenarios to run (comma list; default all)")
     args = ap.parse_args()
 
-    from netmount.testmodels import cached_model
+    from netmount.dev.testmodels import cached_model
 
     work = args.work or Path(tempfile.mkdtemp(prefix="netmount-bench-"))
     work.mkdir(parents=True, exist_ok=True)

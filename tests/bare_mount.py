@@ -2,7 +2,7 @@
 
 The daemon's prefetcher speculates (sequential windows, whole tensors, next shards); a test
 of what *another* component asks for must not depend on those guesses.  The daemon is
-started as ``lifecycle`` starts it: ``python -m netmount.daemon``, configuration as JSON on
+started as ``lifecycle`` starts it: ``python -m netmount.mounting.daemon``, configuration as JSON on
 stdin, one ``ready`` line back once the kernel mount is live.
 """
 
@@ -21,8 +21,8 @@ class BareMounter:
         self.live: list[tuple[Path, subprocess.Popen]] = []
 
     def mount(self, repo: str, *, block_size: int = 1 << 20, name: str = "bare") -> Path:
-        from netmount.daemon import DaemonConfig
-        from netmount.hub import resolve_snapshot
+        from netmount.mounting.daemon import DaemonConfig
+        from netmount.remote.hub import resolve_snapshot
 
         require_fuse()
         mp = self.tmp_path / name
@@ -30,7 +30,7 @@ class BareMounter:
         snap = resolve_snapshot(repo, "main", self.endpoint, None)
         config = DaemonConfig(snap, str(mp), str(self.tmp_path / f"{name}-cache"), 1 << 30, block_size,
                               log_file=str(self.tmp_path / f"{name}.log"), prefetch=False)
-        proc = subprocess.Popen([sys.executable, "-m", "netmount.daemon"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "netmount.mounting.daemon"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         proc.stdin.write(config.to_json())
         proc.stdin.close()

@@ -103,7 +103,7 @@ def write_big_safetensors(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from netmount.testmodels import build_tiny_deepseek_v3
+    from netmount.dev.testmodels import build_tiny_deepseek_v3
 
     return build_tiny_deepseek_v3(tmp_path_factory.mktemp("models") / "tiny-dsv3")
 

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from netmount.hub import RemoteFile
+from netmount.remote.hub import RemoteFile
 
 
 def make_bytes(n: int, seed: int = 0) -> bytes:
@@ -38,7 +38,7 @@ class FakeFetch:
         if self.delay:
             time.sleep(self.delay)
         if fail:
-            from netmount.errors import FetchError
+            from netmount.core.errors import FetchError
 
             raise FetchError("injected failure")
         body = self.contents[path][start:end]

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import Mounter, sha256_file
 
-from netmount.testhub.repo import git_blob_sha1, is_lfs
+from netmount.dev.testhub.repo import git_blob_sha1, is_lfs
 
 # small retries and timeouts, so a fault run takes seconds (read by netmount/fetch.py)
 QUICK = {"NETMOUNT_FETCH_TIMEOUT": "1", "NETMOUNT_FETCH_RETRIES": "3", "NETMOUNT_FETCH_BACKOFF": "0.05"}

@@ -58,7 +58,7 @@ class HubProcess:
 
     @property
     def log(self):
-        from netmount.testhub import RequestRecord
+        from netmount.dev.testhub import RequestRecord
 
         return [RequestRecord(**r) for r in self._get("log")]
 
@@ -66,7 +66,7 @@ class HubProcess:
         self._get("reset")
 
     def requests(self, server=None, method=None, path_contains=None):
-        from netmount.testhub.records import select
+        from netmount.dev.testhub.records import select
 
         return select(self.log, server, method, path_contains)
 
@@ -98,8 +98,8 @@ class HubProcess:
 
 
 def _serve(kwargs: dict) -> None:
-    from netmount.testhub import TestHub
-    from netmount.testhub.faults import FaultRules
+    from netmount.dev.testhub import TestHub
+    from netmount.dev.testhub.faults import FaultRules
 
     root = kwargs.pop("root")
     hub = TestHub(Path(root) if root else None, **kwargs).start()

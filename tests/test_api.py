@@ -16,7 +16,7 @@ import pytest
 
 import netmount
 from conftest import require_fuse
-from netmount import errors
+from netmount.core import errors
 
 
 def is_mounted(path: str | Path) -> bool:

@@ -18,7 +18,8 @@ import pytest
 from conftest import run_cli, sha256_file
 from faultkit import fault_root, fhub, fm  # noqa: F401 (fixtures)
 
-from netmount import cli, lifecycle, mounts
+from netmount.commands import cli
+from netmount.mounting import lifecycle, mounts
 
 
 def _fails_in_one_line(done, *needles: str) -> str:

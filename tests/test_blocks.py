@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from netmount.blocks import block_count, block_range, block_span, coalesce, slice_blocks
+from netmount.core.blocks import block_count, block_range, block_span, coalesce, slice_blocks
 
 
 # (offset, size, file_size, block_size) -> expected block indices

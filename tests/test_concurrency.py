@@ -120,7 +120,7 @@ def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     from cache import DiskBlockStore
 
     from fakes import FakeFetch, make_bytes, remote
-    from netmount.reader import BlockReader
+    from netmount.read.reader import BlockReader
 
     bs = 64 << 10
     data = make_bytes(40 * bs + 99, seed=7)

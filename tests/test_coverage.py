@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from netmount.coverage import PAGE, Coverage, FileCoverage
+from netmount.read.coverage import PAGE, Coverage, FileCoverage
 
 CHUNK = 32768 * PAGE  # bytes of file per bitmap chunk
 

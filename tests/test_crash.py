@@ -19,7 +19,7 @@ from faultkit import (BLOCK, assert_tree_matches, check_cache_blocks, daemon_pid
                       fhub, fm, wait_gone)
 
 from cache.disk import CULL_LIMIT
-from netmount import mounts
+from netmount.mounting import mounts
 
 
 def _big(fault_root):

@@ -129,7 +129,7 @@ def test_interrupted_demo_cleans_up(tmp_path, sig):
 
 
 def test_mtp_verdict_allows_only_the_header_blocks():
-    from netmount.demo import MtpShard, mtp_verdict
+    from netmount.dev.demo import MtpShard, mtp_verdict
 
     mtp = MtpShard("mtp.safetensors", layer=4, header_len=5000, tensors=3, size=900_000)
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from cache import MemoryBlockStore
-from netmount.errors import FetchError
-from netmount.extents import PAGE, Extents
-from netmount.reader import BlockReader
+from netmount.core.errors import FetchError
+from netmount.read.extents import PAGE, Extents
+from netmount.read.reader import BlockReader
 
 from fakes import FakeFetch, make_bytes, remote
 

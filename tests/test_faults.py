@@ -180,7 +180,7 @@ def test_short_lived_signed_urls_are_reused_then_resolved_again(tmp_path, fault_
 def test_expiry_margin():
     from urllib.parse import urlencode
 
-    from netmount.fetch import _expiry
+    from netmount.remote.fetch import _expiry
 
     url = "http://cdn/blobs/x?" + urlencode({"Expires": 1000, "Signature": "s"})
     assert _expiry(url, now=0) == 1000 - 30  # long-lived: 30 s early

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from netmount.fetch import RangeFetcher
-from netmount.testhub import TestHub
+from netmount.remote.fetch import RangeFetcher
+from netmount.dev.testhub import TestHub
 
 from conftest import write_plain_repo
 
@@ -41,7 +41,7 @@ def test_prefetch_leaves_connections_free_for_reads(tmp_path):
 def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_path):
     """``on_part`` gets each piece of a checked 206 as it comes; a body cut midway is
     retried, the pieces come again, and every piece handed out is the file's own bytes."""
-    from netmount.testhub.faults import FaultRules
+    from netmount.dev.testhub.faults import FaultRules
 
     write_plain_repo(tmp_path)
     data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
@@ -68,8 +68,8 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
 
 
 def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
-    from netmount.fetch import SPLIT_MAX, SPLIT_PIECE
-    from netmount.testhub.faults import FaultRules
+    from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
+    from netmount.dev.testhub.faults import FaultRules
 
     write_plain_repo(tmp_path)
     data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()

@@ -128,7 +128,7 @@ def test_tiny_deepseek_v3_loads_with_stock_transformers(mounter, hub, tiny_model
 
 
 def test_synthetic_deepseek_v3_scale(mounter, hub):
-    from netmount.testhub import synthetic
+    from netmount.dev.testhub import synthetic
 
     mp = mounter.mount("deepseek-ai/DeepSeek-V3")
     shards = sorted(p for p in os.listdir(mp) if p.endswith(".safetensors"))

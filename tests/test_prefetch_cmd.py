@@ -10,8 +10,8 @@ import random
 import pytest
 
 from conftest import run_cli, sha256_file
-from netmount.tensors import header_size, parse_header
-from netmount.warm import subtract
+from netmount.core.safetensors import header_size, parse_header
+from netmount.commands.warm import subtract
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def expected_blocks(folder, patterns, bs):
 
 def test_subtract_against_sets():
     rnd = random.Random(5)
-    from netmount.blocks import coalesce
+    from netmount.core.blocks import coalesce
 
     for _ in range(300):
         wanted = set(rnd.sample(range(60), rnd.randrange(0, 40)))

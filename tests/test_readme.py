@@ -54,7 +54,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def cli_parser():
-    from netmount.cli import build_parser
+    from netmount.commands.cli import build_parser
 
     return build_parser()
 
@@ -91,12 +91,12 @@ def test_documented_options_exist_with_their_defaults():
 
 
 def _human(value) -> str:
-    from netmount.units import format_size
+    from netmount.core.units import format_size
 
     return format_size(value).replace(" MiB", "M").replace(" GiB", "G") if isinstance(value, int) else str(value)
 
 
 def test_documented_environment_variables_are_read():
-    settings = (ROOT / "netmount" / "settings.py").read_text()
+    settings = (ROOT / "netmount" / "core" / "settings.py").read_text()
     for var in ("HF_ENDPOINT", "NETMOUNT_CACHE_DIR"):
         assert var in README and f'"{var}"' in settings

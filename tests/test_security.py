@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli, sha256_file
 from faultkit import fault_root, fhub, fm  # noqa: F401 (fixtures)
 
-from netmount import mounts
+from netmount.mounting import mounts
 
 TOKEN = "good-token"  # the fault hub's token that opens faults/gated
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import run_cli, sha256_file
-from netmount.statsview import SHADES, _Cached, bar, render_map, render_table
+from netmount.commands.statsview import SHADES, _Cached, bar, render_map, render_table
 
 BLOCK = 1 << 20
 
@@ -36,7 +36,7 @@ def pread_range(path, start, end):
 
 
 def header_of(path):
-    from netmount.tensors import parse_header
+    from netmount.core.safetensors import parse_header
 
     raw = open(path, "rb").read()
     return {t.name: t for t in parse_header(raw, len(raw))}
@@ -186,7 +186,7 @@ def test_cached_counts_against_a_set():
 
     rnd = random.Random(3)
     blocks = sorted(rnd.sample(range(500), 200))
-    from netmount.blocks import coalesce
+    from netmount.core.blocks import coalesce
 
     counter = _Cached(coalesce(blocks))
     present = set(blocks)

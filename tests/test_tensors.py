@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_cli
 
-from netmount.tensors import (MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header,
+from netmount.core.safetensors import (MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header,
                               read_header)
 
 # -- parse_header against files the safetensors writer produced ----------------------------
@@ -247,7 +247,7 @@ def test_tensors_of_a_mount_read_only_header_blocks(bare, hub, hub_root):
 
 
 def test_match_reads_only_the_shards_the_index_names(hub):
-    from netmount.testhub import synthetic
+    from netmount.dev.testhub import synthetic
 
     index = json.loads(synthetic.file_bytes("model.safetensors.index.json", 0, dict(
         synthetic.repo_files())["model.safetensors.index.json"]))["weight_map"]
@@ -265,8 +265,8 @@ def test_match_reads_only_the_shards_the_index_names(hub):
 
 
 def test_deepseek_v3_sized_listing_takes_seconds(hub):
-    from netmount.tensorlist import list_tensors
-    from netmount.testhub import synthetic
+    from netmount.commands.tensorlist import list_tensors
+    from netmount.dev.testhub import synthetic
 
     t0 = time.perf_counter()
     records = list_tensors("deepseek-ai/DeepSeek-V3", endpoint=hub.url, token=False)

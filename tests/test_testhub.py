@@ -26,9 +26,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from netmount.testhub import TestHub, synthetic
-from netmount.testhub import ranges
-from netmount.testhub.repo import git_blob_sha1, lfs_pointer
+from netmount.dev.testhub import TestHub, synthetic
+from netmount.dev.testhub import ranges
+from netmount.dev.testhub.repo import git_blob_sha1, lfs_pointer
 
 TOKEN = "hf_testtoken"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -500,7 +500,7 @@ def test_lfs_pointer_format():
     assert ptr == b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 123\n"
 
 
-@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "netmount.testhub"], [str(REPO_ROOT / "scripts" / "testhub")]])
+@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "netmount.dev.testhub"], [str(REPO_ROOT / "scripts" / "testhub")]])
 def test_cli_serves_until_signalled(root, cmd):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([*cmd, "--root", str(root), "--token", TOKEN, "--page-size", "3"],

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 
-from netmount import testmodels  # noqa: E402
+from netmount.dev import testmodels  # noqa: E402
 
 SHARD_RE = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
 PROMPT = "The quick brown fox jumps over the lazy dog"

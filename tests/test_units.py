@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from netmount.units import format_size, parse_size
+from netmount.core.units import format_size, parse_size
 
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 

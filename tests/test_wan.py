@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from netmount.testhub import wan
-from netmount.testhub.wan import SLICE, Wan
+from netmount.dev.testhub import wan
+from netmount.dev.testhub.wan import SLICE, Wan
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_latency_and_off_switches(fake_clock):
 
 
 def test_folder_index_lists_files_and_subfolders_with_and_without_slash(tmp_path):
-    from netmount.testhub import TestHub
+    from netmount.dev.testhub import TestHub
 
     repo = tmp_path / "org" / "m"
     (repo / "sub").mkdir(parents=True)
@@ -97,6 +97,6 @@ def test_hub_cli_rejects_negative_wan_settings():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "netmount.testhub", "--synthetic-deepseek", "--latency-ms", "-5"],
+    done = subprocess.run([sys.executable, "-m", "netmount.dev.testhub", "--synthetic-deepseek", "--latency-ms", "-5"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "must be >= 0" in done.stderr

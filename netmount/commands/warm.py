@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import errors
-from .blocks import block_range, coalesce
-from .stats import read_stats
-from .tensorlist import list_tensors, matches
+from netmount.core import errors
+from netmount.core.blocks import block_range, coalesce
+from netmount.mounting.stats import read_stats
+from netmount.commands.tensorlist import list_tensors, matches
 
 Run = tuple[int, int]  # block indices, inclusive
 

@@ -1,4 +1,4 @@
-"""``python -m netmount.testhub --root DIR``: serve until SIGINT/SIGTERM.
+"""``python -m netmount.dev.testhub --root DIR``: serve until SIGINT/SIGTERM.
 
 Prints the endpoint (use it as HF_ENDPOINT) on stdout, one line, once listening.
 """
@@ -15,7 +15,7 @@ from .runner import TestHub
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m netmount.testhub",
+    ap = argparse.ArgumentParser(prog="python -m netmount.dev.testhub",
                                  description="Serve model repos from DIR/<org>/<name>/ over the Hub's HTTP protocol.")
     ap.add_argument("--root", type=Path, help="directory holding <org>/<name>/ repo folders")
     ap.add_argument("--host", default="127.0.0.1")

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import errors
+from netmount.core import errors
 
 
 @dataclass(frozen=True)

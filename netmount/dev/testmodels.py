@@ -325,7 +325,7 @@ BUILDERS = {"tiny-deepseek-v3": build_tiny_deepseek_v3, "llama-like": build_llam
 
 
 def models_cache_root() -> Path:
-    from .settings import cache_dir
+    from netmount.core.settings import cache_dir
 
     return cache_dir() / "models"  # $NETMOUNT_CACHE_DIR/models or ~/.cache/netmount/models
 

@@ -27,8 +27,8 @@ import posixpath
 from typing import Callable, Iterable
 from urllib.parse import quote
 
-from . import errors
-from .tensors import FIRST_READ, HeaderError, TensorInfo, header_size, parse_header, read_header
+from netmount.core import errors
+from netmount.core.safetensors import FIRST_READ, HeaderError, TensorInfo, header_size, parse_header, read_header
 
 log = logging.getLogger("netmount.tensorlist")
 
@@ -91,8 +91,8 @@ def shards_to_read(files: dict[str, int], match: list[str], read_small: Callable
 # -- a mount or a local folder ----------------------------------------------------------------
 
 def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[dict]:
-    from . import mounts
-    from .stats import read_stats
+    from netmount.mounting import mounts
+    from netmount.mounting.stats import read_stats
 
     target = os.path.abspath(target)
     if os.path.isfile(target):
@@ -144,8 +144,9 @@ def _pread_exactly(fd: int, start: int, end: int) -> bytes:
 # -- a Hub repo -------------------------------------------------------------------------------
 
 def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_skip) -> list[dict]:
-    from . import hub, settings
-    from .fetch import RangeFetcher
+    from netmount.remote import hub
+    from netmount.core import settings
+    from netmount.remote.fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)
     endpoint = settings.endpoint(endpoint)

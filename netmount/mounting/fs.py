@@ -23,9 +23,9 @@ from typing import Callable
 
 from fuse import FUSE, FuseOSError, Operations
 
-from .errors import FetchError
-from .hub import RemoteFile, Snapshot
-from .reader import BlockReader
+from netmount.core.errors import FetchError
+from netmount.remote.hub import RemoteFile, Snapshot
+from netmount.read.reader import BlockReader
 
 log = logging.getLogger("netmount.fs")
 

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from .hub import RemoteFile
+from netmount.remote.hub import RemoteFile
 
 PAGE = 4096
 

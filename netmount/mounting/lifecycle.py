@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import errors, hub, mounts, settings
-from .daemon import DaemonConfig
-from .units import parse_size
+from netmount.core import errors, settings
+from netmount.remote import hub
+from netmount.mounting import mounts
+from netmount.mounting.daemon import DaemonConfig
+from netmount.core.units import parse_size
 
 READY_TIMEOUT = 60.0
 
@@ -144,7 +146,7 @@ def mount(
 
     Returns once the mount is live (or, with ``foreground``, once it has been unmounted).
     ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
-    Raises a ``netmount.errors.NetmountError`` subclass for every known failure.
+    Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
     bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
@@ -161,7 +163,7 @@ def mount(
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file)
         if foreground:
-            from .daemon import run, setup_logging
+            from netmount.mounting.daemon import run, setup_logging
 
             setup_logging("" if debug else log_file, debug)
             run(config)
@@ -208,7 +210,7 @@ def _spawn(config: DaemonConfig) -> subprocess.Popen:
         # directory (a cache dir called "cache", say) must not shadow the installed package.
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []
         proc = subprocess.Popen(
-            [sys.executable, *safe_path, "-m", "netmount.daemon"],
+            [sys.executable, *safe_path, "-m", "netmount.mounting.daemon"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
             start_new_session=True, close_fds=True, cwd="/", env=_daemon_env(),
         )

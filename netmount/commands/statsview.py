@@ -11,8 +11,8 @@ import sys
 import time
 from typing import Callable
 
-from .blocks import block_count
-from .units import format_size
+from netmount.core.blocks import block_count
+from netmount.core.units import format_size
 
 SHADES = "·░▒▓█"  # no block cached, some, about half, most, all
 

@@ -51,10 +51,10 @@ import logging
 import threading
 from collections import OrderedDict
 
-from .blocks import block_range
-from .hub import RemoteFile
-from .reader import BlockReader
-from .tensors import HeaderError, parse_header
+from netmount.core.blocks import block_range
+from netmount.remote.hub import RemoteFile
+from netmount.read.reader import BlockReader
+from netmount.core.safetensors import HeaderError, parse_header
 
 log = logging.getLogger("netmount.prefetch")
 

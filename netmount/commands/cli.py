@@ -10,12 +10,12 @@ import argparse
 import importlib
 import sys
 
-from . import errors, settings
+from netmount.core import errors, settings
 
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``set_defaults(func=...)``; ``func(args) -> int`` may raise NetmountError.
-COMMAND_MODULES: list[str] = ["demo", "inspect_cmds"]
+COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds"]
 
 
 def _add_mount(sub) -> None:
@@ -37,7 +37,7 @@ def _add_mount(sub) -> None:
 
 
 def cmd_mount(args) -> int:
-    from .lifecycle import mount
+    from netmount.mounting.lifecycle import mount
 
     if args.token:
         print("netmount: warning: --token is visible to other users in `ps`; "
@@ -49,7 +49,7 @@ def cmd_mount(args) -> int:
     if not args.foreground:
         snap = m.snapshot
         total = sum(f.size for f in snap.files)
-        from .units import format_size
+        from netmount.core.units import format_size
 
         print(f"mounted {snap.repo_id}@{snap.sha[:12]} ({len(snap.files)} files, "
               f"{format_size(total)}) on {m.path}")
@@ -57,7 +57,7 @@ def cmd_mount(args) -> int:
 
 
 def cmd_unmount(args) -> int:
-    from .lifecycle import unmount
+    from netmount.mounting.lifecycle import unmount
 
     unmount(args.mountpoint)
     return 0

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 
-from . import errors
+from netmount.core import errors
 
 
 def register(sub) -> None:
@@ -56,8 +56,8 @@ def _stdout_closed() -> int:
 
 
 def cmd_stats(args) -> int:
-    from .stats import live_stats
-    from .statsview import render_map, render_table, watch
+    from netmount.mounting.stats import live_stats
+    from netmount.commands.statsview import render_map, render_table, watch
 
     def text() -> str:
         stats = live_stats(args.mountpoint, on_error=lambda exc: print(
@@ -86,7 +86,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_tensors(args) -> int:
-    from .tensorlist import KEYS, list_tensors
+    from netmount.commands.tensorlist import KEYS, list_tensors
 
     def skip(path: str, exc: Exception) -> None:
         print(f"netmount: warning: skipping {path}: {exc}", file=sys.stderr)
@@ -113,7 +113,7 @@ def cmd_tensors(args) -> int:
 
 
 def _print_table(records: list[dict]) -> None:
-    from .units import format_size
+    from netmount.core.units import format_size
 
     name_w = max([len(r["name"]) for r in records] + [4])
     out = sys.stdout
@@ -127,8 +127,8 @@ def _print_table(records: list[dict]) -> None:
 
 
 def cmd_prefetch(args) -> int:
-    from .units import format_size
-    from .warm import prefetch
+    from netmount.core.units import format_size
+    from netmount.commands.warm import prefetch
 
     def skip(path: str, exc: Exception) -> None:
         print(f"netmount: warning: skipping {path}: {exc}", file=sys.stderr)

@@ -39,11 +39,11 @@ from typing import Callable, Iterable
 
 from cache import BlockStore
 
-from .blocks import block_range, block_span, coalesce
-from .counters import Counters
-from .errors import FetchError
-from .extents import Extents
-from .hub import RemoteFile
+from netmount.core.blocks import block_range, block_span, coalesce
+from netmount.core.counters import Counters
+from netmount.core.errors import FetchError
+from netmount.read.extents import Extents
+from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.reader")
 

@@ -1,6 +1,6 @@
 """The mount daemon: wires store, fetcher, reader and filesystem, and serves until unmounted.
 
-Runs in-process for ``--foreground``, or as ``python -m netmount.daemon`` started by
+Runs in-process for ``--foreground``, or as ``python -m netmount.mounting.daemon`` started by
 ``lifecycle.mount``.  The parent sends the whole configuration (token included) as JSON
 on stdin — nothing secret in argv or the environment — and waits for one line on stdout:
 ``ready`` once the kernel has sent FUSE INIT (the mount is live), or ``error: …``.
@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .hub import Snapshot
+from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
 MAX_REQUEST = 4 << 20  # bytes per HTTP request at most (BENCHMARKS.md: "max_request_bytes")
@@ -65,13 +65,13 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # and aiohttp alone costs it ~0.2 s of start-up
     from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
 
-    from .counters import Counters
-    from .fetch import RangeFetcher
-    from .fs import NetmountFS, serve
-    from .prefetch import Prefetcher
-    from .reader import BlockReader
-    from .coverage import Coverage
-    from .stats import StatsBuilder
+    from netmount.core.counters import Counters
+    from netmount.remote.fetch import RangeFetcher
+    from netmount.mounting.fs import NetmountFS, serve
+    from netmount.read.prefetch import Prefetcher
+    from netmount.read.reader import BlockReader
+    from netmount.read.coverage import Coverage
+    from netmount.mounting.stats import StatsBuilder
 
     snap = config.snapshot
     counters = Counters()

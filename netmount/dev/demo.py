@@ -45,8 +45,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors, mounts, settings
-from .units import format_size
+from netmount.core import errors, settings
+from netmount.mounting import mounts
+from netmount.core.units import format_size
 
 REPO_ID = "deepseek-ai/DeepSeek-V3-tiny"
 BLOCK_SIZE = 128 << 10
@@ -123,7 +124,7 @@ def find_mtp_shard(model_dir: Path) -> MtpShard:
 
 
 def build_model(cache_dir: Path) -> Path:
-    from .testmodels import cached_model
+    from netmount.dev.testmodels import cached_model
 
     _quiet_transformers()
     return cached_model("tiny-deepseek-v3", cache_root=cache_dir / "models")
@@ -237,7 +238,7 @@ def _is_our_hub(pid: int, paths: DemoPaths) -> bool:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"netmount.testhub" in args and str(paths.hub_root).encode() in args
+    return b"netmount.dev.testhub" in args and str(paths.hub_root).encode() in args
 
 
 def _stop_hub(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -325,7 +326,7 @@ def stop_demo(cache_dir: str | os.PathLike | None = None) -> bool:
 
 def _start_hub(paths: DemoPaths, sig: _Signals, detach: bool) -> tuple[subprocess.Popen, str]:
     safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    cmd = [sys.executable, *safe_path, "-m", "netmount.testhub",
+    cmd = [sys.executable, *safe_path, "-m", "netmount.dev.testhub",
            "--root", str(paths.hub_root), "--host", "127.0.0.1", "--port", "0"]
     with sig.held(), open(paths.hub_url_file, "wb") as out, open(paths.hub_log, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=log, cwd="/",
@@ -489,7 +490,7 @@ def report(result: DemoResult, out=None) -> None:
 
 def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, out=None) -> DemoResult:
     """Run the demo (see the module docstring); prints the report on ``out`` (stdout)."""
-    from . import lifecycle
+    from netmount.mounting import lifecycle
 
     root = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None).expanduser().absolute()
     paths = DemoPaths(root / "demo")

@@ -23,9 +23,10 @@ import os
 import threading
 import time
 
-from . import errors, mounts
-from .blocks import block_range, block_span, coalesce
-from .tensors import HeaderError, read_header
+from netmount.core import errors
+from netmount.mounting import mounts
+from netmount.core.blocks import block_range, block_span, coalesce
+from netmount.core.safetensors import HeaderError, read_header
 
 log = logging.getLogger("netmount.stats")
 

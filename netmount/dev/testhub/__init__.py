@@ -1,6 +1,6 @@
 """A Hub-compatible HTTP server for tests and demos: API, /resolve/, a signed-URL CDN.
 
-    from netmount.testhub import TestHub, synthetic
+    from netmount.dev.testhub import TestHub, synthetic
     with TestHub(root, tokens=["hf_x"]) as hub:
         HfApi(endpoint=hub.url).model_info("org/name", files_metadata=True)
 

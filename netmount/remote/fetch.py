@@ -36,8 +36,8 @@ import os
 
 import aiohttp
 
-from .counters import Counters
-from .errors import FetchError
+from netmount.core.counters import Counters
+from netmount.core.errors import FetchError
 
 log = logging.getLogger("netmount.fetch")
 

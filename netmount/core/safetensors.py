@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import NetmountError
+from netmount.core.errors import NetmountError
 
 MAX_HEADER = 100_000_000  # the Rust reader's limit (safetensors::tensor::MAX_HEADER_SIZE)
 FIRST_READ = 256 << 10  # one speculative read covers nearly every real header

@@ -1,0 +1,1 @@
+"""Development parts: the Hub-compatible test hub, test models and the demo."""

@@ -1,0 +1,1 @@
+"""A live mount: the FUSE face (the only FUSE binding user), the daemon, its lifecycle and stats."""

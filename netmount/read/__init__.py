@@ -1,0 +1,1 @@
+"""The read path: the reader and its tiers, the run scheduler, the prefetch policy."""
