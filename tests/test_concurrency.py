@@ -119,13 +119,13 @@ def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
 def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     from cache import DiskBlockStore
 
-    from fakes import FakeFetch, make_bytes, remote
+    from fakes import MemoryFetcher, make_bytes, remote, spans
     from netmount.read.reader import BlockReader
 
     bs = 64 << 10
     data = make_bytes(40 * bs + 99, seed=7)
     f = remote("x.bin", data)
-    fetch = FakeFetch({"x.bin": data}, delay=0.02)  # one fake network, two "daemons"
+    fetch = MemoryFetcher({"x.bin": data})  # one fake network, two "daemons"
     # two stores on one directory, each with its own lock files' descriptors: as two processes
     readers = [BlockReader(DiskBlockStore(tmp_path / "blocks", bs, 1 << 30), fetch, max_request_bytes=4 * bs)
                for _ in range(2)]
@@ -147,7 +147,7 @@ def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
         t.join(120)
     assert results and all(results)
     per_block = Counter()
-    for _, s, e in fetch.calls:
+    for _, s, e in spans(fetch):
         for i in range(s // bs, (e - 1) // bs + 1):
             per_block[i] += 1
     assert per_block and max(per_block.values()) == 1, {i: n for i, n in per_block.items() if n > 1}

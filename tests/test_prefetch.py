@@ -8,14 +8,14 @@ import json
 import os
 import struct
 import threading
-import time
 
 from cache import MemoryBlockStore
 from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
+from netmount.read.policy import PrefetchConfig
 from netmount.read.prefetch import Prefetcher
 from netmount.read.reader import BlockReader
 
-from fakes import FakeFetch, make_bytes, remote
+from fakes import MemoryFetcher, make_bytes, remote, spans
 
 BS = 64 * 1024
 
@@ -38,20 +38,20 @@ def tensor_ranges(data: bytes) -> list[tuple[int, int]]:
                   for k, v in header.items() if k != "__metadata__")
 
 
-class CountingFetch(FakeFetch):
-    """A fake fetcher that also tracks how many bytes are being fetched at once."""
+class CountingFetch(MemoryFetcher):
+    """The in-memory fetcher, also tracking how many bytes are being fetched at once."""
 
-    def __init__(self, contents, delay=0.02):
-        super().__init__(contents, delay=delay, workers=32)
+    def __init__(self, contents):
+        super().__init__(contents, workers=32)
         self.now = 0
         self.peak = 0
         self._count = threading.Lock()
 
-    def __call__(self, f, start, end, **kw):
+    def fetch(self, f, start, end, on_part, **kw):
         with self._count:
             self.now += end - start
             self.peak = max(self.peak, self.now)
-        fut = super().__call__(f, start, end, **kw)
+        fut = super().fetch(f, start, end, on_part, **kw)
 
         def done(_):
             with self._count:
@@ -61,25 +61,25 @@ class CountingFetch(FakeFetch):
         return fut
 
 
-def wait_idle(reader: BlockReader, prefetcher: Prefetcher, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        prefetcher._worker.submit(lambda: None).result()  # decisions queued so far are made
-        with reader._lock:
-            busy = reader._inflight_bytes or reader._inflight
-        with prefetcher._lock:
-            pending = bool(prefetcher._pending)
-        if not busy and not pending:
-            return
-        time.sleep(0.01)
-    raise AssertionError("prefetch did not settle")
-
-
-def make(files: dict[str, bytes], budget=8 * BS, delay=0.02, **kw):
-    fetch = CountingFetch(files, delay=delay)
-    reader = BlockReader(MemoryBlockStore(BS), fetch, max_request_bytes=4 * BS, memory_bytes=1 << 30)
-    pre = Prefetcher(reader, budget=budget, window_max=16 * BS, lookahead=32 * BS, connections=4, **kw)
+def make(files: dict[str, bytes], budget=8 * BS, **kw):
+    fetch = CountingFetch(files)
+    run_done = threading.Event()
+    reader = BlockReader(MemoryBlockStore(BS), fetch, max_request_bytes=4 * BS, memory_bytes=1 << 30,
+                         on_run_done=run_done.set)
+    cfg = PrefetchConfig(block_size=BS, window_max=16 * BS, lookahead=32 * BS, **kw)
+    pre = Prefetcher(reader, run_done, budget=budget, connections=4, config=cfg)
     return fetch, reader, pre
+
+
+def read(pre, reader, f, offset, size, handle=1):
+    """What the FUSE face does for a program's read."""
+    data = reader.read(f, offset, size, exact=pre.plan(handle, f, offset, size))
+    pre.follow(handle, f, offset, len(data))
+    return data
+
+
+def calls(fetch):
+    return spans(fetch)
 
 
 # -- in-flight budget ------------------------------------------------------------------------
@@ -89,20 +89,20 @@ def test_inflight_bytes_never_exceed_the_budget_and_everything_wanted_still_arri
     f = remote("m.safetensors", data)
     fetch, reader, pre = make({f.path: data}, budget=6 * BS)
     ranges = tensor_ranges(data)
-    pre._tensor_map(f)  # the header, before counting
-    fetch.calls.clear()
+    pre.tensor_map(f)  # the header, before counting
+    fetch.calls.clear()  # (after the header)
     fetch.peak = 0
     # a loader: jumps into tensor after tensor (no demand reads: only prefetch is in flight)
     for start, end in ranges[:6]:
-        pre.on_read(f, end - 4096, 4096)
-    wait_idle(reader, pre)
+        pre.follow(1, f, end - 4096, 4096)
+    assert pre.drain(10)
     assert fetch.peak <= 6 * BS, fetch.peak
-    assert reader.max_inflight_bytes <= 6 * BS
+    assert reader.runs.max_inflight_bytes <= 6 * BS
     # the budget paced the downloads but dropped nothing: the lookahead from the last
     # tensor read (32 blocks) arrived in full although it is 5x the budget
     last_start = ranges[5][0]
     wanted_end = min(len(data), ranges[5][1] + 32 * BS)
-    have = reader._known_cached(f)
+    have = reader.stored.known(f)
     missing = [i for i in range(last_start // BS, (wanted_end - 1) // BS + 1) if i not in have]
     assert not missing, missing
     assert len(fetch.calls) > 6  # many runs, each started when room was made
@@ -113,13 +113,15 @@ def test_inflight_bytes_never_exceed_the_budget_and_everything_wanted_still_arri
 def test_budget_counts_demand_reads_already_in_flight():
     data = make_bytes(64 * BS, 1)
     f = remote("plain.bin", data)
-    fetch, reader, pre = make({f.path: data}, budget=4 * BS, delay=0.2)
-    futures = reader.ensure(f, range(40, 44))  # a demand read of 4 blocks, still downloading
+    fetch, reader, pre = make({f.path: data}, budget=4 * BS)
+    fetch.hold()
+    futures = reader.runs.ensure(f, range(40, 44))  # a demand read of 4 blocks, still downloading
     started, left = reader.prefetch(f, range(0, 8), 4 * BS)
     assert (started, left) == (0, 8)  # no room while the demand read fills the budget
+    fetch.release()
     for fut in futures.values():
         fut.result()
-    time.sleep(0.05)
+    assert reader.drain(10)
     started, left = reader.prefetch(f, range(0, 8), 4 * BS)
     assert (started, left) == (4, 4)
     pre.close()
@@ -131,31 +133,30 @@ def test_budget_counts_demand_reads_already_in_flight():
 def test_concurrent_readers_and_prefetch_of_one_block_cause_one_request():
     data = safetensors_bytes([20 * BS] * 3)
     f = remote("m.safetensors", data)
-    fetch, reader, pre = make({f.path: data}, delay=0.2)
-    pre._tensor_map(f)
-    fetch.calls.clear()
+    fetch, reader, pre = make({f.path: data})
+    pre.tensor_map(f)
+    fetch.calls.clear()  # (after the header)
     start, end = tensor_ranges(data)[1]
     target = start + 10 * BS + 5  # well inside tensor 1: prefetch will want its block too
     barrier = threading.Barrier(8)
     results = []
 
-    def read():
+    def one():
         barrier.wait()
-        results.append(reader.read(f, target, 100))
-        pre.on_read(f, target, 100)
+        results.append(read(pre, reader, f, target, 100, handle=threading.get_ident()))
 
-    threads = [threading.Thread(target=read) for _ in range(8)]
+    threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wait_idle(reader, pre)
+    assert pre.drain(10)
     assert results == [data[target : target + 100]] * 8
     block = target // BS
-    covering = [(s, e) for _, s, e in fetch.calls if s <= block * BS < e]
-    assert len(covering) == 1, fetch.calls
+    covering = [(s, e) for _, s, e in calls(fetch) if s <= block * BS < e]
+    assert len(covering) == 1, calls(fetch)
     # and no byte was fetched twice
-    spans = sorted((s, e) for _, s, e in fetch.calls)
+    spans = sorted((s, e) for _, s, e in calls(fetch))
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
     pre.close()
     reader.close()
@@ -170,13 +171,12 @@ def test_sequential_prefetch_stops_at_end_of_file_and_stays_in_the_file():
     fetch, reader, pre = make({fa.path: a, fb.path: b})
     pos = 0
     while pos < len(a):  # cat a.bin, 128 KiB at a time
-        got = reader.read(fa, pos, 2 * BS)
-        pre.on_read(fa, pos, len(got))
+        got = read(pre, reader, fa, pos, 2 * BS)
         pos += len(got)
-    wait_idle(reader, pre)
-    assert {p for p, _, _ in fetch.calls} == {"a.bin"}
-    assert all(0 <= s < e <= len(a) for _, s, e in fetch.calls)
-    assert sum(e - s for _, s, e in fetch.calls) == len(a)  # every byte once
+    assert pre.drain(10)
+    assert {p for p, _, _ in calls(fetch)} == {"a.bin"}
+    assert all(0 <= s < e <= len(a) for _, s, e in calls(fetch))
+    assert sum(e - s for _, s, e in calls(fetch)) == len(a)  # every byte once
     pre.close()
     reader.close()
 
@@ -188,11 +188,10 @@ def test_loader_lookahead_stops_at_end_of_the_shard_being_read():
     f2 = remote("model-00002-of-00002.safetensors", shard2)
     fetch, reader, pre = make({f1.path: shard1, f2.path: shard2}, budget=64 * BS)
     for start, end in tensor_ranges(shard1)[-5:]:  # a loader at the shard's end
-        reader.read(f1, end - 1000, 1000)
-        pre.on_read(f1, end - 1000, 1000)
-    wait_idle(reader, pre)
-    assert {p for p, _, _ in fetch.calls} == {f1.path}
-    assert all(0 <= s < e <= len(shard1) for _, s, e in fetch.calls)
+        read(pre, reader, f1, end - 1000, 1000)
+    assert pre.drain(10)
+    assert {p for p, _, _ in calls(fetch)} == {f1.path}
+    assert all(0 <= s < e <= len(shard1) for _, s, e in calls(fetch))
     pre.close()
     reader.close()
 
@@ -206,18 +205,16 @@ def test_a_loader_gets_the_tensors_before_the_one_it_reads_too():
     fetch, reader, pre = make({f.path: data}, budget=256 * BS)
     ranges = tensor_ranges(data)
     for k in (1, 3, 5, 7):  # tails of four tensors: a loader (it wants up to ~tensor 23)
-        reader.read(f, ranges[k][1] - 1000, 1000)
-        pre.on_read(f, ranges[k][1] - 1000, 1000)
-    wait_idle(reader, pre)
-    fetch.calls.clear()
+        read(pre, reader, f, ranges[k][1] - 1000, 1000)
+    assert pre.drain(10)
+    fetch.calls.clear()  # (after the header)
     start, end = ranges[38]
-    reader.read(f, start + BS, 100)
-    pre.on_read(f, start + BS, 100)
-    wait_idle(reader, pre)
-    fetched = {i for _, s, e in fetch.calls for i in range(s // BS, (e - 1) // BS + 1)}
+    read(pre, reader, f, start + BS, 100)
+    assert pre.drain(10)
+    fetched = {i for _, s, e in calls(fetch) for i in range(s // BS, (e - 1) // BS + 1)}
     behind = set(range((start - 16 * BS) // BS, start // BS))  # lookahead 32 blocks: 16 behind
     assert behind <= fetched
-    assert all(0 <= s < e <= len(data) for _, s, e in fetch.calls)
+    assert all(0 <= s < e <= len(data) for _, s, e in calls(fetch))
     pre.close()
     reader.close()
 
@@ -229,17 +226,15 @@ def test_a_loader_gets_the_next_shard_it_has_read_but_never_one_it_has_not():
     f1, f2, f3 = files.values()
     fetch, reader, pre = make(shards, budget=256 * BS)
     for f in (f1, f2):  # the program read the headers of shards 1 and 2, not 3
-        reader.read(f, 0, 8)
-        pre.on_read(f, 0, 8)
-    wait_idle(reader, pre)
+        read(pre, reader, f, 0, 8)
+    assert pre.drain(10)
     for start, end in tensor_ranges(shards[f1.path])[:4]:  # a loader at work in shard 1
-        reader.read(f1, end - 1000, 1000)
-        pre.on_read(f1, end - 1000, 1000)
-    wait_idle(reader, pre)
+        read(pre, reader, f1, end - 1000, 1000)
+    assert pre.drain(10)
     data2 = tensor_ranges(shards[f2.path])
-    assert set(range(data2[0][0] // BS, (data2[-1][1] - 1) // BS + 1)) <= reader._known_cached(f2)
-    assert f3.path not in {p for p, _, _ in fetch.calls}  # never read: never fetched
-    assert all(0 <= s < e <= len(shards[p]) for p, s, e in fetch.calls)
+    assert set(range(data2[0][0] // BS, (data2[-1][1] - 1) // BS + 1)) <= reader.stored.known(f2)
+    assert f3.path not in {p for p, _, _ in calls(fetch)}  # never read: never fetched
+    assert all(0 <= s < e <= len(shards[p]) for p, s, e in calls(fetch))
     pre.close()
     reader.close()
 
@@ -249,17 +244,16 @@ def test_one_tensor_read_page_by_page_fetches_that_tensor_only():
     data = safetensors_bytes(sizes, seed=6)
     f = remote("m.safetensors", data)
     fetch, reader, pre = make({f.path: data}, budget=64 * BS)
-    pre._tensor_map(f)
-    fetch.calls.clear()
+    pre.tensor_map(f)
+    fetch.calls.clear()  # (after the header)
     start, end = tensor_ranges(data)[3]
     pos = start - start % (2 * BS)  # the kernel reads aligned windows around the pages
     while pos < end:
-        got = reader.read(f, pos, 2 * BS)
-        pre.on_read(f, pos, len(got))
+        got = read(pre, reader, f, pos, 2 * BS)
         pos += 2 * BS
-    wait_idle(reader, pre)
+    assert pre.drain(10)
     first, last = (start - start % (2 * BS)) // BS, (pos - 1) // BS
-    fetched = {i for _, s, e in fetch.calls for i in range(s // BS, (e - 1) // BS + 1)}
+    fetched = {i for _, s, e in calls(fetch) for i in range(s // BS, (e - 1) // BS + 1)}
     assert fetched <= set(range(first, last + 1)), sorted(fetched - set(range(first, last + 1)))
     pre.close()
     reader.close()
@@ -299,7 +293,8 @@ def test_reading_a_tensor_page_by_page_causes_few_large_requests(mounter, hub, h
 def test_a_header_read_fetches_the_head_not_the_first_block():
     data = safetensors_bytes([700_000, 900_000, 1_500_000], seed=7)  # ~3 MiB, 1 MiB blocks
     f = remote("m.safetensors", data)
-    fetch = FakeFetch({f.path: data}, delay=0.05)
+    fetch = MemoryFetcher({f.path: data})
+    fetch.hold()
     reader = BlockReader(MemoryBlockStore(1 << 20), fetch)
     n = struct.unpack("<Q", data[:8])[0]
     results = []
@@ -307,17 +302,18 @@ def test_a_header_read_fetches_the_head_not_the_first_block():
                for _ in range(4)]
     for t in threads:
         t.start()
+    fetch.release()
     for t in threads:
         t.join()
     assert results == [data[: 128 << 10]] * 4
     assert reader.read(f, 8, n) == data[8 : 8 + n]
-    assert fetch.calls == [(f.path, 0, 128 << 10)]  # one request, 128 KiB, for a header of ~200 B
+    assert calls(fetch) == [(f.path, 0, 128 << 10)]  # one request, 128 KiB, for a header of ~200 B
     # past the head, the block path as usual (and block 0 whole when a read needs it)
     assert reader.read(f, (1 << 20) + 5, 100) == data[(1 << 20) + 5 : (1 << 20) + 105]
     assert reader.read(f, 100_000, 100_000) == data[100_000:200_000]
-    assert fetch.calls[1:] == [(f.path, 1 << 20, 2 << 20), (f.path, 0, 1 << 20)]
+    assert calls(fetch)[1:] == [(f.path, 1 << 20, 2 << 20), (f.path, 0, 1 << 20)]
     # once block 0 is stored, header reads come from it: no more head requests
-    reader._heads.clear()
+    reader.head._heads.clear()
     assert reader.read(f, 0, 4096) == data[:4096]
     assert len(fetch.calls) == 3
     reader.close()
@@ -329,9 +325,9 @@ def test_head_fetch_failure_fails_the_read_and_the_next_read_retries():
 
     data = safetensors_bytes([2 << 20], seed=8)
     f = remote("m.safetensors", data)
-    fetch = FakeFetch({f.path: data})
+    fetch = MemoryFetcher({f.path: data})
     reader = BlockReader(MemoryBlockStore(1 << 20), fetch)
-    fetch.fail_next = 1
+    fetch.fail()
     with pytest.raises(FetchError):
         reader.read(f, 0, 8)
     assert reader.read(f, 0, 8) == data[:8]
@@ -346,9 +342,8 @@ def test_a_small_shard_read_first_inside_a_tensor_reads_right(caplog):
     fetch, reader, pre = make({f.path: data})
     start, end = tensor_ranges(data)[1]
     with caplog.at_level("WARNING", logger="netmount.prefetch"):
-        assert reader.read(f, start, end - start) == data[start:end]  # the file's first read
-        pre.on_read(f, start, end - start)
-        wait_idle(reader, pre)
+        assert read(pre, reader, f, start, end - start) == data[start:end]  # the file's first read
+        assert pre.drain(10)
     assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
     assert pre._maps[f.path] is not None
     pre.close()

@@ -1,8 +1,9 @@
-"""BlockReader with an in-memory store and a fake fetcher: exact bytes, single-flight, coalescing."""
+"""BlockReader over an in-memory store and the in-memory fetcher: exact bytes,
+single-flight, coalescing, write-behind, streaming, lifting.  No timing: stalls are made
+with ``MemoryFetcher.hold`` and completion is awaited with ``reader.drain``."""
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -10,15 +11,15 @@ from cache import MemoryBlockStore
 from netmount.core.errors import FetchError
 from netmount.read.reader import BlockReader
 
-from fakes import FakeFetch, make_bytes, remote
+from fakes import MemoryFetcher, make_bytes, remote, spans
 
 BS = 64 * 1024
 
 
-def setup(size=10 * BS + 123, delay=0.0, **kw):
+def setup(size=10 * BS + 123, **kw):
     data = make_bytes(size, seed=size)
     f = remote("a.bin", data)
-    fetch = FakeFetch({"a.bin": data}, delay=delay)
+    fetch = MemoryFetcher({"a.bin": data})
     reader = BlockReader(MemoryBlockStore(BS), fetch, **kw)
     return data, f, fetch, reader
 
@@ -30,6 +31,20 @@ def test_random_ranges_are_exact():
         off = rnd.randrange(0, len(data) + 10)
         size = rnd.choice([0, 1, 4096, BS, 3 * BS + 7, rnd.randrange(1, len(data))])
         assert reader.read(f, off, size) == data[off : off + size]
+    reader.close()
+
+
+@pytest.mark.parametrize("bs", [4096, 64 << 10, 1 << 20])
+def test_every_block_edge_and_the_end_of_file_at_any_block_size(bs):
+    """The EIO of issue 10: a run of a full block and the short last block must deliver both."""
+    size = 3 * bs + bs // 3 + 5
+    data = make_bytes(size, seed=bs)
+    f = remote("a.bin", data)
+    for edge in [*range(bs, size, bs), size]:
+        for lo, n in [(edge - 100, 200), (edge - bs // 2, bs), (edge - 1, 1), (max(0, edge - 2 * bs), 2 * bs + 9)]:
+            reader = BlockReader(MemoryBlockStore(bs), MemoryFetcher({"a.bin": data}), max_request_bytes=4 * bs)
+            assert reader.read(f, lo, n) == data[lo : lo + n], (edge, lo, n)
+            reader.close()
 
 
 def test_second_read_hits_cache_without_fetching():
@@ -38,12 +53,14 @@ def test_second_read_hits_cache_without_fetching():
     n = len(fetch.calls)
     assert reader.read(f, 5, len(data)) == data[5:]
     assert len(fetch.calls) == n
+    reader.close()
 
 
 def test_adjacent_missing_blocks_are_one_request_capped_by_max_request_bytes():
     data, f, fetch, reader = setup(size=40 * BS, max_request_bytes=16 * BS)
     reader.read(f, 0, len(data))
-    assert [(s, e) for _, s, e in fetch.calls] == [(0, 16 * BS), (16 * BS, 32 * BS), (32 * BS, 40 * BS)]
+    assert [(s, e) for _, s, e in spans(fetch)] == [(0, 16 * BS), (16 * BS, 32 * BS), (32 * BS, 40 * BS)]
+    reader.close()
 
 
 def test_holes_are_fetched_as_separate_runs_only():
@@ -52,12 +69,13 @@ def test_holes_are_fetched_as_separate_runs_only():
     reader.read(f, 5 * BS, BS)
     fetch.calls.clear()
     assert reader.read(f, 0, len(data)) == data
-    assert sorted((s, e) for _, s, e in fetch.calls) == [
-        (0, 2 * BS), (3 * BS, 5 * BS), (6 * BS, 10 * BS)]
+    assert sorted((s, e) for _, s, e in spans(fetch)) == [(0, 2 * BS), (3 * BS, 5 * BS), (6 * BS, 10 * BS)]
+    reader.close()
 
 
 def test_concurrent_readers_of_one_block_cause_one_fetch():
-    data, f, fetch, reader = setup(delay=0.2)
+    data, f, fetch, reader = setup()
+    fetch.hold()  # the first reader's fetch stalls: the others join it (or find the block later)
     results = []
     barrier = threading.Barrier(8)
 
@@ -68,33 +86,59 @@ def test_concurrent_readers_of_one_block_cause_one_fetch():
     threads = [threading.Thread(target=go) for _ in range(8)]
     for t in threads:
         t.start()
+    fetch.release()
     for t in threads:
         t.join()
     assert results == [data[BS + 10 : BS + 110]] * 8
-    assert fetch.calls == [("a.bin", BS, 2 * BS)]
+    assert spans(fetch) == [("a.bin", BS, 2 * BS)]
+    reader.close()
 
 
 def test_failed_fetch_raises_and_caches_nothing_then_recovers():
     data, f, fetch, reader = setup()
-    fetch.fail_next = 1
+    fetch.fail()
     with pytest.raises(FetchError):
         reader.read(f, 0, 10)
+    assert reader.drain(10)
     assert reader.store.get(f.content_id, 0) is None
     assert reader.read(f, 0, 10) == data[:10]
+    reader.close()
+
+
+def test_a_run_failing_midway_keeps_the_blocks_that_came_and_fails_the_rest():
+    data, f, fetch, reader = setup(size=8 * BS, max_request_bytes=8 * BS)
+    fetch.fail(after_pieces=3)
+    with pytest.raises(FetchError):
+        reader.read(f, 0, 8 * BS)
+    assert reader.drain(10)
+    assert reader.store.cached_indices(f.content_id) == [0, 1, 2]  # their bytes were right
+    assert reader.runs.inflight_bytes() == 0
+    assert reader.read(f, 0, 8 * BS) == data
+    reader.close()
+
+
+def test_a_retry_midway_delivers_pieces_twice_and_the_reader_takes_them_once():
+    data, f, fetch, reader = setup(size=6 * BS, max_request_bytes=6 * BS)
+    fetch.retry_midway()
+    assert reader.read(f, 0, 6 * BS) == data
+    reader.close()
+    assert reader.store.cached_indices(f.content_id) == list(range(6))
 
 
 def test_wrong_length_block_in_store_is_refetched_not_served():
     data, f, fetch, reader = setup()
     reader.store.put(f.content_id, 3, b"short")
     assert reader.read(f, 3 * BS, BS) == data[3 * BS : 4 * BS]
-    assert fetch.calls == [("a.bin", 3 * BS, 4 * BS)]
+    assert spans(fetch) == [("a.bin", 3 * BS, 4 * BS)]
+    reader.close()
 
 
 def test_last_short_block_and_eof():
     data, f, fetch, reader = setup(size=3 * BS + 5)
     assert reader.read(f, 3 * BS, BS) == data[3 * BS :]
     assert reader.read(f, len(data), 10) == b""
-    assert fetch.calls == [("a.bin", 3 * BS, 3 * BS + 5)]
+    assert spans(fetch) == [("a.bin", 3 * BS, 3 * BS + 5)]
+    reader.close()
 
 
 class RecordingStore(MemoryBlockStore):
@@ -123,15 +167,17 @@ def test_waiters_of_a_run_wake_before_its_blocks_are_stored():
     data = make_bytes(8 * BS, 11)
     f = remote("a.bin", data)
     store = RecordingStore(BS)
-    reader = BlockReader(store, FakeFetch({"a.bin": data}), max_request_bytes=8 * BS)
+    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), max_request_bytes=8 * BS)
     store.put_gate.clear()  # the disk is slow: puts wait
     try:
         assert reader.read(f, 0, len(data)) == data  # returns although nothing is stored yet
         assert store.cached_indices(f.content_id) == []
+        assert not reader.drain(0)  # still in flight until stored
     finally:
         store.put_gate.set()
-    reader.close()
+    assert reader.drain(10)
     assert store.cached_indices(f.content_id) == list(range(8))
+    reader.close()
 
 
 def test_prefetch_of_stored_blocks_reads_them_into_memory_without_fetching():
@@ -140,13 +186,11 @@ def test_prefetch_of_stored_blocks_reads_them_into_memory_without_fetching():
     store = RecordingStore(BS)
     for i in range(40):
         store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
-    fetch = FakeFetch({"a.bin": data})
+    fetch = MemoryFetcher({"a.bin": data})
     reader = BlockReader(store, fetch, memory_bytes=32 * BS)  # lifts 32 // 4 = 8 blocks ahead
-    assert reader.lift_blocks == 8
+    assert reader.stored.lift_blocks == 8
     assert reader.prefetch(f, range(10, 40), budget=64 * BS) == (0, 0)  # nothing to download
-    deadline = time.monotonic() + 10
-    while len(reader._memory) < 8 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert reader.drain(10)  # the lifts under way
     assert sorted(store.gets) == list(range(10, 18))  # the first 8 wanted, read once each
     assert sorted(store.advised) == list(range(18, 40))  # the rest: a hint to the store
     store.gets.clear()
@@ -161,9 +205,9 @@ def test_a_lifted_block_that_vanished_from_the_store_is_fetched():
     store = RecordingStore(BS)
     for i in range(4):
         store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
-    fetch = FakeFetch({"a.bin": data})
+    fetch = MemoryFetcher({"a.bin": data})
     reader = BlockReader(store, fetch)
-    reader._known_cached(f)  # the reader believes all 4 are stored...
+    reader.stored.known(f)  # the reader believes all 4 are stored...
     store.get = lambda content_id, index: None  # ...but another process evicted them
     reader.prefetch(f, range(4), budget=64 * BS)
     assert reader.read(f, 0, 4 * BS) == data
@@ -174,18 +218,45 @@ def test_a_lifted_block_that_vanished_from_the_store_is_fetched():
 def test_a_block_is_served_when_its_bytes_arrive_not_when_its_whole_request_ends():
     data = make_bytes(4 * BS, 14)
     f = remote("a.bin", data)
-    fetch = FakeFetch({"a.bin": data})
-    fetch.hold_after_first_part = threading.Event()
+    fetch = MemoryFetcher({"a.bin": data})
+    fetch.hold(after_pieces=1)
     store = RecordingStore(BS)
     reader = BlockReader(store, fetch, max_request_bytes=4 * BS)
     try:
-        futures = reader.ensure(f, range(4))  # one request of 4 blocks
+        futures = reader.runs.ensure(f, range(4))  # one request of 4 blocks
         assert len(fetch.calls) == 1
         assert futures[0].result(timeout=10) == data[:BS]  # the request is still running
         assert not futures[1].done()
         assert reader.read(f, 100, 1000) == data[100:1100]
     finally:
-        fetch.hold_after_first_part.set()
+        fetch.release()
     assert reader.read(f, 0, 4 * BS) == data
-    reader.close()
+    assert reader.drain(10)
     assert store.cached_indices(f.content_id) == [0, 1, 2, 3]
+    reader.close()
+
+
+def test_run_done_news_reaches_the_listener_after_the_blocks_are_stored():
+    data = make_bytes(4 * BS, 15)
+    f = remote("a.bin", data)
+    store = MemoryBlockStore(BS)
+    seen = []
+    reader = BlockReader(store, MemoryFetcher({"a.bin": data}),
+                         on_run_done=lambda: seen.append(store.cached_indices(f.content_id)))
+    reader.read(f, 0, 4 * BS)
+    assert reader.drain(10)
+    assert seen == [[0, 1, 2, 3]]
+    reader.close()
+
+
+def test_a_failed_run_also_sends_its_news():
+    data = make_bytes(4 * BS, 16)
+    f = remote("a.bin", data)
+    fetch = MemoryFetcher({"a.bin": data})
+    done = threading.Event()
+    reader = BlockReader(MemoryBlockStore(BS), fetch, on_run_done=done.set)
+    fetch.fail()
+    with pytest.raises(FetchError):
+        reader.read(f, 0, 10)
+    assert done.wait(10)
+    reader.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence, Union
 
 Blocks = Union[Mapping[int, bytes], Sequence[bytes]]
+PAGE = 4096  # the kernel reads whole pages of a FUSE file (clipped at its end)
 
 
 def _check_block_size(block_size: int) -> None:
@@ -90,6 +91,7 @@ def slice_blocks(blocks: Blocks, offset: int, size: int, file_size: int, block_s
     tail = min(offset + size, file_size) - indices[-1] * block_size
     if len(parts) == 1:
         return bytes(parts[0][head:tail])
+    parts = [memoryview(p) for p in parts]  # join only the parts asked for, no copies before
     parts[0] = parts[0][head:]
     parts[-1] = parts[-1][:tail]
     return b"".join(parts)

@@ -11,6 +11,9 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_CACHE_SIZE = "50G"
 DEFAULT_CONNECTIONS = 16  # measured: cold load and cat faster than with 8 (BENCHMARKS.md)
+# bytes per HTTP request at most: at 40 ms to first byte and 25 MB/s per connection a 4 MiB
+# request is ~80% transfer; prefetch cuts smaller wants into parallel sub-ranges (BENCHMARKS.md)
+DEFAULT_MAX_REQUEST = 4 << 20
 
 
 def endpoint(flag: str | None = None) -> str:

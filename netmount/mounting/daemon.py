@@ -12,14 +12,14 @@ import json
 import logging
 import os
 import sys
-import time
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from netmount.core import settings
 from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
-MAX_REQUEST = 4 << 20  # bytes per HTTP request at most (BENCHMARKS.md: "max_request_bytes")
 
 
 @dataclass
@@ -85,17 +85,13 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
-    reader = BlockReader(
-        store, lambda f, start, end, **kw: fetcher.submit(f.path, start, end, f.size, **kw), counters=counters,
-        on_served=coverage.record,
-        # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
-        # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
-        max_request_bytes=MAX_REQUEST,
-    )
+    run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
+    reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
+                         max_request_bytes=settings.DEFAULT_MAX_REQUEST, on_run_done=run_done.set)
     # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
     # in flight as those carry at once: more would only queue (and sit in memory)
-    prefetcher = Prefetcher(reader, connections=fetcher.prefetch_connections,
-                            budget=fetcher.prefetch_connections * MAX_REQUEST,
+    prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
+                            budget=fetcher.prefetch_connections * settings.DEFAULT_MAX_REQUEST,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)

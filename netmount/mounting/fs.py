@@ -128,7 +128,7 @@ class NetmountFS(Operations):
         path, _raw = self._split(path)
         if path not in self.files:
             raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
-        fi.fh = 0
+        fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
         fi.keep_cache = 1
         return 0
 
@@ -141,10 +141,13 @@ class NetmountFS(Operations):
             if content is None:
                 raise FuseOSError(errno.EBADF)
             return content[offset : offset + size]
+        # the daemon's prefetch sees the program's reads, not the raw mirror's (``netmount prefetch``)
+        policy = None if raw else self.prefetcher
         try:
-            data = self.reader.read(f, offset, size, exact=not raw)
-            if self.prefetcher is not None and data and not raw:
-                self.prefetcher.on_read(f, offset, len(data))
+            exact = policy.plan(fi.fh, f, offset, size) if policy is not None else None
+            data = self.reader.read(f, offset, size, exact=exact)
+            if policy is not None:
+                policy.follow(fi.fh, f, offset, len(data))
             return data
         except FetchError as exc:
             log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)
@@ -156,6 +159,8 @@ class NetmountFS(Operations):
     def release(self, path, fi):
         with self._control_lock:
             self._control.pop(fi.fh, None)
+        if self.prefetcher is not None:
+            self.prefetcher.forget(fi.fh)
         return 0
 
     # -- helpers ---------------------------------------------------------------------------

@@ -18,16 +18,17 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+from netmount.core.blocks import PAGE
+from netmount.core.counters import Counters
+from netmount.remote.contract import Fetcher, fetch_bytes
 from netmount.remote.hub import RemoteFile
-
-PAGE = 4096
 
 
 class Extents:
-    def __init__(self, fetch: Callable[[RemoteFile, int, int], concurrent.futures.Future],
-                 max_bytes: int = 32 << 20) -> None:
-        self._fetch = fetch  # (file, start, end) -> Future[bytes] of exactly [start, end)
+    def __init__(self, fetcher: Fetcher, max_bytes: int, counters: Counters) -> None:
+        self.fetcher = fetcher
         self.max_bytes = max_bytes
+        self.counters = counters
         self._lock = threading.Lock()
         self._done: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()  # content id -> extents
         self._bytes = 0
@@ -41,6 +42,7 @@ class Extents:
             for start, data in self._done.get(f.content_id, ()):
                 if start <= lo and hi <= start + len(data):
                     self._done.move_to_end(f.content_id)
+                    self.counters.add("extent_hits")
                     return data[lo - start : hi - start]
             for start, end, fut in self._pending.get(f.content_id, ()):
                 if start <= lo and hi <= end:
@@ -48,6 +50,7 @@ class Extents:
             else:
                 return None
         data = fut.result()
+        self.counters.add("extent_hits")
         return data[lo - start : hi - start]
 
     def near(self, f: RemoteFile, lo: int, hi: int, margin: int) -> bool:
@@ -76,7 +79,7 @@ class Extents:
             if any(s <= lo and hi <= s + len(d) for s, d in self._done.get(cid, ())) or any(
                     s <= lo and hi <= e for s, e, _ in self._pending.get(cid, ())):
                 return
-            fut = self._fetch(f, lo, hi)
+            fut: concurrent.futures.Future = concurrent.futures.Future()  # readers wait on this
             entry = (lo, hi, fut)
             self._pending.setdefault(cid, []).append(entry)
 
@@ -93,10 +96,19 @@ class Extents:
                     self._done.move_to_end(cid)
                     self._bytes += len(data)
                     self._shrink()
-            if data is not None and on_done is not None:
-                on_done(f, lo, data)
+            if data is not None:
+                fut.set_result(data)
+                if on_done is not None:
+                    on_done(f, lo, data)
+            else:
+                fut.set_exception(r.exception() or concurrent.futures.CancelledError())
 
-        fut.add_done_callback(landed)
+        try:  # outside the lock: a fetcher may call back on this thread
+            fetch_bytes(self.fetcher, f, lo, hi).add_done_callback(landed)
+        except BaseException as exc:
+            failed: concurrent.futures.Future = concurrent.futures.Future()
+            failed.set_exception(exc)
+            landed(failed)
 
     def _shrink(self) -> None:
         """Drop the oldest extents (least recently used file first) down to ``max_bytes``."""

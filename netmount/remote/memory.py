@@ -8,7 +8,7 @@ network does:
 - ``fail(n)``: the next ``n`` fetches fail (after no piece, or after ``after_pieces``);
 - ``retry_midway(n)``: the next ``n`` fetches deliver their first piece, "lose the
   connection", and deliver every piece again (what a real retry looks like from above);
-- ``hold()`` / ``release()``: bodies stall after their first piece until released;
+- ``hold(after_pieces=0)`` / ``release()``: bodies stall after that many pieces until released;
 - ``calls``: every fetch asked for, as ``(path, start, end, prefetch)``.
 """
 
@@ -31,6 +31,7 @@ class MemoryFetcher:
         self._retry_midway = 0
         self._gate = threading.Event()
         self._gate.set()
+        self._hold_after = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="memory-fetch")
 
     # -- faults on demand ---------------------------------------------------------------
@@ -42,7 +43,8 @@ class MemoryFetcher:
         with self._lock:
             self._retry_midway += n
 
-    def hold(self) -> None:
+    def hold(self, after_pieces: int = 0) -> None:
+        self._hold_after = after_pieces
         self._gate.clear()
 
     def release(self) -> None:
@@ -73,10 +75,10 @@ class MemoryFetcher:
             a, b = cuts[0]
             on_part(a, body[a:b])
         for n, (a, b) in enumerate(cuts):
+            if n == self._hold_after and not self._gate.is_set():
+                self._gate.wait()
             if fail is not None and n == fail:
                 raise FetchError(f"{file.path} [{start}, {end}): injected failure")
-            if n == 1 and not self._gate.is_set():
-                self._gate.wait()
             on_part(a, body[a:b])
         if fail is not None:
             raise FetchError(f"{file.path} [{start}, {end}): injected failure")

@@ -1,0 +1,313 @@
+"""The run scheduler: every block download goes through here, once.
+
+- **Single-flight**: a block being downloaded has one future; every reader of it (and
+  prefetch) joins that future.  Two readers of one block cause one download.
+- **Coalescing**: adjacent missing blocks become one ranged request (a *run*) of at most
+  ``max_request_bytes``; runs go out in parallel.
+- **Streaming**: a run asks the fetcher for block-sized pieces (the fetch contract,
+  ``remote/contract.py``), so a reader waiting for the first block of a 4 MiB run is woken
+  when that block's bytes are in, not when the whole run is.  Woken waiters find the block
+  in memory.
+- **Write-behind**: a finished run's blocks are written to the store on a small pool, off
+  the fetcher's thread; a block stays registered as in flight (its future done) until
+  stored, so nothing fetches it again or misses it meanwhile.  A block is stored only
+  complete and of the expected length.
+- **Budget**: bytes of blocks started and not yet stored are counted; prefetch starts
+  blocks only within a budget (``start_within``), demand reads always start.
+- **Across processes** (two mounts sharing one cache dir): a run first takes the stripe
+  locks of its blocks (``cache/locks.py``) on a thread of its own, looks in the store again,
+  fetches only the blocks still missing, stores them, and lets go.  The locks are held
+  through the fetch, retries included: a stalled daemon delays another daemon's fetch of
+  a block on the same stripe (never a wrong byte; see the closing note of issue 10).
+
+News goes up only through ``on_run_done`` (given at construction): called, with no
+arguments and no lock held, after each run's blocks have left the in-flight count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from typing import Callable, Iterable
+
+from netmount.core.blocks import block_span, coalesce
+from netmount.core.counters import Counters
+from netmount.core.errors import FetchError
+from netmount.remote.contract import Fetcher
+from netmount.remote.hub import RemoteFile
+from netmount.read.tiers import BlockMemory, StoreTier
+
+log = logging.getLogger("netmount.reader")
+
+Futures = dict[int, concurrent.futures.Future]
+
+
+class RunScheduler:
+    def __init__(self, fetcher: Fetcher, stored: StoreTier, memory: BlockMemory, counters: Counters, *,
+                 max_request_bytes: int, on_run_done: Callable[[], None] | None = None,
+                 workers: int = 4) -> None:
+        self.fetcher = fetcher
+        self.stored = stored
+        self.memory = memory
+        self.counters = counters
+        self.block_size = stored.block_size
+        self.max_run = max(1, max_request_bytes // self.block_size)
+        self._on_run_done = on_run_done
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._inflight: dict[tuple[str, int], concurrent.futures.Future] = {}
+        self._inflight_bytes = 0
+        self._extra = 0  # blocks from extents waiting to be stored
+        self.max_inflight_bytes = 0  # the most ever in flight at once (stats, tests)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
+        try:
+            self._locks = stored.store.block_locks()
+        except Exception as exc:
+            log.warning("no cross-process single-flight (%s: %s)", type(exc).__name__, exc)
+            self._locks = None
+        self._lock_pool = (concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="netmount-lock")
+                           if self._locks is not None else None)
+
+    def close(self) -> None:
+        if self._lock_pool is not None:
+            self._lock_pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+
+    # -- what is under way ---------------------------------------------------------------------
+    def downloading(self, f: RemoteFile, i: int) -> bool:
+        with self._lock:
+            return (f.content_id, i) in self._inflight
+
+    def inflight_bytes(self) -> int:
+        with self._lock:
+            return self._inflight_bytes
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no block is in flight (fetched and stored, or failed) or waiting to be
+        stored; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._inflight and not self._extra, timeout)
+
+    # -- starting downloads ------------------------------------------------------------------
+    def ensure(self, f: RemoteFile, indices: Iterable[int], *, max_run: int | None = None,
+               prefetch: bool = False) -> Futures:
+        """Futures for blocks of ``f``: joined if downloading, done if in memory, else started."""
+        futures: Futures = {}
+        owned: list[int] = []
+        with self._lock:
+            for i in sorted(set(indices)):
+                fut = self._claim(f, i)
+                if fut is None:
+                    fut = self._inflight[(f.content_id, i)]
+                    owned.append(i)
+                futures[i] = fut
+        self._start(f, owned, futures, max_run, prefetch)
+        return futures
+
+    def start_within(self, f: RemoteFile, indices: Iterable[int], budget: int, *,
+                     skip: frozenset[int] = frozenset(), max_run: int | None = None) -> tuple[int, int]:
+        """Prefetch: start those of ``indices`` (in order) not in ``skip`` (known stored), in
+        memory or downloading, while bytes in flight (demand included) stay within ``budget``.
+        Returns (blocks started, blocks still wanted but left for lack of room)."""
+        futures: Futures = {}
+        with self._lock:
+            todo = [i for i in dict.fromkeys(indices) if i not in skip
+                    and (f.content_id, i) not in self._inflight and (f.content_id, i) not in self.memory]
+            room = budget - self._inflight_bytes
+            for i in todo:  # in order: stop at the first that does not fit
+                lo, hi = block_span(i, self.block_size, f.size)
+                if hi - lo > room:
+                    break
+                room -= hi - lo
+                self._claim(f, i)
+                futures[i] = self._inflight[(f.content_id, i)]
+        if futures:
+            self.counters.add("prefetch_blocks", len(futures))
+            self._start(f, sorted(futures), futures, max_run, prefetch=True)
+        return len(futures), len(todo) - len(futures)
+
+    def store_extra(self, f: RemoteFile, i: int, data: bytes) -> None:
+        """Store a whole block that came by another way (inside an extent), unless it is
+        downloading or stored already; write-behind, like a run's blocks."""
+        def put() -> None:
+            try:
+                if not self.downloading(f, i) and i not in self.stored.known(f):
+                    self.memory.put((f.content_id, i), data)
+                    self.stored.put(f, i, data)
+            finally:
+                with self._changed:
+                    self._extra -= 1
+                    self._changed.notify_all()
+
+        with self._lock:
+            self._extra += 1
+        try:
+            self._pool.submit(put)
+        except RuntimeError:  # shutting down
+            with self._lock:
+                self._extra -= 1
+
+    def _claim(self, f: RemoteFile, i: int) -> concurrent.futures.Future | None:
+        """(Under the lock.) The future of a block in flight or in memory; else register the
+        block as in flight, count its bytes, and return None: the caller must start it."""
+        key = (f.content_id, i)
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return fut
+        data = self.memory.get(key)
+        if data is not None:
+            fut = concurrent.futures.Future()
+            fut.set_result(data)
+            return fut
+        self._inflight[key] = concurrent.futures.Future()
+        lo, hi = block_span(i, self.block_size, f.size)
+        self._inflight_bytes += hi - lo
+        self.max_inflight_bytes = max(self.max_inflight_bytes, self._inflight_bytes)
+        return None
+
+    def _start(self, f: RemoteFile, owned: list[int], futures: Futures, max_run: int | None,
+               prefetch: bool) -> None:
+        for first, last in coalesce(owned, max_run or self.max_run):
+            if self._lock_pool is not None:
+                try:
+                    self._lock_pool.submit(self._locked_run, f, first, last, futures, prefetch)
+                    continue
+                except RuntimeError:  # shutting down: fetch without the cross-process lock
+                    pass
+            self._fetch_run(f, first, last, futures, prefetch, self._notify)
+
+    # -- one run -----------------------------------------------------------------------------
+    def _locked_run(self, f: RemoteFile, first: int, last: int, futures: Futures, prefetch: bool) -> None:
+        """The blocks' stripe locks, then the store again, then fetch what is still missing."""
+        try:
+            held = self._locks.hold(f.content_id, range(first, last + 1))
+        except Exception as exc:  # unusable lock files: duplicate fetches, never wrong bytes
+            log.warning("block locks unavailable (%s: %s); fetching without", type(exc).__name__, exc)
+            held = None
+        try:
+            missing = []
+            for i in range(first, last + 1):
+                data = self.stored.get(f, i)
+                if data is None:
+                    missing.append(i)
+                else:  # another process fetched it meanwhile
+                    self._deliver(f, i, data, futures[i])
+                    self.stored.mark(f, i)
+                    self._release(f, [i])
+            runs = coalesce(missing, self.max_run)
+        except BaseException as exc:
+            if held is not None:
+                held.release()
+            log.exception("%s: run [%d, %d] failed before fetching", f.path, first, last)
+            self._finish(f, first, last, futures, exc)
+            return
+        if not runs:
+            if held is not None:
+                held.release()
+            self._notify()
+            return
+        left = [len(runs)]
+
+        def one_done() -> None:
+            with self._lock:
+                left[0] -= 1
+                last_one = left[0] == 0
+            if last_one and held is not None:
+                held.release()
+            self._notify()
+
+        for a, b in runs:
+            self._fetch_run(f, a, b, futures, prefetch, one_done)
+
+    def _fetch_run(self, f: RemoteFile, first: int, last: int, futures: Futures, prefetch: bool,
+                   done: Callable[[], None]) -> None:
+        start = block_span(first, self.block_size, f.size)[0]
+        end = block_span(last, self.block_size, f.size)[1]
+
+        def finish(exc: BaseException | None) -> None:
+            try:
+                self._finish(f, first, last, futures, exc)
+            finally:
+                done()
+
+        def landed(run: concurrent.futures.Future) -> None:  # on the fetcher's thread
+            exc = run.exception()
+            try:
+                self._pool.submit(finish, exc)
+            except RuntimeError:  # closing: finish here
+                finish(exc)
+
+        try:
+            run = self.fetcher.fetch(f, start, end, lambda offset, data: self._piece(f, offset, data, futures),
+                                     part_size=self.block_size, prefetch=prefetch)
+        except Exception as exc:  # could not even start: fail these blocks, not the process
+            finish(exc)
+            return
+        run.add_done_callback(landed)
+
+    def _piece(self, f: RemoteFile, offset: int, data: bytes, futures: Futures) -> None:
+        """One block of a run arrived (on the fetcher's thread): to memory and its waiters."""
+        i, rest = divmod(offset, self.block_size)
+        fut = futures.get(i)
+        if fut is None or rest:
+            return
+        lo, hi = block_span(i, self.block_size, f.size)
+        if len(data) == hi - lo:
+            self._deliver(f, i, data, fut)
+
+    def _deliver(self, f: RemoteFile, i: int, data: bytes, fut: concurrent.futures.Future) -> None:
+        """A complete block: to memory, then to its waiters (once: a retry's second copy of a
+        piece is dropped)."""
+        self.memory.put((f.content_id, i), data)
+        try:
+            fut.set_result(data)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    def _finish(self, f: RemoteFile, first: int, last: int, futures: Futures, exc: BaseException | None) -> None:
+        """Fail the blocks that never came, store the ones that did (even if the rest of the run
+        failed: their bytes were right), then let them all leave the in-flight count."""
+        fetched: list[tuple[int, bytes]] = []
+        failed: list[int] = []
+        for i in range(first, last + 1):
+            fut = futures[i]
+            if fut.done():
+                if not fut.cancelled() and fut.exception() is None:
+                    fetched.append((i, fut.result()))
+                continue
+            why = exc if exc is not None else "its bytes never came"
+            error = why if isinstance(why, FetchError) else FetchError(f"{f.path}: block {i}: {why}")
+            try:
+                fut.set_exception(error)
+            except concurrent.futures.InvalidStateError:  # delivered meanwhile: keep it
+                fetched.append((i, fut.result()))
+                continue
+            failed.append(i)
+        self._release(f, failed)
+        for i, data in fetched:
+            if (f.content_id, i) not in self._inflight:
+                continue  # already handled (found in the store by the locked path)
+            try:
+                self.stored.put(f, i, data)
+            except Exception:  # SafeBlockStore never raises; any other store must not kill reads
+                log.exception("storing block %d of %s failed", i, f.path)
+            finally:
+                self._release(f, [i])
+
+    def _release(self, f: RemoteFile, indices: list[int]) -> None:
+        if not indices:
+            return
+        with self._changed:
+            for i in indices:
+                if self._inflight.pop((f.content_id, i), None) is not None:
+                    lo, hi = block_span(i, self.block_size, f.size)
+                    self._inflight_bytes -= hi - lo
+            self._changed.notify_all()
+
+    def _notify(self) -> None:
+        if self._on_run_done is not None:
+            try:
+                self._on_run_done()
+            except Exception:
+                log.exception("on_run_done listener failed")
