@@ -63,9 +63,13 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
     # and aiohttp alone costs it ~0.2 s of start-up
+    import concurrent.futures
+
     from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
 
     from netmount.core.counters import Counters
+    from netmount.core.errors import FetchError
+    from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
     from netmount.mounting.fs import NetmountFS, serve
     from netmount.read.prefetch import Prefetcher
@@ -85,8 +89,21 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
+
+    # adapter until the reader takes a Fetcher: today's reader wants Future[bytes] without
+    # on_part, and every failure (a bad range too) in the future, not raised by the call
+    def reader_fetch(f, start, end, *, prefetch=False, on_part=None, part_size=0):
+        try:
+            if on_part is not None:
+                return fetcher.fetch(f, start, end, on_part, part_size=part_size, prefetch=prefetch)
+            return fetch_bytes(fetcher, f, start, end, prefetch=prefetch)
+        except FetchError as exc:
+            failed = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed
+
     reader = BlockReader(
-        store, lambda f, start, end, **kw: fetcher.submit(f.path, start, end, f.size, **kw), counters=counters,
+        store, reader_fetch, counters=counters,
         on_served=coverage.record,
         # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
