@@ -1,11 +1,25 @@
-"""RangeFetcher against the test hub in this process (no FUSE, no mmap: a thread is fine)."""
+"""What is RangeFetcher's own, beyond the contract (tests/test_fetch_contract.py): how it
+uses connections and cuts requests, against the test hub in this process (no FUSE, no mmap:
+a thread is fine), and its pure helpers (cuts, pieces, status, Retry-After, expiry)."""
 
 from __future__ import annotations
 
-from netmount.remote.fetch import RangeFetcher
+import pytest
+
+from netmount.core.errors import FetchError
 from netmount.dev.testhub import TestHub
+from netmount.remote.contract import fetch_bytes, pieces
+from netmount.remote.fetch import (PAGE, SPLIT_MAX, SPLIT_PIECE, RangeFetcher, _check_status,
+                                   _Fatal, _Pieces, _Retry, _retry_after, split_cuts)
+from netmount.remote.hub import RemoteFile
 
 from conftest import write_plain_repo
+
+K, M = 1 << 10, 1 << 20
+
+
+def data_bin(size: int) -> RemoteFile:
+    return RemoteFile("data.bin", size, "cid", lfs=True)
 
 
 def test_prefetch_leaves_connections_free_for_reads(tmp_path):
@@ -19,8 +33,9 @@ def test_prefetch_leaves_connections_free_for_reads(tmp_path):
         try:
             assert fetcher.prefetch_connections == 3
             part = 256 << 10
-            pre = [fetcher.submit("data.bin", i * part, (i + 1) * part, size, prefetch=True) for i in range(9)]
-            read = fetcher.submit("data.bin", size - 1000, size, size)
+            f = data_bin(size)
+            pre = [fetch_bytes(fetcher, f, i * part, (i + 1) * part, prefetch=True) for i in range(9)]
+            read = fetch_bytes(fetcher, f, size - 1000, size)
             assert len(read.result(timeout=60)) == 1000
             assert all(len(p.result(timeout=60)) == part for p in pre)
         finally:
@@ -54,8 +69,8 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
         try:
             seen = []
             start, end, part = 100 << 10, len(data) - 5, 1 << 20
-            got = fetcher.submit("data.bin", start, end, len(data), prefetch=True,  # one request
-                                 on_part=lambda o, b: seen.append((o, b)), part_size=part).result(timeout=60)
+            got = fetcher.fetch(data_bin(len(data)), start, end, lambda o, b: seen.append((o, b)),
+                                part_size=part, prefetch=True).result(timeout=60)  # one request
         finally:
             fetcher.close()
         assert len(hub.requests("cdn", "GET")) == 2 and rules.rules()[0]["hits"] == 1  # reset, retry
@@ -68,7 +83,6 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
 
 
 def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
-    from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
     from netmount.dev.testhub.faults import FaultRules
 
     write_plain_repo(tmp_path)
@@ -82,9 +96,9 @@ def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_
         try:
             seen = []
             start, end = 3 << 20, len(data)  # 2 MiB + 12345: two whole 1 MiB parts and a tail
-            got = fetcher.submit("data.bin", start, end, len(data), on_part=lambda o, b: seen.append((o, b)),
-                                 part_size=1 << 20).result(timeout=60)
-            small = fetcher.submit("data.bin", 0, 1 << 20, len(data)).result(timeout=60)  # one block
+            f = data_bin(len(data))
+            got = fetcher.fetch(f, start, end, lambda o, b: seen.append((o, b)), part_size=1 << 20).result(timeout=60)
+            small = fetch_bytes(fetcher, f, 0, 1 << 20).result(timeout=60)  # one block
         finally:
             fetcher.close()
         gets = hub.requests("cdn", "GET")
@@ -95,3 +109,114 @@ def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_
     pieces = [r.range for r in gets]
     assert len(pieces) == 3 + 1 + SPLIT_MAX  # 3 part-aligned pieces + the retry, 4 for the block
     assert f"bytes=0-{SPLIT_PIECE - 1}" in pieces
+
+
+def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces(tmp_path):
+    """The EIO of issue 10 at the fetcher: a demand run of one full block and the short last
+    block is cut on pages into SPLIT_MAX sub-requests, and still handed out as exactly two
+    pieces, the block and the short block, never as one joined piece."""
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()  # 5 MiB + 12345
+    start, end = 4 * M, len(data)
+    with TestHub(tmp_path) as hub:
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain")).start()
+        try:
+            seen = []
+            got = fetcher.fetch(data_bin(len(data)), start, end, lambda o, b: seen.append((o, b)),
+                                part_size=M).result(timeout=60)
+        finally:
+            fetcher.close()
+        ranges = sorted(r.range for r in hub.requests("cdn", "GET"))
+    assert got == end - start
+    assert sorted((o, len(b)) for o, b in seen) == [(start, M), (start + M, 12345)]
+    assert all(b == data[o : o + len(b)] for o, b in seen)
+    assert len(ranges) == SPLIT_MAX  # the split is still there: the pieces are put back together
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("start, end, part, prefetch, want", [
+    (0, 2 * SPLIT_PIECE - 1, 0, False, [0, 2 * SPLIT_PIECE - 1]),  # too small to split
+    (0, 4 * M, M, True, [0, 4 * M]),  # prefetch: one request
+    (0, M, 0, False, [0, 256 * K, 512 * K, 768 * K, M]),  # pages: SPLIT_MAX of them
+    (0, 2 * SPLIT_PIECE, 0, False, [0, SPLIT_PIECE, 2 * SPLIT_PIECE]),  # pieces of SPLIT_PIECE at least
+    (0, 1_139_104, M, False, [0, 286_720, 573_440, 860_160, 1_139_104]),  # one part + a short one: pages
+    (3 * M, 5 * M + 12345, M, False, [3 * M, 4 * M, 5 * M, 5 * M + 12345]),  # on part edges
+    (0, 8 * M, M, False, [0, 2 * M, 4 * M, 6 * M, 8 * M]),  # SPLIT_MAX runs of whole parts
+    (100, 100 + 2 * M, M, False, [100, 100 + M, 100 + 2 * M]),  # parts count from start
+])
+def test_split_cuts(start, end, part, prefetch, want):
+    assert split_cuts(start, end, part, prefetch) == want
+
+
+@pytest.mark.parametrize("start, end, part", [
+    (0, M, 0), (0, 1_139_104, M), (5, 5 + 3 * M + 77, M), (0, 9 * M + 4321, 64 * K), (0, 600 * K, 4 * M),
+    (4096, 4096 + 2 * SPLIT_PIECE + 1, 100_000),
+])
+def test_split_cuts_cover_the_range_and_respect_the_limits(start, end, part):
+    for prefetch in (False, True):
+        cuts = split_cuts(start, end, part, prefetch)
+        assert cuts[0] == start and cuts[-1] == end and cuts == sorted(set(cuts))
+        assert len(cuts) - 1 <= (1 if prefetch else SPLIT_MAX)
+        assert all((c - start) % PAGE == 0 or part and (c - start) % part == 0 for c in cuts[1:-1])
+
+
+@pytest.mark.parametrize("start, end, part, cuts", [
+    (0, 1_139_104, M, [0, 286_720, 573_440, 860_160, 1_139_104]),
+    (10, 10 + 3 * M + 5, M, [10, 1000, 2 * M, 3 * M + 15]),
+    (0, 5000, 0, [0, 1, 4999, 5000]),
+])
+def test_pieces_assembles_cut_pieces_and_hands_out_each_once(start, end, part, cuts):
+    src = bytes(range(256)) * (-(-end // 256))
+    out = []
+    sink = _Pieces(start, end, part, lambda o, d: out.append((o, d)))
+    segs = [s for a, b in zip(cuts, cuts[1:]) for s in sink.segments(a, b)]
+    assert [a for a, _ in segs] == sorted({a for a, _ in segs})
+    for lo, hi in reversed(segs):  # in any order
+        sink.put(lo, src[lo:hi])
+    for lo, hi in segs[:2]:  # a retried sub-request puts its segments again
+        sink.put(lo, src[lo:hi])
+    assert sorted(set((o, len(d)) for o, d in out)) == [(a, b - a) for a, b in pieces(start, end, part)]
+    assert all(d == src[o : o + len(d)] and type(d) is bytes for o, d in out)
+    assembled = [(o, len(d)) for o, d in out if not any(lo == o and hi - lo == len(d) for lo, hi in segs)]
+    assert len(assembled) == len(set(assembled))  # a piece put together goes out once
+
+
+def test_check_status():
+    for status in (200, 206, 302):
+        _check_status(status, {})
+    for status in (408, 429, 500, 502, 503, 504):
+        with pytest.raises(_Retry):
+            _check_status(status, {})
+    with pytest.raises(_Retry) as retry:
+        _check_status(503, {"Retry-After": "7"})
+    assert retry.value.after == 7.0
+    for status in (400, 401, 403, 404, 410, 416, 451):
+        with pytest.raises(_Fatal):
+            _check_status(status, {})
+    with pytest.raises(_Fatal, match=r"HTTP 401 \(GatedRepo\)"):
+        _check_status(401, {"X-Error-Code": "GatedRepo"})
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, None), ("", None), ("3", 3.0), (" 1.5 ", 1.5), ("0", 0.0), ("600", 60.0),  # capped
+    ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("-1", None), ("soon", None),
+])
+def test_retry_after(value, want):
+    assert _retry_after(value) == want
+
+
+def test_expiry():
+    """A signed URL is used until a margin before its ``Expires=`` (see also test_faults)."""
+    from netmount.remote.fetch import EXPIRY_MARGIN, _expiry
+
+    assert _expiry("http://cdn/x?expires=500&sig=1", now=0) == 500 - EXPIRY_MARGIN  # lower case too
+    assert _expiry("http://cdn/x?Expires=100", now=90) == 100 - 10 / 4  # short-lived: a quarter
+    assert _expiry("http://cdn/x?Expires=soon", now=7) == 7 + 3600  # not a time: an hour
+    assert _expiry("http://hub/resolve/x", now=7) == 7 + 3600
+
+
+def test_a_bad_range_is_refused_before_any_request():
+    fetcher = RangeFetcher("http://127.0.0.1:9", "a/b", "0" * 40)  # never started: no request
+    with pytest.raises(FetchError):
+        fetcher.fetch(data_bin(10), 0, 11, lambda o, d: None)

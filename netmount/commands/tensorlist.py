@@ -146,6 +146,7 @@ def _pread_exactly(fd: int, start: int, end: int) -> bytes:
 def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_skip) -> list[dict]:
     from netmount.remote import hub
     from netmount.core import settings
+    from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)
@@ -153,10 +154,11 @@ def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_sk
     token = None if token is False else settings.token(token or None)  # False: anonymous
     snap = hub.resolve_snapshot(repo_id, rev, endpoint, token)
     sizes = {f.path: f.size for f in snap.files}
+    files = {f.path: f for f in snap.files}
     fetcher = RangeFetcher(endpoint, repo_id, snap.sha, token, connections=max(1, workers)).start()
     try:
         def get(path: str, start: int, end: int):
-            return fetcher.submit(path, start, end, sizes[path])
+            return fetch_bytes(fetcher, files[path], start, end)
 
         paths = shards_to_read(sizes, match, lambda p: get(p, 0, sizes[p]).result() if sizes[p] else b"")
         first = {p: get(p, 0, min(sizes[p], FIRST_READ)) for p in paths if sizes[p]}

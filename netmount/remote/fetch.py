@@ -1,5 +1,8 @@
 """Verified HTTP range fetches on one background asyncio loop (the only aiohttp user).
 
+``RangeFetcher`` follows the fetch contract (``remote/contract.py``) exactly: the pieces it
+hands out are the contract's, however its parallel sub-requests cut the range (``_Pieces``).
+
 Why it looks like this:
 - ``/resolve/{sha}/{path}`` is resolved once per file (single-flight) to its data URL —
   usually a 302 to a signed CDN URL on another host — and the target is reused until it
@@ -29,15 +32,16 @@ import logging
 import random
 import re
 import threading
+import os
 import time
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
-
-import os
 
 import aiohttp
 
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
+from netmount.remote.contract import OnPart
+from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.fetch")
 
@@ -50,6 +54,7 @@ DEFAULT_MIN_RATE = 64 << 10  # bytes/s: slower than this over a whole request is
 # SPLIT_PIECE: where each connection is capped (CDNs, the bench's emulated link) a 1 MiB
 # miss then costs a round trip and a quarter of its transfer time.
 SPLIT_PIECE, SPLIT_MAX = 256 << 10, 4
+PAGE = 4096  # a split that cannot cut on piece edges cuts on pages
 
 
 def _env_number(name: str, default, kind=float):
@@ -143,17 +148,16 @@ class RangeFetcher:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
-    # -- public API (any thread) ---------------------------------------------------------
-    def submit(self, path: str, start: int, end: int, size: int, prefetch: bool = False,
-               on_part=None, part_size: int = 0) -> concurrent.futures.Future:
-        """Fetch bytes [start, end) of ``path`` (whose full length is ``size``) in the background;
-        ``prefetch`` requests use at most ``prefetch_connections`` of the connections.
-        ``on_part(offset, data)`` (on the HTTP thread: keep it short) gets each piece
-        ``[offset, offset + part_size)`` as soon as it is in, counted from ``start``, and the
-        result is then the byte count, not the bytes (the body is never held twice); a try
-        that fails midway may have delivered some pieces, and the retry delivers them again."""
+    # -- the fetch contract (remote/contract.py), from any thread ---------------------------
+    def fetch(self, file: RemoteFile, start: int, end: int, on_part: OnPart, *,
+              part_size: int = 0, prefetch: bool = False) -> concurrent.futures.Future:
+        """Bytes ``[start, end)`` of ``file`` to ``on_part`` in the contract's pieces (on the
+        HTTP thread: keep it short); the future's result is ``end - start``.  ``prefetch``
+        requests use at most ``prefetch_connections`` of the connections."""
+        if not 0 <= start < end <= file.size:
+            raise FetchError(f"bad range [{start}, {end}) of {file.path} ({file.size} bytes)")
         return asyncio.run_coroutine_threadsafe(
-            self.fetch(path, start, end, size, prefetch, on_part, part_size), self._loop)
+            self._fetch(file.path, start, end, file.size, on_part, part_size, prefetch), self._loop)
 
     def resolve_ahead(self, paths) -> None:
         """Resolve these files' data URLs in the background (at most 4 at a time), so their
@@ -172,53 +176,37 @@ class RangeFetcher:
 
         await asyncio.gather(*(one(p) for p in paths))
 
-    def fetch_sync(self, path: str, start: int, end: int, size: int) -> bytes:
-        return self.submit(path, start, end, size).result()
-
     # -- the loop side -------------------------------------------------------------------
-    async def fetch(self, path: str, start: int, end: int, size: int, prefetch: bool = False,
-                    on_part=None, part_size: int = 0) -> bytes | int:
-        if not 0 <= start < end <= size:
-            raise FetchError(f"bad range [{start}, {end}) of {path} ({size} bytes)")
-        if not prefetch and end - start >= 2 * SPLIT_PIECE:
-            return await self._split(path, start, end, size, on_part, part_size)
-        return await self._fetch_one(path, start, end, size, prefetch, on_part, part_size)
-
-    async def _split(self, path: str, start: int, end: int, size: int, on_part, part_size: int) -> bytes | int:
-        """[start, end) in parallel pieces; pieces of whole parts when there are at least two
-        parts (each streams to ``on_part``), else of 4 KiB pages, joined."""
-        n = min(SPLIT_MAX, (end - start) // SPLIT_PIECE)
-        unit = part_size if on_part is not None and part_size and end - start >= 2 * part_size else 4096
-        units = -(-(end - start) // unit)
-        n = min(n, units)
-        step = -(-units // n) * unit
-        cuts = [*range(start, end, step), end]
-        stream = on_part if unit == part_size else None
-        tasks = [asyncio.ensure_future(self._fetch_one(path, a, b, size, False, stream, part_size))
+    async def _fetch(self, path: str, start: int, end: int, size: int, on_part: OnPart,
+                     part_size: int, prefetch: bool) -> int:
+        """[start, end) as parallel sub-requests (``split_cuts``), their bodies handed out
+        as the contract's pieces however the sub-requests cut them."""
+        sink = _Pieces(start, end, part_size, on_part)
+        cuts = split_cuts(start, end, part_size, prefetch)
+        tasks = [asyncio.ensure_future(self._fetch_one(path, a, b, size, prefetch, sink))
                  for a, b in zip(cuts, cuts[1:])]
         try:
-            got = await asyncio.gather(*tasks)
-            if stream is not None:
-                return sum(got)
-            body = b"".join(got)
-            if on_part is not None:
-                on_part(start, body)
-                return len(body)
-            return body
+            await asyncio.gather(*tasks)
+        except FetchError:
+            raise
+        except Exception as exc:  # a bug (in on_part, say): still a FetchError, logged in full
+            log.exception("fetching %s [%d, %d) failed unexpectedly", path, start, end)
+            raise FetchError(f"{path} [{start}, {end}): {type(exc).__name__}: {exc}") from None
         finally:
-            for t in tasks:  # one piece failed for good: do not leave the others running
+            for t in tasks:  # one sub-request failed for good: do not leave the others running
                 t.cancel()
+        return end - start
 
     async def _fetch_one(self, path: str, start: int, end: int, size: int, prefetch: bool,
-                         on_part, part_size: int) -> bytes | int:
+                         sink: "_Pieces") -> None:
         attempt = 0
         while True:
             try:
                 if prefetch:
                     async with self._prefetch_sem, self._sem:
-                        return await self._once(path, start, end, size, on_part, part_size)
+                        return await self._once(path, start, end, size, sink)
                 async with self._sem:
-                    return await self._once(path, start, end, size, on_part, part_size)
+                    return await self._once(path, start, end, size, sink)
             except _Fatal as exc:
                 self.counters.add("errors")
                 raise FetchError(f"{path} [{start}, {end}): {exc}") from None
@@ -239,8 +227,7 @@ class RangeFetcher:
                             attempt, self.max_retries, path, start, end, delay, why)
                 await asyncio.sleep(delay)
 
-    async def _once(self, path: str, start: int, end: int, size: int, on_part=None,
-                    part_size: int = 0) -> bytes | int:
+    async def _once(self, path: str, start: int, end: int, size: int, sink: "_Pieces") -> None:
         url = await self._target(path)
         headers = {"Range": f"bytes={start}-{end - 1}", **self._auth_for(url)}
         self.counters.add("requests", path=path)
@@ -253,7 +240,7 @@ class RangeFetcher:
             _check_status(status, resp.headers)
             if status == 200:
                 if not (start == 0 and end == size and resp.content_length == size):
-                    raise _Retry(f"server answered 200 (whole file) to a range request")
+                    raise _Retry("server answered 200 (whole file) to a range request")
             elif status == 206:
                 want = f"bytes {start}-{end - 1}/{size}"
                 got = resp.headers.get("Content-Range", "")
@@ -261,33 +248,22 @@ class RangeFetcher:
                     raise _Retry(f"Content-Range {got!r}, asked for {want!r}")
             else:
                 raise _Fatal(f"unexpected HTTP {status}")
-            if on_part is not None and part_size > 0 and end - start > part_size:
-                return await self._read_parts(resp, path, start, end, on_part, part_size)
-            body = await resp.read()
-            self.counters.add("bytes_fetched", len(body), path=path)
-            if len(body) != end - start:
-                raise _Retry(f"short body: {len(body)} of {end - start} bytes")
-            if on_part is not None:
-                on_part(start, body)
-                return len(body)
-            return body
+            await self._read_body(resp, path, start, end, sink)
 
-    async def _read_parts(self, resp, path: str, start: int, end: int, on_part, part_size: int) -> int:
-        """The body of a checked 206, handed out piece by piece as it arrives."""
-        for lo in range(start, end, part_size):
-            n = min(part_size, end - lo)
+    async def _read_body(self, resp, path: str, start: int, end: int, sink: "_Pieces") -> None:
+        """The body of a checked answer, handed to ``sink`` segment by segment as it arrives."""
+        for lo, hi in sink.segments(start, end):
             try:
-                piece = await resp.content.readexactly(n)
+                data = await resp.content.readexactly(hi - lo)
             except asyncio.IncompleteReadError as exc:
                 got = lo - start + len(exc.partial)
                 self.counters.add("bytes_fetched", len(exc.partial), path=path)
                 raise _Retry(f"short body: {got} of {end - start} bytes") from None
-            self.counters.add("bytes_fetched", n, path=path)
-            on_part(lo, piece)
+            self.counters.add("bytes_fetched", hi - lo, path=path)
+            sink.put(lo, data)
         extra = await resp.content.read(1)
         if extra:
             raise _Retry(f"long body: more than the {end - start} bytes asked for")
-        return end - start
 
     def _resolve_url(self, path: str) -> str:
         return f"{self.endpoint}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
@@ -327,6 +303,66 @@ class RangeFetcher:
             raise _Fatal(f"resolving {path}: too many redirects")
         self._targets[path] = (url, _expiry(url))
         return url
+
+
+def split_cuts(start: int, end: int, part_size: int = 0, prefetch: bool = False) -> list[int]:
+    """Where ``[start, end)`` is cut into parallel sub-requests: ``[c0, c1), [c1, c2), ...``.
+
+    A prefetch, or a range under ``2 * SPLIT_PIECE``, is one request.  A range a reader waits
+    for goes out as up to ``SPLIT_MAX`` sub-requests of at least ``SPLIT_PIECE``, cut on piece
+    edges when there are at least two whole pieces (each piece then streams as it arrives),
+    else on pages (the pieces they cut are assembled before they are handed out)."""
+    length = end - start
+    if prefetch or length < 2 * SPLIT_PIECE:
+        return [start, end]
+    unit = part_size if 0 < part_size and length >= 2 * part_size else PAGE
+    units = -(-length // unit)
+    n = min(SPLIT_MAX, length // SPLIT_PIECE, units)
+    step = -(-units // n) * unit
+    return [*range(start, end, step), end]
+
+
+class _Pieces:
+    """The contract's pieces of one fetch, from sub-requests that may cut them.
+
+    A sub-request reads its body in ``segments`` (its range cut at piece edges); a segment
+    that is a whole piece goes to ``on_part`` as it is, the segments of a piece cut across
+    sub-requests are copied together and the piece goes out, once, when it is complete.  A
+    retried sub-request puts its segments again: whole pieces go out again (the contract
+    allows it), an assembled piece already out is not sent twice.  Loop thread only."""
+
+    def __init__(self, start: int, end: int, part_size: int, on_part: OnPart) -> None:
+        self.start, self.end, self.on_part = start, end, on_part
+        self.size = part_size if 0 < part_size < end - start else end - start
+        self._open: dict[int, tuple[bytearray, dict[int, int]]] = {}  # piece -> (bytes, segments)
+        self._sent: set[int] = set()  # assembled pieces already handed out
+
+    def piece(self, offset: int) -> tuple[int, int]:
+        a = self.start + (offset - self.start) // self.size * self.size
+        return a, min(self.end, a + self.size)
+
+    def segments(self, a: int, b: int) -> list[tuple[int, int]]:
+        out = []
+        while a < b:
+            hi = min(b, self.piece(a)[1])
+            out.append((a, hi))
+            a = hi
+        return out
+
+    def put(self, lo: int, data: bytes) -> None:
+        a, b = self.piece(lo)
+        if lo == a and len(data) == b - a:
+            self.on_part(a, data)
+            return
+        if a in self._sent:
+            return
+        buf, have = self._open.setdefault(a, (bytearray(b - a), {}))
+        buf[lo - a : lo - a + len(data)] = data
+        have[lo] = len(data)
+        if sum(have.values()) == b - a:
+            del self._open[a]
+            self._sent.add(a)
+            self.on_part(a, bytes(buf))
 
 
 def _check_status(status: int, headers) -> None:
