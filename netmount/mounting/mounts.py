@@ -38,9 +38,13 @@ def list_mounts() -> list[MountEntry]:
 
 
 def find_mount(path: str) -> MountEntry | None:
-    real = os.path.realpath(path)
+    """The netmount mount at ``path``, if any.  Never stats a mount root: a FUSE mount whose
+    daemon is stuck (ours or anyone's) would hang the caller; the kernel writes mountpoints
+    to /proc/mounts already canonical, so only ``path``'s parent is resolved."""
+    absolute = os.path.abspath(path)
+    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
     for entry in list_mounts():
-        if os.path.realpath(entry.mountpoint) == real:
+        if entry.mountpoint in (absolute, real):
             return entry
     return None
 
