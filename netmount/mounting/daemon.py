@@ -20,6 +20,7 @@ from netmount.core import settings
 from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
+IDLE_WAIT = 60.0  # seconds an open of /.netmount/idle waits for the daemon to settle
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
     from netmount.core.counters import Counters
     from netmount.remote.fetch import RangeFetcher
-    from netmount.mounting.fs import NetmountFS, serve
+    from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
     from netmount.read.prefetch import Prefetcher
     from netmount.read.reader import BlockReader
     from netmount.read.coverage import Coverage
@@ -94,7 +95,14 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                             budget=fetcher.prefetch_connections * settings.DEFAULT_MAX_REQUEST,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
-    ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
+    def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
+        drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
+        return b"idle\n" if drained else b"busy\n"
+
+    def stats_json() -> bytes:
+        return (json.dumps(stats(), separators=(",", ":")) + "\n").encode()
+
+    ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, on_ready, prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
         serve(ops, config.mountpoint, allow_other=config.allow_other)

@@ -3,8 +3,10 @@
 Look up the path, make one call into the reader, map errors to errno.  Files are
 immutable at the pinned commit, so the kernel may keep their pages across opens
 (``keep_cache``).  ``st_blocks`` reports *cached* bytes (``du`` shows what is local,
-``ls -l`` the full size).  ``/.netmount/stats.json`` is a hidden control file — not in
-``readdir`` — read with ``direct_io`` so every open sees fresh numbers.
+``ls -l`` the full size).  Hidden control files under ``/.netmount`` (not in the root's
+``readdir``), read with ``direct_io`` so every open sees fresh content: ``stats.json``
+(the numbers), ``idle`` (its open waits until nothing is in flight: tests and
+``netmount prefetch`` wait on it instead of polling).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import json
 import logging
 import os
 import stat
@@ -31,6 +32,7 @@ log = logging.getLogger("netmount.fs")
 
 CONTROL_DIR = "/.netmount"
 STATS_FILE = CONTROL_DIR + "/stats.json"
+IDLE_FILE = CONTROL_DIR + "/idle"  # opening it waits until the daemon has nothing in flight
 RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
 
 
@@ -41,11 +43,12 @@ class NetmountFS(Operations):
         self,
         snapshot: Snapshot,
         reader: BlockReader,
-        stats: Callable[[], dict],
+        controls: dict[str, Callable[[], bytes]],
         on_ready: Callable[[], None] | None = None,
         prefetcher=None,
     ) -> None:
-        self.snapshot, self.reader, self.stats, self.on_ready = snapshot, reader, stats, on_ready
+        self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
+        self.controls = controls  # hidden control files: path -> what an open of it reads
         self.prefetcher = prefetcher
         self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
         self.dirs: dict[str, set[str]] = {"/": set()}
@@ -88,7 +91,7 @@ class NetmountFS(Operations):
                     "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
         if path in self.dirs or path == CONTROL_DIR:
             return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
-        if path == STATS_FILE:
+        if path in self.controls:
             return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
         raise FuseOSError(errno.ENOENT)
 
@@ -97,7 +100,7 @@ class NetmountFS(Operations):
         children = self.dirs.get(path)
         if children is None:
             if path == CONTROL_DIR:
-                return [".", "..", "stats.json", "raw"]
+                return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), "raw"]
             raise FuseOSError(errno.ENOENT)
         return [".", "..", *sorted(children)]
 
@@ -118,10 +121,10 @@ class NetmountFS(Operations):
     def open(self, path, fi):
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        if path == STATS_FILE:
+        if path in self.controls:
             fi.fh = next(self._handles)
-            fi.direct_io = 1
-            content = (json.dumps(self.stats(), separators=(",", ":")) + "\n").encode()
+            fi.direct_io = 1  # fresh content at every open
+            content = self.controls[path]()
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 from netmount.core.blocks import block_range
@@ -106,8 +107,6 @@ class Prefetcher:
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every read so far is decided on, everything wanted has been fetched and
         stored, and nothing is left to start (for tests and ``netmount prefetch``)."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             with self._idle:

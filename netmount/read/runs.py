@@ -117,8 +117,8 @@ class RunScheduler:
             room = budget - self._inflight_bytes
             for i in todo:  # in order: stop at the first that does not fit
                 lo, hi = block_span(i, self.block_size, f.size)
-                if hi - lo > room:
-                    break
+                if hi - lo > room and (futures or self._inflight_bytes):  # (a block over the
+                    break  # whole budget still goes, alone: else it could never start)
                 room -= hi - lo
                 self._claim(f, i)
                 futures[i] = self._inflight[(f.content_id, i)]
