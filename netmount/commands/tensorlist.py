@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 from urllib.parse import quote
 
 from netmount.core import errors
+from netmount.core.blocks import PAGE
 from netmount.core.safetensors import FIRST_READ, HeaderError, TensorInfo, header_size, parse_header, read_header
 
 log = logging.getLogger("netmount.tensorlist")
@@ -36,7 +37,7 @@ KEYS = ("name", "dtype", "shape", "file", "start", "end", "nbytes", "url")
 MAX_INDEX = 64 << 20  # an index.json larger than this is not used for narrowing
 # Through a mount a read costs no round trip, so read one page, then exactly the header:
 # no read starts inside tensor data, where the daemon's tensor-aware prefetch would react.
-LOCAL_FIRST = 4096
+LOCAL_FIRST = PAGE
 
 Skip = Callable[[str, Exception], None]
 

@@ -37,7 +37,6 @@ import gc
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from pathlib import Path
 
 from netmount.core import errors, settings
 from netmount.mounting import mounts
+from netmount.core.safetensors import header_size, read_header
 from netmount.core.units import format_size
 
 REPO_ID = "deepseek-ai/DeepSeek-V3-tiny"
@@ -117,10 +117,10 @@ def find_mtp_shard(model_dir: Path) -> MtpShard:
         raise DemoError(f"expected the MTP layer {layer} in one shard, found {sorted(shards)}")
     name = shards.pop()
     with open(model_dir / name, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    return MtpShard(name, layer, 8 + n, sum(1 for k in header if k != "__metadata__"),
-                    (model_dir / name).stat().st_size)
+        size = os.fstat(fh.fileno()).st_size
+        tensors = read_header(lambda start, end: os.pread(fh.fileno(), end - start, start), size)
+        header_len = header_size(os.pread(fh.fileno(), 8, 0), size)
+    return MtpShard(name, layer, header_len, len(tensors), size)
 
 
 def build_model(cache_dir: Path) -> Path:
