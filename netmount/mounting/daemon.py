@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from netmount.core import settings
+from netmount.core.units import parse_size
 from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
-MAX_REQUEST = 4 << 20  # bytes per HTTP request at most (BENCHMARKS.md: "max_request_bytes")
 
 
 @dataclass
@@ -27,9 +28,9 @@ class DaemonConfig:
     snapshot: Snapshot
     mountpoint: str
     cache_dir: str
-    cache_size: int
-    block_size: int
-    connections: int = 8
+    cache_size: int = parse_size(settings.DEFAULT_CACHE_SIZE)
+    block_size: int = settings.DEFAULT_BLOCK_SIZE
+    connections: int = settings.DEFAULT_CONNECTIONS
     token: str | None = None
     allow_other: bool = False
     debug: bool = False
@@ -90,12 +91,12 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         on_served=coverage.record,
         # 4 MiB requests: at 40 ms to first byte and 25 MB/s per connection a request is ~80%
         # transfer; the prefetcher splits smaller wants into parallel sub-ranges (BENCHMARKS.md)
-        max_request_bytes=MAX_REQUEST,
+        max_request_bytes=settings.MAX_REQUEST_BYTES,
     )
     # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
     # in flight as those carry at once: more would only queue (and sit in memory)
     prefetcher = Prefetcher(reader, connections=fetcher.prefetch_connections,
-                            budget=fetcher.prefetch_connections * MAX_REQUEST,
+                            budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
