@@ -61,8 +61,10 @@ class Mounter:
         return json.loads((mp / ".netmount" / "stats.json").read_text())
 
     def cleanup(self) -> None:
+        from netmount.mounting.mounts import force_unmount
+
         for mp in self.mounted:
-            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+            force_unmount(str(mp), lazy=True)
         self.mounted.clear()
 
 
