@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import netmount
-from conftest import require_fuse
 from netmount.core import errors
+
+from conftest import require_fuse
 
 
 def is_mounted(path: str | Path) -> bool:

@@ -118,9 +118,9 @@ def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
 
 def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     from cache import DiskBlockStore
+    from netmount.read.reader import BlockReader
 
     from fakes import FakeFetch, make_bytes, remote
-    from netmount.read.reader import BlockReader
 
     bs = 64 << 10
     data = make_bytes(40 * bs + 99, seed=7)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import random
 
 import pytest
 
-from conftest import run_cli, sha256_file
 from netmount.core.safetensors import header_size, parse_header
+
+from conftest import run_cli, sha256_file
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import run_cli, sha256_file
 from netmount.commands.statsview import SHADES, bar, render_map, render_table
+
+from conftest import run_cli, sha256_file
 
 BLOCK = 1 << 20
 

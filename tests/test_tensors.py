@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from netmount.core.safetensors import MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header, read_header
 
-from netmount.core.safetensors import (MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header,
-                              read_header)
+from conftest import run_cli
 
 # -- parse_header against files the safetensors writer produced ----------------------------
 
@@ -283,8 +282,8 @@ def test_deepseek_v3_sized_listing_takes_seconds(hub):
 
 
 def test_corrupt_shard_is_skipped_with_a_warning(tmp_path):
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"w": np.zeros((2, 2), dtype=np.float32)}, str(tmp_path / "good.safetensors"))
     (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{}")

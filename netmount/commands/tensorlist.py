@@ -145,8 +145,8 @@ def _pread_exactly(fd: int, start: int, end: int) -> bytes:
 # -- a Hub repo -------------------------------------------------------------------------------
 
 def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_skip) -> list[dict]:
-    from netmount.remote import hub
     from netmount.core import settings
+    from netmount.remote import hub
     from netmount.remote.fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from netmount.commands.tensorlist import list_tensors, matches
 from netmount.core import errors
 from netmount.core.blocks import block_range
 from netmount.core.ranges import Ranges
 from netmount.mounting.stats import read_stats
-from netmount.commands.tensorlist import list_tensors, matches
 
 Run = tuple[int, int]  # block indices, inclusive
 

@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netmount.core import settings
@@ -65,14 +64,13 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
     # and aiohttp alone costs it ~0.2 s of start-up
     from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
-
     from netmount.core.counters import Counters
-    from netmount.remote.fetch import RangeFetcher
     from netmount.mounting.fs import NetmountFS, serve
+    from netmount.mounting.stats import StatsBuilder
+    from netmount.read.coverage import Coverage
     from netmount.read.prefetch import Prefetcher
     from netmount.read.reader import BlockReader
-    from netmount.read.coverage import Coverage
-    from netmount.mounting.stats import StatsBuilder
+    from netmount.remote.fetch import RangeFetcher
 
     snap = config.snapshot
     counters = Counters()

@@ -25,8 +25,8 @@ from fuse import FUSE, FuseOSError, Operations
 
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError
-from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.read.reader import BlockReader
+from netmount.remote.hub import RemoteFile, Snapshot
 
 log = logging.getLogger("netmount.fs")
 

@@ -24,9 +24,9 @@ import threading
 import time
 
 from netmount.core import errors
-from netmount.mounting import mounts
 from netmount.core.blocks import block_range, block_span, coalesce, slice_blocks
 from netmount.core.safetensors import HeaderError, read_header
+from netmount.mounting import mounts
 
 log = logging.getLogger("netmount.stats")
 
