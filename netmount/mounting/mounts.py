@@ -40,9 +40,12 @@ def list_mounts() -> list[MountEntry]:
 
 
 def find_mount(path: str) -> MountEntry | None:
+    """The netmount mounted at ``path``.  Only ``path`` is resolved: the kernel lists
+    mountpoints already canonical, and resolving them would stat every other netmount — a
+    stat that hangs while any one of their daemons is stuck."""
     real = os.path.realpath(path)
     for entry in list_mounts():
-        if os.path.realpath(entry.mountpoint) == real:
+        if entry.mountpoint == real:
             return entry
     return None
 
