@@ -29,8 +29,55 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 def require_fuse() -> None:
+    """Fail, never skip: a test that needs FUSE and cannot have it must not pass quietly
+    (select the others with ``-m "not fuse"``).  Also fails a test that mounts or starts a
+    hub process without the ``fuse`` marker, so ``-m "not fuse"`` stays the fast set."""
+    require_fuse_marker()
     if not os.path.exists("/dev/fuse"):
         pytest.fail("/dev/fuse is missing: these tests need kernel FUSE (install fuse3 libfuse2)")
+
+
+# The ``fuse`` marker (registered in setup.cfg) goes on every test that needs a real FUSE
+# mount or the test hub in another process, so ``./scripts/test -m "not fuse"`` runs the
+# rest in seconds.  Found by fixture: each such test depends, directly or through
+# mounter/fm/bare, on a hub process (``hub`` here, ``fhub`` in faultkit.py); the modules in
+# FUSE_MODULES start their own.
+HUB_PROCESS_FIXTURES = {("conftest", "hub"), ("faultkit", "fhub")}
+FUSE_MODULES = {"test_demo"}
+
+
+_running: list = [None]  # the test being run, for require_fuse_marker
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _running[0] = request.node
+    yield
+    _running[0] = None
+
+
+def require_fuse_marker() -> None:
+    node = _running[0]
+    if node is not None and node.get_closest_marker("fuse") is None:
+        pytest.fail(f"{node.nodeid} mounts or starts a hub process but is not marked: "
+                    f"add @pytest.mark.fuse (or take the hub / fhub fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _needs_fuse(item):
+            item.add_marker(pytest.mark.fuse)
+
+
+def _needs_fuse(item) -> bool:
+    if getattr(item.module, "__name__", "") in FUSE_MODULES:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ())[-1:]:
+            if (getattr(fixturedef.func, "__module__", ""), fixturedef.argname) in HUB_PROCESS_FIXTURES:
+                return True
+    return False
 
 
 class Mounter:
