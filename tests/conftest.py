@@ -122,6 +122,16 @@ def mounter(tmp_path, hub):
     m.cleanup()
 
 
+@pytest.fixture
+def bare(tmp_path, hub):
+    """Mounts with the daemon's prefetcher off (bare_mount.py), for tests that count blocks."""
+    from bare_mount import BareMounter
+
+    m = BareMounter(tmp_path, hub.url)
+    yield m
+    m.cleanup()
+
+
 def write_plain_repo(root: Path) -> Path:
     """Small files, a nested folder, an empty file and a multi-block binary."""
     repo = root / "tests" / "plain"

@@ -13,15 +13,6 @@ from netmount.core.safetensors import header_size, parse_header
 from conftest import run_cli, sha256_file
 
 
-@pytest.fixture
-def bare(tmp_path, hub):
-    from bare_mount import BareMounter
-
-    m = BareMounter(tmp_path, hub.url)
-    yield m
-    m.cleanup()
-
-
 def blocks_of(start, end, bs):
     return set(range(start // bs, (end - 1) // bs + 1)) if end > start else set()
 

@@ -202,15 +202,6 @@ def test_tensors_of_a_repo_equal_the_library_and_read_headers_only(hub, hub_root
     assert hub.bytes_sent("cdn") <= sum(min(p.stat().st_size, 256 << 10) for p in shards)
 
 
-@pytest.fixture
-def bare(tmp_path, hub):
-    from bare_mount import BareMounter
-
-    m = BareMounter(tmp_path, hub.url)
-    yield m
-    m.cleanup()
-
-
 def test_tensors_of_a_mount_equal_the_library(mounter, hub_root):
     mp = mounter.mount("tests/tiny-dsv3")
     done = run_cli("tensors", str(mp), "--json")
