@@ -229,7 +229,6 @@ def main() -> int:
     shards = sorted(model.glob("*.safetensors"))
     total = sum(p.stat().st_size for p in model.iterdir())
     extra = args.mount_args.split()
-    rows: list[tuple[str, str, str, str]] = []
     R = args.runs
     hub = Hub(root, args.latency_ms, args.conn_mbps)
     print(f"model {total / 1e6:.0f} MB in {len(shards)} shards; hub {hub.url} latency {args.latency_ms} ms, "
@@ -254,7 +253,8 @@ def main() -> int:
             add("snapshot_download", d["seconds"])
             add("snapshot+load", d["seconds"] + run_json(LOAD, d["path"])["seconds"])
         rss = []
-        for _ in range(R if "netmount" in only else 0):  # cold, then hot (same mount) and warm (fresh mount, disk cache)
+        # cold, then hot (same mount) and warm (fresh mount, disk cache)
+        for _ in range(R if "netmount" in only else 0):
             cache = work / "nm-cache"
             shutil.rmtree(cache, ignore_errors=True)
             m = NetMount(hub, work, cache, *extra)
@@ -282,7 +282,6 @@ def main() -> int:
                 st = m.stats()
             finally:
                 m.unmount()
-            from safetensors import safe_open
 
             need = 0
             for shard in shards:
@@ -332,14 +331,17 @@ def main() -> int:
         ("hot: same mount again", "netmount hot", "local", "<= 1.1x"),
         ("cat one shard vs 16-conn download", "cat via netmount", "16-conn download", "<= 1.25x time"),
     ]
-    out = [f"| scenario | netmount (s) | baseline (s) | ratio | target |", "|---|---|---|---|---|"]
+    out = ["| scenario | netmount (s) | baseline (s) | ratio | target |", "|---|---|---|---|---|"]
     for title, a, b, target in lines:
-        out.append(f"| {title} | {m.get(a, float('nan')):.2f} | {b}: {m.get(b, float('nan')):.2f} | {ratio(a, b)} | {target} |")
-    out.append(f"| partial: safe_open + 1 tensor/shard | amplification {m.get('partial amplification', float('nan')):.3f} | fetched / (tensor+header bytes) | | <= 1.25 |")
+        out.append(f"| {title} | {m.get(a, float('nan')):.2f} | {b}: {m.get(b, float('nan')):.2f} "
+                   f"| {ratio(a, b)} | {target} |")
+    out.append(f"| partial: safe_open + 1 tensor/shard | amplification "
+               f"{m.get('partial amplification', float('nan')):.3f} | fetched / (tensor+header bytes) | | <= 1.25 |")
     for kind in [p for p in args.peers.split(",") if p]:
         k = f"{kind} cold"
         if k in m:
-            out.append(f"| peer {kind}: cold load | {m['netmount cold']:.2f} | {kind}: {m[k]:.2f} | {ratio('netmount cold', k)} | < 1.0x |")
+            out.append(f"| peer {kind}: cold load | {m['netmount cold']:.2f} | {kind}: {m[k]:.2f} "
+                       f"| {ratio('netmount cold', k)} | < 1.0x |")
     out.append(f"| snapshot_download alone | | {m.get('snapshot_download', float('nan')):.2f} | | |")
     out.append(f"| `netmount mount` (CLI, warm cache) | {m.get('netmount mount', float('nan')):.2f} | | | |")
     out.append(f"| cold bytes fetched / repo size | {m.get('cold fetched/total', float('nan')):.3f} | | | |")

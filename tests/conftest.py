@@ -29,8 +29,65 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 def require_fuse() -> None:
+    """Fail, never skip: a test that needs FUSE and cannot have it must not pass quietly
+    (select the others with ``-m "not fuse"``).  Also fails a test that mounts or starts a
+    hub process without the ``fuse`` marker, so ``-m "not fuse"`` stays the fast set."""
+    require_fuse_marker()
     if not os.path.exists("/dev/fuse"):
         pytest.fail("/dev/fuse is missing: these tests need kernel FUSE (install fuse3 libfuse2)")
+
+
+# The ``fuse`` marker (registered in setup.cfg) goes on every test that needs a real FUSE
+# mount or the test hub in another process, so ``./scripts/test -m "not fuse"`` runs the
+# rest in seconds.  Found by fixture: each such test depends, directly or through
+# mounter/fm/bare, on a hub process (``hub`` here, ``fhub`` in faultkit.py); the modules in
+# FUSE_MODULES start their own.
+HUB_PROCESS_FIXTURES = {("conftest", "hub"), ("faultkit", "fhub")}
+FUSE_MODULES = {"test_demo"}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Where ``CI`` is set (``.ci/run`` sets it) a skipped test fails the run: there a skip
+    can only mean a missing part (git, torch, FUSE) that would hide what the test checks."""
+    if os.environ.get("CI") and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and reporter.stats.get("skipped"):
+            reporter.write_sep("=", "CI: skipped tests fail the run (their reasons are in the summary)", red=True)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_running: list = [None]  # the test being run, for require_fuse_marker
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _running[0] = request.node
+    yield
+    _running[0] = None
+
+
+def require_fuse_marker() -> None:
+    node = _running[0]
+    if node is not None and node.get_closest_marker("fuse") is None:
+        pytest.fail(f"{node.nodeid} mounts or starts a hub process but is not marked: "
+                    f"add @pytest.mark.fuse (or take the hub / fhub fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _needs_fuse(item):
+            item.add_marker(pytest.mark.fuse)
+
+
+def _needs_fuse(item) -> bool:
+    if getattr(item.module, "__name__", "") in FUSE_MODULES:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ())[-1:]:
+            if (getattr(fixturedef.func, "__module__", ""), fixturedef.argname) in HUB_PROCESS_FIXTURES:
+                return True
+    return False
 
 
 class Mounter:
@@ -61,14 +118,26 @@ class Mounter:
         return json.loads((mp / ".netmount" / "stats.json").read_text())
 
     def cleanup(self) -> None:
+        from netmount.mounting.mounts import force_unmount
+
         for mp in self.mounted:
-            subprocess.run(["fusermount", "-uz", str(mp)], capture_output=True)
+            force_unmount(str(mp), lazy=True)
         self.mounted.clear()
 
 
 @pytest.fixture
 def mounter(tmp_path, hub):
     m = Mounter(tmp_path, hub.url)
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def bare(tmp_path, hub):
+    """Mounts with the daemon's prefetcher off (bare_mount.py), for tests that count blocks."""
+    from bare_mount import BareMounter
+
+    m = BareMounter(tmp_path, hub.url)
     yield m
     m.cleanup()
 

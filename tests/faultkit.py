@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mounter, sha256_file
-
+from netmount.core.procs import is_running
 from netmount.dev.testhub.repo import git_blob_sha1, is_lfs
+
+from conftest import Mounter, sha256_file
 
 # small retries and timeouts, so a fault run takes seconds (read by netmount/fetch.py)
 QUICK = {"NETMOUNT_FETCH_TIMEOUT": "1", "NETMOUNT_FETCH_RETRIES": "3", "NETMOUNT_FETCH_BACKOFF": "0.05"}
@@ -139,12 +140,7 @@ def daemon_pids(mp: Path) -> list[int]:
 def wait_gone(pids, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                if open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z":
-                    break
-            except OSError:
-                break
+        while is_running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 

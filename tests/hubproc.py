@@ -30,6 +30,9 @@ class HubProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "HubProcess":
+        from conftest import require_fuse_marker
+
+        require_fuse_marker()
         # stdin is a pipe the child reads until EOF: if the tests die, the hub goes too
         self.proc = subprocess.Popen([sys.executable, __file__, json.dumps(self.kwargs)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

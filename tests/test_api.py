@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import netmount
-from conftest import require_fuse
 from netmount.core import errors
+
+from conftest import require_fuse
 
 
 def is_mounted(path: str | Path) -> bool:
@@ -89,6 +90,7 @@ def test_typed_errors_leave_nothing_behind(hub, tmp_path, private_tmp, spec, err
     assert os.listdir(private_tmp) == []
 
 
+@pytest.mark.fuse  # mount() checks /dev/fuse before it looks for the endpoint
 def test_unreachable_endpoint_is_a_typed_error(tmp_path, private_tmp):
     require_fuse()
     import socket

@@ -6,7 +6,6 @@ repo without a token, a bad size string and the mountpoint errors; these are the
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -15,11 +14,11 @@ import time
 
 import pytest
 
-from conftest import run_cli, sha256_file
-from faultkit import fault_root, fhub, fm  # noqa: F401 (fixtures)
-
 from netmount.commands import cli
 from netmount.mounting import lifecycle, mounts
+
+from conftest import run_cli, sha256_file
+from faultkit import fault_root, fhub, fm  # noqa: F401 (fixtures)
 
 
 def _fails_in_one_line(done, *needles: str) -> str:
@@ -52,7 +51,7 @@ def test_gated_without_token_says_how_to_give_one(mp, env):
 
 def test_gated_with_a_token_without_access(mp, env):
     done = run_cli("mount", "tests/gated", str(mp), env={**env, "HF_TOKEN": "hf_not_on_the_list"})
-    line = _fails_in_one_line(done, "gated", "no access")
+    _fails_in_one_line(done, "gated", "no access")
     assert "hf_not_on_the_list" not in done.stderr + done.stdout
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from netmount.core.blocks import block_count, block_range, block_span, coalesce, slice_blocks
 
-
 # (offset, size, file_size, block_size) -> expected block indices
 RANGE_CASES = [
     ((0, 0, 100, 10), []),            # zero size

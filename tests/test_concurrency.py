@@ -118,6 +118,7 @@ def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
 
 def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     from cache import DiskBlockStore
+    from netmount.read.reader import BlockReader
 
     from fakes import MemoryFetcher, make_bytes, remote, spans
     from netmount.read.reader import BlockReader

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, sha256_file
-from faultkit import (BLOCK, assert_tree_matches, check_cache_blocks, daemon_pids, fault_root,  # noqa: F401
-                      fhub, fm, wait_gone)
-
 from cache.disk import CULL_LIMIT
+from netmount.core.procs import is_running
 from netmount.mounting import mounts
+
+from conftest import run_cli
+from faultkit import BLOCK, assert_tree_matches, check_cache_blocks, daemon_pids, fault_root, fhub, fm, wait_gone  # noqa: F401
 
 
 def _big(fault_root):
@@ -164,17 +164,10 @@ def test_unusable_cache_dir_still_reads_from_the_network(fm, fhub, fault_root, t
     assert stats["errors"] == 0
     pid = stats["pid"]
     fm.unmount(mp)
-    assert not _running(pid)  # exited cleanly at unmount
+    assert not is_running(pid)  # exited cleanly at unmount
     # logged, not fatal: in the cache dir if a log fits there, else in a private temp dir
     slug = str(mp).strip("/").replace("/", "_") + ".log"
     logs = [p for p in (cache / "netmount" / "logs" / slug,
                         Path(tempfile.gettempdir()) / f"netmount-logs-{os.getuid()}" / slug) if p.exists()]
     assert logs and "block cache" in "".join(p.read_text(errors="replace") for p in logs)
 
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -49,8 +49,10 @@ def test_readers_of_a_range_in_flight_wait_for_it_and_it_is_fetched_once():
     ext.fetch(f, 0, 64 * PAGE)
     ext.fetch(f, 5 * PAGE, 9 * PAGE)  # inside the one in flight: nothing new
     out = []
-    threads = [threading.Thread(target=lambda i=i: out.append(ext.get(f, i * PAGE, (i + 3) * PAGE) == data[i * PAGE:(i + 3) * PAGE]))
-               for i in range(8)]
+    def get(i):
+        out.append(ext.get(f, i * PAGE, (i + 3) * PAGE) == data[i * PAGE:(i + 3) * PAGE])
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     fetch.release()

@@ -150,6 +150,7 @@ def test_a_trickle_is_a_stall_too(fm, fhub, fault_root):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.fuse
 def test_short_lived_signed_urls_are_reused_then_resolved_again(tmp_path, fault_root):
     """A CDN whose signed URLs really expire after 4 s: reused while valid (not one resolve
     per request), resolved again once expired, every byte right."""

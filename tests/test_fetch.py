@@ -84,6 +84,7 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
 
 def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
     from netmount.dev.testhub.faults import FaultRules
+    from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
 
     write_plain_repo(tmp_path)
     data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()

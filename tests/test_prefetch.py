@@ -10,10 +10,10 @@ import struct
 import threading
 
 from cache import MemoryBlockStore
-from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
 from netmount.read.policy import PrefetchConfig
 from netmount.read.prefetch import Prefetcher
 from netmount.read.reader import BlockReader
+from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
 
 from fakes import MemoryFetcher, make_bytes, remote, spans
 
@@ -321,6 +321,7 @@ def test_a_header_read_fetches_the_head_not_the_first_block():
 
 def test_head_fetch_failure_fails_the_read_and_the_next_read_retries():
     import pytest
+
     from netmount.core.errors import FetchError
 
     data = safetensors_bytes([2 << 20], seed=8)

@@ -5,22 +5,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import random
 
 import pytest
 
-from conftest import run_cli, sha256_file
 from netmount.core.safetensors import header_size, parse_header
-from netmount.commands.warm import subtract
 
-
-@pytest.fixture
-def bare(tmp_path, hub):
-    from bare_mount import BareMounter
-
-    m = BareMounter(tmp_path, hub.url)
-    yield m
-    m.cleanup()
+from conftest import run_cli, sha256_file
 
 
 def blocks_of(start, end, bs):
@@ -64,17 +54,6 @@ def expected_blocks(folder, patterns, bs):
                 want |= blocks_of(t.start, t.end, bs)
         out[shard] = want
     return out
-
-
-def test_subtract_against_sets():
-    rnd = random.Random(5)
-    from netmount.core.blocks import coalesce
-
-    for _ in range(300):
-        wanted = set(rnd.sample(range(60), rnd.randrange(0, 40)))
-        have = set(rnd.sample(range(60), rnd.randrange(0, 40)))
-        got = subtract(coalesce(wanted), coalesce(have))
-        assert got == coalesce(wanted - have)
 
 
 @pytest.mark.parametrize("daemon_prefetch", [False, True])

@@ -10,10 +10,10 @@ import stat
 
 import pytest
 
+from netmount.mounting import mounts
+
 from conftest import run_cli, sha256_file
 from faultkit import fault_root, fhub, fm  # noqa: F401 (fixtures)
-
-from netmount.mounting import mounts
 
 TOKEN = "good-token"  # the fault hub's token that opens faults/gated
 

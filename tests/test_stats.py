@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from netmount.commands.statsview import SHADES, bar, render_map, render_table
+
 from conftest import run_cli, sha256_file
-from netmount.commands.statsview import SHADES, _Cached, bar, render_map, render_table
 
 BLOCK = 1 << 20
 
@@ -179,21 +180,6 @@ def test_bar_shades_follow_cached_fractions():
     assert bar([(0, 0), (4, 4)], 8, 2) == SHADES[1] + SHADES[1]  # 1 of 4 per cell
     assert bar([(0, 1), (4, 6)], 8, 2) == SHADES[2] + SHADES[3]  # 2 of 4, 3 of 4
     assert bar([(0, 99)], 100, 0) == ""
-
-
-def test_cached_counts_against_a_set():
-    import random
-
-    rnd = random.Random(3)
-    blocks = sorted(rnd.sample(range(500), 200))
-    from netmount.core.blocks import coalesce
-
-    counter = _Cached(coalesce(blocks))
-    present = set(blocks)
-    for _ in range(300):
-        a = rnd.randrange(500)
-        b = rnd.randrange(a, 501)
-        assert counter.count(a, b) == len(present & set(range(a, b)))
 
 
 def test_render_views_from_a_stats_dict():

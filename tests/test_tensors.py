@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from netmount.core.safetensors import MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header, read_header
 
-from netmount.core.safetensors import (MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header,
-                              read_header)
+from conftest import run_cli
 
 # -- parse_header against files the safetensors writer produced ----------------------------
 
@@ -203,15 +202,6 @@ def test_tensors_of_a_repo_equal_the_library_and_read_headers_only(hub, hub_root
     assert hub.bytes_sent("cdn") <= sum(min(p.stat().st_size, 256 << 10) for p in shards)
 
 
-@pytest.fixture
-def bare(tmp_path, hub):
-    from bare_mount import BareMounter
-
-    m = BareMounter(tmp_path, hub.url)
-    yield m
-    m.cleanup()
-
-
 def test_tensors_of_a_mount_equal_the_library(mounter, hub_root):
     mp = mounter.mount("tests/tiny-dsv3")
     done = run_cli("tensors", str(mp), "--json")
@@ -283,8 +273,8 @@ def test_deepseek_v3_sized_listing_takes_seconds(hub):
 
 
 def test_corrupt_shard_is_skipped_with_a_warning(tmp_path):
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"w": np.zeros((2, 2), dtype=np.float32)}, str(tmp_path / "good.safetensors"))
     (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{}")

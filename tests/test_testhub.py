@@ -26,8 +26,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from netmount.dev.testhub import TestHub, synthetic
-from netmount.dev.testhub import ranges
+from netmount.dev.testhub import TestHub, ranges, synthetic
 from netmount.dev.testhub.repo import git_blob_sha1, lfs_pointer
 
 TOKEN = "hf_testtoken"
@@ -152,7 +151,8 @@ def test_directory_oids_are_git_tree_ids(tmp_path):
         _write(repo / rel, rel.encode() + b"\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    root_tree = subprocess.run(["git", "write-tree"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    root_tree = subprocess.run(["git", "write-tree"], cwd=repo, check=True, capture_output=True,
+                               text=True).stdout.strip()
     listing = subprocess.run(["git", "ls-tree", "-r", "-t", root_tree], cwd=repo, check=True,
                              capture_output=True, text=True).stdout
     git_ids = {line.split("\t")[1]: line.split()[2] for line in listing.splitlines()}
@@ -240,7 +240,8 @@ def test_each_file_is_hashed_once(root):
     with TestHub(root) as hub:
         HfApi(endpoint=hub.url, token=False).model_info("org/tiny")
         first = hub._hasher.hashed_bytes
-        assert first == sum(p.stat().st_size for p in (root / "org/tiny").rglob("*") if p.is_file()) - len(b"marker, not content")
+        on_disk = sum(p.stat().st_size for p in (root / "org/tiny").rglob("*") if p.is_file())
+        assert first == on_disk - len(b"marker, not content")
         HfApi(endpoint=hub.url, token=False).model_info("org/tiny", files_metadata=True)
         _get(f"{hub.url}/org/tiny/resolve/main/config.json")
         assert hub._hasher.hashed_bytes == first
@@ -500,7 +501,8 @@ def test_lfs_pointer_format():
     assert ptr == b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 123\n"
 
 
-@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "netmount.dev.testhub"], [str(REPO_ROOT / "scripts" / "testhub")]])
+@pytest.mark.parametrize("cmd", [[sys.executable, "-m", "netmount.dev.testhub"],
+                                 [str(REPO_ROOT / "scripts" / "testhub")]])
 def test_cli_serves_until_signalled(root, cmd):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([*cmd, "--root", str(root), "--token", TOKEN, "--page-size", "3"],

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from netmount.core import errors, settings
-
+from netmount.core.units import format_size
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``set_defaults(func=...)``; ``func(args) -> int`` may raise NetmountError.
@@ -28,7 +28,8 @@ def _add_mount(sub) -> None:
     p.add_argument("--cache-dir", help="block cache folder (default: $NETMOUNT_CACHE_DIR or ~/.cache/netmount)")
     p.add_argument("--cache-size", default=settings.DEFAULT_CACHE_SIZE,
                    help=f"cache cap, e.g. 20G (default {settings.DEFAULT_CACHE_SIZE})")
-    p.add_argument("--block-size", default="1M", help="cache block size, power of two 64K..64M (default 1M)")
+    p.add_argument("--block-size", default=settings.DEFAULT_BLOCK_SIZE,
+                   help=f"cache block size, power of two 64K..64M (default {format_size(settings.DEFAULT_BLOCK_SIZE)})")
     p.add_argument("--connections", type=int, default=settings.DEFAULT_CONNECTIONS,
                    help=f"parallel HTTP connections (default {settings.DEFAULT_CONNECTIONS})")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")

@@ -56,8 +56,8 @@ def _stdout_closed() -> int:
 
 
 def cmd_stats(args) -> int:
-    from netmount.mounting.stats import live_stats
     from netmount.commands.statsview import render_map, render_table, watch
+    from netmount.mounting.stats import live_stats
 
     def text() -> str:
         stats = live_stats(args.mountpoint, on_error=lambda exc: print(
@@ -127,8 +127,8 @@ def _print_table(records: list[dict]) -> None:
 
 
 def cmd_prefetch(args) -> int:
-    from netmount.core.units import format_size
     from netmount.commands.warm import prefetch
+    from netmount.core.units import format_size
 
     def skip(path: str, exc: Exception) -> None:
         print(f"netmount: warning: skipping {path}: {exc}", file=sys.stderr)

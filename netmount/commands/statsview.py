@@ -6,12 +6,12 @@ tested without a mount or a terminal; only ``watch`` touches the screen.
 
 from __future__ import annotations
 
-import bisect
 import sys
 import time
 from typing import Callable
 
 from netmount.core.blocks import block_count
+from netmount.core.ranges import Ranges
 from netmount.core.units import format_size
 
 SHADES = "·░▒▓█"  # no block cached, some, about half, most, all
@@ -47,36 +47,16 @@ def render_table(stats: list[dict]) -> str:
     return "\n\n".join(render_summary(s) for s in stats)
 
 
-class _Cached:
-    """Counts cached blocks in index ranges, from inclusive ``[first, last]`` runs."""
-
-    def __init__(self, runs) -> None:
-        self.starts = [a for a, _ in runs]
-        self.ends = [b + 1 for _, b in runs]
-        self.cum = [0]
-        for a, b in runs:
-            self.cum.append(self.cum[-1] + b + 1 - a)
-
-    def below(self, x: int) -> int:
-        k = bisect.bisect_left(self.starts, x) - 1  # last run starting before x
-        if k < 0:
-            return 0
-        return self.cum[k] + min(x, self.ends[k]) - self.starts[k]
-
-    def count(self, a: int, b: int) -> int:
-        return self.below(b) - self.below(a)
-
-
 def bar(runs, nblocks: int, width: int) -> str:
     """``width`` cells over ``nblocks`` blocks; each cell's shade is the cached fraction."""
     if nblocks <= 0 or width <= 0:
         return " " * max(width, 0)
-    cached = _Cached(runs)
+    cached = Ranges.from_runs(runs)
     cells = []
     for c in range(width):
         a = c * nblocks // width
         b = max(a + 1, (c + 1) * nblocks // width)
-        frac = cached.count(a, b) / (b - a)
+        frac = cached.covered(a, b) / (b - a)
         if frac <= 0:
             cells.append(SHADES[0])
         elif frac >= 1:

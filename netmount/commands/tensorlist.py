@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 from urllib.parse import quote
 
 from netmount.core import errors
+from netmount.core.blocks import PAGE
 from netmount.core.safetensors import FIRST_READ, HeaderError, TensorInfo, header_size, parse_header, read_header
 
 log = logging.getLogger("netmount.tensorlist")
@@ -36,7 +37,7 @@ KEYS = ("name", "dtype", "shape", "file", "start", "end", "nbytes", "url")
 MAX_INDEX = 64 << 20  # an index.json larger than this is not used for narrowing
 # Through a mount a read costs no round trip, so read one page, then exactly the header:
 # no read starts inside tensor data, where the daemon's tensor-aware prefetch would react.
-LOCAL_FIRST = 4096
+LOCAL_FIRST = PAGE
 
 Skip = Callable[[str, Exception], None]
 
@@ -144,9 +145,9 @@ def _pread_exactly(fd: int, start: int, end: int) -> bytes:
 # -- a Hub repo -------------------------------------------------------------------------------
 
 def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_skip) -> list[dict]:
-    from netmount.remote import hub
     from netmount.core import settings
     from netmount.remote.contract import fetch_bytes
+    from netmount.remote import hub
     from netmount.remote.fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)

@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from netmount.core import errors
-from netmount.core.blocks import block_range, coalesce
-from netmount.mounting.stats import read_stats
 from netmount.commands.tensorlist import list_tensors, matches
+from netmount.core import errors
+from netmount.core.blocks import block_range
+from netmount.core.ranges import Ranges
+from netmount.mounting.stats import read_stats
 
 Run = tuple[int, int]  # block indices, inclusive
 
@@ -53,24 +54,6 @@ class Plan:
 
 def _run_bytes(run: Run, bs: int, size: int) -> int:
     return min((run[1] + 1) * bs, size) - run[0] * bs
-
-
-def subtract(wanted: list[Run], have: list[Run]) -> list[Run]:
-    """Block runs in ``wanted`` not covered by ``have`` (both sorted, non-overlapping)."""
-    out, j = [], 0
-    for first, last in wanted:
-        while j < len(have) and have[j][1] < first:
-            j += 1
-        k, pos = j, first
-        while pos <= last:
-            if k < len(have) and have[k][0] <= pos:
-                pos = max(pos, have[k][1] + 1)
-                k += 1
-                continue
-            stop = min(last, have[k][0] - 1) if k < len(have) else last
-            out.append((pos, stop))
-            pos = stop + 1
-    return out
 
 
 def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Plan:
@@ -98,10 +81,11 @@ def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Pl
         stats = read_stats(mountpoint)  # reading the headers cached their blocks
     plan.unmatched = [p for p in patterns if p not in used]
     for path, spans in ranges.items():
-        blocks = []
+        blocks = Ranges()
         for start, end in spans:
-            blocks.extend(block_range(start, end - start, sizes[path], bs))
-        plan.wanted[path] = coalesce(blocks)
+            r = block_range(start, end - start, sizes[path], bs)
+            blocks.add(r.start, r.stop)
+        plan.wanted[path] = blocks.runs()
         plan.wanted_bytes += sum(_run_bytes(r, bs, sizes[path]) for r in plan.wanted[path])
     update_missing(plan, stats)
     return plan
@@ -109,10 +93,11 @@ def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Pl
 
 def update_missing(plan: Plan, stats: dict) -> None:
     """Recompute ``plan.missing`` from the cached runs in a fresh ``stats``."""
-    have = {f["path"]: [tuple(r) for r in f.get("cached_runs", [])] for f in stats["files"]}
+    have = {f["path"]: Ranges.from_runs(f.get("cached_runs", [])) for f in stats["files"]}
     plan.missing = {}
     for path, wanted in plan.wanted.items():
-        missing = subtract(wanted, have.get(path, []))
+        cached = have.get(path, Ranges())
+        missing = [(a, b - 1) for first, last in wanted for a, b in cached.missing(first, last + 1)]
         if missing:
             plan.missing[path] = missing
 

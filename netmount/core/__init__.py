@@ -1,1 +1,2 @@
-"""Pure building blocks: errors, units, counters, block arithmetic, the safetensors header, settings. Imports nothing else of netmount."""
+"""Building blocks: errors, units, counters, block and range arithmetic, the safetensors header,
+settings, our subprocesses. Imports nothing else of netmount."""

@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Sequence, Union
 Blocks = Union[Mapping[int, bytes], Sequence[bytes]]
 PAGE = 4096  # the kernel reads whole pages of a FUSE file (clipped at its end)
 
+PAGE = 4096  # the kernel's page: FUSE reads, mmap faults and statfs all count in these
+
 
 def _check_block_size(block_size: int) -> None:
     if block_size <= 0:

@@ -1,19 +1,21 @@
 """Where settings come from: flags first, then the environment users already know.
 
 ``HF_ENDPOINT`` / ``HF_TOKEN`` / ``HF_HOME`` as huggingface_hub reads them, plus
-``NETMOUNT_CACHE_DIR`` for the block cache.
+``NETMOUNT_CACHE_DIR`` for the block cache; and the production defaults.
 """
 
 import os
 from pathlib import Path
 
+# The production defaults, in one place: the CLI, ``mount()``, ``DaemonConfig`` and the
+# daemon's wiring read them from here, so tests that take defaults run what users run.
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_CACHE_SIZE = "50G"
 DEFAULT_CONNECTIONS = 16  # measured: cold load and cat faster than with 8 (BENCHMARKS.md)
 # bytes per HTTP request at most: at 40 ms to first byte and 25 MB/s per connection a 4 MiB
 # request is ~80% transfer; prefetch cuts smaller wants into parallel sub-ranges (BENCHMARKS.md)
-DEFAULT_MAX_REQUEST = 4 << 20
+MAX_REQUEST_BYTES = 4 << 20
 
 
 def endpoint(flag: str | None = None) -> str:

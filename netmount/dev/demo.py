@@ -37,7 +37,6 @@ import gc
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -45,9 +44,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netmount.core import errors, settings
-from netmount.mounting import mounts
+from netmount.core import errors, procs, settings
+from netmount.core.safetensors import header_size, read_header
 from netmount.core.units import format_size
+from netmount.mounting import mounts
 
 REPO_ID = "deepseek-ai/DeepSeek-V3-tiny"
 BLOCK_SIZE = 128 << 10
@@ -117,10 +117,10 @@ def find_mtp_shard(model_dir: Path) -> MtpShard:
         raise DemoError(f"expected the MTP layer {layer} in one shard, found {sorted(shards)}")
     name = shards.pop()
     with open(model_dir / name, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-    return MtpShard(name, layer, 8 + n, sum(1 for k in header if k != "__metadata__"),
-                    (model_dir / name).stat().st_size)
+        size = os.fstat(fh.fileno()).st_size
+        tensors = read_header(lambda start, end: os.pread(fh.fileno(), end - start, start), size)
+        header_len = header_size(os.pread(fh.fileno(), 8, 0), size)
+    return MtpShard(name, layer, header_len, len(tensors), size)
 
 
 def build_model(cache_dir: Path) -> Path:
@@ -259,32 +259,11 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not procs.is_running(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] != "Z"  # a zombie has exited
-
-
-def _unmount_path(path: Path) -> None:
-    """Unmount ``path`` if a netmount (live or dead) is there; lazily if it is busy."""
-    p = str(path)
-    if not (mounts.find_mount(p) or mounts.is_dead(p)):
-        return
-    for _ in range(3):
-        if mounts.force_unmount(p):
-            return
-        gc.collect()  # mmaps of a just-freed model
-        time.sleep(0.2)
-    mounts.force_unmount(p, lazy=True)
 
 
 def _clean(paths: DemoPaths) -> bool:
@@ -293,7 +272,7 @@ def _clean(paths: DemoPaths) -> bool:
     p = str(paths.mountpoint)
     if mounts.find_mount(p) or mounts.is_dead(p):
         found = True
-        _unmount_path(paths.mountpoint)
+        mounts.unmount_retrying(p)
     try:
         state = json.loads(paths.state.read_text())
     except (OSError, ValueError):
@@ -325,13 +304,11 @@ def stop_demo(cache_dir: str | os.PathLike | None = None) -> bool:
 
 
 def _start_hub(paths: DemoPaths, sig: _Signals, detach: bool) -> tuple[subprocess.Popen, str]:
-    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    cmd = [sys.executable, *safe_path, "-m", "netmount.dev.testhub",
-           "--root", str(paths.hub_root), "--host", "127.0.0.1", "--port", "0"]
+    args = ("--root", str(paths.hub_root), "--host", "127.0.0.1", "--port", "0")
     with sig.held(), open(paths.hub_url_file, "wb") as out, open(paths.hub_log, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=log, cwd="/",
-                                close_fds=True, start_new_session=True,
-                                preexec_fn=None if detach else _die_with_parent)
+        proc = procs.spawn_python("netmount.dev.testhub", *args, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=log, start_new_session=True,
+                                  preexec_fn=None if detach else _die_with_parent)
         paths.state.write_text(json.dumps({"hub_pid": proc.pid}))
     deadline = time.monotonic() + HUB_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -535,7 +512,7 @@ def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, 
             if not keep:
                 say("unmounting and stopping the test hub")
                 t = time.monotonic()
-                _unmount_path(paths.mountpoint)
+                mounts.unmount_retrying(str(paths.mountpoint))
                 if mount.process is not None:
                     mount.process.wait(timeout=30)
                 _stop_hub(hub_proc)
@@ -552,7 +529,7 @@ def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, 
                 if not ok:
                     say("cleaning up: unmounting and stopping the test hub")
                 with sig.held():
-                    _unmount_path(paths.mountpoint)
+                    mounts.unmount_retrying(str(paths.mountpoint))
                     if mount is not None and mount.process is not None:
                         with contextlib.suppress(subprocess.TimeoutExpired):
                             mount.process.wait(timeout=30)

@@ -13,10 +13,11 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netmount.core import settings
+from netmount.core.units import parse_size
 from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
@@ -28,9 +29,9 @@ class DaemonConfig:
     snapshot: Snapshot
     mountpoint: str
     cache_dir: str
-    cache_size: int
-    block_size: int
-    connections: int = 8
+    cache_size: int = parse_size(settings.DEFAULT_CACHE_SIZE)
+    block_size: int = settings.DEFAULT_BLOCK_SIZE
+    connections: int = settings.DEFAULT_CONNECTIONS
     token: str | None = None
     allow_other: bool = False
     debug: bool = False
@@ -65,14 +66,13 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
     # and aiohttp alone costs it ~0.2 s of start-up
     from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
-
     from netmount.core.counters import Counters
-    from netmount.remote.fetch import RangeFetcher
     from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
+    from netmount.mounting.stats import StatsBuilder
+    from netmount.read.coverage import Coverage
     from netmount.read.prefetch import Prefetcher
     from netmount.read.reader import BlockReader
-    from netmount.read.coverage import Coverage
-    from netmount.mounting.stats import StatsBuilder
+    from netmount.remote.fetch import RangeFetcher
 
     snap = config.snapshot
     counters = Counters()
@@ -88,11 +88,11 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
-                         max_request_bytes=settings.DEFAULT_MAX_REQUEST, on_run_done=run_done.set)
+                         max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
     # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
     # in flight as those carry at once: more would only queue (and sit in memory)
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
-                            budget=fetcher.prefetch_connections * settings.DEFAULT_MAX_REQUEST,
+                            budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats

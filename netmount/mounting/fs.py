@@ -24,9 +24,10 @@ from typing import Callable
 
 from fuse import FUSE, FuseOSError, Operations
 
+from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError
-from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.read.reader import BlockReader
+from netmount.remote.hub import RemoteFile, Snapshot
 
 log = logging.getLogger("netmount.fs")
 
@@ -106,7 +107,7 @@ class NetmountFS(Operations):
 
     def statfs(self, path):
         total = sum(f.size for f in self.files.values())
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (total + 4095) // 4096,
+        return {"f_bsize": PAGE, "f_frsize": PAGE, "f_blocks": -(-total // PAGE),
                 "f_bfree": 0, "f_bavail": 0, "f_files": len(self.files), "f_ffree": 0,
                 "f_namemax": 255}
 

@@ -11,16 +11,15 @@ import os
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from netmount.core import errors, settings
-from netmount.remote import hub
+from netmount.core import errors, procs, settings
+from netmount.core.units import parse_size
 from netmount.mounting import mounts
 from netmount.mounting.daemon import DaemonConfig
-from netmount.core.units import parse_size
+from netmount.remote import hub
 
 READY_TIMEOUT = 60.0
 
@@ -48,11 +47,7 @@ class Mount:
     def unmount(self) -> None:
         """Unmount; if programs still hold files open (a model's tensors are views into
         mmaps of them), detach lazily: the kernel finishes the unmount when they let go."""
-        if mounts.find_mount(self.path) or mounts.is_dead(self.path):
-            try:
-                unmount(self.path)
-            except errors.MountpointError:
-                mounts.force_unmount(self.path, lazy=True)
+        mounts.unmount_retrying(self.path)
         if self.process is not None:
             try:
                 self.process.wait(timeout=30)
@@ -168,7 +163,7 @@ def mount(
             setup_logging("" if debug else log_file, debug)
             run(config)
             return Mount(path, snap, None, log_file, owns_dir)
-        return Mount(path, snap, _spawn(config), log_file, owns_dir)
+        return Mount(path, snap, spawn_daemon(config), log_file, owns_dir)
     except BaseException:
         if owns_dir:
             shutil.rmtree(path, ignore_errors=True)
@@ -200,20 +195,12 @@ def _log_file(cdir: Path, mountpoint: str) -> str:
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
-def _daemon_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _SECRET_ENV}
-
-
-def _spawn(config: DaemonConfig) -> subprocess.Popen:
+def spawn_daemon(config: DaemonConfig) -> subprocess.Popen:
+    """Start ``python -m netmount.mounting.daemon`` for ``config``; return once it is mounted."""
     with open(config.log_file, "ab") as logf:
-        # -P and cwd "/": a folder named like one of our packages in the caller's working
-        # directory (a cache dir called "cache", say) must not shadow the installed package.
-        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-        proc = subprocess.Popen(
-            [sys.executable, *safe_path, "-m", "netmount.mounting.daemon"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-            start_new_session=True, close_fds=True, cwd="/", env=_daemon_env(),
-        )
+        proc = procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+                                  start_new_session=True)
     try:
         proc.stdin.write(config.to_json().encode())
         proc.stdin.close()

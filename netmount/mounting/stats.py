@@ -24,9 +24,9 @@ import threading
 import time
 
 from netmount.core import errors
-from netmount.mounting import mounts
-from netmount.core.blocks import block_range, block_span, coalesce
+from netmount.core.blocks import block_range, block_span, coalesce, slice_blocks
 from netmount.core.safetensors import HeaderError, read_header
+from netmount.mounting import mounts
 
 log = logging.getLogger("netmount.stats")
 
@@ -101,20 +101,19 @@ class HeaderCache:
         return found
 
     def _local(self, f, start: int, end: int) -> bytes:
-        parts = []
+        blocks: dict[int, bytes] = {}
         for i in block_range(start, end - start, f.size, self.block_size):
             data = self.store.get(f.content_id, i)
             lo, hi = block_span(i, self.block_size, f.size)
             if data is None or len(data) != hi - lo:
                 head = self.head(f) if self.head is not None else None
-                if head is not None and start < len(head) and not parts:
+                if head is not None and start < len(head) and not blocks:
                     # a header read kept only the head: maybe short, and read_header then
                     # asks for the rest of a longer header (and gets _NotLocal past it)
                     return head[start:end]
                 raise _NotLocal
-            parts.append(data)
-        first = start - start // self.block_size * self.block_size
-        return b"".join(parts)[first:first + end - start]
+            blocks[i] = data
+        return slice_blocks(blocks, start, end - start, f.size, self.block_size)
 
 
 class StatsBuilder:

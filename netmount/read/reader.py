@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 from cache import BlockStore
 from netmount.core.blocks import block_range, block_span, slice_blocks
 from netmount.core.counters import Counters
-from netmount.core.settings import DEFAULT_MAX_REQUEST
+from netmount.core.settings import MAX_REQUEST_BYTES
 from netmount.remote.contract import Fetcher
 from netmount.remote.hub import RemoteFile
 from netmount.read.extents import Extents
@@ -57,7 +57,7 @@ class BlockReader:
         fetcher: Fetcher,
         *,
         counters: Counters | None = None,
-        max_request_bytes: int = DEFAULT_MAX_REQUEST,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         memory_bytes: int = 64 << 20,
         head_bytes: int = 128 << 10,
         head_memory: int = 16 << 20,

@@ -181,9 +181,9 @@ class _mapped_errors:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise errors.EndpointUnreachable(f"{self.endpoint}: {first}") from None
         if isinstance(exc, (OSError, ConnectionError, TimeoutError)) or _is_http_transport(exc):
+            first = str(exc).splitlines()[0] if str(exc) else ""
             raise errors.EndpointUnreachable(
-                f"cannot reach {self.endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-            ) from None
+                f"cannot reach {self.endpoint}: {type(exc).__name__}: {first}".rstrip(": ")) from None
         return False
 
 

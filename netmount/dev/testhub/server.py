@@ -325,7 +325,8 @@ class HubServer:
         }
         return await self.send_content(request, repo, entry, headers)
 
-    async def send_content(self, request: web.Request, repo: Repo, entry: Entry, headers: dict[str, str]) -> web.StreamResponse:
+    async def send_content(self, request: web.Request, repo: Repo, entry: Entry,
+                           headers: dict[str, str]) -> web.StreamResponse:
         """Phase 1: status and headers of a file body (200 full, 206 one range, 416)."""
         rec: RequestRecord = request[RECORD]
         plan = ranges.plan(request.headers.get("Range"), entry.size)

@@ -1,0 +1,185 @@
+"""The architecture, enforced: who may import whom, read from the source with ``ast``.
+
+Every import statement counts, at module level or inside a function (lazy imports are still
+dependencies).  The rules, from DESIGN.md:
+
+- ``cache/`` is a library of its own: it imports nothing of ``netmount``.
+- Only the FUSE face (``netmount/mounting/fs.py``) imports the FUSE binding (``fuse``, ``mfusepy``).
+- Only the fetcher (``netmount/remote/fetch.py``) and the test hub (``netmount/dev/testhub/``)
+  import ``aiohttp``.
+- Only ``netmount/__main__.py`` imports the CLI (``netmount.commands.cli``).
+- Layers: core 0, remote 1, read 2, mounting 3, proxy 3, dev 4, commands 5.  A module imports
+  its own package and lower ranks only (calls go down).  ``netmount/__init__.py``, the lazy
+  public API, is exempt; importing it (``import netmount``) counts as importing the top.
+- ``netmount/dev/testhub/`` is a server that runs on its own: of netmount it imports only
+  itself and ``core``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RANKS = {"core": 0, "remote": 1, "read": 2, "mounting": 3, "proxy": 3, "dev": 4, "commands": 5}
+TOP = 6  # ``netmount`` itself (the public API) and ``netmount/__main__.py``
+FUSE_BINDINGS = {"fuse", "mfusepy"}
+FUSE_FACE = "netmount/mounting/fs.py"
+AIOHTTP_USERS = ("netmount/remote/fetch.py", "netmount/dev/testhub/")
+CLI = "netmount.commands.cli"
+CLI_USERS = ("netmount/__main__.py",)
+TESTHUB = "netmount/dev/testhub/"
+
+
+@dataclass(frozen=True)
+class Import:
+    file: str  # relative to the root, with forward slashes
+    line: int
+    module: str  # absolute dotted name imported
+
+
+def module_name(rel: str) -> str:
+    parts = rel[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(rel: str, source: str) -> list[Import]:
+    """Every import in ``source`` (the module at ``rel``), relative ones made absolute."""
+    tree = ast.parse(source, filename=rel)
+    package = module_name(rel) if rel.endswith("__init__.py") else module_name(rel).rpartition(".")[0]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend(Import(rel, node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # each name as ``mod.name``: ``from netmount.commands import cli`` imports the CLI,
+            # and ``from netmount import mount`` the public API (no layer: the top)
+            out.extend(Import(rel, node.lineno, mod if a.name == "*" else f"{mod}.{a.name}")
+                       for a in node.names)
+    return out
+
+
+def layer_of(module: str) -> tuple[str, int] | None:
+    """``(package, rank)`` of a netmount module; None if it is not netmount's.  Anything of
+    netmount outside the layer packages (``netmount`` itself, its lazy API names,
+    ``netmount.__main__``) is the top."""
+    parts = module.split(".")
+    if parts[0] != "netmount":
+        return None
+    if len(parts) > 1 and parts[1] in RANKS:
+        return parts[1], RANKS[parts[1]]
+    return "netmount", TOP
+
+
+def _under(rel: str, prefixes) -> bool:
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in prefixes)
+
+
+def violations(imports: list[Import]) -> list[str]:
+    """One line per broken rule: ``file:line: imports X: rule``."""
+    out = []
+    for imp in imports:
+        rel, mod = imp.file, imp.module
+        top = mod.split(".")[0]
+
+        def bad(rule: str) -> None:
+            out.append(f"{rel}:{imp.line}: imports {mod}: {rule}")
+
+        if rel.startswith("cache/") and top == "netmount":
+            bad("cache/ is a library of its own and must not import netmount")
+        if top in FUSE_BINDINGS and rel != FUSE_FACE:
+            bad(f"only {FUSE_FACE} (the FUSE face) may import the FUSE binding")
+        if top == "aiohttp" and not _under(rel, AIOHTTP_USERS):
+            bad("only netmount/remote/fetch.py and netmount/dev/testhub/ may import aiohttp")
+        if (mod == CLI or mod.startswith(CLI + ".")) and rel not in CLI_USERS:
+            bad("only netmount/__main__.py may import the CLI")
+        if not rel.startswith("netmount/") or rel == "netmount/__init__.py":
+            continue
+        if rel.startswith(TESTHUB) and top == "netmount" and not (
+                mod.startswith("netmount.dev.testhub") or mod.startswith("netmount.core")):
+            bad("netmount/dev/testhub/ may import only itself and netmount.core")
+        target = layer_of(mod)
+        if target is None:
+            continue
+        own_pkg, own_rank = layer_of(module_name(rel))
+        if own_pkg == "netmount" and rel != "netmount/__main__.py":
+            bad(f"{rel} is in no layer: put it in a layer package or add one to RANKS in tests/test_layers.py")
+            continue
+        pkg, rank = target
+        if pkg != own_pkg and rank >= own_rank:
+            bad(f"layer {own_pkg} (rank {own_rank}) may import only lower layers, "
+                f"not {pkg} (rank {rank})")
+    return out
+
+
+def scan(root: Path) -> tuple[list[str], list[Import]]:
+    """The modules under ``root``'s netmount/ and cache/, and all their imports."""
+    files = sorted(p for d in ("netmount", "cache") for p in (root / d).rglob("*.py"))
+    modules, imports = [], []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        modules.append(rel)
+        imports.extend(imports_of(rel, path.read_text()))
+    return modules, imports
+
+
+def test_the_code_keeps_the_layers():
+    modules, imports = scan(ROOT)
+    assert len(modules) > 20 and len(imports) > 100, (len(modules), len(imports))
+    # the scan sees what it must judge: lazy imports inside functions, and the FUSE binding
+    seen = {(i.file, i.module) for i in imports}
+    assert ("netmount/mounting/fs.py", "fuse.FUSE") in seen
+    assert ("netmount/mounting/daemon.py", "netmount.remote.fetch.RangeFetcher") in seen  # inside run()
+    problems = violations(imports)
+    assert not problems, "layering rules broken:\n" + "\n".join(problems)
+
+
+SYNTHETIC = {
+    "cache/disk.py": "from netmount.core import errors\n",
+    "netmount/core/units.py": "def f():\n    from netmount.read import reader\n",  # lazy, still up
+    "netmount/remote/hub.py": "import fuse\n",
+    "netmount/read/reader.py": "from ..remote import fetch\nimport aiohttp\n",  # down: fine; aiohttp: not
+    "netmount/mounting/daemon.py": "from netmount.commands import cli\n",
+    "netmount/mounting/mounts.py": "from netmount import mount\n",  # the public API is the top
+    "netmount/mounting/fs.py": "import mfusepy\nfrom netmount.proxy import nginx\n",  # same rank, other package
+    "netmount/dev/testhub/server.py": "import aiohttp\nfrom netmount.remote import hub\n",
+    "netmount/dev/demo.py": "from netmount.mounting import lifecycle\n",  # fine
+    "netmount/commands/warm.py": "from . import tensorlist\nfrom netmount.dev import demo\n",  # fine
+    "netmount/__init__.py": "from netmount.commands import tensorlist\n",  # exempt from ranks
+    "netmount/__main__.py": "from netmount.commands.cli import main\n",  # fine
+    "netmount/extra/thing.py": "from netmount.core import units\n",  # a package in no layer
+}
+
+
+def test_the_checker_flags_violations(tmp_path):
+    for rel, text in SYNTHETIC.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    modules, imports = scan(tmp_path)
+    assert len(modules) == len(SYNTHETIC)
+    found = violations(imports)
+    expected = [
+        ("cache/disk.py:1:", "must not import netmount"),
+        ("netmount/core/units.py:2:", "not read (rank 2)"),
+        ("netmount/remote/hub.py:1:", "FUSE binding"),
+        ("netmount/read/reader.py:2:", "aiohttp"),
+        ("netmount/mounting/daemon.py:1:", "only netmount/__main__.py may import the CLI"),
+        ("netmount/mounting/daemon.py:1:", "not commands (rank 5)"),
+        ("netmount/mounting/mounts.py:1:", "not netmount (rank 6)"),
+        ("netmount/mounting/fs.py:2:", "not proxy (rank 3)"),
+        ("netmount/dev/testhub/server.py:2:", "only itself and netmount.core"),
+        ("netmount/extra/thing.py:1:", "in no layer"),
+    ]
+    for where, what in expected:
+        assert any(v.startswith(where) and what in v for v in found), (where, what, found)
+    assert len(found) == len(expected), "\n".join(found)
