@@ -121,7 +121,6 @@ def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     from netmount.read.reader import BlockReader
 
     from fakes import MemoryFetcher, make_bytes, remote, spans
-    from netmount.read.reader import BlockReader
 
     bs = 64 << 10
     data = make_bytes(40 * bs + 99, seed=7)

@@ -9,8 +9,18 @@ import pytest
 from netmount.core.errors import FetchError
 from netmount.dev.testhub import TestHub
 from netmount.remote.contract import fetch_bytes, pieces
-from netmount.remote.fetch import (PAGE, SPLIT_MAX, SPLIT_PIECE, RangeFetcher, _check_status,
-                                   _Fatal, _Pieces, _Retry, _retry_after, split_cuts)
+from netmount.remote.fetch import (
+    PAGE,
+    SPLIT_MAX,
+    SPLIT_PIECE,
+    RangeFetcher,
+    _check_status,
+    _Fatal,
+    _Pieces,
+    _Retry,
+    _retry_after,
+    split_cuts,
+)
 from netmount.remote.hub import RemoteFile
 
 from conftest import write_plain_repo

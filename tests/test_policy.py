@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from netmount.read.policy import (FileState, PrefetchConfig, Stream, TensorMap, TensorWants, advance,
-                                  exact_read, merge_wants, next_shard, tensor_wants)
+from netmount.read.policy import (
+    FileState,
+    PrefetchConfig,
+    Stream,
+    TensorMap,
+    TensorWants,
+    advance,
+    exact_read,
+    merge_wants,
+    next_shard,
+    tensor_wants,
+)
 from netmount.read.reader import ExactRead
 
 KB, MB = 1 << 10, 1 << 20

@@ -249,7 +249,7 @@ def test_one_tensor_read_page_by_page_fetches_that_tensor_only():
     start, end = tensor_ranges(data)[3]
     pos = start - start % (2 * BS)  # the kernel reads aligned windows around the pages
     while pos < end:
-        got = read(pre, reader, f, pos, 2 * BS)
+        read(pre, reader, f, pos, 2 * BS)
         pos += 2 * BS
     assert pre.drain(10)
     first, last = (start - start % (2 * BS)) // BS, (pos - 1) // BS

@@ -146,8 +146,8 @@ def _pread_exactly(fd: int, start: int, end: int) -> bytes:
 
 def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_skip) -> list[dict]:
     from netmount.core import settings
-    from netmount.remote.contract import fetch_bytes
     from netmount.remote import hub
+    from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
 
     repo_id, rev = hub.parse_repo_spec(spec, revision)

@@ -29,10 +29,19 @@ from collections import OrderedDict
 
 from netmount.core.blocks import block_range
 from netmount.core.safetensors import HeaderError, read_header
-from netmount.remote.hub import RemoteFile
-from netmount.read.policy import (FileState, PrefetchConfig, Stream, TensorMap, advance, exact_read,
-                                  merge_wants, next_shard, tensor_wants)
+from netmount.read.policy import (
+    FileState,
+    PrefetchConfig,
+    Stream,
+    TensorMap,
+    advance,
+    exact_read,
+    merge_wants,
+    next_shard,
+    tensor_wants,
+)
 from netmount.read.reader import BlockReader, ExactRead
+from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.prefetch")
 

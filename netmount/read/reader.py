@@ -32,12 +32,12 @@ from cache import BlockStore
 from netmount.core.blocks import block_range, block_span, slice_blocks
 from netmount.core.counters import Counters
 from netmount.core.settings import MAX_REQUEST_BYTES
-from netmount.remote.contract import Fetcher
-from netmount.remote.hub import RemoteFile
 from netmount.read.extents import Extents
 from netmount.read.head import HeadTier
 from netmount.read.runs import RunScheduler
 from netmount.read.tiers import BlockMemory, StoreTier
+from netmount.remote.contract import Fetcher
+from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.reader")
 
@@ -169,7 +169,9 @@ class BlockReader:
         indices = list(dict.fromkeys(indices))
         known = self.stored.known(f)
         self.stored.lift(f, indices)
-        run = None if max_request_bytes is None else max(1, min(self.runs.max_run, max_request_bytes // self.block_size))
+        run = None
+        if max_request_bytes is not None:
+            run = max(1, min(self.runs.max_run, max_request_bytes // self.block_size))
         return self.runs.start_within(f, indices, budget, skip=known, max_run=run)
 
     def prefetch_extent(self, f: RemoteFile, start: int, end: int) -> None:

@@ -34,9 +34,9 @@ from typing import Callable, Iterable
 from netmount.core.blocks import block_span, coalesce
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
+from netmount.read.tiers import BlockMemory, StoreTier
 from netmount.remote.contract import Fetcher
 from netmount.remote.hub import RemoteFile
-from netmount.read.tiers import BlockMemory, StoreTier
 
 log = logging.getLogger("netmount.reader")
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import random
 import re
 import threading
-import os
 import time
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
