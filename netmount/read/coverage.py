@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 
-PAGE = 4096
+from netmount.core.blocks import PAGE
+
 _PAGE_SHIFT = 12
 _CHUNK_SHIFT = 15  # pages per bitmap chunk: 32768 pages = 128 MiB of file, 4 KiB of bitmap
 _CHUNK_PAGES = 1 << _CHUNK_SHIFT
