@@ -260,3 +260,18 @@ def test_a_failed_run_also_sends_its_news():
         reader.read(f, 0, 10)
     assert done.wait(10)
     reader.close()
+
+
+def test_each_tier_counts_its_own_hits():
+    data = make_bytes(4 * BS, 17)
+    f = remote("a.bin", data)
+    store = MemoryBlockStore(BS)
+    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), memory_bytes=2 * BS)
+    reader.read(f, 0, 4 * BS)  # cold: every block misses the store
+    assert reader.counters.get("store_misses") == 4 and reader.counters.get("store_hits") == 0
+    assert reader.drain(10)
+    reader.read(f, 3 * BS, 10)  # the last block read is still in memory
+    assert reader.counters.get("memory_hits") >= 1
+    reader.read(f, 0, 10)  # block 0 left memory (2 blocks of room): from the store
+    assert reader.counters.get("store_hits") == 1
+    reader.close()

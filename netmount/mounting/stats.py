@@ -31,6 +31,7 @@ from netmount.mounting import mounts
 log = logging.getLogger("netmount.stats")
 
 STATS_FILE = os.path.join(".netmount", "stats.json")
+TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits")
 
 
 # -- daemon side ----------------------------------------------------------------------------
@@ -184,6 +185,8 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "cache_hits": values.get("cache_hits", 0),
         "cache_misses": values.get("cache_misses", 0),
         "prefetch_blocks": values.get("prefetch_blocks", 0),
+        # where served reads were found, tier by tier (read/tiers.py, head.py, extents.py)
+        "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
         "cached_bytes": cached_total,
         "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
