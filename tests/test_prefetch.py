@@ -97,7 +97,7 @@ def test_inflight_bytes_never_exceed_the_budget_and_everything_wanted_still_arri
         pre.follow(1, f, end - 4096, 4096)
     assert pre.drain(10)
     assert fetch.peak <= 6 * BS, fetch.peak
-    assert reader.runs.max_inflight_bytes <= 6 * BS
+    assert reader.runs.inflight.max_bytes <= 6 * BS
     # the budget paced the downloads but dropped nothing: the lookahead from the last
     # tensor read (32 blocks) arrived in full although it is 5x the budget
     last_start = ranges[5][0]

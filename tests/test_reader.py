@@ -112,7 +112,7 @@ def test_a_run_failing_midway_keeps_the_blocks_that_came_and_fails_the_rest():
         reader.read(f, 0, 8 * BS)
     assert reader.drain(10)
     assert reader.store.cached_indices(f.content_id) == [0, 1, 2]  # their bytes were right
-    assert reader.runs.inflight_bytes() == 0
+    assert reader.runs.inflight.bytes() == 0
     assert reader.read(f, 0, 8 * BS) == data
     reader.close()
 

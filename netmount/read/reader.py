@@ -134,7 +134,7 @@ class BlockReader:
     def _head_serves(self, f: RemoteFile, offset: int, end: int) -> bool:
         """A safetensors header read while block 0 is neither stored nor downloading."""
         return (self.head.covers(f, offset, end) and 0 not in self.stored.known(f)
-                and not self.runs.downloading(f, 0))
+                and not self.runs.inflight.has(f, 0))
 
     def _exact(self, f: RemoteFile, offset: int, end: int, exact: ExactRead) -> bytes | None:
         got = self.extents.get(f, offset, end)
@@ -181,7 +181,7 @@ class BlockReader:
         known = self.stored.known(f)
 
         def have(i: int) -> bool:
-            return i in known or (f.content_id, i) in self.memory or self.runs.downloading(f, i)
+            return i in known or (f.content_id, i) in self.memory or self.runs.inflight.has(f, i)
 
         while start < end and have(start // bs):
             start = (start // bs + 1) * bs

@@ -34,13 +34,12 @@ from typing import Callable, Iterable
 from netmount.core.blocks import block_span, coalesce
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
+from netmount.read.inflight import Futures, InFlight
 from netmount.read.tiers import BlockMemory, StoreTier
 from netmount.remote.contract import Fetcher
 from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.reader")
-
-Futures = dict[int, concurrent.futures.Future]
 
 
 class RunScheduler:
@@ -54,12 +53,7 @@ class RunScheduler:
         self.block_size = stored.block_size
         self.max_run = max(1, max_request_bytes // self.block_size)
         self._on_run_done = on_run_done
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._inflight: dict[tuple[str, int], concurrent.futures.Future] = {}
-        self._inflight_bytes = 0
-        self._extra = 0  # blocks from extents waiting to be stored
-        self.max_inflight_bytes = 0  # the most ever in flight at once (stats, tests)
+        self.inflight = InFlight(memory, self.block_size)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
         try:
             self._locks = stored.store.block_locks()
@@ -74,34 +68,15 @@ class RunScheduler:
             self._lock_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
-    # -- what is under way ---------------------------------------------------------------------
-    def downloading(self, f: RemoteFile, i: int) -> bool:
-        with self._lock:
-            return (f.content_id, i) in self._inflight
-
-    def inflight_bytes(self) -> int:
-        with self._lock:
-            return self._inflight_bytes
-
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no block is in flight (fetched and stored, or failed) or waiting to be
-        stored; False on timeout."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._inflight and not self._extra, timeout)
+        """Wait until every block is stored (or has failed); False on timeout."""
+        return self.inflight.drain(timeout)
 
     # -- starting downloads ------------------------------------------------------------------
     def ensure(self, f: RemoteFile, indices: Iterable[int], *, max_run: int | None = None,
                prefetch: bool = False) -> Futures:
         """Futures for blocks of ``f``: joined if downloading, done if in memory, else started."""
-        futures: Futures = {}
-        owned: list[int] = []
-        with self._lock:
-            for i in sorted(set(indices)):
-                fut = self._claim(f, i)
-                if fut is None:
-                    fut = self._inflight[(f.content_id, i)]
-                    owned.append(i)
-                futures[i] = fut
+        futures, owned = self.inflight.claim(f, indices)
         self._start(f, owned, futures, max_run, prefetch)
         return futures
 
@@ -110,61 +85,28 @@ class RunScheduler:
         """Prefetch: start those of ``indices`` (in order) not in ``skip`` (known stored), in
         memory or downloading, while bytes in flight (demand included) stay within ``budget``.
         Returns (blocks started, blocks still wanted but left for lack of room)."""
-        futures: Futures = {}
-        with self._lock:
-            todo = [i for i in dict.fromkeys(indices) if i not in skip
-                    and (f.content_id, i) not in self._inflight and (f.content_id, i) not in self.memory]
-            room = budget - self._inflight_bytes
-            for i in todo:  # in order: stop at the first that does not fit
-                lo, hi = block_span(i, self.block_size, f.size)
-                if hi - lo > room and (futures or self._inflight_bytes):  # (a block over the
-                    break  # whole budget still goes, alone: else it could never start)
-                room -= hi - lo
-                self._claim(f, i)
-                futures[i] = self._inflight[(f.content_id, i)]
+        futures, wanted = self.inflight.claim_within(f, indices, budget, skip)
         if futures:
             self.counters.add("prefetch_blocks", len(futures))
             self._start(f, sorted(futures), futures, max_run, prefetch=True)
-        return len(futures), len(todo) - len(futures)
+        return len(futures), wanted - len(futures)
 
     def store_extra(self, f: RemoteFile, i: int, data: bytes) -> None:
         """Store a whole block that came by another way (inside an extent), unless it is
         downloading or stored already; write-behind, like a run's blocks."""
         def put() -> None:
             try:
-                if not self.downloading(f, i) and i not in self.stored.known(f):
+                if not self.inflight.has(f, i) and i not in self.stored.known(f):
                     self.memory.put((f.content_id, i), data)
                     self.stored.put(f, i, data)
             finally:
-                with self._changed:
-                    self._extra -= 1
-                    self._changed.notify_all()
+                self.inflight.writing(-1)
 
-        with self._lock:
-            self._extra += 1
+        self.inflight.writing(1)
         try:
             self._pool.submit(put)
         except RuntimeError:  # shutting down
-            with self._lock:
-                self._extra -= 1
-
-    def _claim(self, f: RemoteFile, i: int) -> concurrent.futures.Future | None:
-        """(Under the lock.) The future of a block in flight or in memory; else register the
-        block as in flight, count its bytes, and return None: the caller must start it."""
-        key = (f.content_id, i)
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return fut
-        data = self.memory.get(key)
-        if data is not None:
-            fut = concurrent.futures.Future()
-            fut.set_result(data)
-            return fut
-        self._inflight[key] = concurrent.futures.Future()
-        lo, hi = block_span(i, self.block_size, f.size)
-        self._inflight_bytes += hi - lo
-        self.max_inflight_bytes = max(self.max_inflight_bytes, self._inflight_bytes)
-        return None
+            self.inflight.writing(-1)
 
     def _start(self, f: RemoteFile, owned: list[int], futures: Futures, max_run: int | None,
                prefetch: bool) -> None:
@@ -194,7 +136,7 @@ class RunScheduler:
                 else:  # another process fetched it meanwhile
                     self._deliver(f, i, data, futures[i])
                     self.stored.mark(f, i)
-                    self._release(f, [i])
+                    self.inflight.release(f, [i])
             runs = coalesce(missing, self.max_run)
         except BaseException as exc:
             if held is not None:
@@ -208,9 +150,10 @@ class RunScheduler:
             self._notify()
             return
         left = [len(runs)]
+        countdown = threading.Lock()
 
         def one_done() -> None:
-            with self._lock:
+            with countdown:
                 left[0] -= 1
                 last_one = left[0] == 0
             if last_one and held is not None:
@@ -284,26 +227,16 @@ class RunScheduler:
                 fetched.append((i, fut.result()))
                 continue
             failed.append(i)
-        self._release(f, failed)
+        self.inflight.release(f, failed)
         for i, data in fetched:
-            if (f.content_id, i) not in self._inflight:
+            if not self.inflight.has(f, i):
                 continue  # already handled (found in the store by the locked path)
             try:
                 self.stored.put(f, i, data)
             except Exception:  # SafeBlockStore never raises; any other store must not kill reads
                 log.exception("storing block %d of %s failed", i, f.path)
             finally:
-                self._release(f, [i])
-
-    def _release(self, f: RemoteFile, indices: list[int]) -> None:
-        if not indices:
-            return
-        with self._changed:
-            for i in indices:
-                if self._inflight.pop((f.content_id, i), None) is not None:
-                    lo, hi = block_span(i, self.block_size, f.size)
-                    self._inflight_bytes -= hi - lo
-            self._changed.notify_all()
+                self.inflight.release(f, [i])
 
     def _notify(self) -> None:
         if self._on_run_done is not None:
