@@ -162,7 +162,7 @@ def parse_upstream(url: str) -> str:
     """A Hub endpoint as ``scheme://host[:port]``; a path, query or credentials are refused."""
     parts = urlsplit((url or "").strip())
     try:
-        parts.port
+        _ = parts.port  # raises on a bad port
     except ValueError:
         raise BadInput(f"--upstream {url!r}: bad port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -213,6 +213,11 @@ def _listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _local(host: str) -> str:
+    """Where a client on this machine reaches a wildcard listen address."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def keys_zone_mb(max_size: int, slice_size: int) -> int:
     keys = max_size // slice_size + 1
     return max(2, -(-keys * 5 // 4 // KEYS_PER_MB))  # 25% headroom, at least 2m
@@ -244,7 +249,7 @@ def render(o: ProxyOptions) -> str:
 # To run it yourself: save it as {L.conf}, mkdir -p {L.logs} {L.tmp},
 # and start (as the user owning {L.root}; drop -g for a daemon):
 #   nginx -p {L.root} -c {L.conf} -e {L.error_log} -g 'daemon off;'
-# Check: curl http://{_listen(o.host, o.port)}/healthz
+# Check: curl http://{_listen(_local(o.host), o.port)}/healthz
 {user}worker_processes auto;
 pid {_quote(str(L.pid))};
 error_log {_quote(str(L.error_log))} warn;
@@ -300,9 +305,12 @@ http {{
         default 1;
         {hub_cached}
     }}
-    map $upstream_cache_status $netmount_cache_status {{
-        "" NONE;
-        default $upstream_cache_status;
+    # X-Cache-Status and the log's "cache": BYPASS on the pass-through route, else nginx's
+    # word for the (first) slice, else NONE (the proxy answered itself)
+    map "$netmount_bypass:$upstream_cache_status" $netmount_cache_status {{
+        "~^BYPASS:" BYPASS;
+        ":" NONE;
+        "~^:(?<netmount_upstream_cache>.+)$" $netmount_upstream_cache;
     }}
 
     upstream netmount_follow {{
@@ -320,6 +328,7 @@ http {{
     server {{
         listen {_listen(o.host, o.port)};
         access_log {_quote(str(L.access_log))} netmount_json;
+        set $netmount_bypass "";
         absolute_redirect off;
         add_header X-Cache-Status $netmount_cache_status always;
 
@@ -359,8 +368,8 @@ http {{
 
         # HEAD, a revision that is not a commit, or a token: the client's own Range, not cached
         location @netmount_pass {{
+            set $netmount_bypass BYPASS;
             proxy_pass http://netmount_follow;
-            add_header X-Cache-Status BYPASS always;
         }}
     }}
 
@@ -401,6 +410,7 @@ http {{
     server {{
         listen unix:{L.socket("hub")};
         access_log {_quote(str(L.hub_log))} netmount_json;
+        set $netmount_bypass "";
         location / {{
             # a variable, so nginx resolves the Hub's name with `resolver` as it goes (its
             # addresses change) and starts even when DNS is down

@@ -47,7 +47,7 @@ def find_nginx() -> str:
     if path is None:
         raise ProxyError(f"nginx is not installed (or not on PATH): install it with `{APT_LINE}`")
     try:
-        version = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=30).stderr
+        version = subprocess.run([path, "-V"], check=False, capture_output=True, text=True, timeout=30).stderr
     except (OSError, subprocess.SubprocessError) as exc:
         raise ProxyError(f"{path} -V failed: {exc}") from None
     if "--with-http_slice_module" not in version:
@@ -207,14 +207,14 @@ def start(opts: ProxyOptions, *, foreground: bool = False,
         if stale.exists():
             stale.unlink()
     layout.conf.write_text(render(opts))
-    test = subprocess.run([*nginx_command(nginx, layout, foreground=False), "-t", "-q"],
+    test = subprocess.run([*nginx_command(nginx, layout, foreground=False), "-t", "-q"], check=False,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if test.returncode != 0:
         raise ProxyError(f"nginx refused the config: {_nginx_failure(test.stderr, layout)}")
     url = health_url(opts.host, opts.port)
     if foreground:
         return _run_foreground(nginx, layout, url, on_ready)
-    done = subprocess.run(nginx_command(nginx, layout, foreground=False), capture_output=True,
+    done = subprocess.run(nginx_command(nginx, layout, foreground=False), check=False, capture_output=True,
                           text=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise ProxyError(f"nginx did not start: {_nginx_failure(done.stderr, layout)}")
@@ -279,7 +279,7 @@ def stop(cache_dir: str | Path) -> int:
         raise ProxyError(f"no cache proxy runs on {layout.root}")
     os.kill(pid, signal.SIGQUIT)  # graceful: workers finish what they are sending
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
@@ -287,7 +287,8 @@ def stop(cache_dir: str | Path) -> int:
     return pid
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
