@@ -112,12 +112,17 @@ class Proxy:
         req = urllib.request.Request(self.url + path, headers=headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, _headers(resp.headers), resp.read()
         except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read()
+            return err.code, _headers(err.headers), err.read()
 
     def cached_files(self) -> list[Path]:
         return [p for d in ("slices", "redirects") for p in (self.cache_dir / d).rglob("*") if p.is_file()]
+
+
+def _headers(message) -> dict:
+    """Headers as a dict; a repeated one (say, two X-Cache-Status) keeps all its values."""
+    return {k: ", ".join(message.get_all(k)) for k in set(message.keys())}
 
 
 @pytest.fixture
@@ -292,6 +297,24 @@ def test_a_restarted_proxy_serves_its_cache_without_the_origin(start_proxy, orig
     origin.reset_log()
     status, headers, body = second.get(url, (100, 2 * MiB))
     assert (status, headers["X-Cache-Status"], body) == (206, "HIT", data[100:2 * MiB + 1])
+    assert origin.log == []
+
+
+def test_a_rack_proxy_behind_a_cluster_proxy(start_proxy, origin, proxy_root):
+    """Proxies chain: the upstream of one can be another (it answers 206s, no redirect)."""
+    cluster = start_proxy()
+    rack = start_proxy("--upstream", cluster.url)  # the last --upstream wins
+    data = source(proxy_root, "org/m", "model.safetensors")
+    url = file_url(origin, "org/m", "model.safetensors")
+    origin.reset_log()
+    status, headers, body = rack.get(url, (7, 2 * MiB))
+    assert (status, headers["X-Cache-Status"], body) == (206, "MISS", data[7:2 * MiB + 1])
+    assert sorted(r.range for r in origin.requests("cdn")) == slice_ranges(7, 2 * MiB, len(data))
+    status, headers, body = cluster.get(url, (7, 2 * MiB))
+    assert (status, headers["X-Cache-Status"], body) == (206, "HIT", data[7:2 * MiB + 1])
+    origin.reset_log()
+    status, headers, body = rack.get(url, (7, 2 * MiB))
+    assert (status, headers["X-Cache-Status"], body) == (206, "HIT", data[7:2 * MiB + 1])
     assert origin.log == []
 
 

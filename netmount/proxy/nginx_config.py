@@ -320,6 +320,7 @@ http {{
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
+    proxy_hide_header X-Cache-Status;  # an upstream proxy's (proxies can be chained): ours only
     proxy_connect_timeout 10s;
     proxy_read_timeout 60s;
     recursive_error_pages on;
