@@ -20,13 +20,13 @@ def register(sub) -> None:
         description="Start nginx as a shared cache of Hub file downloads (GET /{repo}/resolve/{commit}/{path} "
                     "with Range), or print its config, or stop it.")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on, e.g. 0.0.0.0:8080")
-    p.add_argument("--cache-dir", required=True,
+    p.add_argument("--cache-dir", required=True, metavar="DIR",
                    help="folder for the cache, config, pid file and logs (one proxy per folder)")
-    p.add_argument("--max-size", default=nginx_config.DEFAULT_MAX_SIZE,
+    p.add_argument("--max-size", default=nginx_config.DEFAULT_MAX_SIZE, metavar="SIZE",
                    help=f"cache cap; least recently used slices go first (default {nginx_config.DEFAULT_MAX_SIZE})")
     p.add_argument("--upstream", metavar="URL",
                    help=f"Hub endpoint (default: $HF_ENDPOINT or {settings.DEFAULT_ENDPOINT})")
-    p.add_argument("--slice", default=nginx_config.DEFAULT_SLICE,
+    p.add_argument("--slice", default=nginx_config.DEFAULT_SLICE, metavar="SIZE",
                    help=f"cached piece size, a power of two; match the mounts' --block-size "
                         f"(default {nginx_config.DEFAULT_SLICE})")
     p.add_argument("--cache-private", action="store_true",

@@ -320,6 +320,7 @@ http {{
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
+    proxy_set_header Accept-Encoding "";  # uncompressed: slices are the file's own bytes
     proxy_hide_header X-Cache-Status;  # an upstream proxy's (proxies can be chained): ours only
     proxy_connect_timeout 10s;
     proxy_read_timeout 60s;
@@ -363,6 +364,7 @@ http {{
             proxy_cache_lock_age {LOCK_TIMEOUT};
             proxy_ignore_headers Cache-Control Expires X-Accel-Expires Set-Cookie Vary;
             proxy_set_header Connection "";
+            proxy_set_header Accept-Encoding "";  # uncompressed: slices are the file's own bytes
             proxy_set_header Range $slice_range;
             proxy_pass http://netmount_follow;
         }}
@@ -397,6 +399,7 @@ http {{
                 return 307 $netmount_location;
             }}
             proxy_set_header Connection "";
+            proxy_set_header Accept-Encoding "";  # uncompressed: slices are the file's own bytes
             proxy_set_header Authorization "";  # never to another host
             proxy_pass $netmount_location;
             proxy_buffering off;
@@ -418,6 +421,7 @@ http {{
             set $netmount_upstream {_quote(o.upstream)};
             proxy_pass $netmount_upstream;
             proxy_set_header Connection "";
+            proxy_set_header Accept-Encoding "";  # uncompressed: slices are the file's own bytes
             # with proxy_cache on, nginx drops Range unless told; a file the Hub serves
             # itself (no redirect) must answer the slice asked for, not the whole file
             proxy_set_header Range $http_range;
