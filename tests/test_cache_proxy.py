@@ -424,6 +424,15 @@ def test_print_config_prints_what_nginx_accepts_and_starts_nothing(tmp_path, ori
     assert check.returncode == 0, check.stderr
 
 
+def test_the_upstream_defaults_to_hf_endpoint(tmp_path):
+    args = ("cache-proxy", "--listen", "127.0.0.1:8080", "--cache-dir", str(tmp_path), "--print-config")
+    text = run_cli(*args, env={"HF_ENDPOINT": "http://10.9.8.7:1234/"}).stdout
+    assert 'set $netmount_upstream "http://10.9.8.7:1234";' in text
+    text = run_cli(*args, env={"HF_ENDPOINT": ""}).stdout
+    assert 'set $netmount_upstream "https://huggingface.co";' in text
+    assert "proxy_ssl_verify on;" in text  # a TLS upstream is checked against the CA bundle
+
+
 # ---- bad input: one line, non-zero, no traceback -------------------------------------------------
 
 def one_line(done, *needles: str) -> str:
