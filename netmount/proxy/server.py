@@ -93,17 +93,12 @@ def options(host: str, port: int, cache_dir: str | Path, upstream: str, *, max_s
 
 
 def _owner(root: Path) -> str:
-    """``user group`` owning the cache dir (or its nearest existing parent)."""
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    st = probe.stat()
+    """``user group`` owning the cache dir; ours if it does not exist yet (we create it)."""
     try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        return "root root"
-    return f"{user} {group}"
+        st = root.stat()
+        return f"{pwd.getpwuid(st.st_uid).pw_name} {grp.getgrgid(st.st_gid).gr_name}"
+    except (OSError, KeyError):
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
 
 
 # ---- checks that make one-line errors of nginx's failures ----------------------------------
