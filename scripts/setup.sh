@@ -1,5 +1,6 @@
 # Sourced by scripts/test and scripts/demo: install what is missing, safe to run twice.
 #   - python3 + python3-venv, fuse3 + libfuse2 from apt (when root and missing)
+#   - nginx from apt (built with the slice module; for `netmount cache-proxy` and its tests)
 #   - a venv ($NETMOUNT_VENV, default .venv) with torch==2.13.0 (CPU) and netmount[test]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
 have_libfuse2 || pkgs+=(libfuse2)
+# nginx lives in /usr/sbin, which an ordinary user's PATH often lacks
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 if [ "${#pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing with apt-get: ${pkgs[*]}"
@@ -24,6 +27,12 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
   else
     say "missing: ${pkgs[*]}; install them with: sudo apt-get install ${pkgs[*]}"
   fi
+fi
+if ! command -v nginx >/dev/null 2>&1 && [ -x /usr/sbin/nginx ]; then
+  export PATH="$PATH:/usr/sbin"
+fi
+if command -v nginx >/dev/null 2>&1 && ! nginx -V 2>&1 | grep -q -- '--with-http_slice_module'; then
+  say "warning: $(command -v nginx) lacks the slice module that netmount cache-proxy needs"
 fi
 
 stamp="$venv/.netmount-installed"
