@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from hubproc import HubProcess
-
 from netmount.core.errors import BadInput
 from netmount.proxy import nginx_config
 from netmount.proxy.nginx_config import Layout, ProxyOptions, render
 from netmount.proxy.server import alive
+
+from conftest import run_cli
+from hubproc import HubProcess
 
 MiB = 1 << 20
 TOKEN = "good-token"
