@@ -220,3 +220,18 @@ def test_a_retry_midway_delivers_pieces_again_with_the_same_bytes(backend, prefe
 def test_fetch_bytes_is_the_source(backend, path, start, end):
     got = fetch_bytes(backend.fetcher, backend.files[path], start, end).result(timeout=WAIT)
     assert type(got) is bytes and got == backend.src[path][start:end]
+
+
+def test_fetch_bytes_fails_when_the_fetch_is_cancelled():
+    """A fetch cancelled under it (a fetcher closing) fails ``fetch_bytes`` with FetchError
+    instead of leaving its caller waiting forever."""
+    run = concurrent.futures.Future()
+
+    class Cancelled:  # pure logic: only the future matters here
+        def fetch(self, file, start, end, on_part, *, part_size=0, prefetch=False):
+            return run
+
+    got = fetch_bytes(Cancelled(), RemoteFile("x", 10, "cid"), 0, 10)
+    run.cancel()
+    with pytest.raises(FetchError, match="cancelled"):
+        got.result(timeout=WAIT)

@@ -67,6 +67,9 @@ def fetch_bytes(fetcher: Fetcher, file: RemoteFile, start: int, end: int, *,
             got[0][offset - start : offset - start + len(data)] = data
 
     def done(run: concurrent.futures.Future) -> None:
+        if run.cancelled():  # (a fetcher shutting down): fail, never leave the caller waiting
+            out.set_exception(FetchError(f"{file.path} [{start}, {end}): cancelled"))
+            return
         exc = run.exception()
         if exc is not None:
             out.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{file.path}: {exc}"))
