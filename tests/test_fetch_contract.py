@@ -123,10 +123,11 @@ def backend(request, sources):
 def run(backend, path: str, start: int, end: int, part_size: int = 0, prefetch: bool = False):
     """Fetch, collect every ``on_part`` call, and check the contract's invariants that hold
     whatever happened: each call is a whole piece of the contract, with the source's bytes,
-    on a thread of the fetcher's.  Returns (future, the calls as (offset, length))."""
+    on a thread of the fetcher's, before the future resolves.  Returns (future, the calls as
+    (offset, length))."""
     src = backend.src[path]
     want = pieces(start, end, part_size)
-    calls, bad = [], []
+    calls, bad, fut = [], [], []
     lock = threading.Lock()
 
     def on_part(offset: int, data: bytes) -> None:
@@ -138,15 +139,17 @@ def run(backend, path: str, start: int, end: int, part_size: int = 0, prefetch: 
                 bad.append(f"wrong bytes in [{offset}, {offset + len(data)})")
             if threading.current_thread() is threading.main_thread():
                 bad.append("on_part ran on the caller's thread")
+            if fut and fut[0].done():
+                bad.append(f"piece [{offset}, {offset + len(data)}) after the future resolved")
 
-    fut = backend.fetcher.fetch(backend.files[path], start, end, on_part, part_size=part_size,
-                                prefetch=prefetch)
-    assert isinstance(fut, concurrent.futures.Future)
+    fut.append(backend.fetcher.fetch(backend.files[path], start, end, on_part, part_size=part_size,
+                                     prefetch=prefetch))
+    assert isinstance(fut[0], concurrent.futures.Future)
     try:
-        fut.exception(timeout=WAIT)
+        fut[0].exception(timeout=WAIT)
     finally:
         assert bad == []
-    return fut, calls
+    return fut[0], calls
 
 
 def delivered_once_each(calls, start, end, part_size) -> bool:
