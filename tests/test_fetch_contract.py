@@ -123,10 +123,11 @@ def backend(request, sources):
 def run(backend, path: str, start: int, end: int, part_size: int = 0, prefetch: bool = False):
     """Fetch, collect every ``on_part`` call, and check the contract's invariants that hold
     whatever happened: each call is a whole piece of the contract, with the source's bytes,
-    on a thread of the fetcher's.  Returns (future, the calls as (offset, length))."""
+    on a thread of the fetcher's, before the future resolves.  Returns (future, the calls as
+    (offset, length))."""
     src = backend.src[path]
     want = pieces(start, end, part_size)
-    calls, bad = [], []
+    calls, bad, fut = [], [], []
     lock = threading.Lock()
 
     def on_part(offset: int, data: bytes) -> None:
@@ -138,15 +139,17 @@ def run(backend, path: str, start: int, end: int, part_size: int = 0, prefetch: 
                 bad.append(f"wrong bytes in [{offset}, {offset + len(data)})")
             if threading.current_thread() is threading.main_thread():
                 bad.append("on_part ran on the caller's thread")
+            if fut and fut[0].done():
+                bad.append(f"piece [{offset}, {offset + len(data)}) after the future resolved")
 
-    fut = backend.fetcher.fetch(backend.files[path], start, end, on_part, part_size=part_size,
-                                prefetch=prefetch)
-    assert isinstance(fut, concurrent.futures.Future)
+    fut.append(backend.fetcher.fetch(backend.files[path], start, end, on_part, part_size=part_size,
+                                     prefetch=prefetch))
+    assert isinstance(fut[0], concurrent.futures.Future)
     try:
-        fut.exception(timeout=WAIT)
+        fut[0].exception(timeout=WAIT)
     finally:
         assert bad == []
-    return fut, calls
+    return fut[0], calls
 
 
 def delivered_once_each(calls, start, end, part_size) -> bool:
@@ -220,3 +223,18 @@ def test_a_retry_midway_delivers_pieces_again_with_the_same_bytes(backend, prefe
 def test_fetch_bytes_is_the_source(backend, path, start, end):
     got = fetch_bytes(backend.fetcher, backend.files[path], start, end).result(timeout=WAIT)
     assert type(got) is bytes and got == backend.src[path][start:end]
+
+
+def test_fetch_bytes_fails_when_the_fetch_is_cancelled():
+    """A fetch cancelled under it (a fetcher closing) fails ``fetch_bytes`` with FetchError
+    instead of leaving its caller waiting forever."""
+    run = concurrent.futures.Future()
+
+    class Cancelled:  # pure logic: only the future matters here
+        def fetch(self, file, start, end, on_part, *, part_size=0, prefetch=False):
+            return run
+
+    got = fetch_bytes(Cancelled(), RemoteFile("x", 10, "cid"), 0, 10)
+    run.cancel()
+    with pytest.raises(FetchError, match="cancelled"):
+        got.result(timeout=WAIT)

@@ -16,8 +16,10 @@ on demand, for unit tests of everything above it).
 - ``on_part`` runs on a thread of the fetcher's (keep it short, never block on I/O or on
   another fetch), in any order, and only with bytes already verified (206, exact
   Content-Range, exact length).
-- A try that fails midway may have delivered some pieces; the retry delivers them again
-  (the same bytes).  Consumers must accept a piece twice.
+- A try that fails midway may have delivered some pieces; the retry may deliver them again
+  (the same bytes: ``RangeFetcher`` does for pieces a retried request holds whole, not for
+  one it put together from parallel requests and already handed out).  Consumers must
+  accept a piece twice.
 - The future's result is always ``end - start`` (an ``int``: the body is never held twice),
   once every piece has been delivered; on failure it raises ``FetchError`` (after the
   fetcher's own retries).  There is no partial success.
@@ -67,6 +69,9 @@ def fetch_bytes(fetcher: Fetcher, file: RemoteFile, start: int, end: int, *,
             got[0][offset - start : offset - start + len(data)] = data
 
     def done(run: concurrent.futures.Future) -> None:
+        if run.cancelled():  # (a fetcher shutting down): fail, never leave the caller waiting
+            out.set_exception(FetchError(f"{file.path} [{start}, {end}): cancelled"))
+            return
         exc = run.exception()
         if exc is not None:
             out.set_exception(exc if isinstance(exc, FetchError) else FetchError(f"{file.path}: {exc}"))
