@@ -38,6 +38,8 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import aiohttp
 
+from netmount.core import settings
+from netmount.core.blocks import PAGE  # a split that cannot cut on piece edges cuts on pages
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
 from netmount.remote.contract import OnPart
@@ -54,7 +56,6 @@ DEFAULT_MIN_RATE = 64 << 10  # bytes/s: slower than this over a whole request is
 # SPLIT_PIECE: where each connection is capped (CDNs, the bench's emulated link) a 1 MiB
 # miss then costs a round trip and a quarter of its transfer time.
 SPLIT_PIECE, SPLIT_MAX = 256 << 10, 4
-PAGE = 4096  # a split that cannot cut on piece edges cuts on pages
 
 
 def _env_number(name: str, default, kind=float):
@@ -92,7 +93,7 @@ class RangeFetcher:
         sha: str,
         token: str | None = None,
         *,
-        connections: int = 8,
+        connections: int = settings.DEFAULT_CONNECTIONS,
         max_retries: int | None = None,
         timeout: float | None = None,
         backoff: float | None = None,
