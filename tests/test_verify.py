@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, sha256_file
-from faultkit import BLOCK, fhub, fm  # noqa: F401 (fixtures)
 from netmount.core.units import format_size
 from netmount.dev.testhub.repo import git_blob_sha1
+
+from conftest import run_cli, sha256_file
+from faultkit import BLOCK, fhub, fm  # noqa: F401 (fixtures)
 
 REPO = "verify/model"
 
@@ -126,7 +127,8 @@ def test_partial_file_is_not_checked_and_nothing_is_fetched(fm, fhub, fault_root
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"big.bin: partial ({100 * cached // (32 * BLOCK)}% cached), not checked" in done.stdout
     hashed = format_size((fault_root / REPO / "config.json").stat().st_size)
-    assert done.stdout.strip().splitlines()[-1] == f"1 files checked, all match ({hashed} hashed), 1 partial (not checked)"
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == f"1 files checked, all match ({hashed} hashed), 1 partial (not checked)"
     code, records = _verify(mp, "--match", "*.bin", "--match", "config.*")
     assert code == 0
     assert records["big.bin"]["status"] == "partial" and records["big.bin"]["cached_bytes"] == cached
