@@ -82,7 +82,7 @@ def test_lying_hub_is_caught_dropped_and_healed(fm, fhub, fault_root):
     assert sha256_file(mp / bad[0]) != _sha256(src / bad[0])  # the lie went through unseen
     _idle(mp)
 
-    done = run_cli("verify", str(mp), *names, "--fetch")
+    done = run_cli("verify", str(mp), "--fetch", *names)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     mismatched = sorted(line.split(":")[0] for line in lines[:-1])
@@ -170,3 +170,10 @@ def test_bad_input_is_one_line(fm, tmp_path, args, message):
     done = run_cli("verify", *[a.format(tmp=tmp_path, mp=mp) for a in args])
     assert done.returncode != 0 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+
+
+def test_paths_may_follow_options():
+    from netmount.commands.cli import build_parser
+
+    args = build_parser().parse_args(["verify", "/m", "--fetch", "a.bin", "--match", "*.json", "b/c.json"])
+    assert (args.mountpoint, args.paths, args.match, args.fetch) == ("/m", ["a.bin", "b/c.json"], ["*.json"], True)

@@ -57,6 +57,26 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="a JSON array of records, one per file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
+    p.__class__ = _intermixed(type(p))
+
+
+def _intermixed(base: type) -> type:
+    """``verify MP --fetch a.bin b.bin``: argparse alone stops taking PATHs at the first
+    option; intermixed parsing takes them wherever they are."""
+
+    class Intermixed(base):
+        _inside = False
+
+        def parse_known_args(self, args=None, namespace=None):
+            if self._inside:  # parse_known_intermixed_args calls back in here
+                return super().parse_known_args(args, namespace)
+            self._inside = True
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._inside = False
+
+    return Intermixed
 
 
 def cmd_verify(args) -> int:
