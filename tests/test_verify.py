@@ -177,3 +177,35 @@ def test_paths_may_follow_options():
 
     args = build_parser().parse_args(["verify", "/m", "--fetch", "a.bin", "--match", "*.json", "b/c.json"])
     assert (args.mountpoint, args.paths, args.match, args.fetch) == ("/m", ["a.bin", "b/c.json"], ["*.json"], True)
+
+
+def test_reader_forget_drops_every_tier_of_one_file():
+    """Wrong bytes in every in-memory tier and the store: after drop + forget, a read is
+    fetched again (the daemon's side of a mismatch, without a mount)."""
+    from cache import MemoryBlockStore
+    from netmount.read.reader import BlockReader, ExactRead
+    from netmount.remote.hub import RemoteFile
+    from netmount.remote.memory import MemoryFetcher
+
+    bs = 64 << 10
+    right = os.urandom(6 * bs + 5)
+    wrong = bytes(b ^ 0xFF for b in right)
+    fetcher = MemoryFetcher({"a.safetensors": wrong, "b.bin": right})
+    store = MemoryBlockStore(bs)
+    reader = BlockReader(store, fetcher, head_bytes=bs // 4)
+    a = RemoteFile("a.safetensors", len(right), "c" * 64, True)
+    b = RemoteFile("b.bin", len(right), "d" * 64, True)
+    assert reader.read(a, 0, 100) == wrong[:100]  # the head tier
+    assert reader.read(a, 3 * bs + 10, 50, exact=ExactRead()) == wrong[3 * bs + 10:3 * bs + 60]  # an extent
+    assert reader.read(a, 0, len(right)) == wrong  # blocks: memory and store
+    assert reader.read(b, 0, len(right)) == right
+    assert reader.drain(10)
+    fetcher.contents["a.safetensors"] = right
+    assert reader.read(a, 0, len(right)) == wrong  # still served from the tiers
+    assert store.drop(a.content_id) > 0
+    reader.forget(a)
+    assert reader.read(a, 0, 100) == right[:100]
+    assert reader.read(a, 3 * bs + 10, 50, exact=ExactRead()) == right[3 * bs + 10:3 * bs + 60]
+    assert reader.read(a, 0, len(right)) == right
+    assert store.cached_bytes(b.content_id) == len(right)  # the other file kept its blocks
+    reader.close()
