@@ -36,6 +36,15 @@ rows at a time after each put, so the stored block bytes stay below ``size_limit
 one block; on disk, for a moment, also the blocks being written by concurrent puts and
 the culled files not yet unlinked.
 
+Verified marks (``netmount verify``): one row per content and block size, key
+``f"{content_id}:{block_size};verified"`` (outside every content's block range, so the
+``cached_*`` scans never see it), value 1 (kept in the row: size 0), tag the content's
+*fingerprint* when it was hashed: (block count, newest ``store_time``, newest ``rowid``)
+of its rows.  diskcache culls without telling anyone, so an eviction cannot remove the
+mark; instead ``is_verified`` compares the fingerprint with the rows as they are now, and
+a block evicted (count drops) or stored again (newer ``store_time``) voids the mark.
+``drop`` deletes the blocks of every block size and the marks with them.
+
 Several processes may open one directory: SQLite (WAL) serializes writers, each process
 and thread has its own connection, and a block deleted by another process between
 lookup and read is a miss.
@@ -114,7 +123,9 @@ class DiskBlockStore(BlockStore):
     store in ``SafeBlockStore`` so that failures *after* opening never fail a read.
     """
 
-    def __init__(self, directory, block_size: int, size_limit: int, *, timeout: float = 10.0) -> None:
+    def __init__(self, directory, block_size: int, size_limit: int | None, *, timeout: float = 10.0) -> None:
+        """``size_limit=None`` keeps the limit stored in an existing directory (a second
+        process that only reads and checks, like ``netmount verify``)."""
         self.block_size = check_block_size(block_size)
         self.directory = os.fspath(directory)
         self._locks = None
@@ -123,11 +134,12 @@ class DiskBlockStore(BlockStore):
         if not os.path.isdir(self.directory):
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             os.chmod(self.directory, 0o700)
+        limit = {} if size_limit is None else {"size_limit": int(size_limit)}
         self._cache = diskcache.Cache(
             self.directory,
             timeout=timeout,
             disk=_BlockDisk,
-            size_limit=int(size_limit),
+            **limit,
             eviction_policy="least-recently-stored",
             disk_min_file_size=0,  # every block is a file: exact `size`, see module doc
             cull_limit=CULL_LIMIT,
@@ -197,6 +209,46 @@ class DiskBlockStore(BlockStore):
             self._bounds(content_id),
         ).fetchall()
         return total
+
+    def drop(self, content_id: str) -> int:
+        """Delete the blocks of ``content_id`` of every block size, and its marks, in one
+        transaction; returns the bytes deleted."""
+        if not content_id or ":" in content_id:
+            raise ValueError(f"bad content id {content_id!r}")
+        dropped = 0
+        with self._cache.transact(retry=True):
+            rows = self._cache._sql(
+                "SELECT key, size FROM Cache WHERE key >= ? AND key < ?",
+                (content_id + ":", content_id + ";"),
+            ).fetchall()
+            for key, size in rows:
+                if self._cache.delete(key, retry=True):
+                    dropped += size
+        return dropped
+
+    def _mark_key(self, content_id: str) -> str:
+        return f"{content_id}:{self.block_size};verified"
+
+    def fingerprint(self, content_id: str) -> str:
+        ((count, newest, last),) = self._cache._sql(
+            "SELECT COUNT(*), COALESCE(MAX(store_time), 0), COALESCE(MAX(rowid), 0) FROM Cache"
+            " WHERE key >= ? AND key < ?",
+            self._bounds(content_id),
+        ).fetchall()
+        return f"{count}/{newest!r}/{last}"
+
+    def mark_verified(self, content_id: str, fingerprint) -> bool:
+        if not fingerprint:
+            return False
+        with self._cache.transact(retry=True):
+            if self.fingerprint(content_id) != fingerprint:
+                return False  # a block changed while it was being hashed
+            self._cache.set(self._mark_key(content_id), 1, tag=fingerprint, retry=True)
+        return True
+
+    def is_verified(self, content_id: str) -> bool:
+        value, tag = self._cache.get(self._mark_key(content_id), tag=True)
+        return value == 1 and tag == self.fingerprint(content_id)
 
     def volume(self) -> int:
         """Bytes of stored blocks (kept by diskcache's triggers; the SQLite file is extra)."""

@@ -22,6 +22,9 @@ class MemoryBlockStore(BlockStore):
         self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._by_content: dict[str, dict[int, int]] = {}  # content id -> {index: length}
         self._volume = 0
+        self._changes = 0  # bumped by every put and discard: the fingerprints' clock
+        self._changed: dict[str, int] = {}  # content id -> clock at its last change
+        self._verified: dict[str, tuple[int, int]] = {}  # content id -> fingerprint marked
 
     def get(self, content_id: str, index: int) -> bytes | None:
         key = (content_id, index)
@@ -35,6 +38,7 @@ class MemoryBlockStore(BlockStore):
         data = check_block(self.block_size, content_id, index, data)
         with self._lock:
             self._discard((content_id, index))
+            self._touch(content_id)
             self._blocks[(content_id, index)] = data
             self._by_content.setdefault(content_id, {})[index] = len(data)
             self._volume += len(data)
@@ -46,10 +50,41 @@ class MemoryBlockStore(BlockStore):
         if data is None:
             return
         self._volume -= len(data)
+        self._touch(key[0])
         lengths = self._by_content[key[0]]
         del lengths[key[1]]
         if not lengths:
             del self._by_content[key[0]]
+
+    def _touch(self, content_id: str) -> None:
+        self._changes += 1
+        self._changed[content_id] = self._changes
+
+    def drop(self, content_id: str) -> int:
+        with self._lock:
+            dropped = 0
+            for i in list(self._by_content.get(content_id, ())):
+                dropped += len(self._blocks[(content_id, i)])
+                self._discard((content_id, i))
+            self._verified.pop(content_id, None)
+            return dropped
+
+    def fingerprint(self, content_id: str):
+        with self._lock:
+            return (len(self._by_content.get(content_id, ())), self._changed.get(content_id, 0))
+
+    def mark_verified(self, content_id: str, fingerprint) -> bool:
+        with self._lock:
+            now = (len(self._by_content.get(content_id, ())), self._changed.get(content_id, 0))
+            if fingerprint is None or tuple(fingerprint) != now:
+                return False
+            self._verified[content_id] = now
+            return True
+
+    def is_verified(self, content_id: str) -> bool:
+        with self._lock:
+            now = (len(self._by_content.get(content_id, ())), self._changed.get(content_id, 0))
+            return self._verified.get(content_id) == now
 
     def cached_indices(self, content_id: str) -> list[int]:
         with self._lock:
@@ -67,4 +102,5 @@ class MemoryBlockStore(BlockStore):
         with self._lock:
             self._blocks.clear()
             self._by_content.clear()
+            self._verified.clear()
             self._volume = 0

@@ -91,6 +91,34 @@ class SafeBlockStore(BlockStore):
         except Exception as exc:
             self._failed("will_need", exc)
 
+    def drop(self, content_id: str) -> int:
+        try:
+            return self.inner.drop(content_id)
+        except Exception as exc:
+            self._failed("drop", exc)
+            return 0
+
+    def fingerprint(self, content_id: str):
+        try:
+            return self.inner.fingerprint(content_id)
+        except Exception as exc:
+            self._failed("fingerprint", exc)
+            return None
+
+    def mark_verified(self, content_id: str, fingerprint) -> bool:
+        try:
+            return self.inner.mark_verified(content_id, fingerprint)
+        except Exception as exc:
+            self._failed("mark_verified", exc)
+            return False
+
+    def is_verified(self, content_id: str) -> bool:
+        try:
+            return self.inner.is_verified(content_id)
+        except Exception as exc:
+            self._failed("is_verified", exc)
+            return False
+
     def block_locks(self):
         try:
             return self.inner.block_locks()

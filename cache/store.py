@@ -46,6 +46,28 @@ class BlockStore(abc.ABC):
         into the kernel's page cache, so the ``get`` that follows does not wait on the
         disk; the default does nothing."""
 
+    def drop(self, content_id: str) -> int:
+        """Delete every stored block of ``content_id`` (any block size) and its verified
+        mark; returns the bytes deleted.  For a content found to be wrong (``netmount
+        verify``): the next read fetches it again."""
+        raise NotImplementedError
+
+    def fingerprint(self, content_id: str):
+        """An opaque value that changes whenever a block of ``content_id`` is stored,
+        replaced, evicted or dropped (None: this store cannot tell)."""
+        return None
+
+    def mark_verified(self, content_id: str, fingerprint) -> bool:
+        """Record that the blocks of ``content_id`` were hashed and found right, *if*
+        they are still those ``fingerprint`` describes (taken before hashing); returns
+        whether the mark was stored."""
+        return False
+
+    def is_verified(self, content_id: str) -> bool:
+        """A mark is there and no block of the content changed since (an eviction or a
+        refetch of any block voids it: checked here, as eviction cannot tell us)."""
+        return False
+
     def block_locks(self):
         """A ``StripeLocks`` (cache/locks.py) shared by every process using this store, or
         None when the store is private to one process (nothing to coordinate)."""

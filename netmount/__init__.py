@@ -4,11 +4,12 @@
         model = AutoModelForCausalLM.from_pretrained(path)
 """
 
-__all__ = ["Mount", "NetmountError", "list_tensors", "mount", "read_stats", "unmount"]
+__all__ = ["Mount", "NetmountError", "list_tensors", "mount", "read_stats", "unmount", "verify"]
 # (warming the cache: ``netmount.commands.warm.prefetch`` — ``netmount.read.prefetch`` is the daemon's module)
 
 _HOMES = {"Mount": "mounting.lifecycle", "mount": "mounting.lifecycle", "unmount": "mounting.lifecycle",
-          "read_stats": "mounting.stats", "list_tensors": "commands.tensorlist"}
+          "read_stats": "mounting.stats", "list_tensors": "commands.tensorlist",
+          "verify": "commands.verify"}
 
 
 def __getattr__(name):

@@ -571,3 +571,72 @@ def test_safe_disk_full(tmp_path, monkeypatch):
     values = [f for _, _, files in os.walk(tmp_path / "c") for f in files if f.endswith(".val")]
     assert len(values) == 1
     store.close()
+
+
+# -- drop and verified marks (netmount verify) -----------------------------------------------
+
+def test_drop_removes_one_content_and_nothing_else(make):
+    store = make()
+    for i in range(5):
+        store.put("aa", i, b"a" * (BS if i < 4 else 100))
+        store.put("aab", i, b"b" * BS)  # a content id that extends the first one
+    assert store.drop("aa") == 4 * BS + 100
+    assert store.cached_indices("aa") == [] and store.get("aa", 0) is None
+    assert store.cached_indices("aab") == list(range(5)) and store.volume() == 5 * BS
+    assert store.drop("aa") == 0
+
+
+def test_verified_mark_holds_until_a_block_changes(make):
+    store = make()
+    for i in range(3):
+        store.put("c", i, b"c" * BS)
+    assert not store.is_verified("c")
+    fp = store.fingerprint("c")
+    assert store.mark_verified("c", fp) and store.is_verified("c")
+    assert store.cached_indices("c") == [0, 1, 2] and store.cached_bytes("c") == 3 * BS  # the mark is no block
+    assert store.volume() == 3 * BS
+    store.put("c", 1, b"d" * BS)  # stored again (a refetch after an eviction)
+    assert not store.is_verified("c")
+    assert not store.mark_verified("c", fp)  # hashed before the change: refused
+    assert store.mark_verified("c", store.fingerprint("c")) and store.is_verified("c")
+    store.drop("c")
+    assert not store.is_verified("c")
+
+
+def test_verified_mark_goes_when_a_block_is_evicted(make):
+    store = make(size_limit=8 * BS)
+    for i in range(4):
+        store.put("v", i, b"v" * BS)
+    assert store.mark_verified("v", store.fingerprint("v"))
+    for i in range(8):
+        store.put("other", i, b"o" * BS)  # pushes the oldest blocks of "v" out
+    assert store.cached_indices("v") != [0, 1, 2, 3]
+    assert not store.is_verified("v")
+
+
+def test_disk_drop_is_seen_by_another_process_handle_and_marks_are_per_block_size(tmp_path):
+    a = DiskBlockStore(tmp_path / "c", BS, 1 << 30)
+    b = DiskBlockStore(tmp_path / "c", BS, None)  # keeps the stored limit
+    other_bs = DiskBlockStore(tmp_path / "c", 2 * BS, None)
+    try:
+        a.put("k", 0, b"k" * BS)
+        other_bs.put("k", 0, b"K" * 2 * BS)
+        assert b.mark_verified("k", b.fingerprint("k")) and a.is_verified("k")
+        assert not other_bs.is_verified("k")
+        assert b._cache.size_limit == 1 << 30
+        assert b.drop("k") == 3 * BS  # every block size
+        assert a.get("k", 0) is None and other_bs.get("k", 0) is None and not a.is_verified("k")
+        assert a.volume() == 0
+    finally:
+        for s in (a, b, other_bs):
+            s.close()
+
+
+def test_safe_store_drop_and_marks_pass_through_and_fail_soft():
+    store = SafeBlockStore(MemoryBlockStore(BS), logging.getLogger("test.safe"))
+    store.put("c", 0, b"x" * BS)
+    assert store.mark_verified("c", store.fingerprint("c")) and store.is_verified("c")
+    assert store.drop("c") == BS and not store.is_verified("c")
+    broken = SafeBlockStore(Broken(), logging.getLogger("test.safe"))
+    assert broken.drop("c") == 0 and broken.fingerprint("c") is None
+    assert not broken.mark_verified("c", "x") and not broken.is_verified("c")

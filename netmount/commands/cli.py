@@ -15,7 +15,7 @@ from netmount.core.units import format_size
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` that adds a
 # parser with ``set_defaults(func=...)``; ``func(args) -> int`` may raise NetmountError.
-COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cache_proxy"]
+COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cache_proxy", "commands.verify"]
 
 
 def _add_mount(sub) -> None:

@@ -32,7 +32,8 @@ def render_summary(s: dict) -> str:
                     f"   amplification {'-' if amp is None else f'{amp:.2f}'}"),
         ("cache", f"{_pct(hits, hits + misses)} block hits ({hits} hits, {misses} misses)"),
         ("cached", f"{format_size(s['cached_bytes'])} of {format_size(s.get('total_bytes', 0))}"
-                   f" ({_pct(s['cached_bytes'], s.get('total_bytes', 0))})"),
+                   f" ({_pct(s['cached_bytes'], s.get('total_bytes', 0))}),"
+                   f" {s.get('verified_files', 0)} files verified"),
         ("http", f"{s['requests']} requests, {s['retries']} retries, {s['errors']} errors"),
         ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
                  f" average {format_size(s.get('download_rate_avg', 0))}/s"),

@@ -102,7 +102,11 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     def stats_json() -> bytes:
         return (json.dumps(stats(), separators=(",", ":")) + "\n").encode()
 
-    ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, on_ready, prefetcher)
+    from netmount.mounting.drop import make_drop
+
+    drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
+    ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, on_ready, prefetcher,
+                     on_drop=drop)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
         serve(ops, config.mountpoint, allow_other=config.allow_other)

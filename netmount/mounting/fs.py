@@ -7,6 +7,8 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 ``readdir``), read with ``direct_io`` so every open sees fresh content: ``stats.json``
 (the numbers), ``idle`` (its open waits until nothing is in flight: tests and
 ``netmount prefetch`` wait on it instead of polling).
+``/.netmount/drop/<path>``: opening it makes the daemon forget every cached byte of that
+file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
 """
@@ -35,6 +37,7 @@ CONTROL_DIR = "/.netmount"
 STATS_FILE = CONTROL_DIR + "/stats.json"
 IDLE_FILE = CONTROL_DIR + "/idle"  # opening it waits until the daemon has nothing in flight
 RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
+DROP_DIR = CONTROL_DIR + "/drop"  # opening drop/<path> drops that file's cached bytes (``netmount verify``)
 
 
 class NetmountFS(Operations):
@@ -47,10 +50,12 @@ class NetmountFS(Operations):
         controls: dict[str, Callable[[], bytes]],
         on_ready: Callable[[], None] | None = None,
         prefetcher=None,
+        on_drop: Callable[[RemoteFile], bytes] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
         self.prefetcher = prefetcher
+        self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
         self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
         self.dirs: dict[str, set[str]] = {"/": set()}
         for f in snapshot.files:
@@ -80,11 +85,28 @@ class NetmountFS(Operations):
             return rest, True
         return path, False
 
+    def _drop_target(self, path: str) -> str | None:
+        """``/.netmount/drop/<p>`` -> ``/<p>`` (a file or folder of the repo), else None."""
+        if self.on_drop is None:
+            return None
+        if path == DROP_DIR:
+            return "/"
+        if path.startswith(DROP_DIR + "/"):
+            return path[len(DROP_DIR):]
+        return None
+
     # -- metadata --------------------------------------------------------------------------
     def getattr(self, path, fh=None):
+        target = self._drop_target(path)
         path, _raw = self._split(path)
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
                 "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
+        if target is not None:  # the repo's tree again, its files as empty control files
+            if target in self.files:
+                return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
+            if target in self.dirs:
+                return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
+            raise FuseOSError(errno.ENOENT)
         f = self.files.get(path)
         if f is not None:
             cached = min(self._cached_bytes(f), f.size)
@@ -101,7 +123,8 @@ class NetmountFS(Operations):
         children = self.dirs.get(path)
         if children is None:
             if path == CONTROL_DIR:
-                return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), "raw"]
+                extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
+                return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
             raise FuseOSError(errno.ENOENT)
         return [".", "..", *sorted(children)]
 
@@ -122,10 +145,11 @@ class NetmountFS(Operations):
     def open(self, path, fi):
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        if path in self.controls:
+        target = self._drop_target(path)
+        if path in self.controls or (target is not None and target in self.files):
             fi.fh = next(self._handles)
             fi.direct_io = 1  # fresh content at every open
-            content = self.controls[path]()
+            content = self.controls[path]() if target is None else self.on_drop(self.files[target])
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0

@@ -12,6 +12,10 @@ download_rate download_rate_avg amplification files[{path size cached_bytes fetc
 served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
+For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the memory
+fallback), ``cache_size``, ``verified_files``, and per file ``content_id`` (the listing's
+LFS sha256, else its git blob sha1), ``lfs`` and ``verified`` (all blocks cached and
+hashed right since any of them last changed: ``cache/disk.py``).
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class HeaderCache:
         self._known[f.path] = found
         return found
 
+    def forget(self, f) -> None:
+        self._known.pop(f.path, None)
+
     def _local(self, f, start: int, end: int) -> bytes:
         blocks: dict[int, bytes] = {}
         for i in block_range(start, end - start, f.size, self.block_size):
@@ -132,6 +139,11 @@ class StatsBuilder:
             return build_stats(self.config, self.snap, self.counters, self.store,
                                coverage=self.coverage, headers=self.headers, rate=self.rate)
 
+    def forget(self, f) -> None:
+        """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
+        with self._lock:
+            self.headers.forget(f)
+
     def close(self) -> None:
         self.rate.close()
 
@@ -140,13 +152,15 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
     values = counters.snapshot()
     per_file = counters.per_file()
     files, tensors = [], []
-    cached_total = read_total = 0
+    cached_total = read_total = verified_total = 0
     for f in snap.files:
         try:
             cached = min(store.cached_bytes(f.content_id), f.size)
             runs = coalesce(store.cached_indices(f.content_id)) if cached else []
         except Exception:
             cached, runs = 0, []
+        verified = cached == f.size and _is_verified(store, f.content_id)
+        verified_total += verified
         read = coverage.covered_bytes(f.path) if coverage is not None else 0
         cached_total += cached
         read_total += read
@@ -158,6 +172,9 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
             "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
             "read_bytes": read,
             "cached_runs": [list(r) for r in runs],
+            "content_id": f.content_id,
+            "lfs": f.lfs,
+            "verified": verified,
         })
         known = headers.tensors(f) if headers is not None else None
         if known:
@@ -188,6 +205,9 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         # where served reads were found, tier by tier (read/tiers.py, head.py, extents.py)
         "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
         "cached_bytes": cached_total,
+        "verified_files": verified_total,
+        "cache_dir": _disk_dir(store),
+        "cache_size": getattr(config, "cache_size", None),
         "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
@@ -195,6 +215,21 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "files": files,
         "tensors": tensors,
     }
+
+
+def _is_verified(store, content_id: str) -> bool:
+    try:
+        return bool(store.is_verified(content_id))
+    except Exception:  # a store without marks
+        return False
+
+
+def _disk_dir(store) -> str | None:
+    """The block store's directory, or None when the daemon runs on its memory fallback
+    (``netmount verify`` reads the blocks from there)."""
+    inner = getattr(store, "inner", store)
+    directory = getattr(inner, "directory", None)
+    return os.fspath(directory) if directory is not None else None
 
 
 # -- client side ----------------------------------------------------------------------------

@@ -110,6 +110,13 @@ class Extents:
             failed.set_exception(exc)
             landed(failed)
 
+    def forget(self, content_id: str) -> None:
+        """Drop the extents of ``content_id`` in memory (its bytes were found wrong)."""
+        with self._lock:
+            for _, data in self._done.pop(content_id, ()):
+                self._bytes -= len(data)
+            self._anchors.pop(content_id, None)
+
     def _shrink(self) -> None:
         """Drop the oldest extents (least recently used file first) down to ``max_bytes``."""
         while self._bytes > self.max_bytes and self._done:

@@ -39,6 +39,11 @@ class HeadTier:
         with self._lock:
             return self._heads.get(f.content_id)
 
+    def forget(self, content_id: str) -> None:
+        """Drop the head of ``content_id`` (its bytes were found wrong)."""
+        with self._lock:
+            self._heads.pop(content_id, None)
+
     def get(self, f: RemoteFile) -> bytes:
         """The head of ``f``, fetched once however many readers ask."""
         with self._lock:

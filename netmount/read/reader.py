@@ -88,6 +88,13 @@ class BlockReader:
         stored blocks into memory is done; False on timeout."""
         return self.stored.drain(timeout) and self.runs.drain(timeout)
 
+    def forget(self, f: RemoteFile) -> None:
+        """Forget every byte of ``f`` held in memory (blocks, head, extents) and which of its
+        blocks are stored: called after its stored blocks were dropped (``netmount verify``
+        found them wrong), so the next read goes to the store, then the network."""
+        for tier in (self.memory, self.stored, self.head, self.extents):
+            tier.forget(f.content_id)
+
     # -- reading -----------------------------------------------------------------------------
     def read(self, f: RemoteFile, offset: int, size: int, *, exact: ExactRead | None = None,
              account: bool = True) -> bytes:

@@ -67,6 +67,12 @@ class BlockMemory:
         with self._lock:
             return len(self._blocks)
 
+    def forget(self, content_id: str) -> None:
+        """Drop every block of ``content_id`` (its stored blocks were found wrong)."""
+        with self._lock:
+            for key in [k for k in self._blocks if k[0] == content_id]:
+                del self._blocks[key]
+
 
 class StoreTier:
     """Blocks in the store, length-checked; which blocks are stored; lifting into memory."""
@@ -135,6 +141,14 @@ class StoreTier:
     def put(self, f: RemoteFile, i: int, data: bytes) -> None:
         self.store.put(f.content_id, i, data)
         self.mark(f, i)
+
+    def forget(self, content_id: str) -> None:
+        """Forget which blocks of ``content_id`` are stored (they were dropped): the next
+        ``known`` asks the store again."""
+        with self._lock:
+            self._known.pop(content_id, None)
+            for key in [k for k in self._advised if k[0] == content_id]:
+                del self._advised[key]
 
     # -- ahead of the reader -----------------------------------------------------------------
     def lift(self, f: RemoteFile, indices: Iterable[int]) -> None:

@@ -28,6 +28,9 @@ Kinds — each is what a real CDN or proxy has been seen to do:
 - ``full``: 200 and the whole file in answer to a Range request.
 - ``wrong_range``: 206 whose Content-Range (and bytes) are a shifted range — what a
   client that trusts the status code alone would take for the bytes it asked for.
+- ``lie``: the right status, Content-Range and length, but the bytes are not the file's:
+  one byte in the middle of the body is flipped (a proxy or a bit flip on the way; no
+  per-request check can see it, only the file's digest: ``netmount verify``).
 - ``stall``: headers and ``fraction`` of the body, then nothing for ``delay`` seconds
   (or until the client gives up), then a close.
 - ``delay``: wait ``delay`` seconds before answering, then answer normally (a slow link;
@@ -39,7 +42,7 @@ Kinds — each is what a real CDN or proxy has been seen to do:
 - ``bad_token``: 401 "Invalid credentials in Authorization header" when the request
   carries a bearer token the hub does not know — as the real Hub does on every route.
 
-Body faults (reset, short, full, wrong_range, stall) need a file to serve: a CDN blob or a
+Body faults (reset, short, full, wrong_range, lie, stall) need a file to serve: a CDN blob or a
 ``/resolve/`` of a regular file; other requests pass through them untouched.
 """
 
@@ -57,9 +60,9 @@ from aiohttp import web
 
 from . import ranges
 
-KINDS = {"status", "expired", "reset", "short", "full", "wrong_range", "stall", "delay",
+KINDS = {"status", "expired", "reset", "short", "full", "wrong_range", "lie", "stall", "delay",
          "slow", "listing", "bad_token"}
-BODY_KINDS = {"reset", "short", "full", "wrong_range", "stall", "slow"}
+BODY_KINDS = {"reset", "short", "full", "wrong_range", "lie", "stall", "slow"}
 
 DEFAULTS: dict[str, Any] = {
     "server": "cdn",
@@ -264,6 +267,20 @@ def _honest_plan(rules, request):
     return repo, entry, p, headers
 
 
+async def _lie(rules, rule, request, rec):
+    planned = _honest_plan(rules, request)
+    if planned is None:
+        return None
+    repo, entry, p, headers = planned
+    data = bytearray(_read(repo, entry, p.start, p.end))
+    if data:
+        data[len(data) // 2] ^= 0xFF
+    resp = await _start(request, rec, p.status, headers, len(data))
+    await _send(request, rec, resp, bytes(data))
+    await resp.write_eof()
+    return resp
+
+
 async def _slow(rules, rule, request, rec):
     planned = _honest_plan(rules, request)
     if planned is None:
@@ -333,4 +350,5 @@ _ACTIONS = {
     "short": _partial,
     "stall": _partial,
     "slow": _slow,
+    "lie": _lie,
 }
