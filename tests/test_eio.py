@@ -18,6 +18,8 @@ import pytest
 
 from conftest import Mounter
 
+pytestmark = pytest.mark.fuse  # starts its own hub process and mounts
+
 REPO = "deepseek-ai/DeepSeek-V3-tiny"
 SHARD = "model-00002-of-00010.safetensors"  # the file
 SHARD_SIZE = 1_139_104
