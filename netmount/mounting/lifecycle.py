@@ -2,7 +2,9 @@
 
 ``mount`` checks everything it can *before* starting a daemon (mountpoint, FUSE, the
 repo and revision), so bad input costs one line and leaves nothing mounted; it returns
-only once the kernel mount is live.
+only once the kernel mount is live.  Every path it hands the daemon (mountpoint, cache
+dir, log file) is absolute: the daemon runs in ``/``, where a relative path means
+something else.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ def mount(
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
     try:
-        cdir = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)
+        # absolute before anything uses it: the daemon runs with cwd "/" (see _spawn)
+        cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = _log_file(cdir, path)
