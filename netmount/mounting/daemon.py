@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netmount.remote.hub import Snapshot
@@ -101,7 +100,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
-        serve(ops, config.mountpoint, allow_other=config.allow_other)
+        # SIGTERM/SIGHUP: fail the requests in flight first (a read blocked on a stalled
+        # server gets EIO now and frees its FUSE worker), then the FUSE loop ends
+        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.close)
     finally:
         log.info("unmounted %s; closing", config.mountpoint)
         if prefetcher is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ class Mount:
         mmaps of them), detach lazily: the kernel finishes the unmount when they let go."""
         if mounts.find_mount(self.path) or mounts.is_dead(self.path):
             try:
-                unmount(self.path)
+                unmount(self.path, stop_daemon=False)
             except errors.MountpointError:
                 mounts.force_unmount(self.path, lazy=True)
         if self.process is not None:
@@ -268,10 +269,40 @@ def _slug(path: str) -> str:
     return path.strip("/").replace("/", "_") or "root"
 
 
-def unmount(mountpoint: str | os.PathLike) -> None:
+STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount
+
+
+def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = True) -> None:
+    """Unmount ``mountpoint``.  If it is busy — a program has a file open, perhaps in a
+    read that waits on a stalled server — and ``stop_daemon``, stop its daemon (SIGTERM):
+    it fails the reads in flight with EIO and unmounts as it exits (libfuse detaches
+    lazily), so programs still using the mount then get errors.  ``Mount.unmount`` passes
+    ``stop_daemon=False`` and detaches lazily instead: the daemon keeps serving programs
+    that hold files (a model's mmapped tensors) until they let go."""
     path = os.path.abspath(os.fspath(mountpoint))
     if mounts.find_mount(path) is None and not mounts.is_dead(path):
         raise errors.NotAMount(f"{path} is not a netmount mount")
-    if not mounts.force_unmount(path):
-        raise errors.MountpointError(
-            f"could not unmount {path} (busy? close programs using it, or: fusermount -uz {path})")
+    if mounts.force_unmount(path):
+        return
+    if stop_daemon and _stop_daemon(path):
+        return
+    raise errors.MountpointError(
+        f"could not unmount {path} (busy? close programs using it, or: fusermount -uz {path})")
+
+
+def _stop_daemon(path: str) -> bool:
+    """SIGTERM the daemon serving ``path`` (its pid from the mount's stats) and wait for
+    the mount to go; False if there is no daemon to ask or the mount stays."""
+    from netmount.mounting.stats import read_stats
+
+    try:
+        pid = int(read_stats(path)["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (errors.NetmountError, KeyError, TypeError, ValueError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while mounts.find_mount(path) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -137,11 +137,49 @@ class RangeFetcher:
         )
 
     def close(self) -> None:
+        """Stop now, failing whatever is in flight: a read blocked on a stalled server must
+        get EIO at once when the daemon is told to stop, not hold the unmount for
+        ``timeout`` x ``max_retries``.  Connections in use are cut and nothing is retried,
+        so every request ends with an error (``FetchError``, or ``RuntimeError`` from the
+        closed session for one that was asleep between tries); then the loop is stopped
+        and closed, so a later ``submit`` raises at once instead of waiting forever.
+        Safe to call twice, and from any thread but the loop's."""
         if not self._thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
+        self.max_retries = 0  # read on the loop thread: what fails from now on is final
+        try:
+            asyncio.run_coroutine_threadsafe(self._fail_in_flight(), self._loop).result(
+                timeout=self.max_backoff * 1.2 + 10)
+        except Exception as exc:  # still stop the loop below
+            log.warning("closing the fetcher: %s", exc or type(exc).__name__)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def _fail_in_flight(self) -> None:
+        """Cut the connections in use, close the session, and wait for every request to
+        end.  Cut, not closed: ``ClientSession.close()`` closes a busy connection without
+        telling its reader (aiohttp drops the body stream and its read timeout), so a
+        stalled body would be waited for forever; an aborted transport fails it with
+        ``ClientPayloadError``.  aiohttp lists busy connections only in the connector's
+        private ``_acquired``: if that ever goes, requests end at their own timeout.
+        Only a request asleep between tries takes a while: it wakes within
+        ``max_backoff`` and meets the closed session.  One still running after that is
+        cancelled (not expected: a reader waiting for it would wait forever)."""
+        for proto in list(getattr(self._session.connector, "_acquired", ())):
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.abort()
+        await asyncio.sleep(0)  # let connection_lost() fail the readers
+        await self._session.close()
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=self.max_backoff * 1.2 + 5)
+            for t in late:
+                log.warning("cancelling a fetch that did not end when the fetcher closed")
+                t.cancel()
 
     # -- public API (any thread) ---------------------------------------------------------
     def submit(self, path: str, start: int, end: int, size: int, prefetch: bool = False,
