@@ -100,9 +100,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     ops = NetmountFS(snap, reader, stats, on_ready, prefetcher)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
-        # SIGTERM/SIGHUP: fail the requests in flight first (a read blocked on a stalled
-        # server gets EIO now and frees its FUSE worker), then the FUSE loop ends
-        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.close)
+        # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
+        # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
+        # FUSE loop ends; fetcher.close() below stops its loop once nothing reads any more
+        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.abort)
     finally:
         log.info("unmounted %s; closing", config.mountpoint)
         if prefetcher is not None:

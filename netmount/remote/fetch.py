@@ -137,25 +137,32 @@ class RangeFetcher:
         )
 
     def close(self) -> None:
-        """Stop now, failing whatever is in flight: a read blocked on a stalled server must
-        get EIO at once when the daemon is told to stop, not hold the unmount for
-        ``timeout`` x ``max_retries``.  Connections in use are cut and nothing is retried,
-        so every request ends with an error (``FetchError``, or ``RuntimeError`` from the
-        closed session for one that was asleep between tries); then the loop is stopped
-        and closed, so a later ``submit`` raises at once instead of waiting forever.
-        Safe to call twice, and from any thread but the loop's."""
+        """``abort()``, then stop and close the loop.  Call it once nothing submits any
+        more: a request submitted to a stopped loop would never run, and its reader would
+        wait forever.  Safe to call twice."""
         if not self._thread.is_alive():
+            return
+        self.abort()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def abort(self) -> None:
+        """Fail every request in flight now, and every later one at once: a read blocked
+        on a stalled server must get EIO when the daemon is told to stop, not hold the
+        unmount for ``timeout`` x ``max_retries``.  Connections in use are cut and nothing
+        is retried, so each request ends with an error (``FetchError``, or ``RuntimeError``
+        from the closed session).  The loop keeps running, so that a request submitted
+        meanwhile fails rather than waits: ``close()`` stops it.  Safe to call twice."""
+        if not self._thread.is_alive() or self._session is None or self._session.closed:
             return
         self.max_retries = 0  # read on the loop thread: what fails from now on is final
         try:
             asyncio.run_coroutine_threadsafe(self._fail_in_flight(), self._loop).result(
                 timeout=self.max_backoff * 1.2 + 10)
-        except Exception as exc:  # still stop the loop below
-            log.warning("closing the fetcher: %s", exc or type(exc).__name__)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
+        except Exception as exc:  # close() still stops the loop
+            log.warning("aborting the fetcher: %s", exc or type(exc).__name__)
 
     async def _fail_in_flight(self) -> None:
         """Cut the connections in use, close the session, and wait for every request to
