@@ -11,8 +11,8 @@ explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
 
 from __future__ import annotations
 
-import errno
 import ctypes
+import errno
 import itertools
 import json
 import logging
@@ -174,7 +174,8 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
 
     On SIGTERM/SIGHUP ``on_stop()`` runs first, on a thread of its own: the daemon fails its
     network requests there, so a read blocked on a stalled server answers EIO now.  Then
-    the loop is told to end, and libfuse unmounts.  Why not libfuse's own handlers: they
+    the mount is detached; the loop ends when the last open file is closed, or after
+    ``STOP_GRACE`` seconds if programs still hold files.  Why not libfuse's own handlers: they
     only flag the loop to end, which then joins every busy worker (a blocked read keeps
     the daemon alive until it returns), and they wake the loop only when the signal lands
     on its thread.  SIGINT stays libfuse's (fusepy resets it before starting the loop).
