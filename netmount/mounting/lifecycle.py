@@ -272,13 +272,13 @@ def _slug(path: str) -> str:
 STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount
 
 
-def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = True) -> None:
-    """Unmount ``mountpoint``.  If it is busy — a program has a file open, perhaps in a
-    read that waits on a stalled server — and ``stop_daemon``, stop its daemon (SIGTERM):
-    it fails the reads in flight with EIO and unmounts as it exits (libfuse detaches
-    lazily), so programs still using the mount then get errors.  ``Mount.unmount`` passes
-    ``stop_daemon=False`` and detaches lazily instead: the daemon keeps serving programs
-    that hold files (a model's mmapped tensors) until they let go."""
+def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = False) -> None:
+    """Unmount ``mountpoint``; ``MountpointError`` if it is busy (a program has a file
+    open).  With ``stop_daemon`` (``netmount unmount``) a busy mount's daemon is stopped
+    instead (SIGTERM): it fails the reads in flight with EIO — a read waiting on a
+    stalled server included — and unmounts as it exits, so programs still using the
+    mount then get errors.  Not the default for Python callers: a notebook's model may
+    be mmapped views of the files (``Mount.unmount`` detaches lazily for them)."""
     path = os.path.abspath(os.fspath(mountpoint))
     if mounts.find_mount(path) is None and not mounts.is_dead(path):
         raise errors.NotAMount(f"{path} is not a netmount mount")
