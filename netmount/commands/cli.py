@@ -60,7 +60,7 @@ def cmd_mount(args) -> int:
 def cmd_unmount(args) -> int:
     from netmount.mounting.lifecycle import unmount
 
-    unmount(args.mountpoint)
+    unmount(args.mountpoint, stop_daemon=True)  # busy: stop the daemon, reads in flight get EIO
     return 0
 
 

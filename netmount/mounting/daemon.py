@@ -109,7 +109,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                      on_drop=drop)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
-        serve(ops, config.mountpoint, allow_other=config.allow_other)
+        # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
+        # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
+        # FUSE loop ends; fetcher.close() below stops its loop once nothing reads any more
+        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.abort)
     finally:
         log.info("unmounted %s; closing", config.mountpoint)
         if prefetcher is not None:

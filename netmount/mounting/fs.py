@@ -15,16 +15,18 @@ explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import logging
 import os
+import signal
 import stat
 import threading
 import time
 from typing import Callable
 
-from fuse import FUSE, FuseOSError, Operations
+from fuse import FUSE, FuseOSError, Operations, _libfuse
 
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError
@@ -199,8 +201,18 @@ class NetmountFS(Operations):
             return 0
 
 
-def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False) -> None:
-    """Run the FUSE loop in this thread until unmounted (libfuse handles SIGINT/SIGTERM)."""
+def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
+          on_stop: Callable[[], None] | None = None) -> None:
+    """Run the FUSE loop in this thread until unmounted, or until SIGTERM or SIGHUP.
+
+    On SIGTERM/SIGHUP ``on_stop()`` runs first, on a thread of its own: the daemon fails its
+    network requests there, so a read blocked on a stalled server answers EIO now.  Then
+    the mount is detached; the loop ends when the last open file is closed, or after
+    ``STOP_GRACE`` seconds if programs still hold files.  Why not libfuse's own handlers: they
+    only flag the loop to end, which then joins every busy worker (a blocked read keeps
+    the daemon alive until it returns), and they wake the loop only when the signal lands
+    on its thread.  SIGINT stays libfuse's (fusepy resets it before starting the loop).
+    """
     label = f"netmount:{ops.snapshot.repo_id}"
     options = dict(
         foreground=True, nothreads=False, ro=True, raw_fi=True,
@@ -212,4 +224,105 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
         options["allow_other"] = True
     if debug:
         options["debug"] = True
-    FUSE(ops, mountpoint, **options)
+    with _Stopper(mountpoint, on_stop) as stopper:
+        _FUSE(ops, mountpoint, stopper, **options)
+
+
+class _FUSE(FUSE):
+    """fusepy's FUSE, keeping libfuse's ``struct fuse *`` — known only inside a request,
+    through ``fuse_get_context`` — so that another thread can end the loop."""
+
+    def __init__(self, operations, mountpoint, stopper: "_Stopper", **options):
+        self._stopper = stopper
+        super().__init__(operations, mountpoint, **options)
+
+    def init(self, conn):
+        self._stopper.fuse = ctypes.c_void_p(_libfuse.fuse_get_context().contents.fuse)
+        return super().init(conn)
+
+
+STOP_GRACE = 3.0  # seconds a stopping daemon still answers programs that hold files open
+
+
+class _Stopper:
+    """SIGTERM/SIGHUP -> ``on_stop()``, then end the FUSE loop (see ``serve``).
+
+    The handlers are Python's, so libfuse leaves these signals alone (it installs its
+    own only over SIG_DFL); Python's C-level handler writes each signal's number to a
+    wakeup pipe from whatever thread the signal lands on, and a watcher thread reads it:
+    the main thread sits in libfuse and would never run a Python handler.  Signal
+    handlers can be set only from the main thread: elsewhere (``mount(foreground=True)``
+    from a thread) this does nothing and libfuse's handlers apply."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, mountpoint: str, on_stop: Callable[[], None] | None) -> None:
+        self.mountpoint, self.on_stop = mountpoint, on_stop
+        self.fuse: ctypes.c_void_p | None = None  # set at FUSE INIT
+        self._old: dict[int, object] = {}
+        self._ended = threading.Event()  # the loop's thread has left libfuse
+        self._lock = threading.Lock()  # no wake-up signal once it has
+
+    def __enter__(self) -> "_Stopper":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._loop_thread = threading.get_ident()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, lambda *_: None)
+        self._watcher = threading.Thread(target=self._watch, name="netmount-signals", daemon=True)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._old:
+            return
+        with self._lock:
+            self._ended.set()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        signal.set_wakeup_fd(self._old_fd)
+        os.write(self._w, b"\0")  # ends the watcher
+        self._watcher.join(timeout=30)
+        os.close(self._r)
+        os.close(self._w)
+
+    def _watch(self) -> None:
+        while True:
+            got = os.read(self._r, 64)
+            if not got or 0 in got:
+                return
+            stop = [s for s in got if s in self.SIGNALS]
+            if stop:
+                self._stop(signal.Signals(stop[0]))
+                return
+
+    def _stop(self, sig: signal.Signals) -> None:
+        log.info("%s: stopping; failing reads in flight, then unmounting %s", sig.name, self.mountpoint)
+        if self.on_stop is not None:
+            try:
+                self.on_stop()
+            except Exception as exc:  # still end the loop
+                log.warning("stopping: %s: %s", type(exc).__name__, exc)
+        # Detach first and let the loop run on: files still open keep being answered (EIO
+        # for what must be fetched), so a reader whose read just failed also gets EIO for
+        # the kernel's retry of it, not ECONNABORTED; once the last file is closed the
+        # kernel ends the connection, and the loop with it.
+        from netmount.mounting import mounts
+
+        mounts.force_unmount(self.mountpoint, lazy=True)
+        if self._ended.wait(STOP_GRACE) or self.fuse is None:
+            return
+        log.info("files are still open after %g s: ending the FUSE loop", STOP_GRACE)
+        _libfuse.fuse_exit(self.fuse)
+        # the loop's thread waits in sem_wait(), which only a signal (or a worker that
+        # finishes a request) wakes: send it one until it has left libfuse
+        while True:
+            with self._lock:
+                if self._ended.is_set():
+                    return
+                signal.pthread_kill(self._loop_thread, sig)
+            if self._ended.wait(0.2):
+                return

@@ -2,7 +2,9 @@
 
 ``mount`` checks everything it can *before* starting a daemon (mountpoint, FUSE, the
 repo and revision), so bad input costs one line and leaves nothing mounted; it returns
-only once the kernel mount is live.
+only once the kernel mount is live.  Every path it hands the daemon (mountpoint, cache
+dir, log file) is absolute: the daemon runs in ``/``, where a relative path means
+something else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -151,7 +154,8 @@ def mount(
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
     try:
-        cdir = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)
+        # absolute before anything uses it: the daemon runs with cwd "/" (see _spawn)
+        cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = _log_file(cdir, path)
@@ -252,10 +256,40 @@ def _slug(path: str) -> str:
     return path.strip("/").replace("/", "_") or "root"
 
 
-def unmount(mountpoint: str | os.PathLike) -> None:
+STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount
+
+
+def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = False) -> None:
+    """Unmount ``mountpoint``; ``MountpointError`` if it is busy (a program has a file
+    open).  With ``stop_daemon`` (``netmount unmount``) a busy mount's daemon is stopped
+    instead (SIGTERM): it fails the reads in flight with EIO — a read waiting on a
+    stalled server included — and unmounts as it exits, so programs still using the
+    mount then get errors.  Not the default for Python callers: a notebook's model may
+    be mmapped views of the files (``Mount.unmount`` detaches lazily for them)."""
     path = os.path.abspath(os.fspath(mountpoint))
     if mounts.find_mount(path) is None and not mounts.is_dead(path):
         raise errors.NotAMount(f"{path} is not a netmount mount")
-    if not mounts.force_unmount(path):
-        raise errors.MountpointError(
-            f"could not unmount {path} (busy? close programs using it, or: fusermount -uz {path})")
+    if mounts.force_unmount(path):
+        return
+    if stop_daemon and _stop_daemon(path):
+        return
+    raise errors.MountpointError(
+        f"could not unmount {path} (busy? close programs using it, or: fusermount -uz {path})")
+
+
+def _stop_daemon(path: str) -> bool:
+    """SIGTERM the daemon serving ``path`` (its pid from the mount's stats) and wait for
+    the mount to go; False if there is no daemon to ask or the mount stays."""
+    from netmount.mounting.stats import read_stats
+
+    try:
+        pid = int(read_stats(path)["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (errors.NetmountError, KeyError, TypeError, ValueError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while mounts.find_mount(path) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

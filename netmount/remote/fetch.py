@@ -143,11 +143,56 @@ class RangeFetcher:
         )
 
     def close(self) -> None:
+        """``abort()``, then stop and close the loop.  Call it once nothing submits any
+        more: a request submitted to a stopped loop would never run, and its reader would
+        wait forever.  Safe to call twice."""
         if not self._thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
+        self.abort()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def abort(self) -> None:
+        """Fail every request in flight now, and every later one at once: a read blocked
+        on a stalled server must get EIO when the daemon is told to stop, not hold the
+        unmount for ``timeout`` x ``max_retries``.  Connections in use are cut and nothing
+        is retried, so each request ends with an error (``FetchError``, or ``RuntimeError``
+        from the closed session).  The loop keeps running, so that a request submitted
+        meanwhile fails rather than waits: ``close()`` stops it.  Safe to call twice."""
+        if not self._thread.is_alive() or self._session is None or self._session.closed:
+            return
+        self.max_retries = 0  # read on the loop thread: what fails from now on is final
+        try:
+            asyncio.run_coroutine_threadsafe(self._fail_in_flight(), self._loop).result(
+                timeout=self.max_backoff * 1.2 + 10)
+        except Exception as exc:  # close() still stops the loop
+            log.warning("aborting the fetcher: %s", exc or type(exc).__name__)
+
+    async def _fail_in_flight(self) -> None:
+        """Cut the connections in use, close the session, and wait for every request to
+        end.  Cut, not closed: ``ClientSession.close()`` closes a busy connection without
+        telling its reader (aiohttp drops the body stream and its read timeout), so a
+        stalled body would be waited for forever; an aborted transport fails it with
+        ``ClientPayloadError``.  aiohttp lists busy connections only in the connector's
+        private ``_acquired``: if that ever goes, requests end at their own timeout.
+        Only a request asleep between tries takes a while: it wakes within
+        ``max_backoff`` and meets the closed session.  One still running after that is
+        cancelled (not expected: a reader waiting for it would wait forever)."""
+        for proto in list(getattr(self._session.connector, "_acquired", ())):
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.abort()
+        await asyncio.sleep(0)  # let connection_lost() fail the readers
+        await self._session.close()
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=self.max_backoff * 1.2 + 5)
+            for t in late:
+                log.warning("cancelling a fetch that did not end when the fetcher closed")
+                t.cancel()
 
     # -- the fetch contract (remote/contract.py), from any thread ---------------------------
     def fetch(self, file: RemoteFile, start: int, end: int, on_part: OnPart, *,

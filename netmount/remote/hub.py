@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 from netmount.core import errors
@@ -105,6 +106,42 @@ def metadata_timeout() -> float:
     return value if value > 0 else 20.0
 
 
+def listing_timeout() -> float:
+    """Seconds the whole file listing may take (all its pages and huggingface_hub's own
+    retries).  ``NETMOUNT_LISTING_TIMEOUT`` changes it; 60 s lists a repo of thousands
+    of files over a slow link."""
+    try:
+        value = float(os.environ.get("NETMOUNT_LISTING_TIMEOUT", "") or 60.0)
+    except ValueError:
+        value = 60.0
+    return value if value > 0 else 60.0
+
+
+def _within(seconds: float, call, message: str):
+    """``call()`` in a daemon thread, waited for at most ``seconds``; its exception is
+    re-raised here.  Why a thread: ``list_repo_tree`` takes no timeout (huggingface_hub
+    2.x lists through its shared httpx client, whose timeout is None) and retries a
+    timed-out request five times, so nothing but a deadline of our own bounds it.  On
+    time-out the thread is left behind, blocked on its socket; it holds no lock of ours."""
+    box: dict = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="netmount-listing", daemon=True).start()
+    if not done.wait(seconds):
+        raise errors.EndpointUnreachable(message.format(seconds))
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None) -> Snapshot:
     """Resolve ``revision`` to a commit sha and list all files at that sha."""
     from huggingface_hub import HfApi
@@ -113,16 +150,24 @@ def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | No
     api = HfApi(endpoint=endpoint, token=token if token else False)
     timeout = metadata_timeout()
     with _mapped_errors(repo_id, revision, endpoint, token):
-        # the first request bounds a dead endpoint; list_repo_tree takes no timeout
+        # the first request bounds a dead endpoint; the listing has its own bound (below)
         info = api.model_info(repo_id, revision=revision, timeout=timeout)
         sha = info.sha
-        files = []
-        for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha):
-            if not isinstance(entry, RepoFile):
-                continue
-            lfs = entry.lfs
-            content_id = lfs.sha256 if lfs else entry.blob_id
-            files.append(RemoteFile(check_path(entry.path), int(entry.size), str(content_id or ""), bool(lfs)))
+
+        def list_files() -> list[RemoteFile]:
+            files = []
+            for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha):
+                if not isinstance(entry, RepoFile):
+                    continue
+                lfs = entry.lfs
+                content_id = lfs.sha256 if lfs else entry.blob_id
+                files.append(RemoteFile(check_path(entry.path), int(entry.size), str(content_id or ""), bool(lfs)))
+            return files
+
+        tree_url = f"{endpoint}/api/models/{repo_id}/tree/{sha}"
+        files = _within(listing_timeout(), list_files,
+                        f"{tree_url}: the file listing did not finish in {{:g}} s "
+                        f"(a stalled server? NETMOUNT_LISTING_TIMEOUT sets the limit)")
         check_tree(files)
         if getattr(info, "gated", False) and files:
             _probe_access(api, repo_id, sha, min(files, key=lambda f: f.size).path, endpoint, timeout)

@@ -34,7 +34,8 @@ Kinds — each is what a real CDN or proxy has been seen to do:
 - ``stall``: headers and ``fraction`` of the body, then nothing for ``delay`` seconds
   (or until the client gives up), then a close.
 - ``delay``: wait ``delay`` seconds before answering, then answer normally (a slow link;
-  with a long delay, a server that never sends its headers).
+  with a long delay, a server that never sends its headers).  With ``server="hub",
+  ranged=None, path_contains="/tree/"`` it is a Hub API that stalls on the file listing.
 - ``slow``: the right answer, its body sent at ``rate`` bytes per second (a slow link:
   keeps downloads in flight long enough to kill a daemon in the middle of them).
 - ``listing``: answer a tree API request with ``entries`` (a Hub tree listing), e.g. to

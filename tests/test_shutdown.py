@@ -1,0 +1,151 @@
+"""Stopping a daemon while a read is blocked on the network (issue 10, item 9).
+
+The hub stalls a range answer (headers and half the body, then nothing for an hour) and
+the daemon's fetch timeout is ten minutes, so the read is stuck for as long as the test
+could wait.  SIGTERM to the daemon, or ``netmount unmount``, must end the daemon anyway,
+and the blocked reader must get EIO — not hang, not get wrong bytes.  The bounds are the
+waits below, far under the fetch timeout: no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from faultkit import FaultMounter, daemon_pids, fault_root, fhub  # noqa: F401  (fixtures)
+
+READER = """
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    data = os.pread(fd, 100_000, 0)
+    print("bytes %d" % len(data))
+except OSError as exc:
+    print("errno %s" % errno.errorcode.get(exc.errno, exc.errno))
+"""
+WAIT = 30.0  # seconds: the reader and the daemon must be done well within this
+
+
+@pytest.fixture
+def stalled(tmp_path, fhub):  # noqa: F811
+    """A mount whose first range request for weights.bin stalls; yields (mount, reader)."""
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub, extra_env={"NETMOUNT_FETCH_TIMEOUT": "600"})
+    mp = m.mount("faults/model")
+    fhub.add_fault("stall", path_contains="/blobs/", delay=3600)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(mp / ".netmount/raw/weights.bin")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = daemon_pids(mp)
+    try:
+        _wait_for(lambda: fhub.faults()[0]["hits"] >= 1, "the stalled request to reach the hub")
+        assert reader.poll() is None, "the read should be blocked on the stalled request"
+        yield m, mp, reader
+    finally:
+        if reader.poll() is None:
+            # a read the daemon has taken cannot be killed (the kernel waits for the
+            # answer): kill the daemon first, which aborts the FUSE connection
+            for pid in pids:
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+            reader.kill()
+        reader.wait(timeout=WAIT)
+        fhub.clear_faults()
+        m.cleanup()
+
+
+def _wait_for(condition, what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _reader_result(reader) -> str:
+    try:
+        out, err = reader.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the blocked reader still hangs {WAIT:g} s after the daemon was told to stop")
+    assert reader.returncode == 0, err
+    return out.strip()
+
+
+def test_sigterm_ends_a_daemon_blocked_in_a_read(stalled):
+    m, mp, reader = stalled
+    (pid,) = daemon_pids(mp)
+    os.kill(pid, signal.SIGTERM)
+    assert _reader_result(reader) == "errno EIO"
+    _wait_for(lambda: _gone(pid), "the daemon to exit")
+    _wait_for(lambda: not os.path.ismount(mp), "the mount to go")
+    log = "\n".join(p.read_text() for p in (m.cache_dir / "logs").glob("*.log"))
+    assert "SIGTERM" in log, log[-2000:]
+    m.mounted.clear()
+
+
+def test_unmount_ends_a_daemon_blocked_in_a_read(stalled):
+    m, mp, reader = stalled
+    (pid,) = daemon_pids(mp)
+    done = run_cli("unmount", str(mp), timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert _reader_result(reader) == "errno EIO"
+    _wait_for(lambda: _gone(pid), "the daemon to exit")
+    assert not os.path.ismount(mp)
+    m.mounted.clear()
+
+
+def test_sigterm_ends_an_idle_daemon(tmp_path, fhub):  # noqa: F811
+    """Nothing in flight: SIGTERM still unmounts and ends the daemon (the FUSE loop is
+    woken, not left waiting for the next request)."""
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    try:
+        mp = m.mount("faults/model")
+        assert (mp / "config.json").read_bytes() == b'{"fault": true}'
+        (pid,) = daemon_pids(mp)
+        os.kill(pid, signal.SIGTERM)
+        _wait_for(lambda: _gone(pid), "the daemon to exit")
+        _wait_for(lambda: not os.path.ismount(mp), "the mount to go")
+        m.mounted.clear()
+    finally:
+        m.cleanup()
+
+
+def test_unmount_of_a_busy_mount_stops_its_daemon(tmp_path, fhub):  # noqa: F811
+    """A file held open (no read in flight): ``netmount unmount`` stops the daemon rather
+    than failing with 'busy'; the holder's next read of uncached bytes fails, not hangs."""
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    try:
+        mp = m.mount("faults/model")
+        (pid,) = daemon_pids(mp)
+        fd = os.open(mp / ".netmount/raw/weights.bin", os.O_RDONLY)
+        try:
+            assert len(os.pread(fd, 10, 0)) == 10
+            done = run_cli("unmount", str(mp), timeout=WAIT)
+            assert done.returncode == 0, done.stderr
+            _wait_for(lambda: _gone(pid), "the daemon to exit")
+            assert not os.path.ismount(mp)
+            with pytest.raises(OSError):
+                os.pread(fd, 10, 2 << 20)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:  # the connection is gone: closing says so
+                pass
+        m.mounted.clear()
+    finally:
+        m.cleanup()
