@@ -275,3 +275,23 @@ def test_each_tier_counts_its_own_hits():
     reader.read(f, 0, 10)  # block 0 left memory (2 blocks of room): from the store
     assert reader.counters.get("store_hits") == 1
     reader.close()
+
+
+def test_a_cancelled_fetch_fails_its_readers_instead_of_leaving_them_waiting():
+    """A fetcher shutting down may cancel its futures (the daemon's SIGTERM path)."""
+    import concurrent.futures
+
+    data = make_bytes(2 * BS, 18)
+    f = remote("a.bin", data)
+
+    class Cancelling(MemoryFetcher):
+        def fetch(self, file, start, end, on_part, **kw):
+            fut = concurrent.futures.Future()
+            fut.cancel()
+            return fut
+
+    reader = BlockReader(MemoryBlockStore(BS), Cancelling({"a.bin": data}))
+    with pytest.raises(FetchError):
+        reader.read(f, 0, 10)
+    assert reader.drain(10)
+    reader.close()

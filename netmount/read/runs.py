@@ -175,7 +175,7 @@ class RunScheduler:
                 done()
 
         def landed(run: concurrent.futures.Future) -> None:  # on the fetcher's thread
-            exc = run.exception()
+            exc = FetchError(f"{f.path}: fetch cancelled") if run.cancelled() else run.exception()
             try:
                 self._pool.submit(finish, exc)
             except RuntimeError:  # closing: finish here
