@@ -202,8 +202,12 @@ class RangeFetcher:
         requests use at most ``prefetch_connections`` of the connections."""
         if not 0 <= start < end <= file.size:
             raise FetchError(f"bad range [{start}, {end}) of {file.path} ({file.size} bytes)")
-        return asyncio.run_coroutine_threadsafe(
-            self._fetch(file.path, start, end, file.size, on_part, part_size, prefetch), self._loop)
+        work = self._fetch(file.path, start, end, file.size, on_part, part_size, prefetch)
+        try:
+            return asyncio.run_coroutine_threadsafe(work, self._loop)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            work.close()
+            raise FetchError(f"{file.path} [{start}, {end}): the fetcher is closed") from None
 
     def resolve_ahead(self, paths) -> None:
         """Resolve these files' data URLs in the background (at most 4 at a time), so their
