@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 FSTYPE = "fuse.netmount"
@@ -84,3 +86,20 @@ def force_unmount(path: str, lazy: bool = False) -> bool:
         if done.returncode == 0:
             return True
     return find_mount(path) is None and not is_dead(path)
+
+
+def unmount_retrying(path: str, tries: int = 3) -> bool:
+    """Unmount the netmount (live or dead) at ``path``, if one is there; lazily if it stays busy.
+
+    Between tries the garbage collector runs: a model just freed may still hold mmaps of the
+    mount until its tensors are collected.  True if nothing is mounted there any more.
+    """
+    if not (find_mount(path) or is_dead(path)):
+        return True
+    for attempt in range(tries):
+        if force_unmount(path):
+            return True
+        gc.collect()
+        if attempt + 1 < tries:
+            time.sleep(0.2)
+    return force_unmount(path, lazy=True)
