@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,28 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def within(seconds: float, fn, *args):
+    """``fn(*args)``'s result (or its exception), failing the test if it has not returned
+    after ``seconds``.  A hang guard, not a speed claim: give it a generous bound.  (Runs
+    in a daemon thread, so a read stuck in a FUSE call cannot hold the test up.)"""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller below
+            out["error"] = exc
+
+    t = threading.Thread(target=run, name="within", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} still running after {seconds:.0f}s: it hangs")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def require_fuse() -> None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from netmount.core.procs import is_running
+from netmount.core.procs import wait_exit
 from netmount.dev.testhub.repo import git_blob_sha1, is_lfs
 
 from conftest import Mounter, sha256_file
@@ -138,10 +137,9 @@ def daemon_pids(mp: Path) -> list[int]:
 
 
 def wait_gone(pids, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+    """Wait for each daemon to exit (a pidfd, no polling); the bound only catches a hang."""
     for pid in pids:
-        while is_running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_exit(pid, timeout), f"daemon {pid} still running {timeout:.0f}s after its unmount"
 
 
 def assert_tree_matches(mp: Path, repo_dir: Path) -> None:

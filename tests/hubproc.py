@@ -95,6 +95,12 @@ class HubProcess:
     def clear_faults(self) -> None:
         self.set_faults([])
 
+    def expire_signed_urls(self) -> None:
+        """Every CDN URL signed so far answers 403 "Request has expired" from now on."""
+        req = urllib.request.Request(f"{self._control}/expire-urls", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+
     def faults(self) -> list[dict]:
         """The rules with their ``hits`` counts."""
         return self._get("faults")
@@ -128,6 +134,10 @@ def _serve(kwargs: dict) -> None:
             self._answer(body)
 
         def do_POST(self):
+            if self.path == "/expire-urls":
+                hub.expire_signed_urls()
+                self._answer({})
+                return
             if self.path != "/faults":
                 self.send_error(404)
                 return

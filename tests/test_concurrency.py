@@ -96,8 +96,7 @@ def test_two_mounts_sharing_one_cache_dir_fetch_each_block_once(fm, fhub, fault_
 # -- the pieces, without a kernel: stripe locks and two readers over one disk store --------
 
 def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
-    import time
-
+    # the probe asks with LOCK_NB: it answers at once, held (3) or free (0), and cannot hang
     from cache.locks import StripeLocks
 
     locks = StripeLocks(str(tmp_path / "locks"))
@@ -110,9 +109,7 @@ def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
     held.release()
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 3  # still one holder left
     again.release()
-    t0 = time.monotonic()
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0  # free now
-    assert time.monotonic() - t0 < 10
     locks.close()
 
 

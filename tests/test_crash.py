@@ -9,7 +9,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from cache.disk import CULL_LIMIT
 from netmount.core.procs import is_running
 from netmount.mounting import mounts
+from netmount.mounting.stats import wait_idle
 
 from conftest import run_cli
 from faultkit import BLOCK, assert_tree_matches, check_cache_blocks, daemon_pids, fault_root, fhub, fm, wait_gone  # noqa: F401
@@ -26,13 +26,13 @@ def _big(fault_root):
     return fault_root / "faults" / "big"
 
 
-def _read_all(mp, names, errors: list) -> list[threading.Thread]:
+def _read_all(mp, names, errors: list, progressed: threading.Event) -> list[threading.Thread]:
     def read(name, offset):
         try:
             with open(mp / name, "rb") as fh:
                 fh.seek(offset)
                 while fh.read(1 << 20):
-                    pass
+                    progressed.set()  # a reader got data: downloads are under way
         except OSError as exc:
             errors.append(exc)
 
@@ -48,10 +48,19 @@ def test_kill_9_mid_download_then_mount_again(fm, fhub, fault_root):
     names = sorted(p.name for p in src.iterdir())
     mp = fm.mount("faults/big")
     pid = fm.stats(mp)["pid"]
+    # one block stored for certain before the kill (the last block of the last shard: the
+    # readers below reach it last): read through raw/ (no prefetch), then wait until idle
+    last = mp / ".netmount" / "raw" / names[-1]
+    with open(last, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        assert os.pread(fh.fileno(), 1000, size - 1000) == (src / names[-1]).read_bytes()[-1000:]
+    assert wait_idle(mp)
     fhub.set_faults([{"kind": "slow", "rate": 256 << 10, "server": "cdn"}])  # keep runs in flight
     errors: list = []
-    threads = _read_all(mp, names, errors)
-    time.sleep(1.5)
+    progressed = threading.Event()
+    threads = _read_all(mp, names, errors, progressed)
+    assert progressed.wait(60), "no reader got any data"  # the bound only catches a hang
+    # 24 MB at 256 KB/s per response: after the first MB many runs are still in flight
     assert any(t.is_alive() for t in threads), "downloads finished before the kill"
     os.kill(pid, signal.SIGKILL)
     for t in threads:
@@ -104,7 +113,7 @@ def test_small_cache_stays_under_its_cap_and_evicted_blocks_come_back(tmp_path, 
             while not stop.is_set():
                 blocks, db = _disk_usage(m.cache_dir / "blocks")
                 peak[0], peak[1] = max(peak[0], blocks), max(peak[1], db)
-                time.sleep(0.01)
+                stop.wait(0.01)  # a sampling period, not a wait for anything
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import errno
 import os
-import time
+import re
 
 import pytest
 
-from conftest import sha256_file
+from netmount.mounting.stats import wait_idle
+
+from conftest import sha256_file, within
 from faultkit import assert_tree_matches, check_cache_blocks, fault_root, fhub, fm  # noqa: F401 (fixtures)
 
 
@@ -67,15 +69,13 @@ def test_persistent_fault_is_eio_then_the_mount_recovers(fm, fhub, fault_root, n
     repo = _repo(fault_root)
     mp = fm.mount("faults/model")
     fhub.set_faults([_rule(name)])
-    t0 = time.monotonic()
     failing = ("weights.bin",) if _rule(name)["server"] == "cdn" else ("weights.bin", "notes.txt")
     for rel in failing:
+        # bounded: 4 tries per request, 1 s timeouts, short backoff (the kernel may retry a
+        # failed readahead once as a plain read); the 120 s only catches a read that hangs
         with pytest.raises(OSError) as exc:
-            (mp / rel).read_bytes()
+            within(120, (mp / rel).read_bytes)
         assert exc.value.errno == errno.EIO, rel
-    # bounded: 4 tries per request, 1 s timeouts, short backoff; the kernel may retry a
-    # failed readahead once as a plain read
-    assert time.monotonic() - t0 < 60
     assert _hits(fhub) >= 4
     stats = fm.stats(mp)  # the daemon is still up and answering
     assert stats["errors"] >= 1
@@ -89,13 +89,16 @@ def test_persistent_fault_is_eio_then_the_mount_recovers(fm, fhub, fault_root, n
 def test_429_retry_after_is_honoured(fm, fhub, fault_root):
     mp = fm.mount("faults/model")
     fhub.reset_log()
-    fhub.set_faults([{"kind": "status", "status": 429, "retry_after": 1.5, "times": 1,
+    fhub.set_faults([{"kind": "status", "status": 429, "retry_after": 0.7, "times": 1,
                       "path_contains": "/blobs/"}])
     assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
     cdn = [r for r in fhub.requests(server="cdn") if r.range]
     first_429 = next(r for r in cdn if r.status == 429)
-    retry = next(r for r in cdn if r.range == first_429.range and r.t_start > first_429.t_start)
-    assert retry.t_start - first_429.t_start >= 1.4, "Retry-After was not waited for"
+    assert any(r.range == first_429.range and r.status == 206 for r in cdn), "not retried"
+    # the wait the daemon chose, from its log: the server's 0.7 s, not its own backoff
+    # (0.05 s doubling, at most 0.24 s here); no clock read in the test
+    log = "".join(p.read_text() for p in (fm.cache_dir / "logs").glob("*.log"))
+    assert re.search(r"retry 1/\d+ for weights\.bin \[\d+, \d+\) in 0\.70s: HTTP 429", log), log
 
 
 def test_expired_url_is_resolved_again_once(fm, fhub, fault_root):
@@ -143,39 +146,43 @@ def test_a_trickle_is_a_stall_too(fm, fhub, fault_root):
     deadline (timeout + size at the minimum rate), retried, then served right."""
     mp = fm.mount("faults/model", env={"NETMOUNT_FETCH_MIN_RATE": str(1 << 20)})
     fhub.set_faults([{"kind": "slow", "rate": 40 << 10, "server": "cdn", "times": 1}])
-    t0 = time.monotonic()
-    assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    # the retry shows the trickle was cut; the bound only catches a read that hangs
+    assert within(120, sha256_file, mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
     assert _hits(fhub) == 1
     assert fm.stats(mp)["retries"] >= 1
-    assert time.monotonic() - t0 < 30
 
 
-@pytest.mark.fuse
-def test_short_lived_signed_urls_are_reused_then_resolved_again(tmp_path, fault_root):
-    """A CDN whose signed URLs really expire after 4 s: reused while valid (not one resolve
-    per request), resolved again once expired, every byte right."""
-    from faultkit import FaultMounter
-    from hubproc import HubProcess
-
+def test_signed_urls_are_reused_then_resolved_again_once_expired(fm, fhub, fault_root):
+    """A CDN URL is reused while valid (not one resolve per request); once the CDN says it
+    has expired (for every request that carries it), the file is resolved again once and
+    every byte is right.  Re-resolving *before* the expiry, by the clock, is tested with a
+    fake clock in test_fetch.py; here the hub's URL clock jumps instead of the test waiting."""
     src = _repo(fault_root) / "weights.bin"
-    with HubProcess(fault_root, url_ttl=4) as hub:
-        m = FaultMounter(tmp_path, hub)
-        try:
-            mp = m.mount("faults/model")
-            data = src.read_bytes()
-            with open(mp / "weights.bin", "rb") as fh:
-                assert os.pread(fh.fileno(), 4096, 0) == data[:4096]  # one block, no stream
-                n = len(hub.requests(server="cdn", method="GET"))
-                time.sleep(4.5)  # the URL from the first resolve has expired
-                assert os.pread(fh.fileno(), 4096, len(data) - 4096) == data[-4096:]
-                assert len(hub.requests(server="cdn", method="GET")) > n  # a new fetch happened
-            assert sha256_file(mp / "weights.bin") == sha256_file(src)
-            gets = [r for r in hub.requests(server="cdn", method="GET") if r.range]
-            resolves = [r for r in hub.requests(server="hub", method="HEAD", path_contains="weights.bin")]
-            assert len(gets) >= 2 and len(resolves) == 2, (len(gets), len(resolves))
-            assert all(r.status == 206 for r in gets)  # re-resolved before expiry: no 403 met
-        finally:
-            m.cleanup()
+    data = src.read_bytes()
+    mp = fm.mount("faults/model")
+    fhub.reset_log()
+
+    def cdn_gets():
+        return [r for r in fhub.requests(server="cdn", method="GET") if r.range]
+
+    def resolves():
+        return fhub.requests(server="hub", method="HEAD", path_contains="weights.bin")
+
+    with open(mp / "weights.bin", "rb") as fh:
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # one block per read
+        assert os.pread(fh.fileno(), 4096, 0) == data[:4096]
+        assert os.pread(fh.fileno(), 4096, 1 << 20) == data[1 << 20:(1 << 20) + 4096]
+        assert wait_idle(mp)  # no request of the daemon's own still in flight
+        assert len(resolves()) == 1 and len(cdn_gets()) >= 2  # one URL, used again
+        assert all(r.status == 206 for r in cdn_gets())
+        fhub.expire_signed_urls()
+        assert os.pread(fh.fileno(), 4096, len(data) - 4096) == data[-4096:]
+    assert sha256_file(mp / "weights.bin") == sha256_file(src)
+    assert len(resolves()) == 2, resolves()
+    statuses = [r.status for r in cdn_gets()]
+    assert 403 in statuses, statuses
+    fm.unmount(mp)
+    assert check_cache_blocks(fm.cache_dir, [_repo(fault_root)]) > 0
 
 
 def test_expiry_margin():

@@ -4,6 +4,8 @@ a thread is fine), and its pure helpers (cuts, pieces, status, Retry-After, expi
 
 from __future__ import annotations
 
+import time as _time
+
 import pytest
 
 from netmount.core.errors import FetchError
@@ -142,6 +144,58 @@ def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces
     assert sorted((o, len(b)) for o, b in seen) == [(start, M), (start + M, 12345)]
     assert all(b == data[o : o + len(b)] for o, b in seen)
     assert len(ranges) == SPLIT_MAX  # the split is still there: the pieces are put back together
+
+
+class _SkewedTime:
+    """A module's ``time`` whose wall clock the test moves forward (``time.time`` plus an
+    offset; ``monotonic`` and the rest are the real ones): a URL's life passes at once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return _time.time() + self.offset
+
+    def __getattr__(self, name):
+        return getattr(_time, name)
+
+
+def test_a_signed_url_is_reused_while_valid_and_resolved_again_before_it_expires(tmp_path, monkeypatch):
+    """One resolve serves every request while the URL is fresh; once its life is nearly
+    over (by the fetcher's clock) the next request resolves again first, so it never meets
+    the CDN's 403.  The fetcher and the hub share one fake wall clock (same process)."""
+    import netmount.dev.testhub.server as hub_server
+    import netmount.remote.fetch as fetch_module
+
+    clock = _SkewedTime()
+    monkeypatch.setattr(fetch_module, "time", clock)
+    monkeypatch.setattr(hub_server, "time", clock)
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    f = data_bin(len(data))
+    with TestHub(tmp_path, url_ttl=60) as hub:
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain")).start()
+
+        def read(offset: int) -> None:
+            assert fetch_bytes(fetcher, f, offset, offset + 4096).result(timeout=60) == data[offset:offset + 4096]
+
+        def resolves() -> int:
+            return len(hub.requests("hub", "HEAD", "data.bin"))
+
+        try:
+            read(0)
+            clock.offset = 30  # half its life: still used
+            read(M)
+            assert resolves() == 1
+            clock.offset = 61  # past Expires: the old URL would get a 403 now
+            read(2 * M)
+            assert resolves() == 2
+            read(3 * M)  # the new URL, reused
+            assert resolves() == 2
+        finally:
+            fetcher.close()
+        gets = hub.requests("cdn", "GET")
+    assert len(gets) == 4 and all(r.status == 206 for r in gets), [r.status for r in gets]
 
 
 # -- pure helpers -----------------------------------------------------------------------------

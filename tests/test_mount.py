@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from netmount.mounting.stats import wait_idle
+
 from conftest import run_cli, sha256_file
 
 
@@ -39,10 +41,12 @@ def test_read_only_and_stat_blocks_show_cached_bytes(mounter, hub_root):
     with open(data, "rb") as fh:
         fh.seek(5 << 20)  # the last, short block: kernel readahead cannot reach further
         fh.read(10)
-    import time
-
-    time.sleep(2.5)  # attr_timeout: st_blocks is refreshed every 2 s
-    cached = os.stat(data).st_blocks * 512
+    # the daemon stores a block just after handing it to the read: wait until it has nothing
+    # in flight.  Then stat the same file through raw/: the kernel keeps the attributes of
+    # data.bin (stat'ed above) for attr_timeout, but has never looked this inode up, so its
+    # st_blocks comes fresh from the daemon's getattr (the same code), with no sleep
+    assert wait_idle(mp)
+    cached = os.stat(mp / ".netmount" / "raw" / "data.bin").st_blocks * 512
     assert cached == (12345 + 511) // 512 * 512, cached  # exactly the block that holds the bytes
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from netmount.commands.statsview import SHADES, bar, render_map, render_table
+from netmount.mounting.stats import wait_idle
 
 from conftest import run_cli, sha256_file
 
@@ -43,17 +44,13 @@ def header_of(path):
     return {t.name: t for t in parse_header(raw, len(raw))}
 
 
-def settled_stats(mp, hub, timeout=10.0):
-    """CLI stats once the daemon's downloads are over: bytes_fetched has caught up with the hub."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = run_cli("stats", "--json", str(mp))
-        assert done.returncode == 0, done.stderr
-        stats = json.loads(done.stdout)
-        sent = hub.bytes_sent(server=None)
-        if abs(stats["bytes_fetched"] - sent) <= stats["block_size"] or time.monotonic() > deadline:
-            return stats, sent
-        time.sleep(0.2)
+def settled_stats(mp, hub):
+    """CLI stats once the daemon has nothing in flight (its downloads over and stored), and
+    the bytes the hub sent meanwhile."""
+    assert wait_idle(mp)
+    done = run_cli("stats", "--json", str(mp))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), hub.bytes_sent(server=None)
 
 
 def test_stats_json_agrees_with_the_server_byte_log(mounter, hub, hub_root):
@@ -161,10 +158,23 @@ def test_all_mounts_table_json_and_map(mounter, hub, monkeypatch):
 def test_watch_refreshes_until_ctrl_c(mounter):
     mp = mounter.mount("tests/plain")
     proc = subprocess.Popen([sys.executable, "-m", "netmount", "stats", "--watch", "--interval", "0.2",
-                             str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+                             str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Ctrl-C once it has redrawn three times (each redraw is flushed); the select bound
+    # only catches a watch that hangs
+    seen = b""
+    try:
+        while seen.count(b"\x1b[H\x1b[2J") < 3:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            chunk = os.read(proc.stdout.fileno(), 1 << 16) if ready else b""
+            assert chunk, f"watch stopped or hung after {seen.count(b'tests/plain@')} redraws"
+            seen += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out, err = (seen + rest).decode(), err.decode()
     assert proc.returncode == 0, err
     assert out.count("\x1b[H\x1b[2J") >= 3 and out.count("tests/plain@") >= 3
     assert "Traceback" not in err

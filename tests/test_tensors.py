@@ -7,13 +7,12 @@ import fnmatch
 import io
 import json
 import struct
-import time
 
 import pytest
 
 from netmount.core.safetensors import MAX_HEADER, HeaderError, TensorInfo, header_size, parse_header, read_header
 
-from conftest import run_cli
+from conftest import run_cli, within
 
 # -- parse_header against files the safetensors writer produced ----------------------------
 
@@ -254,22 +253,27 @@ def test_match_reads_only_the_shards_the_index_names(hub):
     assert read == shards | {"model.safetensors.index.json"}  # of 163 shards, only those
 
 
-def test_deepseek_v3_sized_listing_takes_seconds(hub):
+def test_deepseek_v3_sized_listing_reads_headers_only(hub):
     from netmount.commands.tensorlist import list_tensors
+    from netmount.core.safetensors import FIRST_READ
     from netmount.dev.testhub import synthetic
 
-    t0 = time.perf_counter()
-    records = list_tensors("deepseek-ai/DeepSeek-V3", endpoint=hub.url, token=False)
-    elapsed = time.perf_counter() - t0
+    hub.reset_log()
+    # 163 headers, all at once (about 2 s on one core); the bound only catches a hang
+    records = within(300, lambda: list_tensors("deepseek-ai/DeepSeek-V3", endpoint=hub.url, token=False))
     expected = {(t.name, s.path) for s in synthetic.shards() for t in s.tensors}
     assert len(records) == len(expected) > 90_000
     assert {(r["name"], r["file"]) for r in records} == expected
-    print(f"\nDeepSeek-V3 synthetic: {len(records)} tensors from 163 headers in {elapsed:.2f} s")
-    assert elapsed < 30, elapsed  # measured ~1.5 s on one core; generous for loaded CI machines
     shard = synthetic.shards()[41]
     got = [r for r in records if r["file"] == shard.path]
     assert [r["name"] for r in got] == [t.name for t in shard.tensors]
     assert got[-1]["end"] == shard.size
+    # headers only: one speculative read per shard, a second only past a long header, and
+    # no byte beyond max(that read, the header) of any shard
+    shards = synthetic.shards()
+    gets = [r for r in hub.requests(method="GET") if r.range]
+    assert len(shards) <= len(gets) <= 2 * len(shards)
+    assert sum(r.body_bytes for r in gets) <= sum(max(min(s.size, FIRST_READ), len(s.header)) for s in shards)
 
 
 def test_corrupt_shard_is_skipped_with_a_warning(tmp_path):

@@ -5,7 +5,6 @@ import re
 import shutil
 import struct
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -218,10 +217,8 @@ def test_cached_model_builds_once(tmp_path, monkeypatch):
 
     monkeypatch.setitem(testmodels.BUILDERS, "tiny-deepseek-v3", counting)
     first = testmodels.cached_model("tiny-deepseek-v3", tmp_path)
-    t0 = time.monotonic()
     second = testmodels.cached_model("tiny-deepseek-v3", tmp_path, shards=8)  # defaults hash alike
-    assert time.monotonic() - t0 < 0.5
-    assert first == second and len(calls) == 1
+    assert first == second and len(calls) == 1  # the builder ran once: the second was the cache
     assert first.parent == tmp_path and first.name.startswith("tiny-deepseek-v3-")
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temp folder left
     assert (first / "model.safetensors.index.json").is_file()

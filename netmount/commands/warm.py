@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -30,7 +29,7 @@ from netmount.commands.tensorlist import list_tensors, matches
 from netmount.core import errors
 from netmount.core.blocks import block_range
 from netmount.core.ranges import Ranges
-from netmount.mounting.stats import read_stats
+from netmount.mounting.stats import read_stats, wait_idle
 
 Run = tuple[int, int]  # block indices, inclusive
 
@@ -190,15 +189,13 @@ def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
     return done[0]
 
 
-def _settle(mountpoint: str, plan: Plan, wait: float = 3.0) -> int:
-    """Bytes of the plan still not cached.  The daemon hands a block to the reader before
-    writing it to the store, so the last blocks may take a moment to show up."""
-    deadline = time.monotonic() + wait
-    while True:
-        update_missing(plan, read_stats(mountpoint))
-        if not plan.missing or time.monotonic() >= deadline:
-            return plan.todo_bytes
-        time.sleep(0.1)
+def _settle(mountpoint: str, plan: Plan) -> int:
+    """Bytes of the plan still not cached.  The daemon hands a block to its readers before
+    writing it to the store, so the last blocks may not be counted yet when the reads
+    return: wait once for the daemon to have nothing in flight, then read the stats once."""
+    wait_idle(mountpoint)
+    update_missing(plan, read_stats(mountpoint))
+    return plan.todo_bytes
 
 
 def prefetch(mountpoint: str, patterns: Iterable[str] = (), *, workers: int = 16,

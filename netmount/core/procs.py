@@ -1,4 +1,5 @@
-"""Our own Python subprocesses (the mount daemon, the test hub), and what /proc says of a pid.
+"""Our own Python subprocesses (the mount daemon, the test hub), what /proc says of a pid,
+and waiting for a pid to exit.
 
 One way to start them, because the details are easy to get wrong twice: ``-P`` (Python
 3.11+) and cwd ``/`` so that a folder named like one of our packages in the caller's working
@@ -10,6 +11,7 @@ inherited file descriptors; the environment passed on minus the names the caller
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from typing import Iterable
@@ -44,3 +46,23 @@ def process_state(pid: int) -> str | None:
 def is_running(pid: int) -> bool:
     """True while ``pid`` exists and has not exited (a zombie has exited: it only awaits reaping)."""
     return process_state(pid) not in (None, "Z")
+
+
+def wait_exit(pid: int, timeout: float | None = None) -> bool:
+    """Wait until ``pid`` has exited (or is a zombie); True if it has, False after ``timeout``
+    seconds (None: no limit).
+
+    Sleeps on a pidfd (Linux 5.3+), which becomes readable when the process exits, so there
+    is no polling and no wake-up sooner than the exit itself; works for any pid, not only our
+    children.  A pid that is already gone counts as exited.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    finally:
+        os.close(fd)

@@ -4,7 +4,8 @@ The daemon side (``StatsBuilder``) runs every time the control file is opened, s
 stay cheap and must never cause network traffic: tensors are listed only for safetensors
 files whose header blocks are already in the block store (a program read them); the
 header of any other file is simply not known yet.  The client side (``read_stats``) is
-what ``netmount stats`` and ``netmount prefetch`` call.
+what ``netmount stats`` and ``netmount prefetch`` call; ``wait_idle`` waits (no polling)
+until the daemon has nothing in flight, so the numbers read next are settled.
 
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
@@ -36,6 +37,7 @@ log = logging.getLogger("netmount.stats")
 
 STATS_FILE = os.path.join(".netmount", "stats.json")
 TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits")
+IDLE_FILE = os.path.join(".netmount", "idle")  # its open returns once nothing is in flight
 
 
 # -- daemon side ----------------------------------------------------------------------------
@@ -234,14 +236,20 @@ def _disk_dir(store) -> str | None:
 
 # -- client side ----------------------------------------------------------------------------
 
-def read_stats(mountpoint: str | os.PathLike) -> dict:
-    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one."""
+def _mount_path(mountpoint: str | os.PathLike) -> str:
+    """``mountpoint`` made absolute, if it is a live netmount mount; else the one-line error."""
     path = os.path.abspath(os.fspath(mountpoint))
     if mounts.find_mount(path) is None:
         if mounts.is_dead(path):
             raise errors.MountpointError(
                 f"{path}: its netmount daemon is gone (run: netmount unmount {path})")
         raise errors.NotAMount(f"{path} is not a netmount mount")
+    return path
+
+
+def read_stats(mountpoint: str | os.PathLike) -> dict:
+    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one."""
+    path = _mount_path(mountpoint)
     try:
         with open(os.path.join(path, STATS_FILE), "rb") as fh:
             return json.loads(fh.read())
@@ -249,6 +257,20 @@ def read_stats(mountpoint: str | os.PathLike) -> dict:
         raise errors.MountpointError(f"{path}: cannot read its stats: {exc.strerror or exc}") from None
     except ValueError:
         raise errors.MountpointError(f"{path}: its stats file is not valid JSON") from None
+
+
+def wait_idle(mountpoint: str | os.PathLike) -> bool:
+    """Block until the daemon at ``mountpoint`` has nothing in flight (prefetch decided and
+    fetched, every downloaded block stored); True then, False if it was still busy when the
+    daemon gave up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``: the wait
+    happens in the daemon, on its own events.  Errors as ``read_stats``."""
+    path = _mount_path(mountpoint)
+    try:
+        with open(os.path.join(path, IDLE_FILE), "rb") as fh:
+            answer = fh.read()
+    except OSError as exc:
+        raise errors.MountpointError(f"{path}: cannot read its idle file: {exc.strerror or exc}") from None
+    return answer == b"idle\n"
 
 
 def live_stats(mountpoints=(), on_error=None) -> list[dict]:

@@ -89,6 +89,7 @@ class HubServer:
         self.url = ""  # set once listening
         self.cdn_url = ""
         self._secret = os.urandom(32)
+        self._url_clock_skew = 0.0  # added to the clock that signs and checks data URLs
         self._hasher = Hasher()
         self._synthetic = SyntheticRepo() if synthetic_deepseek else None
         self._blobs: dict[str, tuple[Repo, Entry]] = {}  # sha256 -> where the CDN finds it
@@ -300,8 +301,17 @@ class HubServer:
     def _signature(self, path: str, expires: str) -> str:
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
+    def _url_clock(self) -> float:
+        return time.time() + self._url_clock_skew
+
+    def expire_signed_urls(self) -> None:
+        """A fault switch: every data URL signed so far is expired from now on (the CDN's
+        clock jumps past their ``Expires``); URLs signed later are valid as usual.  What a
+        client holding a URL across its expiry meets, without a test waiting for it."""
+        self._url_clock_skew += max(self.url_ttl, 0.0) + 1.0
+
     def cdn_location(self, sha256: str) -> str:
-        now = time.time()
+        now = self._url_clock()
         expires = math.ceil(now + self.url_ttl) if self.url_ttl > 0 else math.floor(now + self.url_ttl)
         path = f"/blobs/{sha256}"
         return f"{self.cdn_url}{path}?Expires={expires}&Signature={self._signature(path, str(expires))}"
@@ -311,7 +321,7 @@ class HubServer:
         signature = request.query.get("Signature", "")
         if not (expires.isdigit() and hmac.compare_digest(signature, self._signature(request.path, expires))):
             return _s3_error(403, "AccessDenied", "Invalid signature")
-        if time.time() >= int(expires):
+        if self._url_clock() >= int(expires):
             return _s3_error(403, "AccessDenied", "Request has expired")
         found = self._blobs.get(request.match_info["sha256"])
         if found is None:
