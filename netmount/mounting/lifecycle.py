@@ -287,9 +287,5 @@ def _stop_daemon(path: str) -> bool:
         os.kill(pid, signal.SIGTERM)
     except (errors.NetmountError, KeyError, TypeError, ValueError, ProcessLookupError):
         return False
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while mounts.find_mount(path) is not None:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    # the daemon unmounts as it exits: its exit is the event to wait for
+    return procs.wait_exit(pid, STOP_TIMEOUT) and mounts.find_mount(path) is None
