@@ -29,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
+from netmount.core.blocks import PAGE
+
 from conftest import Mounter
 from faultkit import daemon_pids, wait_gone
 
-PAGE = 4096
+pytestmark = pytest.mark.fuse  # its own hub process, real mounts
 THREADS = 8
 READS = 300  # per phase (cold, warm) and block size
 MAX_READ = 8 << 20
