@@ -10,9 +10,9 @@ Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
 download_rate download_rate_avg amplification files[{path size cached_bytes fetched_bytes
 served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
-``proxy`` is None without ``--cache-proxy``, else ``{url state last_error requests bytes hits
+``proxy`` is None without ``--cache-proxy``, else ``{url state retry_in last_error requests bytes hits
 misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use, open =
-backing off, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
+backing off for ``retry_in`` more seconds, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
 the requests that went to the origin after a proxy fault, skipped those sent there while
 it was backed off.
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);

@@ -380,7 +380,9 @@ class RangeFetcher:
         if self.proxy is None:
             return None
         c = self.counters
+        retry_in = max(0.0, self.breaker.until - time.monotonic()) if self.breaker.state == "open" else 0.0
         return {"url": self.proxy, "state": self.breaker.state, "last_error": self.proxy_error,
+                "retry_in": round(retry_in, 3),
                 **{k: c.get(f"proxy_{k}") for k in
                    ("requests", "bytes", "hits", "misses", "bypass", "fallbacks", "skipped")}}
 
