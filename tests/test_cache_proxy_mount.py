@@ -31,6 +31,7 @@ from hubproc import HubProcess
 from proxykit import require_nginx, start_proxy, wait_for  # noqa: F401 (fixture)
 
 MiB = 1 << 20
+TOKEN = "good-token"
 FILES = {"a.bin": 5 * MiB + 4321, "b.bin": 3 * MiB + 17, "c.bin": 12 * MiB + 5}  # LFS: on the CDN
 
 
@@ -43,17 +44,21 @@ def proxy_root(tmp_path_factory) -> Path:
     for name, size in FILES.items():
         (m / name).write_bytes(rng.randbytes(size))
     (m / "config.json").write_text('{"a": 1}')
+    g = root / "org" / "gated"
+    g.mkdir(parents=True)
+    (g / "w.bin").write_bytes(rng.randbytes(2 * MiB + 99))
+    (g / ".gated").write_text("")
     return root
 
 
 @pytest.fixture(scope="module")
 def origin(proxy_root):
-    with HubProcess(proxy_root) as server:
+    with HubProcess(proxy_root, tokens={TOKEN}) as server:
         yield server
 
 
-def source(proxy_root: Path, name: str) -> bytes:
-    return (proxy_root / "org" / "m" / name).read_bytes()
+def source(proxy_root: Path, name: str, repo: str = "org/m") -> bytes:
+    return (proxy_root / repo / name).read_bytes()
 
 
 def stats(mp: Path) -> dict:
@@ -159,6 +164,25 @@ def test_two_nodes_one_proxy_the_origin_sends_each_byte_once(start_proxy, origin
         second.cleanup()
 
 
+@pytest.mark.fuse
+def test_a_token_mount_reads_through_the_proxy_and_nothing_is_cached(start_proxy, origin, proxy_root, tmp_path):
+    proxy = start_proxy()
+    node = Mounter(tmp_path, origin.url)
+    try:
+        origin.reset_log()
+        mp = node.mount("org/gated", env={"HF_TOKEN": TOKEN, "NETMOUNT_CACHE_PROXY": proxy.url})
+        assert (mp / "w.bin").read_bytes() == source(proxy_root, "w.bin", "org/gated")
+        settle(mp)
+        s = stats(mp)["proxy"]
+        assert s["bypass"] > 0 and s["hits"] == s["misses"] == 0 and s["fallbacks"] == 0
+        assert proxy.cached_files() == []
+        # the proxy passed the token on to the hub; the CDN never saw it
+        assert all(r.has_auth for r in origin.log if r.server == "hub")
+        assert origin.requests("cdn") and not any(r.has_auth for r in origin.requests("cdn"))
+    finally:
+        node.cleanup()
+
+
 # ---- the proxy is never a single point of failure -------------------------------------------
 
 @pytest.mark.fuse
@@ -200,7 +224,8 @@ def test_proxy_killed_mid_read_then_restarted(start_proxy, origin, proxy_root, b
 
 class StubProxy:
     """A proxy that answers wrongly: ``mode`` "200" sends the whole file as a 200 to a range
-    request, "range" a 206 whose Content-Range is off by one (with those bytes)."""
+    request, "range" a 206 whose Content-Range is off by one (with those bytes), "moved" a
+    307 to another path on itself (a renamed repo) where it answers right."""
 
     def __init__(self, root: Path, mode: str):
         self.hits = 0
@@ -212,7 +237,17 @@ class StubProxy:
                 name = unquote(self.path.rsplit("/", 1)[-1])
                 data = (root / "org" / "m" / name).read_bytes()
                 a, b = (int(x) for x in re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["Range"]).groups())
-                if mode == "200":
+                if mode == "moved" and not self.path.startswith("/moved/"):
+                    self.send_response(307)
+                    self.send_header("Location", "/moved" + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if mode == "moved":
+                    body = data[a:b + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+                elif mode == "200":
                     self.send_response(200)
                     body = data
                 else:
@@ -263,6 +298,20 @@ def test_a_refused_proxy_costs_nothing_but_a_fallback(origin, proxy_root, bare):
     assert (mp / "b.bin").read_bytes() == source(proxy_root, "b.bin")
     s = stats(mp)["proxy"]
     assert s["fallbacks"] >= 1 and s["state"] in ("open", "probing") and s["misses"] == 0
+
+
+@pytest.mark.fuse
+def test_a_redirect_on_the_proxy_is_followed(origin, proxy_root, bare):
+    stub = StubProxy(proxy_root, "moved")
+    try:
+        mp = bare(stub.url)
+        origin.reset_log()
+        assert (mp / "a.bin").read_bytes() == source(proxy_root, "a.bin")
+        s = stats(mp)["proxy"]
+        assert s["state"] == "closed" and s["fallbacks"] == 0 and s["hits"] >= 1
+        assert origin_data_requests(origin) == []
+    finally:
+        stub.close()
 
 
 # ---- flags ----------------------------------------------------------------------------------
