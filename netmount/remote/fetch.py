@@ -96,6 +96,10 @@ class _Retry(Exception):
         self.forget_target = forget_target
 
 
+class _LongBody(_Retry):
+    """More body bytes than asked for: wrong bytes, not a broken connection."""
+
+
 class _Fatal(Exception):
     pass
 
@@ -320,7 +324,7 @@ class RangeFetcher:
             sink.put(lo, data)
         extra = await resp.content.read(1)
         if extra:
-            raise _Retry(f"long body: more than the {end - start} bytes asked for")
+            raise _LongBody(f"long body: more than the {end - start} bytes asked for")
 
     # -- the cache proxy -------------------------------------------------------------------
     def _proxy_failed(self, path: str, start: int, end: int, ticket: str, exc: "_ProxyFault") -> None:
@@ -353,9 +357,6 @@ class RangeFetcher:
                         if urlsplit(url).netloc != self._proxy_host:
                             raise _ProxyFault(f"redirect to another host ({urlsplit(url).netloc})")
                         continue
-                    kind = PROXY_CACHE_STATUS.get(resp.headers.get("X-Cache-Status", "").strip().upper())
-                    if kind:
-                        self.counters.add(kind)
                     if resp.status != 206 and not (resp.status == 200 and start == 0 and end == size):
                         raise _ProxyFault(f"HTTP {resp.status}", distrust=resp.status in (200, 206))
                     want = f"bytes {start}-{end - 1}/{size}"
@@ -368,8 +369,12 @@ class RangeFetcher:
                     try:
                         await self._read_body(resp, path, start, end, sink)
                     except _Retry as exc:  # short (a reset) or long (wrong) body
-                        raise _ProxyFault(str(exc), distrust=str(exc).startswith("long")) from None
+                        raise _ProxyFault(str(exc), distrust=isinstance(exc, _LongBody)) from None
                     self.counters.add("proxy_bytes", end - start)
+                    # hits/misses/bypass: of the answers that were used
+                    kind = PROXY_CACHE_STATUS.get(resp.headers.get("X-Cache-Status", "").strip().upper())
+                    if kind:
+                        self.counters.add(kind)
                     return
             raise _ProxyFault("too many redirects")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
