@@ -225,10 +225,12 @@ def test_proxy_killed_mid_read_then_restarted(start_proxy, origin, proxy_root, b
 class StubProxy:
     """A proxy that answers wrongly: ``mode`` "200" sends the whole file as a 200 to a range
     request, "range" a 206 whose Content-Range is off by one (with those bytes), "moved" a
-    307 to another path on itself (a renamed repo) where it answers right."""
+    307 to another path on itself (a renamed repo) where it answers right; "500" an error,
+    "stall" the right headers and half the body, then nothing."""
 
     def __init__(self, root: Path, mode: str):
         self.hits = 0
+        self.release = threading.Event()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -237,6 +239,19 @@ class StubProxy:
                 name = unquote(self.path.rsplit("/", 1)[-1])
                 data = (root / "org" / "m" / name).read_bytes()
                 a, b = (int(x) for x in re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["Range"]).groups())
+                if mode == "500":
+                    self.send_error(500)
+                    return
+                if mode == "stall":
+                    body = data[a:b + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    stub.release.wait(60)
+                    return
                 if mode == "moved" and not self.path.startswith("/moved/"):
                     self.send_response(307)
                     self.send_header("Location", "/moved" + self.path)
@@ -268,6 +283,7 @@ class StubProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -285,6 +301,24 @@ def test_a_wrong_answer_from_the_proxy_falls_back_with_the_right_bytes(origin, p
         assert stub.hits >= 1 and s["fallbacks"] >= 1
         assert s["state"] == "open" and s["retry_in"] > 60  # not trusted for minutes
         assert s["skipped"] >= 1  # later requests went straight to the origin
+    finally:
+        stub.close()
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("mode", ["500", "stall"])
+def test_an_error_or_a_stall_falls_back_and_the_proxy_is_tried_again_soon(origin, proxy_root, bare,
+                                                                          monkeypatch, mode):
+    monkeypatch.setenv("NETMOUNT_FETCH_TIMEOUT", "1")  # a stall is a second without bytes
+    stub = StubProxy(proxy_root, mode)
+    try:
+        mp = bare(stub.url)
+        data = source(proxy_root, "a.bin")
+        assert pread(mp, "a.bin", 3 * MiB, MiB) == data[3 * MiB:4 * MiB]
+        s = stats(mp)["proxy"]
+        assert stub.hits >= 1 and s["fallbacks"] >= 1 and s["bytes"] == 0
+        assert s["state"] in ("open", "probing") and s["retry_in"] < 60  # a fault, not distrust
+        assert {"500": "HTTP 500", "stall": "Timeout on reading"}[mode] in s["last_error"]
     finally:
         stub.close()
 
