@@ -9,6 +9,8 @@ circuit breaker's logic is tested alone with a fake clock at the end.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import os
 import random
@@ -162,6 +164,33 @@ def test_two_nodes_one_proxy_the_origin_sends_each_byte_once(start_proxy, origin
     finally:
         first.cleanup()
         second.cleanup()
+
+
+@pytest.mark.fuse
+def test_eight_readers_on_two_nodes_at_once_each_slice_reaches_the_origin_once(start_proxy, origin, proxy_root,
+                                                                               tmp_path):
+    proxy = start_proxy()
+    nodes = [Mounter(tmp_path / f"node{i}", origin.url) for i in range(2)]
+    try:
+        mps = []
+        for i, node in enumerate(nodes):
+            (tmp_path / f"node{i}").mkdir()
+            mps.append(node.mount("org/m", "--cache-proxy", proxy.url))
+        origin.reset_log()
+        readers = [subprocess.Popen(["sha256sum", str(mps[i % 2] / "c.bin")], stdout=subprocess.PIPE, text=True)
+                   for i in range(8)]
+        sums = {r.communicate(timeout=120)[0].split()[0] for r in readers}
+        assert [r.returncode for r in readers] == [0] * 8
+        assert sums == {hashlib.sha256(source(proxy_root, "c.bin")).hexdigest()}
+        for mp in mps:
+            settle(mp)
+        cdn = [(r.path, r.range) for r in origin.requests("cdn")]
+        assert len(cdn) == len(set(cdn))  # each 1 MiB slice once, however many readers
+        per_file = collections.Counter(path for path, _ in cdn)
+        assert max(per_file.values()) == -(-FILES["c.bin"] // MiB)  # c.bin: all its slices
+    finally:
+        for node in nodes:
+            node.cleanup()
 
 
 @pytest.mark.fuse
