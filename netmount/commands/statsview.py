@@ -38,6 +38,11 @@ def render_summary(s: dict) -> str:
         ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
                  f" average {format_size(s.get('download_rate_avg', 0))}/s"),
     ]
+    px = s.get("proxy")
+    if px:
+        rows.append(("proxy", f"{px['url']} {px['state']}: {px['hits']} hits, {px['misses']} misses,"
+                              f" {px['bypass']} bypass, {px['fallbacks']} fallbacks,"
+                              f" {format_size(px['bytes'])}"))
     head = f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}"
     return "\n".join([head] + [f"  {k:<8} {v}" for k, v in rows])
 

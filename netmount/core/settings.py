@@ -38,3 +38,26 @@ def token(flag: str | None = None) -> str | None:
 def cache_dir(flag: str | None = None) -> Path:
     value = flag or os.environ.get("NETMOUNT_CACHE_DIR")
     return Path(value).expanduser() if value else Path.home() / ".cache" / "netmount"
+
+
+def cache_proxy(flag: str | None = None) -> str | None:
+    """The shared cache proxy (``netmount cache-proxy``) for file content: the flag, else
+    $NETMOUNT_CACHE_PROXY, else None.  ``scheme://host[:port]`` only, like the proxy's own
+    ``--upstream``: a path would be silently dropped from the routes the proxy serves."""
+    from urllib.parse import urlsplit
+
+    from netmount.core.errors import BadInput
+
+    value = (flag or os.environ.get("NETMOUNT_CACHE_PROXY") or "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        raise BadInput(f"--cache-proxy {value!r}: bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadInput(f"--cache-proxy {value!r}: expected http(s)://host[:port], e.g. http://10.0.0.5:8080")
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise BadInput(f"--cache-proxy {value!r}: give only scheme://host[:port] (no path, query or user)")
+    return f"{parts.scheme}://{parts.netloc}"

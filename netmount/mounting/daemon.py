@@ -37,6 +37,7 @@ class DaemonConfig:
     debug: bool = False
     log_file: str = ""
     prefetch: bool = True
+    cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -84,7 +85,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         lambda: MemoryBlockStore(config.block_size, 256 << 20),
     )
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
-                           connections=config.connections, counters=counters).start()
+                           connections=config.connections, counters=counters,
+                           proxy=config.cache_proxy).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
@@ -94,7 +96,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
-    stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head)
+    stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
+                         proxy=fetcher.status)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
         drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
         return b"idle\n" if drained else b"busy\n"

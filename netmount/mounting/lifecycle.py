@@ -139,17 +139,21 @@ def mount(
     allow_other: bool = False,
     foreground: bool = False,
     debug: bool = False,
+    cache_proxy: str | None = None,
 ) -> Mount:
     """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
 
     Returns once the mount is live (or, with ``foreground``, once it has been unmounted).
     ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
+    ``cache_proxy`` (else $NETMOUNT_CACHE_PROXY) sends file content requests through a
+    ``netmount cache-proxy``; the origin stays the fallback.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
     bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
     if connections < 1 or connections > 64:
         raise errors.BadInput("invalid --connections: 1 to 64")
+    proxy = settings.cache_proxy(cache_proxy)
     check_fuse()
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
@@ -160,7 +164,7 @@ def mount(
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = _log_file(cdir, path)
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
-                              allow_other, debug, log_file)
+                              allow_other, debug, log_file, cache_proxy=proxy)
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 

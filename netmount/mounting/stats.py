@@ -11,6 +11,11 @@ Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
 download_rate download_rate_avg amplification files[{path size cached_bytes fetched_bytes
 served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
+``proxy`` is None without ``--cache-proxy``, else ``{url state retry_in last_error requests bytes hits
+misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use, open =
+backing off for ``retry_in`` more seconds, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
+the requests that went to the origin after a proxy fault, skipped those sent there while
+it was backed off.
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
 For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the memory
@@ -129,9 +134,10 @@ class HeaderCache:
 class StatsBuilder:
     """The callable the filesystem runs for each open of the stats file."""
 
-    def __init__(self, config, snap, counters, store, coverage=None, head=None) -> None:
+    def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None) -> None:
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
         self.coverage = coverage
+        self.proxy = proxy  # () -> the fetcher's proxy status, or None
         self.headers = HeaderCache(store, head)
         self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
         self._lock = threading.Lock()  # one build at a time: the header cache is not shared
@@ -139,7 +145,8 @@ class StatsBuilder:
     def __call__(self) -> dict:
         with self._lock:
             return build_stats(self.config, self.snap, self.counters, self.store,
-                               coverage=self.coverage, headers=self.headers, rate=self.rate)
+                               coverage=self.coverage, headers=self.headers, rate=self.rate,
+                               proxy=self.proxy() if self.proxy is not None else None)
 
     def forget(self, f) -> None:
         """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
@@ -150,7 +157,8 @@ class StatsBuilder:
         self.rate.close()
 
 
-def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None) -> dict:
+def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,
+                proxy=None) -> dict:
     values = counters.snapshot()
     per_file = counters.per_file()
     files, tensors = [], []
@@ -214,6 +222,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
         "amplification": round(fetched / read_total, 4) if read_total else None,
+        "proxy": proxy,
         "files": files,
         "tensors": tensors,
     }

@@ -22,12 +22,21 @@ Why it looks like this:
   ``NETMOUNT_FETCH_TIMEOUT``, ``NETMOUNT_FETCH_RETRIES``, ``NETMOUNT_FETCH_BACKOFF`` and
   ``NETMOUNT_FETCH_MIN_RATE`` in the daemon's environment — tests use that to make fault
   runs take seconds.
+- The cache proxy (``proxy=``, ``netmount mount --cache-proxy``): while it is up, a range
+  goes to ``{proxy}/{repo}/resolve/{sha}/{path}`` (no resolve step: the proxy follows the
+  Hub's redirect itself), with the token only if the mount has one, checked like any
+  answer.  Any fault of the proxy (refused, reset, 2 s connect timeout, stall, an error
+  status, an answer that fails the checks) sends that same request to the origin path at
+  once, and a circuit breaker (``remote/breaker.py``) keeps the next ones off the proxy
+  for a back-off (``NETMOUNT_PROXY_BACKOFF`` seconds, doubling to 60 s; wrong bytes: 5
+  minutes).  A piece may then be delivered twice, which the contract allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import random
@@ -42,6 +51,7 @@ from netmount.core import settings
 from netmount.core.blocks import PAGE  # a split that cannot cut on piece edges cuts on pages
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
+from netmount.remote.breaker import CLOSED, Breaker
 from netmount.remote.contract import OnPart
 from netmount.remote.hub import RemoteFile
 
@@ -56,6 +66,11 @@ DEFAULT_MIN_RATE = 64 << 10  # bytes/s: slower than this over a whole request is
 # SPLIT_PIECE: where each connection is capped (CDNs, the bench's emulated link) a 1 MiB
 # miss then costs a round trip and a quarter of its transfer time.
 SPLIT_PIECE, SPLIT_MAX = 256 << 10, 4
+PROXY_CONNECT_TIMEOUT = 2.0  # a proxy on the LAN connects at once, or it is down
+DEFAULT_PROXY_BACKOFF, PROXY_MAX_BACKOFF, PROXY_DISTRUST = 1.0, 60.0, 300.0
+PROXY_CACHE_STATUS = {"HIT": "proxy_hits", "MISS": "proxy_misses", "EXPIRED": "proxy_misses",
+                      "UPDATING": "proxy_misses", "STALE": "proxy_hits", "REVALIDATED": "proxy_hits",
+                      "BYPASS": "proxy_bypass"}
 
 
 def _env_number(name: str, default, kind=float):
@@ -81,8 +96,20 @@ class _Retry(Exception):
         self.forget_target = forget_target
 
 
+class _LongBody(_Retry):
+    """More body bytes than asked for: wrong bytes, not a broken connection."""
+
+
 class _Fatal(Exception):
     pass
+
+
+class _ProxyFault(Exception):
+    """The proxy could not give this range; ``distrust``: it gave a wrong answer."""
+
+    def __init__(self, why: str, distrust: bool = False):
+        super().__init__(why)
+        self.distrust = distrust
 
 
 class RangeFetcher:
@@ -99,6 +126,7 @@ class RangeFetcher:
         backoff: float | None = None,
         max_backoff: float = 8.0,
         counters: Counters | None = None,
+        proxy: str | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.repo_id, self.sha, self._token = repo_id, sha, token
@@ -114,6 +142,11 @@ class RangeFetcher:
         self.backoff, self.max_backoff = backoff, max(max_backoff, backoff)
         self.counters = counters or Counters()
         self._endpoint_host = urlsplit(self.endpoint).netloc
+        self.proxy = proxy.rstrip("/") if proxy else None
+        self._proxy_host = urlsplit(self.proxy).netloc if self.proxy else None
+        self.breaker = Breaker(_env_number("NETMOUNT_PROXY_BACKOFF", DEFAULT_PROXY_BACKOFF),
+                               PROXY_MAX_BACKOFF, PROXY_DISTRUST)
+        self.proxy_error = ""  # the last fault of the proxy, for the stats
         self._targets: dict[str, tuple[str, float]] = {}
         self._resolving: dict[str, asyncio.Future] = {}
         self._loop = asyncio.new_event_loop()
@@ -211,7 +244,10 @@ class RangeFetcher:
 
     def resolve_ahead(self, paths) -> None:
         """Resolve these files' data URLs in the background (at most 4 at a time), so their
-        first read skips the round trip; failures are left for that read to meet."""
+        first read skips the round trip; failures are left for that read to meet.  Not
+        while the cache proxy is in use: its route has no resolve step."""
+        if self.proxy is not None and self.breaker.state == CLOSED:
+            return
         asyncio.run_coroutine_threadsafe(self._resolve_all(list(paths)), self._loop)
 
     async def _resolve_all(self, paths: list[str]) -> None:
@@ -247,15 +283,39 @@ class RangeFetcher:
                 t.cancel()
         return end - start
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, prefetch: bool):
+        if prefetch:
+            async with self._prefetch_sem, self._sem:
+                yield
+        else:
+            async with self._sem:
+                yield
+
     async def _fetch_one(self, path: str, start: int, end: int, size: int, prefetch: bool,
                          sink: "_Pieces") -> None:
+        if self.proxy is not None:
+            ticket = self.breaker.acquire(time.monotonic())
+            if ticket is None:
+                self.counters.add("proxy_skipped")
+            else:
+                outcome = None
+                try:
+                    async with self._connection(prefetch):
+                        await self._via_proxy(path, start, end, size, sink)
+                    outcome = "ok"
+                    self.breaker.succeeded(ticket)
+                    return
+                except _ProxyFault as exc:
+                    outcome = "fault"
+                    self._proxy_failed(path, start, end, ticket, exc)
+                finally:
+                    if outcome is None:  # cancelled, or a bug in on_part: the probe is void
+                        self.breaker.abandon(ticket)
         attempt = 0
         while True:
             try:
-                if prefetch:
-                    async with self._prefetch_sem, self._sem:
-                        return await self._once(path, start, end, size, sink)
-                async with self._sem:
+                async with self._connection(prefetch):
                     return await self._once(path, start, end, size, sink)
             except _Fatal as exc:
                 self.counters.add("errors")
@@ -313,7 +373,72 @@ class RangeFetcher:
             sink.put(lo, data)
         extra = await resp.content.read(1)
         if extra:
-            raise _Retry(f"long body: more than the {end - start} bytes asked for")
+            raise _LongBody(f"long body: more than the {end - start} bytes asked for")
+
+    # -- the cache proxy -------------------------------------------------------------------
+    def _proxy_failed(self, path: str, start: int, end: int, ticket: str, exc: "_ProxyFault") -> None:
+        self.counters.add("proxy_fallbacks")
+        self.proxy_error = str(exc)
+        wait = self.breaker.failed(ticket, time.monotonic(), distrust=exc.distrust)
+        if exc.distrust:
+            log.warning("cache proxy %s answered %s [%d, %d) wrongly (%s): not using it for %.0fs",
+                        self.proxy, path, start, end, exc, wait)
+        elif wait:
+            log.warning("cache proxy %s failed on %s [%d, %d) (%s): to the origin, proxy again in %.1fs",
+                        self.proxy, path, start, end, exc, wait)
+
+    async def _via_proxy(self, path: str, start: int, end: int, size: int, sink: "_Pieces") -> None:
+        """``[start, end)`` from the cache proxy, checked as always; ``_ProxyFault`` otherwise."""
+        url = f"{self.proxy}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if self._token:
+            headers["authorization"] = f"Bearer {self._token}"
+        deadline = aiohttp.ClientTimeout(total=self.timeout + (end - start) / self.min_rate,
+                                         sock_connect=PROXY_CONNECT_TIMEOUT, sock_read=self.timeout)
+        try:
+            for _hop in range(3):
+                self.counters.add("requests", path=path)
+                self.counters.add("proxy_requests")
+                async with self._session.get(url, headers=headers, allow_redirects=False,
+                                             timeout=deadline) as resp:
+                    if resp.status in REDIRECTS:  # a renamed repo: another path on the proxy
+                        url = urljoin(url, resp.headers.get("Location", ""))
+                        if urlsplit(url).netloc != self._proxy_host:
+                            raise _ProxyFault(f"redirect to another host ({urlsplit(url).netloc})")
+                        continue
+                    if resp.status != 206 and not (resp.status == 200 and start == 0 and end == size):
+                        raise _ProxyFault(f"HTTP {resp.status}", distrust=resp.status in (200, 206))
+                    want = f"bytes {start}-{end - 1}/{size}"
+                    got = resp.headers.get("Content-Range", "").strip()
+                    if resp.status == 206 and got != want:
+                        raise _ProxyFault(f"Content-Range {got!r}, asked for {want!r}", distrust=True)
+                    if resp.content_length is not None and resp.content_length != end - start:
+                        raise _ProxyFault(f"Content-Length {resp.content_length}, asked for "
+                                          f"{end - start}", distrust=True)
+                    try:
+                        await self._read_body(resp, path, start, end, sink)
+                    except _Retry as exc:  # short (a reset) or long (wrong) body
+                        raise _ProxyFault(str(exc), distrust=isinstance(exc, _LongBody)) from None
+                    self.counters.add("proxy_bytes", end - start)
+                    # hits/misses/bypass: of the answers that were used
+                    kind = PROXY_CACHE_STATUS.get(resp.headers.get("X-Cache-Status", "").strip().upper())
+                    if kind:
+                        self.counters.add(kind)
+                    return
+            raise _ProxyFault("too many redirects")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _ProxyFault(str(exc) or type(exc).__name__) from None
+
+    def status(self) -> dict | None:
+        """The proxy's part of the stats (None without a proxy); from any thread."""
+        if self.proxy is None:
+            return None
+        c = self.counters
+        retry_in = max(0.0, self.breaker.until - time.monotonic()) if self.breaker.state == "open" else 0.0
+        return {"url": self.proxy, "state": self.breaker.state, "last_error": self.proxy_error,
+                "retry_in": round(retry_in, 3),
+                **{k: c.get(f"proxy_{k}") for k in
+                   ("requests", "bytes", "hits", "misses", "bypass", "fallbacks", "skipped")}}
 
     def _resolve_url(self, path: str) -> str:
         return f"{self.endpoint}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
