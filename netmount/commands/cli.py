@@ -32,6 +32,9 @@ def _add_mount(sub) -> None:
                    help=f"cache block size, power of two 64K..64M (default {format_size(settings.DEFAULT_BLOCK_SIZE)})")
     p.add_argument("--connections", type=int, default=settings.DEFAULT_CONNECTIONS,
                    help=f"parallel HTTP connections (default {settings.DEFAULT_CONNECTIONS})")
+    p.add_argument("--readahead", type=int, default=settings.DEFAULT_READAHEAD_KB, metavar="KB",
+                   help="the mount's kernel readahead in KiB, set when root; 0 keeps the kernel's "
+                        f"128 (default {settings.DEFAULT_READAHEAD_KB})")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.set_defaults(func=cmd_mount)
@@ -46,7 +49,7 @@ def cmd_mount(args) -> int:
     m = mount(args.repo, args.mountpoint, revision=args.revision, endpoint=args.endpoint,
               token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
               block_size=args.block_size, connections=args.connections,
-              allow_other=args.allow_other, foreground=args.foreground, debug=args.debug)
+              readahead=args.readahead, allow_other=args.allow_other, foreground=args.foreground, debug=args.debug)
     if not args.foreground:
         snap = m.snapshot
         total = sum(f.size for f in snap.files)

@@ -16,6 +16,11 @@ DEFAULT_CONNECTIONS = 16  # measured: cold load and cat faster than with 8 (BENC
 # bytes per HTTP request at most: at 40 ms to first byte and 25 MB/s per connection a 4 MiB
 # request is ~80% transfer; prefetch cuts smaller wants into parallel sub-ranges (BENCHMARKS.md)
 MAX_REQUEST_BYTES = 4 << 20
+# the mount's kernel readahead (its bdi read_ahead_kb, set by the daemon when root): 1 MiB lets
+# a sequential reader's FUSE requests reach libfuse3's 1 MiB (the kernel's own default is
+# 128 KiB); the price: a page fault anywhere reads up to this much around it (README)
+DEFAULT_READAHEAD_KB = 1024
+MAX_READAHEAD_KB = 65536
 
 
 def endpoint(flag: str | None = None) -> str:
