@@ -12,9 +12,10 @@ import os
 
 import pytest
 
-from conftest import run_cli
 from netmount.core import errors
 from netmount.mounting import daemon, lifecycle
+
+from conftest import run_cli
 
 KIB = 1 << 10
 MIB = 1 << 20
