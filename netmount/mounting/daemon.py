@@ -107,6 +107,14 @@ def set_readahead(mountpoint: str, kb: int) -> tuple[int | None, str | None]:
         return None, f"cannot set {path}: {why}{hint}"
 
 
+def max_read(readahead_kb: int) -> int | None:
+    """The cap on FUSE read requests for a readahead: none from 1 MiB (libfuse3's own cap);
+    below, the readahead (at least the kernel's 128 KiB): the kernel otherwise merges a
+    fault's read-around with the readahead after it into one larger request."""
+    kb = max(readahead_kb, 128)
+    return None if kb >= 1024 else kb << 10
+
+
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
@@ -174,7 +182,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
         # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
         # FUSE loop ends; fetcher.close() below stops its loop once nothing reads any more
-        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.abort)
+        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.abort,
+              max_read=max_read(config.readahead_kb))
     finally:
         log.info("unmounted %s; closing", config.mountpoint)
         if prefetcher is not None:

@@ -102,6 +102,7 @@ class NetmountFS(Operations):
         self._control_lock = threading.Lock()
         self._max_lock = threading.Lock()
         self.max_read_bytes = 0  # the largest read request the kernel sent (stats.json)
+        self.max_read: int | None = None  # the cap on read requests, when below libfuse3's 1 MiB
 
     # -- lifecycle -------------------------------------------------------------------------
     def init_with_config(self, conn, config):
@@ -111,6 +112,8 @@ class NetmountFS(Operations):
         it too, as the kernel keeps the smaller of the mount's readahead and the reply's."""
         readahead = self.on_ready() if self.on_ready else None
         if conn is not None:
+            if self.max_read:
+                conn.max_read = self.max_read  # libfuse3 wants the mount option repeated here
             if readahead:
                 conn.max_readahead = max(conn.max_readahead, readahead)
             log.info("FUSE init: libfuse %d.%d, requests up to %d bytes, readahead %d bytes",
@@ -245,7 +248,7 @@ class NetmountFS(Operations):
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
-          on_stop: Callable[[], None] | None = None) -> None:
+          on_stop: Callable[[], None] | None = None, max_read: int | None = None) -> None:
     """Run the FUSE loop in this thread until unmounted, or until SIGTERM or SIGHUP.
 
     On SIGTERM/SIGHUP ``on_stop()`` runs first, on a thread of its own: the daemon fails its
@@ -258,7 +261,9 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
 
     libfuse3 takes the cache options (``kernel_cache``, the timeouts) as ``-o`` options still
     (into its config); ``max_readahead`` is no mount option any more (the daemon sets the
-    mount's readahead in sysfs instead), nor is ``big_writes`` (always on).
+    mount's readahead in sysfs instead), nor is ``big_writes`` (always on).  ``max_read``
+    caps read requests (a mount option the kernel applies to readahead batches too): with a
+    small readahead, the kernel's reads around a page fault stay as small as on libfuse2.
     """
     label = f"netmount:{ops.snapshot.repo_id}"
     options = dict(
@@ -270,6 +275,8 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
         # libfuse3 serves at most 10 requests at once by default (libfuse2 had no cap): reads
         # wait on the network, so let page faults of many threads wait together
         options["max_threads"] = 64
+    if max_read:
+        options["max_read"] = ops.max_read = max_read
     if allow_other:
         options["allow_other"] = True
     if debug:
