@@ -76,9 +76,7 @@ def test_safe_open_one_tensor_fetches_only_its_blocks_and_header(mounter, hub, h
     from safetensors import safe_open
 
     src = hub_root / "tests" / "big" / "model.safetensors"
-    # readahead at the kernel's 128 KiB: the default 1 MiB window makes the kernel read up to
-    # 1 MiB around each fault (README "Readahead"), which this test's exact bounds exclude
-    mp = mounter.mount("tests/big", "--readahead", "128")
+    mp = mounter.mount("tests/big")
     hub.reset_log()
     name = "layer.5.weight"
     with safe_open(str(mp / "model.safetensors"), framework="pt") as sf:

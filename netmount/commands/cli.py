@@ -33,8 +33,8 @@ def _add_mount(sub) -> None:
     p.add_argument("--connections", type=int, default=settings.DEFAULT_CONNECTIONS,
                    help=f"parallel HTTP connections (default {settings.DEFAULT_CONNECTIONS})")
     p.add_argument("--readahead", type=int, default=settings.DEFAULT_READAHEAD_KB, metavar="KB",
-                   help="the mount's kernel readahead in KiB, set when root; 0 keeps the kernel's "
-                        f"128 (default {settings.DEFAULT_READAHEAD_KB})")
+                   help="the mount's kernel readahead in KiB, set when root (1024: 1 MiB requests, "
+                        f"for loading whole files; 0: leave it alone; default {settings.DEFAULT_READAHEAD_KB})")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.set_defaults(func=cmd_mount)
