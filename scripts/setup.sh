@@ -1,5 +1,5 @@
 # Sourced by scripts/test and scripts/demo: install what is missing, safe to run twice.
-#   - python3 + python3-venv, fuse3 + libfuse2 from apt (when root and missing)
+#   - python3 + python3-venv, fuse3 + libfuse3-3 from apt (when root and missing)
 #   - nginx from apt (built with the slice module; for `netmount cache-proxy` and its tests)
 #   - a venv ($NETMOUNT_VENV, default .venv) with torch==2.13.0 (CPU) and netmount[test]
 set -euo pipefail
@@ -7,12 +7,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${NETMOUNT_VENV:-$here/.venv}"
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-have_libfuse2() { { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libfuse.so.2'; }
+have_libfuse3() { { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libfuse3.so.3'; }
 pkgs=()
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 command -v fusermount3 >/dev/null 2>&1 || pkgs+=(fuse3)
-have_libfuse2 || pkgs+=(libfuse2)
+have_libfuse3 || pkgs+=(libfuse3-3)
 # nginx lives in /usr/sbin, which an ordinary user's PATH often lacks
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
 if [ "${#pkgs[@]}" -gt 0 ]; then
@@ -21,8 +21,11 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
     apt-get update -qq
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y -qq "${pkgs[@]}" >/dev/null; then
-      say "retrying with libfuse2t64 (its name since Ubuntu 24.04)"
-      apt-get install -y -qq "${pkgs[@]/#libfuse2/libfuse2t64}" >/dev/null
+      # newer releases name the library package otherwise (libfuse3-4 on Debian 13): fuse3 pulls it
+      say "retrying without libfuse3-3 (fuse3 depends on the library under its current name)"
+      rest=(fuse3)
+      for p in "${pkgs[@]}"; do [ "$p" = libfuse3-3 ] || [ "$p" = fuse3 ] || rest+=("$p"); done
+      apt-get install -y -qq "${rest[@]}" >/dev/null
     fi
   else
     say "missing: ${pkgs[*]}; install them with: sudo apt-get install ${pkgs[*]}"
@@ -55,7 +58,7 @@ else
   fi
   "$venv/bin/python" -m pip install -q -c "$here/scripts/constraints.txt" -e "$here[test]" 2>&1 \
     | grep -v '^WARNING: Location' || true
-  "$venv/bin/python" -c "import torch, transformers, fuse, netmount" \
+  "$venv/bin/python" -c "import torch, transformers, netmount.mounting.fs" \
     || { say "installation failed"; exit 1; }
   echo "$want" > "$stamp"
 fi

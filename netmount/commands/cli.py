@@ -35,6 +35,9 @@ def _add_mount(sub) -> None:
     p.add_argument("--cache-proxy", metavar="URL",
                    help="fetch file content through this `netmount cache-proxy` (default: "
                         "$NETMOUNT_CACHE_PROXY); the Hub stays the fallback")
+    p.add_argument("--readahead", type=int, default=settings.DEFAULT_READAHEAD_KB, metavar="KB",
+                   help="the mount's kernel readahead in KiB, set when root (1024: 1 MiB requests, "
+                        f"for loading whole files; 0: leave it alone; default {settings.DEFAULT_READAHEAD_KB})")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.set_defaults(func=cmd_mount)
@@ -49,8 +52,8 @@ def cmd_mount(args) -> int:
     m = mount(args.repo, args.mountpoint, revision=args.revision, endpoint=args.endpoint,
               token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
               block_size=args.block_size, connections=args.connections,
-              allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,
-              cache_proxy=args.cache_proxy)
+              readahead=args.readahead, allow_other=args.allow_other, foreground=args.foreground,
+              debug=args.debug, cache_proxy=args.cache_proxy)
     if not args.foreground:
         snap = m.snapshot
         total = sum(f.size for f in snap.files)

@@ -16,6 +16,14 @@ DEFAULT_CONNECTIONS = 16  # measured: cold load and cat faster than with 8 (BENC
 # bytes per HTTP request at most: at 40 ms to first byte and 25 MB/s per connection a 4 MiB
 # request is ~80% transfer; prefetch cuts smaller wants into parallel sub-ranges (BENCHMARKS.md)
 MAX_REQUEST_BYTES = 4 << 20
+# the mount's kernel readahead (its bdi read_ahead_kb, set by the daemon when root), which also
+# caps FUSE read requests: 1024 lets a sequential reader's requests reach libfuse3's 1 MiB, but
+# then a page fault anywhere reads up to 1 MiB around it: measured, a lone 9 MiB get_tensor
+# fetched 20 MB instead of 9.8, and a shard opened for its header costs 1 MiB (README
+# "Readahead").  Until the policy switches it per reader (issue 11), the default is the
+# kernel's own 128 KiB: partial reads stay partial; `--readahead 1024` to load or stream.
+DEFAULT_READAHEAD_KB = 128
+MAX_READAHEAD_KB = 65536
 
 
 def endpoint(flag: str | None = None) -> str:

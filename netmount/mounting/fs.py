@@ -1,4 +1,5 @@
-"""The FUSE face of a mount (the only fusepy user): thin operations over the core.
+"""The FUSE face of a mount (the only user of the binding, mfusepy on libfuse3): thin
+operations over the core.
 
 Look up the path, make one call into the reader, map errors to errno.  Files are
 immutable at the pinned commit, so the kernel may keep their pages across opens
@@ -11,6 +12,10 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
+
+libfuse3, not libfuse2: it negotiates ``max_pages``, so a read request carries up to 1 MiB
+where libfuse2 caps every request at 128 KiB (each request costs the daemon ~0.4 ms).  How
+large requests get is then up to the kernel's readahead for the mount (daemon.py sets it).
 """
 
 from __future__ import annotations
@@ -26,14 +31,39 @@ import threading
 import time
 from typing import Callable
 
-from fuse import FUSE, FuseOSError, Operations, _libfuse
-
 from netmount.core.blocks import PAGE
-from netmount.core.errors import FetchError
+from netmount.core.errors import FetchError, FuseUnavailable
+from netmount.mounting.lifecycle import APT_FUSE, libfuse3_path
 from netmount.read.reader import BlockReader
 from netmount.remote.hub import RemoteFile, Snapshot
 
 log = logging.getLogger("netmount.fs")
+
+
+def _bind_libfuse3():
+    """Import mfusepy bound to libfuse3.  Left alone it binds libfuse2 whenever both are
+    installed (it looks for "fuse" first); ``FUSE_LIBRARY_PATH``, read once at its import,
+    points it at libfuse3."""
+    path = libfuse3_path()
+    before = os.environ.get("FUSE_LIBRARY_PATH")
+    os.environ["FUSE_LIBRARY_PATH"] = path
+    try:
+        import mfusepy
+    except (OSError, AttributeError) as exc:  # not loadable, or a version mfusepy refuses
+        raise FuseUnavailable(f"cannot load libfuse3 ({path}: {exc}): {APT_FUSE}") from None
+    finally:
+        if before is None:
+            os.environ.pop("FUSE_LIBRARY_PATH", None)
+        else:
+            os.environ["FUSE_LIBRARY_PATH"] = before
+    if mfusepy.fuse_version_major != 3:
+        raise FuseUnavailable(f"{path} is libfuse {mfusepy.fuse_version_major}, not 3: {APT_FUSE}")
+    return mfusepy
+
+
+_fuse = _bind_libfuse3()
+FUSE, FuseOSError, Operations, _libfuse = _fuse.FUSE, _fuse.FuseOSError, _fuse.Operations, _fuse._libfuse
+LIBFUSE_VERSION = (_fuse.fuse_version_major, _fuse.fuse_version_minor)
 
 CONTROL_DIR = "/.netmount"
 STATS_FILE = CONTROL_DIR + "/stats.json"
@@ -70,11 +100,24 @@ class NetmountFS(Operations):
         self._handles = itertools.count(1)
         self._control: dict[int, bytes] = {}
         self._control_lock = threading.Lock()
+        self._max_lock = threading.Lock()
+        self.max_read_bytes = 0  # the largest read request the kernel sent (stats.json)
+        self.max_read: int | None = None  # the cap on read requests, when below libfuse3's 1 MiB
 
     # -- lifecycle -------------------------------------------------------------------------
-    def init(self, path):
-        if self.on_ready:
-            self.on_ready()
+    def init_with_config(self, conn, config):
+        """libfuse3's init: the kernel sent FUSE INIT (the mount is live) and waits for the reply.
+
+        ``on_ready`` may return the readahead it set on the mount (bytes): the reply must carry
+        it too, as the kernel keeps the smaller of the mount's readahead and the reply's."""
+        readahead = self.on_ready() if self.on_ready else None
+        if conn is not None:
+            if self.max_read:
+                conn.max_read = self.max_read  # libfuse3 wants the mount option repeated here
+            if readahead:
+                conn.max_readahead = max(conn.max_readahead, readahead)
+            log.info("FUSE init: libfuse %d.%d, requests up to %d bytes, readahead %d bytes",
+                     *LIBFUSE_VERSION, conn.max_write, conn.max_readahead)
 
     def _split(self, path: str) -> tuple[str, bool]:
         """A path under ``/.netmount/raw`` -> (the repo path, True); others -> (path, False)."""
@@ -163,6 +206,9 @@ class NetmountFS(Operations):
         return 0
 
     def read(self, path, size, offset, fi):
+        if size > self.max_read_bytes:
+            with self._max_lock:
+                self.max_read_bytes = max(self.max_read_bytes, size)
         path, raw = self._split(path)
         f = self.files.get(path)
         if f is None:
@@ -202,7 +248,7 @@ class NetmountFS(Operations):
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
-          on_stop: Callable[[], None] | None = None) -> None:
+          on_stop: Callable[[], None] | None = None, max_read: int | None = None) -> None:
     """Run the FUSE loop in this thread until unmounted, or until SIGTERM or SIGHUP.
 
     On SIGTERM/SIGHUP ``on_stop()`` runs first, on a thread of its own: the daemon fails its
@@ -211,15 +257,26 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
     ``STOP_GRACE`` seconds if programs still hold files.  Why not libfuse's own handlers: they
     only flag the loop to end, which then joins every busy worker (a blocked read keeps
     the daemon alive until it returns), and they wake the loop only when the signal lands
-    on its thread.  SIGINT stays libfuse's (fusepy resets it before starting the loop).
+    on its thread.  SIGINT stays libfuse's (mfusepy resets it before starting the loop).
+
+    libfuse3 takes the cache options (``kernel_cache``, the timeouts) as ``-o`` options still
+    (into its config); ``max_readahead`` is no mount option any more (the daemon sets the
+    mount's readahead in sysfs instead), nor is ``big_writes`` (always on).  ``max_read``
+    caps read requests (a mount option the kernel applies to readahead batches too): with a
+    small readahead, the kernel's reads around a page fault stay as small as on libfuse2.
     """
     label = f"netmount:{ops.snapshot.repo_id}"
     options = dict(
         foreground=True, nothreads=False, ro=True, raw_fi=True,
         fsname=label.replace(",", "_"), subtype="netmount",
         kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=3600.0,
-        max_readahead=128 << 10,  # a page fault reads 128 KiB around it, not 1 MiB: prefetch does the rest
     )
+    if LIBFUSE_VERSION >= (3, 12):
+        # libfuse3 serves at most 10 requests at once by default (libfuse2 had no cap): reads
+        # wait on the network, so let page faults of many threads wait together
+        options["max_threads"] = 64
+    if max_read:
+        options["max_read"] = ops.max_read = max_read
     if allow_other:
         options["allow_other"] = True
     if debug:
@@ -229,16 +286,16 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
 
 
 class _FUSE(FUSE):
-    """fusepy's FUSE, keeping libfuse's ``struct fuse *`` — known only inside a request,
+    """mfusepy's FUSE, keeping libfuse's ``struct fuse *`` — known only inside a request,
     through ``fuse_get_context`` — so that another thread can end the loop."""
 
     def __init__(self, operations, mountpoint, stopper: "_Stopper", **options):
         self._stopper = stopper
         super().__init__(operations, mountpoint, **options)
 
-    def init(self, conn):
+    def init_fuse_3(self, conn, config):  # mfusepy's wrapper of libfuse3's init
         self._stopper.fuse = ctypes.c_void_p(_libfuse.fuse_get_context().contents.fuse)
-        return super().init(conn)
+        return super().init_fuse_3(conn, config)
 
 
 STOP_GRACE = 3.0  # seconds a stopping daemon still answers programs that hold files open

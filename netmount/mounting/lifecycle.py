@@ -83,13 +83,27 @@ def check_cache_size(value: int | str) -> int:
 
 FUSE_DEVICE = "/dev/fuse"
 _CONTAINER_HINT = "in a container run with --device /dev/fuse --cap-add SYS_ADMIN"
+APT_FUSE = "apt-get install fuse3 libfuse3-3"
+LIBFUSE = "fuse3"  # the library name ctypes looks up: libfuse3.so.3
+
+
+def libfuse3_path() -> str:
+    """Where libfuse3 is (``$FUSE_LIBRARY_PATH`` if set); ``FuseUnavailable`` if it is not installed.
+
+    The FUSE face binds libfuse3, not libfuse2: only libfuse3 negotiates requests over 128 KiB.
+    """
+    import ctypes.util
+
+    path = os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library(LIBFUSE)
+    if not path:
+        raise errors.FuseUnavailable(f"libfuse3 not found: {APT_FUSE}")
+    return path
 
 
 def check_fuse() -> None:
     if not os.path.exists(FUSE_DEVICE):
         raise errors.FuseUnavailable(
-            f"FUSE is not available: {FUSE_DEVICE} is missing (install fuse3 and libfuse2; "
-            f"{_CONTAINER_HINT})")
+            f"FUSE is not available: {FUSE_DEVICE} is missing ({APT_FUSE}; {_CONTAINER_HINT})")
     try:
         os.close(os.open(FUSE_DEVICE, os.O_RDWR))
     except OSError as exc:
@@ -97,14 +111,22 @@ def check_fuse() -> None:
             f"FUSE is not available: cannot open {FUSE_DEVICE} ({exc.strerror}; {_CONTAINER_HINT})"
         ) from None
     if mounts.fusermount() is None:
-        raise errors.FuseUnavailable("fusermount not found: install fuse3 (apt-get install fuse3 libfuse2)")
-    try:
-        import ctypes.util
+        raise errors.FuseUnavailable(f"fusermount not found: install fuse3 ({APT_FUSE})")
+    libfuse3_path()
 
-        if not ctypes.util.find_library("fuse"):
-            raise OSError
-    except OSError:
-        raise errors.FuseUnavailable("libfuse2 not found: apt-get install libfuse2") from None
+
+def check_readahead(value: int | str | None) -> int:
+    """``--readahead KB``: the mount's kernel readahead window; 0 leaves the kernel's (128 KiB)."""
+    if value is None:
+        return settings.DEFAULT_READAHEAD_KB
+    try:
+        kb = int(value)
+    except (TypeError, ValueError):
+        raise errors.BadInput(f"invalid --readahead {value!r}: kibibytes, e.g. 1024") from None
+    if kb < 0 or kb > settings.MAX_READAHEAD_KB:
+        raise errors.BadInput(
+            f"invalid --readahead {value!r}: 0 (the kernel's default) to {settings.MAX_READAHEAD_KB} KiB")
+    return kb
 
 
 def check_mountpoint(path: str) -> str:
@@ -136,6 +158,7 @@ def mount(
     cache_size: int | str = settings.DEFAULT_CACHE_SIZE,
     block_size: int | str = settings.DEFAULT_BLOCK_SIZE,
     connections: int = settings.DEFAULT_CONNECTIONS,
+    readahead: int | None = None,
     allow_other: bool = False,
     foreground: bool = False,
     debug: bool = False,
@@ -147,6 +170,8 @@ def mount(
     ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
     ``cache_proxy`` (else $NETMOUNT_CACHE_PROXY) sends file content requests through a
     ``netmount cache-proxy``; the origin stays the fallback.
+    ``readahead`` (KiB, default ``settings.DEFAULT_READAHEAD_KB``) is set on the mount when the
+    daemon may (root); 0 keeps the kernel's 128 KiB.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
@@ -154,6 +179,7 @@ def mount(
     if connections < 1 or connections > 64:
         raise errors.BadInput("invalid --connections: 1 to 64")
     proxy = settings.cache_proxy(cache_proxy)
+    readahead_kb = check_readahead(readahead)
     check_fuse()
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
@@ -164,7 +190,7 @@ def mount(
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = _log_file(cdir, path)
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
-                              allow_other, debug, log_file, cache_proxy=proxy)
+                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb)
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 

@@ -22,6 +22,9 @@ For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the
 fallback), ``cache_size``, ``verified_files``, and per file ``content_id`` (the listing's
 LFS sha256, else its git blob sha1), ``lfs`` and ``verified`` (all blocks cached and
 hashed right since any of them last changed: ``cache/disk.py``).
+From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daemon set, or
+None) with ``read_ahead_note`` (why not, or None) and ``max_read_bytes`` (the largest FUSE
+read request seen: up to 1 MiB with readahead raised, 128 KiB without).
 """
 
 from __future__ import annotations
@@ -134,8 +137,10 @@ class HeaderCache:
 class StatsBuilder:
     """The callable the filesystem runs for each open of the stats file."""
 
-    def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None) -> None:
+    def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None,
+                 extra=None) -> None:
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
+        self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
         self.headers = HeaderCache(store, head)
@@ -144,9 +149,12 @@ class StatsBuilder:
 
     def __call__(self) -> dict:
         with self._lock:
-            return build_stats(self.config, self.snap, self.counters, self.store,
-                               coverage=self.coverage, headers=self.headers, rate=self.rate,
-                               proxy=self.proxy() if self.proxy is not None else None)
+            out = build_stats(self.config, self.snap, self.counters, self.store,
+                              coverage=self.coverage, headers=self.headers, rate=self.rate,
+                              proxy=self.proxy() if self.proxy is not None else None)
+            if self.extra is not None:
+                out.update(self.extra())
+            return out
 
     def forget(self, f) -> None:
         """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""

@@ -1,0 +1,95 @@
+"""The FUSE face on libfuse3: request sizes follow the mount's readahead, which the daemon sets.
+
+libfuse2 capped every read request at 128 KiB whatever the readahead; libfuse3 negotiates up
+to 1 MiB, and the kernel's readahead for the mount (its bdi ``read_ahead_kb``, which the
+daemon sets when root) decides how large sequential requests get.  The sizes are counted by
+the daemon (``max_read_bytes`` in stats.json): functional, never timed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from netmount.core import errors
+from netmount.mounting import daemon, lifecycle
+
+from conftest import run_cli
+
+KIB = 1 << 10
+MIB = 1 << 20
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")
+
+
+def read_sequentially(path, chunk: int = MIB) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            n += len(data)
+    return n
+
+
+def daemon_log(mounter, mp) -> str:
+    logs = list((mounter.cache_dir / "logs").glob("*.log"))
+    assert len(logs) == 1, logs
+    return logs[0].read_text()
+
+
+@root_only
+def test_raised_readahead_brings_1_mib_requests(mounter):
+    mp = mounter.mount("tests/big", "--readahead", "1024")
+    stats = mounter.stats(mp)
+    assert stats["read_ahead_kb"] == 1024 and stats["read_ahead_note"] is None, stats
+    size = (mp / "model.safetensors").stat().st_size
+    assert size > 8 * MIB
+    assert read_sequentially(mp / "model.safetensors") == size
+    assert mounter.stats(mp)["max_read_bytes"] == MIB  # libfuse3's largest request, reached
+    assert "readahead of %s: 1024 KiB" % mp in daemon_log(mounter, mp)
+
+
+@root_only
+def test_small_readahead_keeps_requests_at_128_kib(mounter):
+    mp = mounter.mount("tests/big", "--readahead", "128")
+    assert mounter.stats(mp)["read_ahead_kb"] == 128
+    size = (mp / "model.safetensors").stat().st_size
+    assert read_sequentially(mp / "model.safetensors") == size
+    assert 0 < mounter.stats(mp)["max_read_bytes"] <= 128 * KIB
+
+
+def test_readahead_left_alone_is_said_once_and_reads_work(mounter, hub_root):
+    mp = mounter.mount("tests/big", "--readahead", "0")
+    stats = mounter.stats(mp)
+    assert stats["read_ahead_kb"] is None and "kernel's default" in stats["read_ahead_note"]
+    src = hub_root / "tests" / "big" / "model.safetensors"
+    assert (mp / "model.safetensors").read_bytes() == src.read_bytes()
+    assert 0 < mounter.stats(mp)["max_read_bytes"] <= 128 * KIB  # the kernel's own readahead
+    assert daemon_log(mounter, mp).count("not set (") == 1
+
+
+def test_readahead_that_cannot_be_set_says_why(tmp_path, monkeypatch):
+    """Without root (here: a sysfs folder that is not the kernel's) the daemon keeps going."""
+    monkeypatch.setattr(daemon, "BDI_DIR", str(tmp_path / "no-bdi"))
+    kb, why = daemon.set_readahead("/", 1024)  # "/" is always in mountinfo
+    assert kb is None and "cannot set" in why and str(tmp_path / "no-bdi") in why
+    kb, why = daemon.set_readahead(str(tmp_path / "not-a-mount"), 1024)
+    assert kb is None and "mountinfo" in why
+
+
+def test_missing_libfuse3_is_one_line_with_the_apt_line(monkeypatch):
+    monkeypatch.delenv("FUSE_LIBRARY_PATH", raising=False)
+    monkeypatch.setattr(lifecycle, "LIBFUSE", "netmount-no-such-libfuse")
+    with pytest.raises(errors.FuseUnavailable) as exc:
+        lifecycle.libfuse3_path()  # the last of check_fuse's checks, and the FUSE face's first
+    assert str(exc.value) == "libfuse3 not found: apt-get install fuse3 libfuse3-3"
+
+
+@pytest.mark.parametrize("value", ["-1", "100000", "lots"])
+def test_bad_readahead_is_one_line(tmp_path, value):
+    (tmp_path / "mnt").mkdir()
+    done = run_cli("mount", "tests/plain", str(tmp_path / "mnt"), "--readahead", value,
+                   env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": ""})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--readahead" in done.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
