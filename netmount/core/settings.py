@@ -52,20 +52,24 @@ def cache_proxy(flag: str | None = None) -> str | None:
     """The shared cache proxy (``netmount cache-proxy``) for file content: the flag, else
     $NETMOUNT_CACHE_PROXY, else None.  ``scheme://host[:port]`` only, like the proxy's own
     ``--upstream``: a path would be silently dropped from the routes the proxy serves."""
+    value = (flag or os.environ.get("NETMOUNT_CACHE_PROXY") or "").strip()
+    return origin_url(value, "--cache-proxy", "http://10.0.0.5:8080") if value else None
+
+
+def origin_url(value: str, option: str, example: str) -> str:
+    """``value`` as ``scheme://host[:port]`` (http or https); a bad port, a path, a query or
+    credentials are a one-line ``BadInput`` naming ``option``."""
     from urllib.parse import urlsplit
 
     from netmount.core.errors import BadInput
 
-    value = (flag or os.environ.get("NETMOUNT_CACHE_PROXY") or "").strip()
-    if not value:
-        return None
-    parts = urlsplit(value)
+    parts = urlsplit((value or "").strip())
     try:
         _ = parts.port  # raises on a bad port
     except ValueError:
-        raise BadInput(f"--cache-proxy {value!r}: bad port") from None
+        raise BadInput(f"{option} {value!r}: bad port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"--cache-proxy {value!r}: expected http(s)://host[:port], e.g. http://10.0.0.5:8080")
+        raise BadInput(f"{option} {value!r}: expected http(s)://host[:port], e.g. {example}")
     if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise BadInput(f"--cache-proxy {value!r}: give only scheme://host[:port] (no path, query or user)")
+        raise BadInput(f"{option} {value!r}: give only scheme://host[:port] (no path, query or user)")
     return f"{parts.scheme}://{parts.netloc}"

@@ -45,9 +45,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from netmount.core.errors import BadInput
+from netmount.core.settings import origin_url
 from netmount.core.units import parse_size
 
 DEFAULT_MAX_SIZE = "500G"
@@ -160,16 +160,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def parse_upstream(url: str) -> str:
     """A Hub endpoint as ``scheme://host[:port]``; a path, query or credentials are refused."""
-    parts = urlsplit((url or "").strip())
-    try:
-        _ = parts.port  # raises on a bad port
-    except ValueError:
-        raise BadInput(f"--upstream {url!r}: bad port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"--upstream {url!r}: expected http(s)://host[:port], e.g. https://huggingface.co")
-    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise BadInput(f"--upstream {url!r}: give only scheme://host[:port] (no path, query or user)")
-    return f"{parts.scheme}://{parts.netloc}"
+    return origin_url(url, "--upstream", "https://huggingface.co")
 
 
 def parse_slice(text: str) -> int:
