@@ -1,8 +1,9 @@
 """The cache proxy in tests: a real ``netmount cache-proxy`` (the system's nginx) per test.
 
 Shared by test_cache_proxy.py (the proxy alone) and test_cache_proxy_mount.py (mounts
-behind it).  The ``start_proxy`` fixture needs an ``origin`` fixture (a ``HubProcess``) in
-the test module.  Tests that need nginx fail in CI (``CI=true``) when it is missing and are
+behind it).  The ``origin`` fixture (a ``HubProcess`` knowing ``TOKEN``) serves the test
+module's own ``proxy_root`` fixture; ``start_proxy`` puts a proxy in front of it.
+Tests that need nginx fail in CI (``CI=true``) when it is missing and are
 skipped elsewhere with the apt line.
 """
 
@@ -22,6 +23,15 @@ from netmount.proxy.server import alive
 
 from conftest import run_cli
 from hubproc import HubProcess
+
+TOKEN = "good-token"
+
+
+@pytest.fixture(scope="module")
+def origin(proxy_root):
+    """The origin hub, in its own process, over the module's ``proxy_root``."""
+    with HubProcess(proxy_root, tokens={TOKEN}) as server:
+        yield server
 
 
 def require_nginx() -> str:

@@ -29,11 +29,9 @@ from netmount.proxy.nginx_config import Layout, ProxyOptions, render
 from netmount.proxy.server import alive
 
 from conftest import run_cli
-from hubproc import HubProcess
-from proxykit import free_port, require_nginx, start_proxy, wait_for  # noqa: F401 (fixture)
+from proxykit import TOKEN, free_port, origin, require_nginx, start_proxy, wait_for  # noqa: F401 (fixtures)
 
 MiB = 1 << 20
-TOKEN = "good-token"
 
 
 # ---- a hub of our own, a proxy per test ------------------------------------------------------
@@ -53,11 +51,6 @@ def proxy_root(tmp_path_factory) -> Path:
     (g / ".gated").write_text("")
     return root
 
-
-@pytest.fixture(scope="module")
-def origin(proxy_root):
-    with HubProcess(proxy_root, tokens={TOKEN}) as server:
-        yield server
 
 
 def file_url(origin, repo: str, path: str, rev: str | None = None) -> str:

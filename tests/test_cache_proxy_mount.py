@@ -29,11 +29,9 @@ from netmount.commands.statsview import render_summary
 from netmount.remote.breaker import CLOSED, OPEN, PROBING, Breaker
 
 from conftest import Mounter, require_fuse, run_cli
-from hubproc import HubProcess
-from proxykit import require_nginx, start_proxy, wait_for  # noqa: F401 (fixture)
+from proxykit import TOKEN, origin, require_nginx, start_proxy, wait_for  # noqa: F401 (fixtures)
 
 MiB = 1 << 20
-TOKEN = "good-token"
 FILES = {"a.bin": 5 * MiB + 4321, "b.bin": 3 * MiB + 17, "c.bin": 12 * MiB + 5}  # LFS: on the CDN
 
 
@@ -52,11 +50,6 @@ def proxy_root(tmp_path_factory) -> Path:
     (g / ".gated").write_text("")
     return root
 
-
-@pytest.fixture(scope="module")
-def origin(proxy_root):
-    with HubProcess(proxy_root, tokens={TOKEN}) as server:
-        yield server
 
 
 def source(proxy_root: Path, name: str, repo: str = "org/m") -> bytes:
