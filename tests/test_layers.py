@@ -8,7 +8,7 @@ dependencies).  The rules, from DESIGN.md:
 - Only the fetcher (``netmount/remote/fetch.py``) and the test hub (``netmount/dev/testhub/``)
   import ``aiohttp``.
 - Only ``netmount/__main__.py`` imports the CLI (``netmount.commands.cli``).
-- Layers: core 0, remote 1, read 2, mounting 3, proxy 3, dev 4, commands 5.  A module imports
+- Layers: core 0, remote 1, read 2, views 2, mounting 3, proxy 3, dev 4, commands 5.  A module imports
   its own package and lower ranks only (calls go down).  ``netmount/__init__.py``, the lazy
   public API, is exempt; importing it (``import netmount``) counts as importing the top.
 - ``netmount/dev/testhub/`` is a server that runs on its own: of netmount it imports only
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RANKS = {"core": 0, "remote": 1, "read": 2, "mounting": 3, "proxy": 3, "dev": 4, "commands": 5}
+RANKS = {"core": 0, "remote": 1, "read": 2, "views": 2, "mounting": 3, "proxy": 3, "dev": 4, "commands": 5}
 TOP = 6  # ``netmount`` itself (the public API) and ``netmount/__main__.py``
 FUSE_BINDINGS = {"fuse", "mfusepy"}
 FUSE_FACE = "netmount/mounting/fs.py"

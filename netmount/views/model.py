@@ -1,0 +1,79 @@
+"""What a view is: files made of pieces, each either synthesized bytes (a header, a rewritten
+config.json or index) or a byte range of a source file of the repo.  Pure data, no I/O.
+
+The planner (``plan.py``) builds a ``View`` from the repo's listing, its safetensors headers
+and its small JSON files; the mount serves a ``ViewFile`` by cutting a read into its pieces
+(``ViewFile.cut``) and reading each source range through the same block cache as a plain
+mount, so cache keys stay the source files' content ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Piece:
+    """``length`` bytes of a view file: ``data`` itself (synthesized), or the source file
+    ``source`` (a repo path) from ``offset``."""
+
+    length: int
+    data: bytes | None = None
+    source: str | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class ViewFile:
+    path: str  # path in the mount
+    pieces: tuple[Piece, ...]  # in order, covering [0, size) with no gap
+    starts: tuple[int, ...] = field(default=(), compare=False)  # offset of each piece (derived)
+
+    def __post_init__(self) -> None:
+        pos, starts = 0, []
+        for p in self.pieces:
+            starts.append(pos)
+            pos += p.length
+        object.__setattr__(self, "starts", tuple(starts))
+
+    @property
+    def size(self) -> int:
+        return (self.starts[-1] + self.pieces[-1].length) if self.pieces else 0
+
+    def cut(self, offset: int, size: int) -> list[tuple[Piece, int, int]]:
+        """The pieces a read of [offset, offset + size) touches, each as
+        (piece, start within the piece, length), in order; clipped at the end of the file."""
+        end = min(offset + size, self.size)
+        out = []
+        i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        while i < len(self.pieces) and offset < end:
+            p, base = self.pieces[i], self.starts[i]
+            lo, hi = offset - base, min(end - base, p.length)
+            if hi > lo:
+                out.append((p, lo, hi - lo))
+                offset = base + hi
+            i += 1
+        return out
+
+
+@dataclass(frozen=True)
+class View:
+    """The mount's tree under a view: ``files`` are synthesized or re-cut; ``passthrough``
+    names repo files shown as they are (config rewritten only when ``--experts`` asks)."""
+
+    files: tuple[ViewFile, ...]
+    passthrough: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The options of ``netmount mount``: ``--reshard``, ``--only`` (repeatable), ``--experts``."""
+
+    reshard: str | None = None  # None, "layer" or "expert"
+    only: tuple[str, ...] = ()  # fnmatch globs over tensor names
+    experts: tuple[int, ...] | None = None  # kept routed experts, ascending
+
+    @property
+    def active(self) -> bool:
+        return bool(self.reshard or self.only or self.experts is not None)
