@@ -40,6 +40,7 @@ class DaemonConfig:
     prefetch: bool = True
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
     readahead_kb: int = settings.DEFAULT_READAHEAD_KB  # 0: keep the kernel's
+    view: dict | None = None  # a planned view (mounting/viewsetup.view_to_json), or None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -150,10 +151,18 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
+    view = None
+    if config.view is not None:
+        from netmount.mounting.viewfs import ViewTree
+        from netmount.mounting.viewsetup import check_view, view_from_json
+
+        planned = view_from_json(config.view)
+        check_view(planned, snap)
+        view = ViewTree(planned, snap, reader, prefetcher)
     fuse_state: dict = {"read_ahead_kb": None, "read_ahead_note": "not mounted yet"}
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
                          proxy=fetcher.status,
-                         extra=lambda: {**fuse_state, "max_read_bytes": ops.max_read_bytes})
+                         extra=lambda: {**fuse_state, "max_read_bytes": ops.max_read_bytes}, view=view)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
         drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
         return b"idle\n" if drained else b"busy\n"
@@ -179,8 +188,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
-                     on_drop=drop)
-    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
+                     on_drop=drop, view=view)
+    log.info("mounting %s@%s (%d files%s) on %s", snap.repo_id, snap.sha, len(snap.files),
+             f", a view of {len(view.files) + len(view.passthrough)}" if view else "", config.mountpoint)
     try:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
         # blocked on a stalled server gets EIO now and frees its FUSE worker), then the

@@ -31,8 +31,9 @@ class Mount:
     """A live mount; a context manager that unmounts (and removes a temp mountpoint) on exit."""
 
     def __init__(self, path: str, snapshot: hub.Snapshot, process: subprocess.Popen | None,
-                 log_file: str, owns_dir: bool = False):
+                 log_file: str, owns_dir: bool = False, view=None):
         self.path, self.snapshot, self.process, self.log_file = path, snapshot, process, log_file
+        self.view = view  # the planned views.model.View of a view mount, else None
         self._owns_dir = owns_dir
 
     def __fspath__(self) -> str:
@@ -163,6 +164,9 @@ def mount(
     foreground: bool = False,
     debug: bool = False,
     cache_proxy: str | None = None,
+    reshard: str | None = None,
+    only: list[str] | tuple[str, ...] = (),
+    experts: str | None = None,
 ) -> Mount:
     """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
 
@@ -172,6 +176,9 @@ def mount(
     ``netmount cache-proxy``; the origin stays the fallback.
     ``readahead`` (KiB, default ``settings.DEFAULT_READAHEAD_KB``) is set on the mount when the
     daemon may (root); 0 keeps the kernel's 128 KiB.
+    ``reshard`` (``"layer"``/``"expert"``), ``only`` (tensor-name globs) and ``experts``
+    (``"0-31"``) mount a view of the checkpoint instead (``mounting/viewsetup.py``): its
+    headers are read and the view planned here, before the daemon starts.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
@@ -180,6 +187,11 @@ def mount(
         raise errors.BadInput("invalid --connections: 1 to 64")
     proxy = settings.cache_proxy(cache_proxy)
     readahead_kb = check_readahead(readahead)
+    spec = None
+    if reshard is not None or only or experts is not None:
+        from netmount.mounting.viewsetup import check_spec
+
+        spec = check_spec(reshard, only, experts)
     check_fuse()
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
@@ -188,16 +200,22 @@ def mount(
         cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
+        view = None
+        if spec is not None:
+            from netmount.mounting.viewsetup import build_view, view_to_json
+
+            view = build_view(snap, spec, tok, connections=max(16, connections), proxy=proxy)
         log_file = _log_file(cdir, path)
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
-                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb)
+                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
+                              view=view_to_json(view) if view is not None else None)
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 
             setup_logging("" if debug else log_file, debug)
             run(config)
-            return Mount(path, snap, None, log_file, owns_dir)
-        return Mount(path, snap, spawn_daemon(config), log_file, owns_dir)
+            return Mount(path, snap, None, log_file, owns_dir, view)
+        return Mount(path, snap, spawn_daemon(config), log_file, owns_dir, view)
     except BaseException:
         if owns_dir:
             shutil.rmtree(path, ignore_errors=True)

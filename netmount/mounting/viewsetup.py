@@ -1,0 +1,152 @@
+"""A view's mount-time half: check the options, read what the planner needs, plan, and hand
+the plan to the daemon.
+
+Runs in the parent (``lifecycle.mount``), before any daemon starts, so a bad spec or a repo
+the spec does not fit is one line and leaves nothing mounted.  Every safetensors header of
+the repo is read at once (one speculative range request per shard, a second only for a
+longer header: ``RangeFetcher`` with many connections), plus ``config.json`` and
+``model.safetensors.index.json``; the pure planner (``views/plan.py``) turns them into a
+``View``.  The daemon gets the ``View`` itself, compactly (``view_to_json``): synthesized
+bytes as base64, source pieces as (source index, offset, length).  It then serves every
+synthesized header from memory, never from the network, and never plans again.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+from typing import Iterable
+
+from netmount.core import errors
+from netmount.core.safetensors import FIRST_READ, HeaderError, header_size
+from netmount.remote.hub import RemoteFile, Snapshot
+from netmount.views.model import Piece, View, ViewFile, ViewSpec
+
+RESHARD = ("layer", "expert")
+SMALL_FILES = ("config.json", "model.safetensors.index.json")
+MAX_SMALL = 64 << 20  # a config or index larger than this is not a model's
+
+
+def check_spec(reshard: str | None = None, only: Iterable[str] | None = (), experts: str | None = None) -> ViewSpec:
+    """The mount's view options as a ``ViewSpec``; ``BadInput`` (one line) for a bad one."""
+    from netmount.views.plan import parse_experts
+
+    if reshard is not None and reshard not in RESHARD:
+        raise errors.BadInput(f"invalid --reshard {reshard!r}: one of {', '.join(RESHARD)}")
+    globs = tuple(only or ())
+    for g in globs:
+        if not g or not g.strip():
+            raise errors.BadInput("invalid --only '': give a glob over tensor names, e.g. 'model.layers.61.*'")
+    kept = parse_experts(experts) if experts is not None else None
+    return ViewSpec(reshard=reshard, only=globs, experts=kept)
+
+
+def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections: int = 16,
+               proxy: str | None = None) -> View:
+    """Read every source header and the small JSON files (in parallel), and plan the view."""
+    from netmount.core.safetensors import parse_header_full
+    from netmount.views.plan import plan_view
+
+    shards = [f for f in snap.files if f.path.endswith(".safetensors")]
+    if not shards:
+        raise errors.BadInput(f"{snap.repo_id} has no safetensors files: nothing to re-shard or select")
+    small_files = [f for f in snap.files if f.path in SMALL_FILES and f.size <= MAX_SMALL]
+    raw, small = read_sources(snap, shards, small_files, token, connections=connections, proxy=proxy)
+    headers = {}
+    for f in shards:
+        try:
+            headers[f.path] = parse_header_full(raw[f.path], f.size)
+        except HeaderError as exc:
+            raise errors.BadInput(f"{f.path} is not valid safetensors, cannot make a view of it: {exc}") from None
+    return plan_view(spec, list(snap.files), headers, small)
+
+
+def read_sources(snap: Snapshot, shards: list[RemoteFile], small_files: list[RemoteFile], token: str | None,
+                 *, connections: int = 16, proxy: str | None = None) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The header bytes (``8 + N``) of every shard, and the whole small files: all requests
+    at once, a second round only for headers longer than the first read."""
+    from netmount.remote.contract import fetch_bytes
+    from netmount.remote.fetch import RangeFetcher
+
+    fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, token, connections=connections,
+                           proxy=proxy).start()
+    try:
+        def get(f: RemoteFile, start: int, end: int) -> concurrent.futures.Future:
+            return fetch_bytes(fetcher, f, start, end)
+
+        first = {f.path: (f, get(f, 0, min(f.size, FIRST_READ))) for f in shards if f.size}
+        smalls = {f.path: get(f, 0, f.size) for f in small_files if f.size}
+        heads, rest = {}, {}
+        for f in shards:
+            if not f.size:
+                raise errors.BadInput(f"{f.path} is empty, not safetensors: cannot make a view of it")
+            head = _result(first[f.path][1], f)
+            try:
+                span = header_size(head, f.size)
+            except HeaderError as exc:
+                raise errors.BadInput(f"{f.path} is not valid safetensors, cannot make a view of it: {exc}") from None
+            heads[f.path] = head
+            if span > len(head):
+                rest[f.path] = get(f, len(head), span)
+        for path, fut in rest.items():
+            heads[path] = bytes(heads[path]) + _result(fut, first[path][0])
+        by_path = {f.path: f for f in small_files}
+        small = {p: bytes(_result(fut, by_path[p])) for p, fut in smalls.items()}
+        small.update({f.path: b"" for f in small_files if not f.size})
+        return heads, small
+    finally:
+        fetcher.close()
+
+
+def _result(fut: concurrent.futures.Future, f: RemoteFile) -> bytes:
+    try:
+        return fut.result()
+    except errors.NetmountError as exc:
+        raise errors.FetchError(f"reading {f.path} for the view failed: {exc}") from None
+
+
+# -- to the daemon and back ------------------------------------------------------------------
+
+def view_to_json(view: View) -> dict:
+    """``View`` -> a compact JSON-able dict: sources listed once, data pieces as base64."""
+    sources: dict[str, int] = {}
+    files = []
+    for vf in view.files:
+        pieces = []
+        for p in vf.pieces:
+            if p.data is not None:
+                pieces.append([p.length, base64.b64encode(p.data).decode("ascii")])
+            else:
+                pieces.append([p.length, sources.setdefault(p.source, len(sources)), p.offset])
+        files.append([vf.path, pieces])
+    return {"sources": list(sources), "passthrough": list(view.passthrough), "files": files}
+
+
+def view_from_json(data: dict) -> View:
+    sources = data["sources"]
+    files = []
+    for path, pieces in data["files"]:
+        files.append(ViewFile(path, tuple(
+            Piece(p[0], data=base64.b64decode(p[1])) if len(p) == 2 else Piece(p[0], source=sources[p[1]], offset=p[2])
+            for p in pieces)))
+    return View(tuple(files), tuple(data["passthrough"]))
+
+
+def check_view(view: View, snap: Snapshot) -> None:
+    """What the daemon relies on: every source piece inside a file of the snapshot, view paths
+    unique, not clashing with a passthrough file, and safe (no ``..``, not under ``.netmount``)."""
+    from netmount.remote.hub import check_path
+
+    sizes = {f.path: f.size for f in snap.files}
+    seen = set(view.passthrough)
+    for path in view.passthrough:
+        if path not in sizes:
+            raise errors.BadInput(f"view error: passthrough {path!r} is not a file of {snap.repo_id}")
+    for vf in view.files:
+        check_path(vf.path)
+        if vf.path in seen:
+            raise errors.BadInput(f"view error: {vf.path!r} twice in the view")
+        seen.add(vf.path)
+        for p in vf.pieces:
+            if p.data is None and (p.source not in sizes or p.offset < 0 or p.offset + p.length > sizes[p.source]):
+                raise errors.BadInput(f"view error: {vf.path!r} maps past the end of {p.source!r}")
