@@ -1,0 +1,236 @@
+"""Plan a view: (repo listing, safetensors headers, config/index bytes, options) -> ``View``.
+
+Pure: no I/O, so the mount calls it once at mount time with the headers it read (all shards
+in parallel) and tests call it on files in a tmp dir.  What the mount passes:
+
+- ``files``: the repo listing (``RemoteFile``; only ``path`` is used);
+- ``headers``: ``{path: core.safetensors.Header}`` for every path ``sources(files, small)``
+  returns (``read_header_full`` reads one);
+- ``small``: the bytes of ``config.json`` and ``model.safetensors.index.json`` when the repo
+  has them (``SMALL_FILES``).
+
+Choices:
+- The view re-cuts the model the index describes (the shards its ``weight_map`` names), or,
+  without an index, the top-level ``*.safetensors`` files.  Every other file passes through,
+  so a ``consolidated.safetensors`` next to an index, or a subfolder's model, is shown as is.
+- Tensors keep the source order ((shard order, offset)), so a loader reading a view file front
+  to back reads each source front to back; consecutive source ranges become one ``Piece``.
+- ``--only`` globs match the names the view shows (after ``--experts`` renumbering).
+- A view file name that would not be a plain top-level name (a tensor named ``a/b`` or
+  ``.x``) is refused rather than cleaned up: a header decides it, and headers are input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from netmount.core import errors
+from netmount.core.safetensors import Header, TensorInfo
+from netmount.remote.hub import RemoteFile
+from netmount.views import experts as ex
+from netmount.views.header import Entry, encode_header
+from netmount.views.model import Piece, View, ViewFile, ViewSpec
+from netmount.views.names import expert_of, file_for
+
+INDEX = "model.safetensors.index.json"
+CONFIG = "config.json"
+SMALL_FILES = (CONFIG, INDEX)
+RESHARD_MODES = ("layer", "expert")
+SINGLE = "model.safetensors"  # the one file transformers loads without an index
+
+
+@dataclass
+class _Item:
+    """One tensor as the view shows it: its name there, where its bytes come from."""
+
+    name: str
+    source: str
+    tensor: TensorInfo
+    rows: tuple[int, ...] | None = None  # a router: only these rows of dim 0, in this order
+
+    def entry(self) -> Entry:
+        t = self.tensor
+        if self.rows is None:
+            return Entry(self.name, t.dtype, t.shape, t.nbytes)
+        n = len(self.rows)
+        return Entry(self.name, t.dtype, (n,) + t.shape[1:], n * (t.nbytes // t.shape[0]))
+
+    def ranges(self):
+        """(offset, length) source ranges: one per maximal run of consecutive kept rows."""
+        t = self.tensor
+        if self.rows is None:
+            yield t.start, t.nbytes
+            return
+        row = t.nbytes // t.shape[0]
+        i = 0
+        while i < len(self.rows):
+            j = i
+            while j + 1 < len(self.rows) and self.rows[j + 1] == self.rows[j] + 1:
+                j += 1
+            yield t.start + self.rows[i] * row, (j - i + 1) * row
+            i = j + 1
+
+
+def sources(files: list[RemoteFile], small: dict[str, bytes]) -> list[str]:
+    """The safetensors files a view re-cuts, in shard order (see the module doc)."""
+    paths = {f.path for f in files}
+    if INDEX in paths:
+        if INDEX not in small:
+            raise ValueError(f"plan: pass the bytes of {INDEX} in small")
+        wm = _json(small[INDEX], INDEX).get("weight_map")
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise errors.BadInput(f"{INDEX} has no weight_map of tensor name -> file")
+        missing = sorted(set(wm.values()) - paths)
+        if missing:
+            raise errors.BadInput(f"{INDEX} names {missing[0]!r}, which the repo does not have")
+        return sorted(set(wm.values()))
+    return sorted(p for p in paths if "/" not in p and p.endswith(".safetensors"))
+
+
+def plan_view(spec: ViewSpec, files: list[RemoteFile], headers: dict[str, Header],
+              small: dict[str, bytes]) -> View:
+    """The mount's tree under ``spec`` (module doc); BadInput with one line for what cannot be."""
+    all_paths = sorted(f.path for f in files)
+    if not spec.active:
+        return View(files=(), passthrough=tuple(all_paths))
+    if spec.reshard is not None and spec.reshard not in RESHARD_MODES:
+        raise errors.BadInput(f"--reshard {spec.reshard!r}: expected one of {', '.join(RESHARD_MODES)}")
+    srcs = sources(files, small)
+    if not srcs:
+        what = f"--reshard {spec.reshard}" if spec.reshard else "--only/--experts"
+        raise errors.BadInput(f"{what}: this repo has no safetensors weights to re-cut")
+
+    items = _items(srcs, headers)
+    config_file = None
+    if spec.experts is not None:
+        items, config_file = _keep_experts(items, tuple(sorted(set(spec.experts))), small)
+    if spec.only:
+        items = [it for it in items if any(fnmatchcase(it.name, g) for g in spec.only)]
+        if not items:
+            globs = " ".join(f"--only {g!r}" for g in spec.only)
+            raise errors.BadInput(f"{globs}: no tensor matches")
+
+    by_file: dict[str, list[_Item]] = {}
+    for it in items:
+        path = file_for(it.name, spec.reshard) if spec.reshard else it.source
+        by_file.setdefault(path, []).append(it)
+    out = [_view_file(path, its, headers[its[0].source].metadata) for path, its in by_file.items()]
+
+    hidden = set(srcs) | {INDEX} | ({CONFIG} if config_file else set())
+    passthrough = [p for p in all_paths if p not in hidden]
+    _check_names(list(by_file), passthrough, spec.reshard is not None)
+    if INDEX in all_paths or list(by_file) != [SINGLE]:
+        out.append(_index(items, by_file, small.get(INDEX)))
+    if config_file:
+        out.append(config_file)
+    return View(files=tuple(out), passthrough=tuple(passthrough))
+
+
+def _json(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise errors.BadInput(f"{what} is not valid JSON: {str(exc).splitlines()[0][:120]}") from None
+    if not isinstance(obj, dict):
+        raise errors.BadInput(f"{what} is not a JSON object")
+    return obj
+
+
+def _items(srcs: list[str], headers: dict[str, Header]) -> list[_Item]:
+    items, seen = [], {}
+    for src in srcs:
+        h = headers.get(src)
+        if h is None:
+            raise errors.BadInput(f"{src}: its safetensors header could not be read, so no view "
+                                  "can be made of it")
+        for t in sorted(h.tensors, key=lambda t: t.start):
+            if t.name in seen:
+                raise errors.BadInput(f"tensor {t.name!r} is in both {seen[t.name]} and {src}")
+            seen[t.name] = src
+            items.append(_Item(t.name, src, t))
+    return items
+
+
+def _keep_experts(items: list[_Item], kept: tuple[int, ...], small: dict[str, bytes]):
+    """Drop the experts not kept, renumber the rest, slice the routers; -> (items, config file)."""
+    if CONFIG not in small:
+        raise errors.BadInput("--experts: the repo has no config.json to tell the architecture")
+    config = _json(small[CONFIG], CONFIG)
+    moe = ex.detect(config)
+    ex.check_experts(kept, moe)
+    new_number = {old: new for new, old in enumerate(kept)}
+    router = moe.router_pattern()
+    out, expert_layers, router_layers = [], set(), set()
+    for it in items:
+        e = expert_of(it.name)
+        if e is not None:
+            head, old, rest = e
+            expert_layers.add(head.rsplit(".", 3)[0] + ".")  # "<...>layers.<N>."
+            if old in new_number:
+                out.append(_Item(f"{head}{new_number[old]}.{rest}", it.source, it.tensor))
+            continue
+        m = router.match(it.name)
+        if m is not None:
+            t = it.tensor
+            if not t.shape or t.shape[0] != moe.count or t.nbytes % moe.count:
+                raise errors.BadInput(f"--experts: router {t.name!r} has shape {list(t.shape)}, "
+                                      f"not [{moe.count}, ...] as {moe.count_key}={moe.count} says")
+            router_layers.add(m.group(1))
+            out.append(_Item(it.name, it.source, t, rows=kept))
+            continue
+        out.append(it)
+    if not expert_layers:
+        raise errors.BadInput(f"--experts: no per-expert tensors (<prefix>.layers.<N>.mlp.experts.<E>.* "
+                              f"or ...block_sparse_moe.experts.<E>.*) in this {moe.family} checkpoint")
+    lacking = sorted(expert_layers - router_layers)
+    if lacking:
+        raise errors.BadInput(f"--experts: {lacking[0]} has experts but no router "
+                              f"({' or '.join(moe.routers)}) to slice")
+    data = ex.config_bytes(ex.rewrite_config(config, moe, kept))
+    return out, ViewFile(CONFIG, (Piece(len(data), data=data),))
+
+
+def _view_file(path: str, items: list[_Item], metadata: dict[str, str] | None) -> ViewFile:
+    head = encode_header([it.entry() for it in items], metadata)
+    pieces = [Piece(len(head), data=head)]
+    for it in items:
+        for off, n in it.ranges():
+            if n == 0:
+                continue
+            last = pieces[-1]
+            if last.source == it.source and last.offset + last.length == off:
+                pieces[-1] = Piece(last.length + n, source=it.source, offset=last.offset)
+            else:
+                pieces.append(Piece(n, source=it.source, offset=off))
+    return ViewFile(path, tuple(pieces))
+
+
+def _index(items: list[_Item], by_file: dict[str, list[_Item]], old: bytes | None) -> ViewFile:
+    """``model.safetensors.index.json`` of the view: kept tensors -> view file, their bytes."""
+    meta = {}
+    if old is not None:
+        m = _json(old, INDEX).get("metadata")
+        meta = dict(m) if isinstance(m, dict) else {}
+    entries = [it.entry() for it in items]
+    meta["total_size"] = sum(e.nbytes for e in entries)
+    if "total_parameters" in meta:
+        meta["total_parameters"] = sum(math.prod(e.shape) for e in entries)
+    weight_map = {it.name: path for path, its in by_file.items() for it in its}
+    text = json.dumps({"metadata": meta, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+    data = (text + "\n").encode()
+    return ViewFile(INDEX, (Piece(len(data), data=data),))
+
+
+def _check_names(view_paths: list[str], passthrough: list[str], made: bool) -> None:
+    """Refuse file names a header made up that are unsafe or hide a file of the repo."""
+    shown = set(passthrough)
+    folders = {q.rsplit("/", k)[0] for q in passthrough for k in range(1, q.count("/") + 1)}
+    for p in view_paths:
+        if made and ("/" in p or "\\" in p or "\0" in p or p.startswith(".")):
+            raise errors.UnsafeListing(f"a tensor name would make the unsafe file name {p[:200]!r}; "
+                                       "refusing to build the view")
+        if p in shown or p in folders or p in (INDEX, CONFIG):
+            raise errors.BadInput(f"view file {p!r} would hide the repo's own {p!r}")
