@@ -38,6 +38,10 @@ def render_summary(s: dict) -> str:
         ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
                  f" average {format_size(s.get('download_rate_avg', 0))}/s"),
     ]
+    if s.get("view_files") is not None:
+        sources = {p for f in s["view_files"] for p in f.get("sources", ())}
+        rows.append(("view", f"{len(s['view_files'])} files, {format_size(s.get('view_bytes', 0))},"
+                             f" cut from {len(sources)} repo files"))
     px = s.get("proxy")
     if px:
         rows.append(("proxy", f"{px['url']} {px['state']}: {px['hits']} hits, {px['misses']} misses,"

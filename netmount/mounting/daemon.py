@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from netmount.core import settings
@@ -43,9 +43,10 @@ class DaemonConfig:
     view: dict | None = None  # a planned view (mounting/viewsetup.view_to_json), or None
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = asdict(replace(self, view=None))  # a view is JSON already: not deep-copied
         data["snapshot"] = json.loads(self.snapshot.to_json())
-        return json.dumps(data)
+        data["view"] = self.view
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "DaemonConfig":

@@ -205,11 +205,14 @@ class NetmountFS(Operations):
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0
-        path, _raw = self._split(path)
+        path, raw = self._split(path)
         if path not in self.files:
             raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
         fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
-        fi.keep_cache = 1
+        if raw and not isinstance(self.files[path], RemoteFile):
+            fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
+        else:
+            fi.keep_cache = 1
         return 0
 
     def read(self, path, size, offset, fi):

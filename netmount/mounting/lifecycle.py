@@ -204,7 +204,7 @@ def mount(
         if spec is not None:
             from netmount.mounting.viewsetup import build_view, view_to_json
 
-            view = build_view(snap, spec, tok, connections=max(16, connections), proxy=proxy)
+            view = build_view(snap, spec, tok, proxy=proxy)
         log_file = _log_file(cdir, path)
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,

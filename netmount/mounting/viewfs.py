@@ -10,6 +10,13 @@ the source file (``plan`` before, ``follow`` after), under a handle of its own p
 view file, source file): the loader heuristics then see what they see on a plain mount —
 sequential reads of a source file, jumps to tensor starts — and fetch ahead in the source.
 Reads of the raw mirror (``/.netmount/raw``) get no prefetch, as on a plain mount.
+A program's read that starts in a synthesized piece (a header: ``safe_open``'s first page
+fault, and the kernel's read-around of it, up to the readahead) fetches the source bytes
+it spills into exactly (their pages, not their blocks) and tells the prefetcher nothing:
+opening a view file must not start fetching the tensors behind its header (the MTP layer
+of a ``--reshard layer`` view that transformers opens but never reads).  Raw reads are
+``direct_io`` (fs.py): they arrive exactly as asked, so ``netmount tensors`` reads a view
+header without spilling, and ``netmount prefetch`` gets whole source blocks stored.
 
 Per view file this keeps the bytes served and the read coverage (``stats.json``:
 ``view_files``); its tensors are known from its synthesized header (no network).
@@ -22,8 +29,11 @@ import threading
 from netmount.core.blocks import block_range, coalesce
 from netmount.core.safetensors import HeaderError, parse_header
 from netmount.read.coverage import Coverage
+from netmount.read.reader import ExactRead
 from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.views.model import View, ViewFile
+
+EXACT = ExactRead()  # fetch a miss as its pages, not its blocks
 
 
 class ViewTree:
@@ -42,15 +52,20 @@ class ViewTree:
 
     def read(self, vf: ViewFile, offset: int, size: int, handle: int | None, prefetch: bool = True) -> bytes:
         policy = self.prefetcher if prefetch and handle is not None else None
+        pieces = vf.cut(offset, size)
+        header_read = policy is not None and bool(pieces) and pieces[0][0].data is not None
         out = []
-        for piece, lo, n in vf.cut(offset, size):
+        for piece, lo, n in pieces:
             if piece.data is not None:
                 out.append(piece.data[lo:lo + n])
                 continue
             f = self.sources[piece.source]
             at = piece.offset + lo
+            if header_read:  # the read-around of a header: exactly these bytes, no prefetch
+                out.append(self.reader.read(f, at, n, exact=EXACT))
+                continue
             if policy is None:
-                out.append(self.reader.read(f, at, n))
+                out.append(self._whole_blocks(f, at, n))
                 continue
             key = (handle, f.path)
             with self._lock:
@@ -64,6 +79,18 @@ class ViewTree:
             self.coverage.record(vf, offset, len(data))
             with self._lock:
                 self._served[vf.path] = self._served.get(vf.path, 0) + len(data)
+        return data
+
+    def _whole_blocks(self, f: RemoteFile, at: int, n: int) -> bytes:
+        """``[at, at + n)`` of ``f``, read as the whole blocks that hold it: a raw read (``netmount
+        prefetch``) is asked to cache, and a short read near a file's start would otherwise be
+        a header read that the reader's head tier serves from memory, never storing it."""
+        bs = self.reader.block_size
+        lo, hi = at // bs * bs, min(-(-(at + n) // bs) * bs, f.size)
+        data = self.reader.read(f, lo, hi - lo, account=False)[at - lo:at - lo + n]
+        self.reader.counters.add("bytes_served", len(data), path=f.path)
+        if self.reader.on_served is not None:
+            self.reader.on_served(f, at, len(data))
         return data
 
     def release(self, handle: int) -> None:

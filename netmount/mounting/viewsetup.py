@@ -18,18 +18,23 @@ import concurrent.futures
 from typing import Iterable
 
 from netmount.core import errors
-from netmount.core.safetensors import FIRST_READ, HeaderError, header_size
+from netmount.core.safetensors import HeaderError, header_size
 from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.views.model import Piece, View, ViewFile, ViewSpec
 
 RESHARD = ("layer", "expert")
-SMALL_FILES = ("config.json", "model.safetensors.index.json")
 MAX_SMALL = 64 << 20  # a config or index larger than this is not a model's
+# The first read of each shard: DeepSeek-V3's headers (~70 KB) fit, and little tensor data
+# comes with a short header (that data is not kept: the parent has no block cache).
+FIRST_READ = 128 << 10
+# Header reads are small and latency-bound (each file's first request also resolves its
+# CDN URL): many at once, e.g. DeepSeek-V3's 163 in ~6 rounds.
+HEADER_CONNECTIONS = 32
 
 
 def check_spec(reshard: str | None = None, only: Iterable[str] | None = (), experts: str | None = None) -> ViewSpec:
     """The mount's view options as a ``ViewSpec``; ``BadInput`` (one line) for a bad one."""
-    from netmount.views.plan import parse_experts
+    from netmount.views.experts import parse_experts
 
     if reshard is not None and reshard not in RESHARD:
         raise errors.BadInput(f"invalid --reshard {reshard!r}: one of {', '.join(RESHARD)}")
@@ -41,32 +46,26 @@ def check_spec(reshard: str | None = None, only: Iterable[str] | None = (), expe
     return ViewSpec(reshard=reshard, only=globs, experts=kept)
 
 
-def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections: int = 16,
+def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections: int = HEADER_CONNECTIONS,
                proxy: str | None = None) -> View:
-    """Read every source header and the small JSON files (in parallel), and plan the view."""
-    from netmount.core.safetensors import parse_header_full
+    """Read the small JSON files, then every source header (in parallel), and plan the view."""
     from netmount.views.plan import plan_view
 
-    shards = [f for f in snap.files if f.path.endswith(".safetensors")]
-    if not shards:
+    if not any(f.path.endswith(".safetensors") for f in snap.files):
         raise errors.BadInput(f"{snap.repo_id} has no safetensors files: nothing to re-shard or select")
-    small_files = [f for f in snap.files if f.path in SMALL_FILES and f.size <= MAX_SMALL]
-    raw, small = read_sources(snap, shards, small_files, token, connections=connections, proxy=proxy)
-    headers = {}
-    for f in shards:
-        try:
-            headers[f.path] = parse_header_full(raw[f.path], f.size)
-        except HeaderError as exc:
-            raise errors.BadInput(f"{f.path} is not valid safetensors, cannot make a view of it: {exc}") from None
+    headers, small = read_headers(snap, token, connections=connections, proxy=proxy)
     return plan_view(spec, list(snap.files), headers, small)
 
 
-def read_sources(snap: Snapshot, shards: list[RemoteFile], small_files: list[RemoteFile], token: str | None,
-                 *, connections: int = 16, proxy: str | None = None) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The header bytes (``8 + N``) of every shard, and the whole small files: all requests
-    at once, a second round only for headers longer than the first read."""
+def read_headers(snap: Snapshot, token: str | None, *, connections: int = HEADER_CONNECTIONS,
+                 proxy: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    """The small files the planner reads (whole), then the parsed headers of every source
+    shard they name: all requests at once, a second round only for headers longer than the
+    first read; each header is parsed as soon as it is in, while the others travel."""
+    from netmount.core.safetensors import parse_header_full
     from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
+    from netmount.views.plan import SMALL_FILES, sources
 
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, token, connections=connections,
                            proxy=proxy).start()
@@ -74,26 +73,31 @@ def read_sources(snap: Snapshot, shards: list[RemoteFile], small_files: list[Rem
         def get(f: RemoteFile, start: int, end: int) -> concurrent.futures.Future:
             return fetch_bytes(fetcher, f, start, end)
 
-        first = {f.path: (f, get(f, 0, min(f.size, FIRST_READ))) for f in shards if f.size}
-        smalls = {f.path: get(f, 0, f.size) for f in small_files if f.size}
-        heads, rest = {}, {}
+        small_files = [f for f in snap.files if f.path in SMALL_FILES and f.size <= MAX_SMALL]
+        pending = {f.path: (f, get(f, 0, f.size)) for f in small_files if f.size}
+        small = {p: bytes(_result(fut, f)) for p, (f, fut) in pending.items()}
+        small.update({f.path: b"" for f in small_files if not f.size})
+        by_path = {f.path: f for f in snap.files}
+        shards = [by_path[p] for p in sources(list(snap.files), small)]
         for f in shards:
             if not f.size:
                 raise errors.BadInput(f"{f.path} is empty, not safetensors: cannot make a view of it")
-            head = _result(first[f.path][1], f)
-            try:
-                span = header_size(head, f.size)
-            except HeaderError as exc:
-                raise errors.BadInput(f"{f.path} is not valid safetensors, cannot make a view of it: {exc}") from None
-            heads[f.path] = head
-            if span > len(head):
-                rest[f.path] = get(f, len(head), span)
-        for path, fut in rest.items():
-            heads[path] = bytes(heads[path]) + _result(fut, first[path][0])
-        by_path = {f.path: f for f in small_files}
-        small = {p: bytes(_result(fut, by_path[p])) for p, fut in smalls.items()}
-        small.update({f.path: b"" for f in small_files if not f.size})
-        return heads, small
+        waiting = {get(f, 0, min(f.size, FIRST_READ)): (f, b"") for f in shards}
+        headers = {}
+        while waiting:
+            done, _ = concurrent.futures.wait(waiting, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                f, before = waiting.pop(fut)
+                head = before + bytes(_result(fut, f))
+                try:
+                    span = header_size(head, f.size)
+                    if span > len(head):  # a long header: its rest, in a second round
+                        waiting[get(f, len(head), span)] = (f, head)
+                        continue
+                    headers[f.path] = parse_header_full(head, f.size)
+                except HeaderError as exc:
+                    raise errors.BadInput(f"{f.path} is not valid safetensors, no view of it: {exc}") from None
+        return headers, small
     finally:
         fetcher.close()
 
