@@ -259,6 +259,20 @@ def test_tensors_stats_and_prefetch_on_a_view(mounter, hub, tiny_model):
     assert f"view     {len(os.listdir(mp))} files" in done.stdout
 
 
+def test_raw_mirror_and_drop_on_a_view(mounter, tiny_model):
+    """``.netmount/raw/`` serves the view's files too; ``.netmount/drop/`` names the repo's files
+    (what the cache holds), so a view file there is not found."""
+    mp = mounter.mount(TINY, "--reshard", "layer")
+    name = "model.layers.1.safetensors"
+    assert (mp / ".netmount" / "raw" / name).read_bytes() == (mp / name).read_bytes()
+    assert not (mp / ".netmount" / "drop" / name).exists()
+    view = {f["path"]: f for f in mounter.stats(mp)["view_files"]}
+    shard = view[name]["sources"][0]  # its blocks were stored by the raw read
+    assert not (mp / shard).exists()  # not shown: the view re-cut it
+    got = json.loads((mp / ".netmount" / "drop" / shard).read_bytes())
+    assert got["path"] == shard and got["dropped_bytes"] > 0
+
+
 # -- bad specs ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [

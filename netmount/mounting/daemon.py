@@ -208,8 +208,22 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         store.close()
 
 
+def _preload() -> None:
+    """Import what ``run`` needs (aiohttp, libfuse3's binding, the cache) before the
+    configuration arrives.  A failure here is ``run``'s to report."""
+    try:
+        import cache  # noqa: F401
+        import netmount.mounting.fs  # noqa: F401
+        import netmount.mounting.viewfs  # noqa: F401
+        import netmount.read.prefetch  # noqa: F401
+        import netmount.remote.fetch  # noqa: F401
+    except Exception:  # run() imports them again, and reports
+        pass
+
+
 def main() -> int:
     """Entry point of the background daemon (see module docstring for the protocol)."""
+    _preload()  # while the parent may still be planning a view (lifecycle.start_daemon)
     config = DaemonConfig.from_json(sys.stdin.read())
     setup_logging(config.log_file, config.debug)
     ready_out = os.fdopen(os.dup(1), "w")

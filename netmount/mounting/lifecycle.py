@@ -200,12 +200,21 @@ def mount(
         cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
-        view = None
+        log_file = _log_file(cdir, path)
+        view, proc = None, None
         if spec is not None:
             from netmount.mounting.viewsetup import build_view, view_to_json
 
-            view = build_view(snap, spec, tok, proxy=proxy)
-        log_file = _log_file(cdir, path)
+            # planning a view takes seconds: the daemon starts meanwhile (its imports), and
+            # waits for its configuration
+            proc = None if foreground else start_daemon(log_file)
+            try:
+                view = build_view(snap, spec, tok, proxy=proxy)
+            except BaseException:
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+                raise
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
                               view=view_to_json(view) if view is not None else None)
@@ -215,7 +224,7 @@ def mount(
             setup_logging("" if debug else log_file, debug)
             run(config)
             return Mount(path, snap, None, log_file, owns_dir, view)
-        return Mount(path, snap, spawn_daemon(config), log_file, owns_dir, view)
+        return Mount(path, snap, spawn_daemon(config, proc), log_file, owns_dir, view)
     except BaseException:
         if owns_dir:
             shutil.rmtree(path, ignore_errors=True)
@@ -247,12 +256,18 @@ def _log_file(cdir: Path, mountpoint: str) -> str:
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
-def spawn_daemon(config: DaemonConfig) -> subprocess.Popen:
-    """Start ``python -m netmount.mounting.daemon`` for ``config``; return once it is mounted."""
-    with open(config.log_file, "ab") as logf:
-        proc = procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
+def start_daemon(log_file: str) -> subprocess.Popen:
+    """Start ``python -m netmount.mounting.daemon``; it waits for its configuration on stdin."""
+    with open(log_file, "ab") as logf:
+        return procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                   start_new_session=True)
+
+
+def spawn_daemon(config: DaemonConfig, proc: subprocess.Popen | None = None) -> subprocess.Popen:
+    """Hand ``config`` to a daemon (``proc`` from ``start_daemon``, else a new one); return
+    once it is mounted."""
+    proc = proc if proc is not None else start_daemon(config.log_file)
     try:
         proc.stdin.write(config.to_json().encode())
         proc.stdin.close()
