@@ -360,3 +360,35 @@ def test_synthetic_deepseek_v3_expert_view(tmp_path, wan_hub):
         assert fetched <= len(data) - (8 + n) + (4 << 20)
     finally:
         m.cleanup()
+
+
+def test_python_api_mounts_a_view(hub, tmp_path):
+    import netmount
+
+    from conftest import require_fuse
+
+    require_fuse()
+    with pytest.raises(netmount.core.errors.BadInput, match="5-2"):  # before anything is mounted
+        netmount.mount(TINY, tmp_path, endpoint=hub.url, token=False, experts="5-2")
+    m = netmount.mount(TINY, endpoint=hub.url, token=False, cache_dir=tmp_path / "cache",
+                       reshard="layer", only=["model.layers.4.*"])
+    with m as path:
+        assert [vf.path for vf in m.view.files if vf.path.endswith(".safetensors")] == [
+            "model.layers.4.safetensors"]
+        with open(os.path.join(path, "model.layers.4.safetensors"), "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            names = set(json.loads(fh.read(n))) - {"__metadata__"}
+        assert names and all(name.startswith("model.layers.4.") for name in names)
+
+
+def test_stats_text_shows_the_view_files():
+    from netmount.commands.statsview import render_map, render_summary
+
+    s = {"repo": "o/n", "revision": "a" * 40, "mountpoint": "/m", "block_size": 4, "bytes_served": 0,
+         "bytes_fetched": 0, "cached_bytes": 4, "total_bytes": 16, "requests": 0, "retries": 0, "errors": 0,
+         "files": [{"path": "model-1.safetensors", "size": 16, "cached_bytes": 4, "cached_runs": [[0, 0]]}],
+         "view_files": [{"path": "model.layers.0.safetensors", "size": 8, "cached_bytes": 8, "cached_runs": [[0, 1]],
+                         "sources": ["model-1.safetensors"]}], "view_bytes": 8}
+    assert "view     1 files, 8 B, cut from 1 repo files" in render_summary(s)
+    lines = render_map(s, 60).splitlines()[1:]
+    assert len(lines) == 1 and "ayers.0.safetensors" in lines[0] and "100.0%" in lines[0]
