@@ -118,7 +118,10 @@ def check_view(view: View, root: Path, out: Path, rename=lambda n: n, rows=None)
                 assert torch.equal(raw(got), raw(want)), name
     index = next((vf for vf in view.files if vf.path == INDEX), None)
     if index is not None:
-        idx = json.loads(materialize(index, root))
+        text = materialize(index, root).decode()
+        idx = json.loads(text)
+        assert text == json.dumps(idx, indent=2) + "\n"  # the layout transformers writes
+        assert list(idx["weight_map"]) == sorted(idx["weight_map"])
         assert idx["weight_map"] == shown
         assert idx["metadata"]["total_size"] == sum(
             (out / p).stat().st_size - parse_header_full((out / p).read_bytes()).span for p in set(shown.values()))
