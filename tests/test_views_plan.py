@@ -196,6 +196,19 @@ def test_parse_experts_rejects(spec):
     assert "\n" not in str(e.value) and str(e.value).startswith("--experts")
 
 
+def test_make_spec():
+    from netmount.views.plan import make_spec
+
+    assert make_spec() == ViewSpec() and not make_spec().active
+    assert make_spec("expert", "model.layers.61.*", "0-3,8") == ViewSpec(
+        reshard="expert", only=("model.layers.61.*",), experts=(0, 1, 2, 3, 8))
+    assert make_spec(only=["a*", "b*"], experts=[5, 1, 5]).experts == (1, 5)
+    for bad in ({"reshard": "tensor"}, {"only": ("",)}, {"experts": "5-2"}, {"experts": []},
+                {"experts": [-1]}, {"experts": [1.5]}, {"experts": ["3"]}):
+        with pytest.raises(errors.BadInput):
+            make_spec(**bad)
+
+
 # ------------------------------------------------------------------------------ config rewrite
 
 
@@ -510,6 +523,15 @@ def test_single_file_repo(tmp_path):
     only = plan(root, only=("lm_head.*",))  # still model.safetensors: no index needed
     assert [vf.path for vf in only.files] == ["model.safetensors"]
     check_view(only, root, tmp_path / "b")
+
+
+def test_view_json_round_trip(ds3):
+    from netmount.views.model import view_from_json, view_to_json
+
+    view = plan(ds3, reshard="expert", experts=(1, 2, 6))
+    again = view_from_json(view_to_json(view))
+    assert again == view
+    assert [vf.starts for vf in again.files] == [vf.starts for vf in view.files]
 
 
 def test_no_view_is_the_repo(ds3):

@@ -34,9 +34,13 @@ from netmount.core import errors
 from netmount.core.safetensors import Header, TensorInfo
 from netmount.remote.hub import RemoteFile
 from netmount.views import experts as ex
+from netmount.views.experts import parse_experts
 from netmount.views.header import encode_header
 from netmount.views.model import Piece, View, ViewFile, ViewSpec
 from netmount.views.names import expert_of, file_for
+
+__all__ = ["CONFIG", "INDEX", "RESHARD_MODES", "SMALL_FILES", "make_spec", "parse_experts", "plan_view",
+           "sources"]
 
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
@@ -74,6 +78,29 @@ class _Item:
             out.append((t.start + rows[i] * row, (j - i + 1) * row))
             i = j + 1
         return out
+
+
+def make_spec(reshard: str | None = None, only=(), experts=None) -> ViewSpec:
+    """A checked ``ViewSpec`` from what a user typed (CLI or ``netmount.mount(...)``):
+    ``reshard`` None/"layer"/"expert", ``only`` a glob or globs, ``experts`` a spec string
+    such as "0-7,64-71" or expert numbers.  BadInput before anything is mounted; the checks
+    that need the repo (an expert past the count, a glob matching nothing) are plan_view's."""
+    if reshard is not None and reshard not in RESHARD_MODES:
+        raise errors.BadInput(f"--reshard {reshard!r}: expected one of {', '.join(RESHARD_MODES)}")
+    globs = (only,) if isinstance(only, str) else tuple(only or ())
+    for g in globs:
+        if not isinstance(g, str) or not g:
+            raise errors.BadInput(f"--only {g!r}: expected a non-empty glob over tensor names")
+    if experts is None:
+        kept = None
+    elif isinstance(experts, str):
+        kept = parse_experts(experts)
+    else:
+        given = tuple(experts)
+        if not given or not all(type(e) is int and e >= 0 for e in given):
+            raise errors.BadInput(f"--experts {list(given)!r}: expected non-negative expert numbers")
+        kept = tuple(sorted(set(given)))
+    return ViewSpec(reshard=reshard, only=globs, experts=kept)
 
 
 def sources(files: list[RemoteFile], small: dict[str, bytes]) -> list[str]:
