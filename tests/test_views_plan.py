@@ -585,6 +585,26 @@ def test_unsafe_tensor_name(tmp_path):
     assert [vf.path for vf in plan(root, only=("*",)).files] == ["model.safetensors"]  # names from the repo
 
 
+def test_odd_tensor_names(tmp_path):
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    t = {"model.layers.0.ñ\"é\\.weight": np.arange(3, dtype=np.int16), "model.blöck.weight": np.ones(2, np.uint8)}
+    save_file(t, str(root / "model.safetensors"), metadata={"format": "pt", "ünï": "cödé"})
+    out = write_view(plan(root, reshard="layer"), root, tmp_path / "v")
+    for name, want in t.items():
+        path = out / ("model.layers.0.safetensors" if "layers" in name else "model.blöck.safetensors")
+        with safe_open(path, framework="np") as f:
+            assert (f.get_tensor(name) == want).all()
+            assert f.metadata() == {"format": "pt", "ünï": "cödé"}
+    save_file({"x" * 300 + ".weight": np.ones(1, np.uint8)}, str(root / "model.safetensors"))
+    with pytest.raises(errors.BadInput, match="longer than 255 bytes"):
+        plan(root, reshard="layer")
+
+
 def test_view_file_hiding_a_repo_file(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file

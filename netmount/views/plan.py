@@ -46,6 +46,7 @@ INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 SMALL_FILES = (CONFIG, INDEX)
 RESHARD_MODES = ("layer", "expert")
+NAME_MAX = 255  # bytes in one file name (Linux NAME_MAX)
 SINGLE = "model.safetensors"  # the one file transformers loads without an index
 
 
@@ -296,5 +297,8 @@ def _check_names(view_paths: list[str], passthrough: list[str], made: bool) -> N
         if made and ("/" in p or "\\" in p or "\0" in p or p.startswith(".")):
             raise errors.UnsafeListing(f"a tensor name would make the unsafe file name {p[:200]!r}; "
                                        "refusing to build the view")
+        if made and len(p.encode()) > NAME_MAX:
+            raise errors.BadInput(f"a tensor name would make a file name longer than {NAME_MAX} bytes: "
+                                  f"{p[:80]!r}...")
         if p in shown or p in folders or p in (INDEX, CONFIG):
             raise errors.BadInput(f"view file {p!r} would hide the repo's own {p!r}")
