@@ -178,11 +178,11 @@ def _plan(spec: ViewSpec, files: list[RemoteFile], headers: dict[str, Header],
     for it in items:
         path = file_for(it.name, spec.reshard) if spec.reshard else it.source
         by_file.setdefault(path, []).append(it)
-    out = [_view_file(path, its, headers[its[0].source].metadata) for path, its in by_file.items()]
-
     hidden = set(srcs) | {INDEX} | ({CONFIG} if config_file else set())
     passthrough = [p for p in all_paths if p not in hidden]
     _check_names(list(by_file), passthrough, spec.reshard is not None)
+
+    out = [_view_file(path, its, headers[its[0].source].metadata) for path, its in by_file.items()]
     if INDEX in all_paths or list(by_file) != [SINGLE]:
         out.append(_index(by_file, index))
     if config_file:
