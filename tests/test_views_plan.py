@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -386,6 +387,41 @@ def test_experts_view(ds3, tmp_path, spec, n_group, topk_group, reshard):
     if reshard == "expert":
         assert {p for p in shown.values() if ".experts." in p} == {
             f"model.layers.{n}.mlp.experts.{e}.safetensors" for n in range(1, 5) for e in range(len(kept))}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_views(ds3, tmp_path, seed):
+    """Random combinations of the options against a direct model of the rules: which tensors
+    are shown under which names, byte-identical, routers sliced."""
+    import random
+
+    rng = random.Random(seed)
+    kept = tuple(sorted(rng.sample(range(8), rng.randint(1, 8)))) if rng.random() < 0.7 else None
+    only = tuple(rng.sample(["model.layers.1.*", "*experts.0.*", "*.gate.*", "lm_head.*", "*norm*",
+                             "model.layers.[24].*"], rng.randint(1, 2))) if rng.random() < 0.6 else ()
+    reshard = rng.choice([None, "layer", "expert"])
+    if not (kept or only or reshard):
+        reshard = "layer"
+    src = source_tensors(ds3)
+    want = {}  # view name -> source name, by the rules written out plainly
+    for name in src:
+        view_name = name
+        if kept is not None and ".mlp.experts." in name:
+            e = int(name.split(".")[5])
+            if e not in kept:
+                continue
+            view_name = name.replace(f".experts.{e}.", f".experts.{kept.index(e)}.")
+        if only and not any(fnmatchcase(view_name, g) for g in only):
+            continue
+        want[view_name] = name
+    if not want:
+        with pytest.raises(errors.BadInput):
+            plan(ds3, reshard=reshard, only=only, experts=kept)
+        return
+    view = plan(ds3, reshard=reshard, only=only, experts=kept)
+    rows = {n: list(kept) for n in want if kept is not None and ".mlp.gate." in n}
+    shown = check_view(view, ds3, tmp_path / "v", rename=want.__getitem__, rows=rows)
+    assert set(shown) == set(want)
 
 
 def test_router_slice_is_one_piece_per_run(ds3):
