@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,10 @@ def check_view(view: View, root: Path, out: Path, rename=lambda n: n, rows=None)
                 assert torch.equal(raw(got), raw(want)), name
     index = next((vf for vf in view.files if vf.path == INDEX), None)
     if index is not None:
-        idx = json.loads(materialize(index, root))
+        text = materialize(index, root).decode()
+        idx = json.loads(text)
+        assert text == json.dumps(idx, indent=2) + "\n"  # the layout transformers writes
+        assert list(idx["weight_map"]) == sorted(idx["weight_map"])
         assert idx["weight_map"] == shown
         assert idx["metadata"]["total_size"] == sum(
             (out / p).stat().st_size - parse_header_full((out / p).read_bytes()).span for p in set(shown.values()))
@@ -191,6 +195,19 @@ def test_parse_experts_rejects(spec):
     with pytest.raises(errors.BadInput) as e:
         parse_experts(spec)
     assert "\n" not in str(e.value) and str(e.value).startswith("--experts")
+
+
+def test_make_spec():
+    from netmount.views.plan import make_spec
+
+    assert make_spec() == ViewSpec() and not make_spec().active
+    assert make_spec("expert", "model.layers.61.*", "0-3,8") == ViewSpec(
+        reshard="expert", only=("model.layers.61.*",), experts=(0, 1, 2, 3, 8))
+    assert make_spec(only=["a*", "b*"], experts=[5, 1, 5]).experts == (1, 5)
+    for bad in ({"reshard": "tensor"}, {"only": ("",)}, {"experts": "5-2"}, {"experts": []},
+                {"experts": [-1]}, {"experts": [1.5]}, {"experts": ["3"]}):
+        with pytest.raises(errors.BadInput):
+            make_spec(**bad)
 
 
 # ------------------------------------------------------------------------------ config rewrite
@@ -372,6 +389,41 @@ def test_experts_view(ds3, tmp_path, spec, n_group, topk_group, reshard):
             f"model.layers.{n}.mlp.experts.{e}.safetensors" for n in range(1, 5) for e in range(len(kept))}
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_views(ds3, tmp_path, seed):
+    """Random combinations of the options against a direct model of the rules: which tensors
+    are shown under which names, byte-identical, routers sliced."""
+    import random
+
+    rng = random.Random(seed)
+    kept = tuple(sorted(rng.sample(range(8), rng.randint(1, 8)))) if rng.random() < 0.7 else None
+    only = tuple(rng.sample(["model.layers.1.*", "*experts.0.*", "*.gate.*", "lm_head.*", "*norm*",
+                             "model.layers.[24].*"], rng.randint(1, 2))) if rng.random() < 0.6 else ()
+    reshard = rng.choice([None, "layer", "expert"])
+    if not (kept or only or reshard):
+        reshard = "layer"
+    src = source_tensors(ds3)
+    want = {}  # view name -> source name, by the rules written out plainly
+    for name in src:
+        view_name = name
+        if kept is not None and ".mlp.experts." in name:
+            e = int(name.split(".")[5])
+            if e not in kept:
+                continue
+            view_name = name.replace(f".experts.{e}.", f".experts.{kept.index(e)}.")
+        if only and not any(fnmatchcase(view_name, g) for g in only):
+            continue
+        want[view_name] = name
+    if not want:
+        with pytest.raises(errors.BadInput):
+            plan(ds3, reshard=reshard, only=only, experts=kept)
+        return
+    view = plan(ds3, reshard=reshard, only=only, experts=kept)
+    rows = {n: list(kept) for n in want if kept is not None and ".mlp.gate." in n}
+    shown = check_view(view, ds3, tmp_path / "v", rename=want.__getitem__, rows=rows)
+    assert set(shown) == set(want)
+
+
 def test_router_slice_is_one_piece_per_run(ds3):
     view = plan(ds3, reshard="layer", experts=(0, 1, 2, 5, 6), only=("model.layers.2.mlp.gate.*",))
     vf = next(vf for vf in view.files if vf.path == "model.layers.2.safetensors")
@@ -421,6 +473,24 @@ def test_experts_view_loads_in_transformers(ds3, tmp_path):
     ids = torch.tensor([[0, 5, 17, 99, 3, 250, 7, 42]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+@pytest.mark.parametrize("reshard", ["layer", "expert"])
+def test_resharded_views_load_in_transformers(ds3, tmp_path, reshard):
+    """A loader finds every tensor through the rewritten index: same logits as the source."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    out = write_view(plan(ds3, reshard=reshard), ds3, tmp_path / "v")
+    ids = torch.tensor([[0, 9, 33, 101, 4, 211]])
+    logits = []
+    for folder in (ds3, out):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+    assert torch.equal(*logits)
 
 
 # ------------------------------------------------------------------------------ other repos
@@ -509,6 +579,15 @@ def test_single_file_repo(tmp_path):
     check_view(only, root, tmp_path / "b")
 
 
+def test_view_json_round_trip(ds3):
+    from netmount.views.model import view_from_json, view_to_json
+
+    view = plan(ds3, reshard="expert", experts=(1, 2, 6))
+    again = view_from_json(view_to_json(view))
+    assert again == view
+    assert [vf.starts for vf in again.files] == [vf.starts for vf in view.files]
+
+
 def test_no_view_is_the_repo(ds3):
     view = plan(ds3)
     assert view.files == () and "model-00001-of-00011.safetensors" in view.passthrough
@@ -558,6 +637,26 @@ def test_unsafe_tensor_name(tmp_path):
     with pytest.raises(errors.UnsafeListing):
         plan(root, reshard="layer")
     assert [vf.path for vf in plan(root, only=("*",)).files] == ["model.safetensors"]  # names from the repo
+
+
+def test_odd_tensor_names(tmp_path):
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    t = {"model.layers.0.ñ\"é\\.weight": np.arange(3, dtype=np.int16), "model.blöck.weight": np.ones(2, np.uint8)}
+    save_file(t, str(root / "model.safetensors"), metadata={"format": "pt", "ünï": "cödé"})
+    out = write_view(plan(root, reshard="layer"), root, tmp_path / "v")
+    for name, want in t.items():
+        path = out / ("model.layers.0.safetensors" if "layers" in name else "model.blöck.safetensors")
+        with safe_open(path, framework="np") as f:
+            assert (f.get_tensor(name) == want).all()
+            assert f.metadata() == {"format": "pt", "ünï": "cödé"}
+    save_file({"x" * 300 + ".weight": np.ones(1, np.uint8)}, str(root / "model.safetensors"))
+    with pytest.raises(errors.BadInput, match="longer than 255 bytes"):
+        plan(root, reshard="layer")
 
 
 def test_view_file_hiding_a_repo_file(tmp_path):
