@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from netmount.core import settings
@@ -40,12 +40,11 @@ class DaemonConfig:
     prefetch: bool = True
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
     readahead_kb: int = settings.DEFAULT_READAHEAD_KB  # 0: keep the kernel's
-    view: dict | None = None  # a planned view (mounting/viewsetup.view_to_json), or None
+    view: str | None = None  # a planned view (views.model.view_to_json), or None
 
     def to_json(self) -> str:
-        data = asdict(replace(self, view=None))  # a view is JSON already: not deep-copied
+        data = asdict(self)
         data["snapshot"] = json.loads(self.snapshot.to_json())
-        data["view"] = self.view
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -154,12 +153,18 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
     view = None
     if config.view is not None:
-        from netmount.mounting.viewfs import ViewTree
-        from netmount.mounting.viewsetup import check_view, view_from_json
+        import gc
 
+        from netmount.mounting.viewfs import ViewTree
+        from netmount.mounting.viewsetup import check_view
+        from netmount.views.model import view_from_json
+
+        gc.disable()  # tens of thousands of pieces, acyclic (see views/plan.py)
         planned = view_from_json(config.view)
         check_view(planned, snap)
         view = ViewTree(planned, snap, reader, prefetcher)
+        gc.freeze()  # and kept for the mount's life: no collection walks them again
+        gc.enable()
     fuse_state: dict = {"read_ahead_kb": None, "read_ahead_note": "not mounted yet"}
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
                          proxy=fetcher.status,

@@ -189,9 +189,9 @@ def mount(
     readahead_kb = check_readahead(readahead)
     spec = None
     if reshard is not None or only or experts is not None:
-        from netmount.mounting.viewsetup import check_spec
+        from netmount.views.plan import make_spec
 
-        spec = check_spec(reshard, only, experts)
+        spec = make_spec(reshard, only, experts)
     check_fuse()
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
@@ -203,7 +203,8 @@ def mount(
         log_file = _log_file(cdir, path)
         view, proc = None, None
         if spec is not None:
-            from netmount.mounting.viewsetup import build_view, view_to_json
+            from netmount.mounting.viewsetup import build_view
+            from netmount.views.model import view_to_json
 
             # planning a view takes seconds: the daemon starts meanwhile (its imports), and
             # waits for its configuration

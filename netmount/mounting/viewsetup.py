@@ -6,23 +6,21 @@ the spec does not fit is one line and leaves nothing mounted.  Every safetensors
 the repo is read at once (one speculative range request per shard, a second only for a
 longer header: ``RangeFetcher`` with many connections), plus ``config.json`` and
 ``model.safetensors.index.json``; the pure planner (``views/plan.py``) turns them into a
-``View``.  The daemon gets the ``View`` itself, compactly (``view_to_json``): synthesized
-bytes as base64, source pieces as (source index, offset, length).  It then serves every
-synthesized header from memory, never from the network, and never plans again.
+``View``.  The daemon gets the ``View`` itself, compactly (``views.model.view_to_json``:
+synthesized bytes as base64, source pieces as (length, source index, offset)), checks it
+(``check_view``) and serves every synthesized header from memory, never from the network.
 """
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-from typing import Iterable
+import gc
 
 from netmount.core import errors
 from netmount.core.safetensors import HeaderError, header_size
 from netmount.remote.hub import RemoteFile, Snapshot
-from netmount.views.model import Piece, View, ViewFile, ViewSpec
+from netmount.views.model import View, ViewSpec
 
-RESHARD = ("layer", "expert")
 MAX_SMALL = 64 << 20  # a config or index larger than this is not a model's
 # The first read of each shard: DeepSeek-V3's headers (~70 KB) fit, and little tensor data
 # comes with a short header (that data is not kept: the parent has no block cache).
@@ -32,20 +30,6 @@ FIRST_READ = 128 << 10
 HEADER_CONNECTIONS = 32
 
 
-def check_spec(reshard: str | None = None, only: Iterable[str] | None = (), experts: str | None = None) -> ViewSpec:
-    """The mount's view options as a ``ViewSpec``; ``BadInput`` (one line) for a bad one."""
-    from netmount.views.experts import parse_experts
-
-    if reshard is not None and reshard not in RESHARD:
-        raise errors.BadInput(f"invalid --reshard {reshard!r}: one of {', '.join(RESHARD)}")
-    globs = tuple(only or ())
-    for g in globs:
-        if not g or not g.strip():
-            raise errors.BadInput("invalid --only '': give a glob over tensor names, e.g. 'model.layers.61.*'")
-    kept = parse_experts(experts) if experts is not None else None
-    return ViewSpec(reshard=reshard, only=globs, experts=kept)
-
-
 def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections: int = HEADER_CONNECTIONS,
                proxy: str | None = None) -> View:
     """Read the small JSON files, then every source header (in parallel), and plan the view."""
@@ -53,8 +37,12 @@ def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections
 
     if not any(f.path.endswith(".safetensors") for f in snap.files):
         raise errors.BadInput(f"{snap.repo_id} has no safetensors files: nothing to re-shard or select")
-    headers, small = read_headers(snap, token, connections=connections, proxy=proxy)
-    return plan_view(spec, list(snap.files), headers, small)
+    gc.disable()  # ~100k parsed tensors, all acyclic: collections would walk them again and again
+    try:
+        headers, small = read_headers(snap, token, connections=connections, proxy=proxy)
+        return plan_view(spec, list(snap.files), headers, small)
+    finally:
+        gc.enable()
 
 
 def read_headers(snap: Snapshot, token: str | None, *, connections: int = HEADER_CONNECTIONS,
@@ -109,32 +97,7 @@ def _result(fut: concurrent.futures.Future, f: RemoteFile) -> bytes:
         raise errors.FetchError(f"reading {f.path} for the view failed: {exc}") from None
 
 
-# -- to the daemon and back ------------------------------------------------------------------
-
-def view_to_json(view: View) -> dict:
-    """``View`` -> a compact JSON-able dict: sources listed once, data pieces as base64."""
-    sources: dict[str, int] = {}
-    files = []
-    for vf in view.files:
-        pieces = []
-        for p in vf.pieces:
-            if p.data is not None:
-                pieces.append([p.length, base64.b64encode(p.data).decode("ascii")])
-            else:
-                pieces.append([p.length, sources.setdefault(p.source, len(sources)), p.offset])
-        files.append([vf.path, pieces])
-    return {"sources": list(sources), "passthrough": list(view.passthrough), "files": files}
-
-
-def view_from_json(data: dict) -> View:
-    sources = data["sources"]
-    files = []
-    for path, pieces in data["files"]:
-        files.append(ViewFile(path, tuple(
-            Piece(p[0], data=base64.b64decode(p[1])) if len(p) == 2 else Piece(p[0], source=sources[p[1]], offset=p[2])
-            for p in pieces)))
-    return View(tuple(files), tuple(data["passthrough"]))
-
+# -- in the daemon --------------------------------------------------------------------------
 
 def check_view(view: View, snap: Snapshot) -> None:
     """What the daemon relies on: every source piece inside a file of the snapshot, view paths
