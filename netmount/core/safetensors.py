@@ -70,11 +70,27 @@ def header_size(prefix: bytes, file_size: int | None = None) -> int:
     return 8 + n
 
 
+@dataclass(frozen=True)
+class Header:
+    """A whole parsed header: tensors in file order, ``__metadata__`` (None when absent), the
+    file size (the last tensor's end when it was not given) and ``span`` = ``8 + N``."""
+
+    tensors: tuple[TensorInfo, ...]
+    metadata: dict[str, str] | None
+    size: int
+    span: int
+
+
 def parse_header(data: bytes, file_size: int | None = None) -> list[TensorInfo]:
     """Tensors described by the header at the start of ``data``, in file order.
 
     ``data`` holds at least the ``8 + N`` header bytes (more is ignored).
     """
+    return list(parse_header_full(data, file_size).tensors)
+
+
+def parse_header_full(data: bytes, file_size: int | None = None) -> Header:
+    """``parse_header`` plus what a view needs to write a new header: metadata and sizes."""
     span = header_size(data, file_size)
     if len(data) < span:
         raise HeaderError(f"need {span} header bytes, got {len(data)}")
@@ -104,7 +120,7 @@ def parse_header(data: bytes, file_size: int | None = None) -> list[TensorInfo]:
         pos = t.end
     if file_size is not None and pos != file_size:
         raise HeaderError(f"tensors end at byte {pos} but the file has {file_size}")
-    return records
+    return Header(tuple(records), meta, pos if file_size is None else file_size, span)
 
 
 def read_header(read: Callable[[int, int], bytes], file_size: int,
@@ -114,13 +130,19 @@ def read_header(read: Callable[[int, int], bytes], file_size: int,
     One speculative read of ``min(size, first)`` bytes, then one more only for a header
     longer than that: never the tensor data beyond the first read.
     """
+    return list(read_header_full(read, file_size, first).tensors)
+
+
+def read_header_full(read: Callable[[int, int], bytes], file_size: int,
+                     first: int = FIRST_READ) -> Header:
+    """``read_header`` returning the whole ``Header`` (metadata, size, span)."""
     head = read(0, min(file_size, first))
     span = header_size(head, file_size)
     if span > len(head):
         head = bytes(head) + read(len(head), span)
     if len(head) < span:
         raise HeaderError(f"short read: {len(head)} of {span} header bytes")
-    return parse_header(head, file_size)
+    return parse_header_full(head, file_size)
 
 
 def _no_duplicates(pairs):

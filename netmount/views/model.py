@@ -9,7 +9,9 @@ mount, so cache keys stay the source files' content ids.
 
 from __future__ import annotations
 
+import base64
 import bisect
+import json
 from dataclasses import dataclass, field
 
 
@@ -64,6 +66,34 @@ class View:
 
     files: tuple[ViewFile, ...]
     passthrough: tuple[str, ...]
+
+
+def view_to_json(view: View) -> str:
+    """Compact JSON of a view (for a daemon config): source paths listed once, pieces as
+    ``[length, source index, offset]`` or ``[length, base64 data]``."""
+    index: dict[str, int] = {}
+    files = []
+    for vf in view.files:
+        pieces = []
+        for p in vf.pieces:
+            if p.data is not None:
+                pieces.append([p.length, base64.b64encode(p.data).decode()])
+            else:
+                pieces.append([p.length, index.setdefault(p.source, len(index)), p.offset])
+        files.append([vf.path, pieces])
+    return json.dumps({"sources": list(index), "files": files, "passthrough": list(view.passthrough)},
+                      separators=(",", ":"))
+
+
+def view_from_json(text: str) -> View:
+    obj = json.loads(text)
+    sources = obj["sources"]
+    files = []
+    for path, pieces in obj["files"]:
+        files.append(ViewFile(path, tuple(
+            Piece(p[0], data=base64.b64decode(p[1])) if len(p) == 2 else Piece(p[0], source=sources[p[1]], offset=p[2])
+            for p in pieces)))
+    return View(files=tuple(files), passthrough=tuple(obj["passthrough"]))
 
 
 @dataclass(frozen=True)
