@@ -109,6 +109,13 @@ def test_usage_errors_are_one_line_too(args, env):
     _fails_in_one_line(run_cli(*args, env=env), "error:", "--help")
 
 
+def test_optional_paths_are_not_called_required(env):
+    """argparse names an empty ``nargs="*"`` positional as required unless it has a default."""
+    done = run_cli("verify", env=env)
+    _fails_in_one_line(done, "required: mountpoint")
+    assert "PATH" not in done.stderr
+
+
 def test_mountpoint_is_a_file(tmp_path, env):
     f = tmp_path / "file"
     f.write_text("x")

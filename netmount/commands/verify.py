@@ -49,7 +49,7 @@ _HEX = {True: re.compile(r"[0-9a-f]{64}"), False: re.compile(r"[0-9a-f]{40}")}
 def register(sub) -> None:
     p = sub.add_parser("verify", help="hash cached files against the repo's digests; drop wrong ones")
     p.add_argument("mountpoint")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders in the repo (default: all)")
+    p.add_argument("paths", nargs="*", default=[], metavar="PATH", help="files or folders in the repo (default: all)")
     p.add_argument("--match", action="append", default=[], metavar="GLOB",
                    help="only files whose path matches (repeatable)")
     p.add_argument("--fetch", action="store_true",

@@ -90,6 +90,9 @@ def check_experts(kept: tuple[int, ...], moe: Moe) -> None:
     if kept[-1] >= moe.count:
         raise errors.BadInput(f"--experts: expert {kept[-1]} is past the model's {moe.count} routed "
                               f"experts (0-{moe.count - 1})")
+    if moe.count_key == "n_routed_experts" and len(kept) < 2:
+        # its router scores each group by the sum of its top 2 experts: a group of one fails
+        raise errors.BadInput("--experts: DeepSeek-V3's group routing needs at least 2 experts")
 
 
 def rewrite_config(config: dict, moe: Moe, kept: tuple[int, ...]) -> dict:
