@@ -38,6 +38,13 @@ def _add_mount(sub) -> None:
     p.add_argument("--readahead", type=int, default=settings.DEFAULT_READAHEAD_KB, metavar="KB",
                    help="the mount's kernel readahead in KiB, set when root (1024: 1 MiB requests, "
                         f"for loading whole files; 0: leave it alone; default {settings.DEFAULT_READAHEAD_KB})")
+    v = p.add_argument_group("views", "show the checkpoint as other safetensors files (no byte copied)")
+    v.add_argument("--reshard", choices=("layer", "expert"),
+                   help="one file per layer (model.layers.N.safetensors), or also one per routed expert")
+    v.add_argument("--only", action="append", default=[], metavar="GLOB",
+                   help="only tensors whose names match (repeatable), e.g. 'model.layers.61.*'")
+    v.add_argument("--experts", metavar="SPEC",
+                   help="keep only these routed experts, renumbered (e.g. 0-31, 0,5,9); config rewritten")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
     p.set_defaults(func=cmd_mount)
@@ -53,14 +60,21 @@ def cmd_mount(args) -> int:
               token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
               block_size=args.block_size, connections=args.connections,
               readahead=args.readahead, allow_other=args.allow_other, foreground=args.foreground,
-              debug=args.debug, cache_proxy=args.cache_proxy)
+              debug=args.debug, cache_proxy=args.cache_proxy,
+              reshard=args.reshard, only=args.only, experts=args.experts)
     if not args.foreground:
         snap = m.snapshot
         total = sum(f.size for f in snap.files)
         from netmount.core.units import format_size
 
+        shown = ""
+        if m.view is not None:
+            sizes = {f.path: f.size for f in snap.files}
+            n = len(m.view.files) + len(m.view.passthrough)
+            vbytes = sum(vf.size for vf in m.view.files) + sum(sizes[p] for p in m.view.passthrough)
+            shown = f" as a view of {n} files, {format_size(vbytes)},"
         print(f"mounted {snap.repo_id}@{snap.sha[:12]} ({len(snap.files)} files, "
-              f"{format_size(total)}) on {m.path}")
+              f"{format_size(total)}){shown} on {m.path}")
     return 0
 
 

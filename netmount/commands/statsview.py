@@ -38,6 +38,10 @@ def render_summary(s: dict) -> str:
         ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
                  f" average {format_size(s.get('download_rate_avg', 0))}/s"),
     ]
+    if s.get("view_files") is not None:
+        sources = {p for f in s["view_files"] for p in f.get("sources", ())}
+        rows.append(("view", f"{len(s['view_files'])} files, {format_size(s.get('view_bytes', 0))},"
+                             f" cut from {len(sources)} repo files"))
     px = s.get("proxy")
     if px:
         rows.append(("proxy", f"{px['url']} {px['state']}: {px['hits']} hits, {px['misses']} misses,"
@@ -79,7 +83,7 @@ def _fit(text: str, width: int) -> str:
 def render_map(s: dict, width: int) -> str:
     """One bar per file of which blocks are cached, fitted to ``width`` columns."""
     bs = s["block_size"]
-    files = s["files"]
+    files = s["view_files"] if s.get("view_files") is not None else s["files"]  # what the mount shows
     name_w = min(max((len(f["path"]) for f in files), default=4), max(12, width // 3))
     bar_w = max(10, width - name_w - 10)
     lines = [f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}: cached blocks "

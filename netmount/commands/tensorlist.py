@@ -105,10 +105,13 @@ def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[d
             for n in names:
                 full = os.path.join(dirpath, n)
                 files[os.path.relpath(full, target).replace(os.sep, "/")] = os.path.getsize(full)
-    url_base, data_root = None, root
+    url_base, data_root, first = None, root, LOCAL_FIRST
     if mounts.find_mount(root):
         s = read_stats(root)
-        url_base = f"{s['endpoint']}/{s['repo']}/resolve/{s['revision']}"
+        if s.get("view_files") is None:
+            url_base = f"{s['endpoint']}/{s['repo']}/resolve/{s['revision']}"
+        else:  # a view's files have no URL; their raw reads are exact: 8 bytes, then the header
+            first = 8
         data_root = os.path.join(root, ".netmount", "raw")  # headers without daemon prefetch
 
     def read_small(rel: str) -> bytes:
@@ -120,7 +123,7 @@ def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[d
             fd = fh.fileno()
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead into tensor data
             try:
-                return read_header(lambda a, b: _pread_exactly(fd, a, b), files[rel], first=LOCAL_FIRST)
+                return read_header(lambda a, b: _pread_exactly(fd, a, b), files[rel], first=first)
             except HeaderError as exc:
                 on_skip(rel, exc)
                 return None

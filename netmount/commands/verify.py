@@ -141,6 +141,9 @@ def verify(mountpoint, paths: Iterable[str] = (), match: Iterable[str] = (), fet
     bs = stats["block_size"]
     if not stats.get("cache_dir"):
         raise errors.MountpointError(f"{mp}: the mount runs without its disk cache; nothing to verify")
+    if fetch and stats.get("view_files") is not None:
+        raise errors.BadInput(f"{mp} shows a view (--reshard/--only/--experts), not the repo's files: "
+                              f"fetch with `netmount prefetch {mp}`, or verify on a plain mount of the same cache")
     if fetch:
         _fetch_missing(mp, stats, files, progress)
     from cache import DiskBlockStore
@@ -313,7 +316,21 @@ def drop_everywhere(mp: str, stats: dict, r: dict) -> int:
             continue  # another mount went away meanwhile: nothing of it to invalidate
         for view in (os.path.join(where, path), os.path.join(where, ".netmount", "raw", path)):
             _drop_page_cache(view)
+        for shown in _view_files_of(where, stats if where == mp else None, path):
+            _drop_page_cache(os.path.join(where, shown))  # a view's files cut from it
     return dropped
+
+
+def _view_files_of(where: str, stats: dict | None, path: str) -> list[str]:
+    """On a view mount (``--reshard``...), the files it shows that hold bytes of ``path``."""
+    if stats is None:
+        from netmount.mounting.stats import read_stats
+
+        try:
+            stats = read_stats(where)
+        except errors.NetmountError:
+            return []
+    return [f["path"] for f in stats.get("view_files") or () if path in f.get("sources", ()) and f["path"] != path]
 
 
 def _sharing_mounts(mp: str, stats: dict, content_id: str) -> list[tuple[str, str]]:

@@ -16,6 +16,9 @@ daemon; after, so warming 100 GB does not push everything else out of memory.
 Reads go through ``<mount>/.netmount/raw/``, the same files without the daemon's own
 prefetch: it would take these reads for a program streaming tensors and fetch past the
 selection.  So exactly the selected blocks and the headers cross the network.
+
+On a view mount the files are the view's (stats ``view_files``: paths, sizes and cached
+block runs of the files the mount shows), read the same way.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Pl
     patterns = list(patterns)
     stats = read_stats(mountpoint)
     bs = stats["block_size"]
-    sizes = {f["path"]: f["size"] for f in stats["files"]}
+    sizes = {f["path"]: f["size"] for f in _shown(stats)}
     plan = Plan(bs, sizes)
     ranges: dict[str, list[tuple[int, int]]] = {}
     used: set[str] = set()
@@ -92,13 +95,18 @@ def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Pl
 
 def update_missing(plan: Plan, stats: dict) -> None:
     """Recompute ``plan.missing`` from the cached runs in a fresh ``stats``."""
-    have = {f["path"]: Ranges.from_runs(f.get("cached_runs", [])) for f in stats["files"]}
+    have = {f["path"]: Ranges.from_runs(f.get("cached_runs", [])) for f in _shown(stats)}
     plan.missing = {}
     for path, wanted in plan.wanted.items():
         cached = have.get(path, Ranges())
         missing = [(a, b - 1) for first, last in wanted for a, b in cached.missing(first, last + 1)]
         if missing:
             plan.missing[path] = missing
+
+
+def _shown(stats: dict) -> list[dict]:
+    """The files the mount shows: a view's (``view_files``), else the repo's."""
+    return stats["view_files"] if stats.get("view_files") is not None else stats["files"]
 
 
 def segments(plan: Plan, max_blocks: int = 16):

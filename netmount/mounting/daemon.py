@@ -40,11 +40,12 @@ class DaemonConfig:
     prefetch: bool = True
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
     readahead_kb: int = settings.DEFAULT_READAHEAD_KB  # 0: keep the kernel's
+    view: str | None = None  # a planned view (views.model.view_to_json), or None
 
     def to_json(self) -> str:
         data = asdict(self)
         data["snapshot"] = json.loads(self.snapshot.to_json())
-        return json.dumps(data)
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "DaemonConfig":
@@ -150,10 +151,24 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
+    view = None
+    if config.view is not None:
+        import gc
+
+        from netmount.mounting.viewfs import ViewTree
+        from netmount.mounting.viewsetup import check_view
+        from netmount.views.model import view_from_json
+
+        gc.disable()  # tens of thousands of pieces, acyclic (see views/plan.py)
+        planned = view_from_json(config.view)
+        check_view(planned, snap)
+        view = ViewTree(planned, snap, reader, prefetcher)
+        gc.freeze()  # and kept for the mount's life: no collection walks them again
+        gc.enable()
     fuse_state: dict = {"read_ahead_kb": None, "read_ahead_note": "not mounted yet"}
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
                          proxy=fetcher.status,
-                         extra=lambda: {**fuse_state, "max_read_bytes": ops.max_read_bytes})
+                         extra=lambda: {**fuse_state, "max_read_bytes": ops.max_read_bytes}, view=view)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
         drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
         return b"idle\n" if drained else b"busy\n"
@@ -179,8 +194,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
-                     on_drop=drop)
-    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
+                     on_drop=drop, view=view)
+    log.info("mounting %s@%s (%d files%s) on %s", snap.repo_id, snap.sha, len(snap.files),
+             f", a view of {len(view.files) + len(view.passthrough)}" if view else "", config.mountpoint)
     try:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
         # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
@@ -197,8 +213,22 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         store.close()
 
 
+def _preload() -> None:
+    """Import what ``run`` needs (aiohttp, libfuse3's binding, the cache) before the
+    configuration arrives.  A failure here is ``run``'s to report."""
+    try:
+        import cache  # noqa: F401
+        import netmount.mounting.fs  # noqa: F401
+        import netmount.mounting.viewfs  # noqa: F401
+        import netmount.read.prefetch  # noqa: F401
+        import netmount.remote.fetch  # noqa: F401
+    except Exception:  # run() imports them again, and reports
+        pass
+
+
 def main() -> int:
     """Entry point of the background daemon (see module docstring for the protocol)."""
+    _preload()  # while the parent may still be planning a view (lifecycle.start_daemon)
     config = DaemonConfig.from_json(sys.stdin.read())
     setup_logging(config.log_file, config.debug)
     ready_out = os.fdopen(os.dup(1), "w")

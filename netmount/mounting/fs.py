@@ -12,6 +12,9 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
+A view mount (``--reshard``/``--only``/``--experts``) shows the view's files instead of
+the repo's (``viewfs.py`` serves them); ``drop/`` keeps naming the repo's files, which is
+what ``netmount verify`` checks and what the cache holds.
 
 libfuse3, not libfuse2: it negotiates ``max_pages``, so a read request carries up to 1 MiB
 where libfuse2 caps every request at 128 KiB (each request costs the daemon ~0.4 ms).  How
@@ -83,14 +86,18 @@ class NetmountFS(Operations):
         on_ready: Callable[[], None] | None = None,
         prefetcher=None,
         on_drop: Callable[[RemoteFile], bytes] | None = None,
+        view=None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
-        self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
+        self.view = view  # a viewfs.ViewTree, or None: the repo as it is
+        self.sources: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}  # drop/ names these
+        shown = snapshot.files if view is None else [*view.passthrough, *view.files.values()]
+        self.files: dict = {"/" + f.path: f for f in shown}  # RemoteFile, or a view's ViewFile
         self.dirs: dict[str, set[str]] = {"/": set()}
-        for f in snapshot.files:
+        for f in shown:
             parts = f.path.split("/")
             for depth in range(len(parts)):
                 parent = "/" + "/".join(parts[:depth])
@@ -147,9 +154,9 @@ class NetmountFS(Operations):
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
                 "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
         if target is not None:  # the repo's tree again, its files as empty control files
-            if target in self.files:
+            if target in self.sources:
                 return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
-            if target in self.dirs:
+            if target == "/" or any(p.startswith(target + "/") for p in self.sources):
                 return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
             raise FuseOSError(errno.ENOENT)
         f = self.files.get(path)
@@ -191,18 +198,21 @@ class NetmountFS(Operations):
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
         target = self._drop_target(path)
-        if path in self.controls or (target is not None and target in self.files):
+        if path in self.controls or (target is not None and target in self.sources):
             fi.fh = next(self._handles)
             fi.direct_io = 1  # fresh content at every open
-            content = self.controls[path]() if target is None else self.on_drop(self.files[target])
+            content = self.controls[path]() if target is None else self.on_drop(self.sources[target])
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0
-        path, _raw = self._split(path)
+        path, raw = self._split(path)
         if path not in self.files:
             raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
         fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
-        fi.keep_cache = 1
+        if raw and not isinstance(self.files[path], RemoteFile):
+            fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
+        else:
+            fi.keep_cache = 1
         return 0
 
     def read(self, path, size, offset, fi):
@@ -220,6 +230,8 @@ class NetmountFS(Operations):
         # the daemon's prefetch sees the program's reads, not the raw mirror's (``netmount prefetch``)
         policy = None if raw else self.prefetcher
         try:
+            if not isinstance(f, RemoteFile):  # a view's file: cut into pieces (viewfs.py)
+                return self.view.read(f, offset, size, fi.fh, prefetch=not raw)
             exact = policy.plan(fi.fh, f, offset, size) if policy is not None else None
             data = self.reader.read(f, offset, size, exact=exact)
             if policy is not None:
@@ -237,11 +249,15 @@ class NetmountFS(Operations):
             self._control.pop(fi.fh, None)
         if self.prefetcher is not None:
             self.prefetcher.forget(fi.fh)
+        if self.view is not None:
+            self.view.release(fi.fh)
         return 0
 
     # -- helpers ---------------------------------------------------------------------------
-    def _cached_bytes(self, f: RemoteFile) -> int:
+    def _cached_bytes(self, f) -> int:
         try:
+            if not isinstance(f, RemoteFile):
+                return self.view.cached_bytes(f)
             return self.reader.store.cached_bytes(f.content_id)
         except Exception:
             return 0

@@ -31,8 +31,9 @@ class Mount:
     """A live mount; a context manager that unmounts (and removes a temp mountpoint) on exit."""
 
     def __init__(self, path: str, snapshot: hub.Snapshot, process: subprocess.Popen | None,
-                 log_file: str, owns_dir: bool = False):
+                 log_file: str, owns_dir: bool = False, view=None):
         self.path, self.snapshot, self.process, self.log_file = path, snapshot, process, log_file
+        self.view = view  # the planned views.model.View of a view mount, else None
         self._owns_dir = owns_dir
 
     def __fspath__(self) -> str:
@@ -163,6 +164,9 @@ def mount(
     foreground: bool = False,
     debug: bool = False,
     cache_proxy: str | None = None,
+    reshard: str | None = None,
+    only: list[str] | tuple[str, ...] = (),
+    experts: str | None = None,
 ) -> Mount:
     """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
 
@@ -172,6 +176,9 @@ def mount(
     ``netmount cache-proxy``; the origin stays the fallback.
     ``readahead`` (KiB, default ``settings.DEFAULT_READAHEAD_KB``) is set on the mount when the
     daemon may (root); 0 keeps the kernel's 128 KiB.
+    ``reshard`` (``"layer"``/``"expert"``), ``only`` (tensor-name globs) and ``experts``
+    (``"0-31"``) mount a view of the checkpoint instead (``mounting/viewsetup.py``): its
+    headers are read and the view planned here, before the daemon starts.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     repo_id, rev = hub.parse_repo_spec(repo, revision)
@@ -180,6 +187,11 @@ def mount(
         raise errors.BadInput("invalid --connections: 1 to 64")
     proxy = settings.cache_proxy(cache_proxy)
     readahead_kb = check_readahead(readahead)
+    spec = None
+    if reshard is not None or only or experts is not None:
+        from netmount.views.plan import make_spec
+
+        spec = make_spec(reshard, only, experts)
     check_fuse()
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
@@ -189,15 +201,31 @@ def mount(
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
         log_file = _log_file(cdir, path)
+        view, proc = None, None
+        if spec is not None:
+            from netmount.mounting.viewsetup import build_view
+            from netmount.views.model import view_to_json
+
+            # planning a view takes seconds: the daemon starts meanwhile (its imports), and
+            # waits for its configuration
+            proc = None if foreground else start_daemon(log_file)
+            try:
+                view = build_view(snap, spec, tok, proxy=proxy)
+            except BaseException:
+                if proc is not None:
+                    proc.kill()
+                    proc.wait()
+                raise
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
-                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb)
+                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
+                              view=view_to_json(view) if view is not None else None)
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 
             setup_logging("" if debug else log_file, debug)
             run(config)
-            return Mount(path, snap, None, log_file, owns_dir)
-        return Mount(path, snap, spawn_daemon(config), log_file, owns_dir)
+            return Mount(path, snap, None, log_file, owns_dir, view)
+        return Mount(path, snap, spawn_daemon(config, proc), log_file, owns_dir, view)
     except BaseException:
         if owns_dir:
             shutil.rmtree(path, ignore_errors=True)
@@ -229,12 +257,18 @@ def _log_file(cdir: Path, mountpoint: str) -> str:
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
-def spawn_daemon(config: DaemonConfig) -> subprocess.Popen:
-    """Start ``python -m netmount.mounting.daemon`` for ``config``; return once it is mounted."""
-    with open(config.log_file, "ab") as logf:
-        proc = procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
+def start_daemon(log_file: str) -> subprocess.Popen:
+    """Start ``python -m netmount.mounting.daemon``; it waits for its configuration on stdin."""
+    with open(log_file, "ab") as logf:
+        return procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                   start_new_session=True)
+
+
+def spawn_daemon(config: DaemonConfig, proc: subprocess.Popen | None = None) -> subprocess.Popen:
+    """Hand ``config`` to a daemon (``proc`` from ``start_daemon``, else a new one); return
+    once it is mounted."""
+    proc = proc if proc is not None else start_daemon(config.log_file)
     try:
         proc.stdin.write(config.to_json().encode())
         proc.stdin.close()

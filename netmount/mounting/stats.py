@@ -16,6 +16,9 @@ misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use,
 backing off for ``retry_in`` more seconds, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
 the requests that went to the origin after a proxy fault, skipped those sent there while
 it was backed off.
+On a view mount also ``view_files`` (what the mount shows: ``path size cached_bytes
+served_bytes read_bytes cached_runs sources``, runs in blocks of the view file) and
+``view_bytes``; ``files`` stay the repo's files and ``tensors`` are the view's.
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
 For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the memory
@@ -138,8 +141,9 @@ class StatsBuilder:
     """The callable the filesystem runs for each open of the stats file."""
 
     def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None,
-                 extra=None) -> None:
+                 extra=None, view=None) -> None:
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
+        self.view = view  # a viewfs.ViewTree on a view mount: its files get their own entries
         self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
@@ -154,6 +158,8 @@ class StatsBuilder:
                               proxy=self.proxy() if self.proxy is not None else None)
             if self.extra is not None:
                 out.update(self.extra())
+            if self.view is not None:
+                add_view(out, self.view, self.config.block_size)
             return out
 
     def forget(self, f) -> None:
@@ -234,6 +240,18 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "files": files,
         "tensors": tensors,
     }
+
+
+def add_view(out: dict, view, block_size: int) -> None:
+    """On a view mount: ``view_files`` are what the mount shows (view files and passthrough
+    files, with ``sources`` for view files), ``tensors`` those of the view files; ``files``
+    stay the repo's (source) files, which is what the cache holds and ``verify`` checks."""
+    files, tensors = view.stats(block_size)
+    by_path = {f["path"]: f for f in out["files"]}
+    shown = [dict(by_path[f.path], sources=[f.path]) for f in view.passthrough]
+    out["view_files"] = shown + files
+    out["tensors"] = [t for t in out["tensors"] if t["file"] in {f.path for f in view.passthrough}] + tensors
+    out["view_bytes"] = sum(f["size"] for f in out["view_files"])
 
 
 def _is_verified(store, content_id: str) -> bool:

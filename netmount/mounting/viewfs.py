@@ -1,0 +1,186 @@
+"""Serving a view's files: a read is cut into its pieces; synthesized pieces come from memory,
+source pieces through the one ``BlockReader`` as reads of the *source* file.
+
+So cache keys stay the source files' content ids (a plain mount, or another view, of the
+same repo reuses every block), and the bytes counters and read coverage of the source files
+count what a view read cost.
+
+Prefetch: each source piece of a program's read is handed to the prefetcher as a read of
+the source file (``plan`` before, ``follow`` after), under a handle of its own per (open
+view file, source file): the loader heuristics then see what they see on a plain mount —
+sequential reads of a source file, jumps to tensor starts — and fetch ahead in the source.
+Reads of the raw mirror (``/.netmount/raw``) get no prefetch, as on a plain mount.
+A program's read that starts in a synthesized piece (a header: ``safe_open``'s first page
+fault, and the kernel's read-around of it, up to the readahead) fetches the source bytes
+it spills into exactly (their pages, not their blocks) and tells the prefetcher nothing:
+opening a view file must not start fetching the tensors behind its header (the MTP layer
+of a ``--reshard layer`` view that transformers opens but never reads).  Raw reads are
+``direct_io`` (fs.py): they arrive exactly as asked, so ``netmount tensors`` reads a view
+header without spilling, and ``netmount prefetch`` gets whole source blocks stored.
+
+Per view file this keeps the bytes served and the read coverage (``stats.json``:
+``view_files``); its tensors are known from its synthesized header (no network).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from netmount.core.blocks import block_range, coalesce
+from netmount.core.safetensors import HeaderError, parse_header
+from netmount.read.coverage import Coverage
+from netmount.read.reader import ExactRead
+from netmount.remote.hub import RemoteFile, Snapshot
+from netmount.views.model import View, ViewFile
+
+EXACT = ExactRead()  # fetch a miss as its pages, not its blocks
+
+
+class ViewTree:
+    """A ``View`` bound to the snapshot's files and the reader: what the FUSE face serves."""
+
+    def __init__(self, view: View, snap: Snapshot, reader, prefetcher=None) -> None:
+        self.view, self.reader, self.prefetcher = view, reader, prefetcher
+        self.sources: dict[str, RemoteFile] = {f.path: f for f in snap.files}
+        self.passthrough = [self.sources[p] for p in view.passthrough]
+        self.files: dict[str, ViewFile] = {vf.path: vf for vf in view.files}
+        self.coverage = Coverage()  # of view files, in view offsets
+        self._served: dict[str, int] = {}
+        self._handles: dict[int, set] = {}  # open view handle -> its per-source prefetch handles
+        self._lock = threading.Lock()
+        self._tensors: dict[str, list[tuple[str, int, int]] | None] = {}
+
+    def read(self, vf: ViewFile, offset: int, size: int, handle: int | None, prefetch: bool = True) -> bytes:
+        policy = self.prefetcher if prefetch and handle is not None else None
+        pieces = vf.cut(offset, size)
+        header_read = policy is not None and bool(pieces) and pieces[0][0].data is not None
+        out = []
+        for piece, lo, n in pieces:
+            if piece.data is not None:
+                out.append(piece.data[lo:lo + n])
+                continue
+            f = self.sources[piece.source]
+            at = piece.offset + lo
+            if header_read:  # the read-around of a header: exactly these bytes, no prefetch
+                out.append(self.reader.read(f, at, n, exact=EXACT))
+                continue
+            if policy is None:
+                out.append(self._whole_blocks(f, at, n))
+                continue
+            key = (handle, f.path)
+            with self._lock:
+                self._handles.setdefault(handle, set()).add(key)
+            exact = policy.plan(key, f, at, n)
+            data = self.reader.read(f, at, n, exact=exact)
+            policy.follow(key, f, at, len(data))
+            out.append(data)
+        data = b"".join(out)
+        if data:
+            self.coverage.record(vf, offset, len(data))
+            with self._lock:
+                self._served[vf.path] = self._served.get(vf.path, 0) + len(data)
+        return data
+
+    def _whole_blocks(self, f: RemoteFile, at: int, n: int) -> bytes:
+        """``[at, at + n)`` of ``f``, read as the whole blocks that hold it: a raw read (``netmount
+        prefetch``) is asked to cache, and a short read near a file's start would otherwise be
+        a header read that the reader's head tier serves from memory, never storing it."""
+        bs = self.reader.block_size
+        lo, hi = at // bs * bs, min(-(-(at + n) // bs) * bs, f.size)
+        data = self.reader.read(f, lo, hi - lo, account=False)[at - lo:at - lo + n]
+        self.reader.counters.add("bytes_served", len(data), path=f.path)
+        if self.reader.on_served is not None:
+            self.reader.on_served(f, at, len(data))
+        return data
+
+    def release(self, handle: int) -> None:
+        with self._lock:
+            keys = self._handles.pop(handle, ())
+        if self.prefetcher is not None:
+            for key in keys:
+                self.prefetcher.forget(key)
+
+    # -- what is local ---------------------------------------------------------------------------
+    def cached_bytes(self, vf: ViewFile, known: dict | None = None) -> int:
+        """Bytes of ``vf`` whose source blocks are stored (synthesized bytes always are)."""
+        return sum(hi - lo for lo, hi in self._local_spans(vf, known))
+
+    def cached_runs(self, vf: ViewFile, block_size: int, known: dict | None = None) -> list[list[int]]:
+        """``[first, last]`` runs of view-file blocks (of ``block_size``) wholly local."""
+        local = self._local_spans(vf, known)
+        blocks, i = [], 0
+        for b in range(-(-vf.size // block_size)):
+            lo, hi = b * block_size, min((b + 1) * block_size, vf.size)
+            while i < len(local) and local[i][1] <= lo:
+                i += 1
+            if i < len(local) and local[i][0] <= lo and local[i][1] >= hi:
+                blocks.append(b)
+        return [list(r) for r in coalesce(blocks)]
+
+    def _local_spans(self, vf: ViewFile, known: dict | None) -> list[tuple[int, int]]:
+        """Maximal ``[lo, hi)`` spans of ``vf`` that are local, in order."""
+        bs = self.reader.block_size
+        spans: list[tuple[int, int]] = []
+
+        def add(lo: int, hi: int) -> None:
+            if spans and spans[-1][1] == lo:
+                spans[-1] = (spans[-1][0], hi)
+            elif hi > lo:
+                spans.append((lo, hi))
+
+        for start, p in zip(vf.starts, vf.pieces):
+            if p.data is not None:
+                add(start, start + p.length)
+                continue
+            f = self.sources[p.source]
+            have = known.get(f.path) if known is not None else None
+            if have is None:
+                have = self.reader.stored.known(f)
+                if known is not None:
+                    known[f.path] = have
+            if not have:
+                continue
+            for i in block_range(p.offset, p.length, f.size, bs):
+                if i in have:
+                    lo = max(i * bs, p.offset)
+                    hi = min((i + 1) * bs, p.offset + p.length, f.size)
+                    add(start + lo - p.offset, start + hi - p.offset)
+        return spans
+
+    # -- for stats.json --------------------------------------------------------------------------
+    def tensors(self, vf: ViewFile) -> list[tuple[str, int, int]] | None:
+        """``(name, start, end)`` of a view safetensors file, from its synthesized header."""
+        if vf.path in self._tensors:
+            return self._tensors[vf.path]
+        found = None
+        head = vf.pieces[0].data if vf.pieces and vf.path.endswith(".safetensors") else None
+        if head is not None:
+            try:
+                found = [(t.name, t.start, t.end) for t in parse_header(head, None)]
+            except HeaderError:
+                found = None
+        self._tensors[vf.path] = found
+        return found
+
+    def stats(self, block_size: int) -> tuple[list[dict], list[dict]]:
+        """Per view file (passthrough files included) and per view tensor: sizes, bytes served
+        and read, what is cached; never any network."""
+        known: dict = {}
+        files, tensors = [], []
+        with self._lock:
+            served = dict(self._served)
+        for vf in self.view.files:
+            cached = self.cached_bytes(vf, known)
+            files.append({
+                "path": vf.path, "size": vf.size, "cached_bytes": cached,
+                "served_bytes": served.get(vf.path, 0),
+                "read_bytes": self.coverage.covered_bytes(vf.path),
+                "cached_runs": self.cached_runs(vf, block_size, known) if cached else [],
+                "sources": sorted({p.source for p in vf.pieces if p.source is not None}),
+            })
+            known_t = self.tensors(vf)
+            if known_t:
+                touched = self.coverage.touched(vf.path, [(s, e) for _, s, e in known_t])
+                tensors.extend({"name": name, "file": vf.path, "nbytes": e - s, "touched_bytes": t}
+                               for (name, s, e), t in zip(known_t, touched))
+        return files, tensors
