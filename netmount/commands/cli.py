@@ -19,8 +19,8 @@ COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cac
 
 
 def _add_mount(sub) -> None:
-    p = sub.add_parser("mount", help="mount a Hub model repo read-only (lazy, block-cached)")
-    p.add_argument("repo", help="org/name, optionally org/name@revision")
+    p = sub.add_parser("mount", help="mount a Hub model, dataset or space repo read-only (lazy, block-cached)")
+    p.add_argument("repo", help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional")
     p.add_argument("mountpoint", help="an existing empty directory")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
     p.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
@@ -59,7 +59,7 @@ def cmd_mount(args) -> int:
         total = sum(f.size for f in snap.files)
         from netmount.core.units import format_size
 
-        print(f"mounted {snap.repo_id}@{snap.sha[:12]} ({len(snap.files)} files, "
+        print(f"mounted {snap.name}@{snap.sha[:12]} ({len(snap.files)} files, "
               f"{format_size(total)}) on {m.path}")
     return 0
 

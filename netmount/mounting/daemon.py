@@ -140,7 +140,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     )
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters,
-                           proxy=config.cache_proxy).start()
+                           proxy=config.cache_proxy, repo_type=snap.repo_type).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
@@ -180,7 +180,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
                      on_drop=drop)
-    log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
+    log.info("mounting %s@%s (%d files) on %s", snap.name, snap.sha, len(snap.files), config.mountpoint)
     try:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
         # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
