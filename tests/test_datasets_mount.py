@@ -14,6 +14,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from conftest import Mounter, run_cli, sha256_file  # noqa: E402
 from hubproc import HubProcess  # noqa: E402
+from proxykit import origin, start_proxy  # noqa: E402,F401 (fixtures)
 
 pytestmark = pytest.mark.fuse
 
@@ -235,3 +236,33 @@ def test_prefetch_match_warms_whole_parquet_files(dsmounter, dshub, ds_root):
     for path in FILES:  # now local: no byte crosses the network
         assert sha256_file(mp / path) == sha256_file(source(ds_root, path))
     assert dshub.requests(server="cdn", method="GET") == []
+
+
+@pytest.fixture(scope="module")
+def proxy_root(ds_root):
+    """proxykit's ``origin`` hub serves this module's dataset root."""
+    return ds_root
+
+
+def test_a_dataset_through_the_cache_proxy(start_proxy, origin, ds_root, tmp_path):
+    """The proxy's route takes /datasets/org/name/resolve/..: a second node reads the column
+    from the proxy alone (only metadata reaches the origin)."""
+    proxy = start_proxy()
+    want = pq.read_table(source(ds_root, FILES[0]), columns=["text"])
+    for node in ("node1", "node2"):
+        (tmp_path / node).mkdir()
+        m = Mounter(tmp_path / node, origin.url)
+        try:
+            origin.reset_log()
+            mp = m.mount(f"datasets/{DATASET}", "--cache-proxy", proxy.url)
+            assert pq.read_table(mp / FILES[0], columns=["text"]).equals(want)
+            assert (mp / ".netmount" / "idle").read_text() == "idle\n"
+            s = m.stats(mp)["proxy"]
+            assert s["fallbacks"] == 0 and s["requests"] > 0, s
+            data = [r for r in origin.log if r.server == "cdn" or "/resolve/" in r.path]
+            if node == "node1":
+                assert data and all("/datasets/tests/tables/resolve/" in r.path for r in data if r.server == "hub")
+            else:
+                assert data == [] and s["hits"] > 0
+        finally:
+            m.cleanup()
