@@ -10,7 +10,7 @@ import pytest
 
 from netmount.core import errors
 from netmount.read.parquet import ParquetError, read_layout
-from netmount.read.policy import FileState, PrefetchConfig, Stream, TensorMap, exact_read, tensor_wants
+from netmount.read.policy import FileState, PrefetchConfig, Stream, TensorMap, advance, exact_read, tensor_wants
 from netmount.remote.hub import RepoSpec, Snapshot, parse_repo_spec, url_path
 
 # -- repo ids --------------------------------------------------------------------------------
@@ -185,10 +185,38 @@ def test_a_jump_to_a_chunk_fetches_that_chunk_exactly_even_past_the_fourth():
         stream = Stream(expected=page + (128 << 10))
 
 
-def test_a_full_scan_is_still_a_stream():
-    _, columnar = _maps()
+def test_a_full_scan_is_still_a_stream_but_the_first_chunk_alone_is_not():
+    plain, columnar = _maps()
     state, streak = FileState(), 0
-    for offset in range(0, 12 * BS, BS):  # sequential from byte 0, through several chunks
+    limits = {}
+    for offset in range(0, 20 * BS, BS):  # sequential from byte 0, through several chunks
         wants = tensor_wants(columnar, state, offset, streak, SIZE, folder_loading=False, cfg=CFG)
-        state = wants.state
-    assert wants.limit == SIZE and not state.loading
+        state, limits[offset] = wants.state, wants.limit
+    # a run from byte 0 through stream_bytes is not yet a scan: it may be the first columns'
+    # chunks (in a safetensors file it is one)
+    assert limits[9 * BS] == CHUNKS[1][1]
+    assert tensor_wants(plain, FileState(), 9 * BS, 0, SIZE, folder_loading=False, cfg=CFG).limit == SIZE
+    # through 3 whole chunks it is: read ahead to the end of the file
+    assert limits[19 * BS] == SIZE and not state.loading
+
+
+def test_a_column_read_is_not_a_sequential_run_but_a_scan_is():
+    """Chunks of one column lie less than a block apart (the other columns between): with a
+    block's slack they would pass for a sequential run.  In a columnar map a read continues
+    a run only if no whole chunk lies between it and where the last read ended; a scan's
+    reads reordered a little by the kernel still do."""
+    plain, columnar = _maps()
+    gap_cfg = PrefetchConfig(block_size=16 * BS, window_max=16 * BS)  # chunks (5 blocks) < a block apart
+    for tmap, runs in ((plain, True), (columnar, False)):
+        stream = None
+        for g in range(4):  # column 0 of row groups 0..3, each read whole
+            start, end = CHUNKS[3 * g]
+            slack = tmap.slack(stream.expected, start, gap_cfg) if stream else None
+            stream, window, streak = advance(stream, start, end - start, SIZE, gap_cfg, slack)
+        assert (streak is not None) is runs
+    # a scan: chunk after chunk, one read landing a little late
+    stream = None
+    for offset in [0, BS, 3 * BS, 2 * BS, 4 * BS, 5 * BS + 4, 6 * BS]:
+        slack = columnar.slack(stream.expected, offset, gap_cfg) if stream else None
+        stream, window, streak = advance(stream, offset, BS, SIZE, gap_cfg, slack)
+        assert offset == 0 or streak == 0

@@ -42,7 +42,8 @@ def write_dataset(folder, seed: int = 0) -> None:
 
 
 def write_wide(folder, seed: int = 1) -> None:
-    """One ~32 MB file of 4 row groups, 8 float columns of ~1 MB a chunk: for full scans."""
+    """One ~32 MB file of 4 row groups, 8 float columns of ~1 MB a chunk (for full scans),
+    and a ~4 MB one of 20 row groups."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -50,6 +51,11 @@ def write_wide(folder, seed: int = 1) -> None:
     n = 500_000
     table = pa.table({f"c{k}": rng.standard_normal(n) for k in range(8)})
     pq.write_table(table, folder / "wide.parquet", row_group_size=n // 4, use_dictionary=False)
+    # 20 small row groups: a column's chunks (~100 KB) lie ~100 KB apart, less than a block
+    n = 200_000
+    table = pa.table({"flag": rng.integers(0, 2, n).astype(bool), "x": rng.standard_normal(n),
+                      "y": rng.standard_normal(n)})
+    pq.write_table(table, folder / "narrow.parquet", row_group_size=n // 20)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +150,8 @@ def test_mount_a_dataset_byte_identical_and_stats(dsmounter, ds_root):
 
 
 COLUMN_CASES = [(DATASET, f, c) for f in FILES for c in ("id", "x", "text", "label")] + [
-    ("tests/wide", "wide.parquet", c) for c in ("c0", "c5", "c7")]
+    ("tests/wide", "wide.parquet", c) for c in ("c0", "c5", "c7")] + [
+    ("tests/wide", "narrow.parquet", c) for c in ("x", "y")]
 
 
 @pytest.mark.parametrize("repo, path, column", COLUMN_CASES)

@@ -67,13 +67,15 @@ class Stream:
 
 
 def advance(stream: Stream | None, offset: int, size: int, file_size: int,
-            cfg: PrefetchConfig) -> tuple[Stream, list[int], int | None]:
+            cfg: PrefetchConfig, slack: int | None = None) -> tuple[Stream, list[int], int | None]:
     """The handle's state after a read of [offset, offset + size), the readahead window's
-    blocks, and where the sequential run this read continues began (None: a jump)."""
+    blocks, and where the sequential run this read continues began (None: a jump).
+    ``slack``: how far from where the last read ended a read still continues the run
+    (default a block; see ``TensorMap.slack`` for a columnar file)."""
     end = offset + size
     s = stream or Stream(streak=offset)
     # the kernel may reorder neighbouring requests a little: allow one block of slack
-    if s.expected >= 0 and abs(offset - s.expected) <= cfg.block_size:
+    if s.expected >= 0 and abs(offset - s.expected) <= (cfg.block_size if slack is None else slack):
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
         new = Stream(max(end, s.expected), window, s.streak)
         streak: int | None = s.streak
@@ -99,6 +101,19 @@ class TensorMap:
         self.ranges = sorted(r for r in ranges if r[1] > r[0])
         self.starts = [r[0] for r in self.ranges]
         self.columnar = columnar
+
+    def slack(self, expected: int, offset: int, cfg: PrefetchConfig) -> int:
+        """How far a read at ``offset`` may be from where the handle's last read ended
+        (``expected``) and still continue its run: a block (the kernel reorders its
+        readahead a little), but nothing in a columnar file if a whole chunk lies between —
+        a column's chunks in consecutive row groups are a few KB to a few MB apart, and
+        with a block's slack a column read would pass for a scan whose readahead window
+        fetches the other columns."""
+        a, b = min(expected, offset), max(expected, offset)
+        j = bisect.bisect_left(self.starts, a)
+        if self.columnar and j < len(self.ranges) and self.ranges[j][1] <= b:
+            return 0
+        return cfg.block_size
 
     def find(self, offset: int) -> int | None:
         i = bisect.bisect_right(self.starts, offset) - 1
@@ -129,8 +144,9 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
     if near_anchor:
         return ExactRead(), state
     # (columnar: readers jump between nearby chunks of one column, so only a read that
-    # really continues the run — a block's slack, as in ``advance`` — is left to blocks)
-    if stream is not None and abs(offset - stream.expected) <= (cfg.block_size if tmap.columnar else cfg.far):
+    # really continues the run — ``TensorMap.slack``, as in ``advance`` — is left to blocks)
+    far = tmap.slack(stream.expected, offset, cfg) if tmap.columnar and stream is not None else cfg.far
+    if stream is not None and abs(offset - stream.expected) <= far:
         return None, state  # continues (or nearly) a run read in blocks
     last = min(offset + size, file_size) - 1
     i = tmap.find(last)
@@ -175,8 +191,10 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     # A stream (cat, cp) gets no limit: a run from the file's first byte through
     # stream_bytes of tensor data, or through >= 3 whole tensors and stream_bytes.
     data = tmap.ranges[0][0]
+    # (Columnar: a run from byte 0 may be the first column's chunk alone; only crossing
+    # 3 whole chunks makes it a scan.)
     streaming = streak is not None and offset - max(streak, data) >= cfg.stream_bytes and (
-        streak == 0 or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
+        (streak == 0 and not tmap.columnar) or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
     loading = not tmap.columnar and (state.loading or len(touched) >= cfg.load_tensors or folder_loading)
     # Around a tensor's first and last pages the kernel reads windows that spill into the
     # neighbours: for a lone read, no reason to fetch a whole neighbouring tensor.

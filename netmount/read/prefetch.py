@@ -104,7 +104,9 @@ class Prefetcher:
         if size <= 0:
             return
         with self._lock:
-            stream, window, streak = advance(self._streams.get(handle), offset, size, f.size, self.cfg)
+            tmap, last = self._maps.get(f.path), self._streams.get(handle)  # (maps: built by ``plan``)
+            slack = tmap.slack(last.expected, offset, self.cfg) if tmap and tmap.columnar and last else None
+            stream, window, streak = advance(last, offset, size, f.size, self.cfg, slack)
             self._streams[handle] = stream
             self._reads.append((f, offset, size, window, streak))
         self._wake.set()
