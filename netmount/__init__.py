@@ -1,7 +1,9 @@
-"""netmount: a Hugging Face model repository as lazy, read-only local files.
+"""netmount: a Hugging Face model (or dataset) repository as lazy, read-only local files.
 
     with netmount.mount("org/name") as path:
         model = AutoModelForCausalLM.from_pretrained(path)
+
+    netmount.mount("datasets/org/name")  # or netmount.mount("org/name", repo_type="dataset")
 """
 
 __all__ = ["Mount", "NetmountError", "list_tensors", "mount", "read_stats", "unmount", "verify"]

@@ -19,8 +19,8 @@ COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cac
 
 
 def _add_mount(sub) -> None:
-    p = sub.add_parser("mount", help="mount a Hub model repo read-only (lazy, block-cached)")
-    p.add_argument("repo", help="org/name, optionally org/name@revision")
+    p = sub.add_parser("mount", help="mount a Hub model, dataset or space repo read-only (lazy, block-cached)")
+    p.add_argument("repo", help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional")
     p.add_argument("mountpoint", help="an existing empty directory")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
     p.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
@@ -73,7 +73,7 @@ def cmd_mount(args) -> int:
             n = len(m.view.files) + len(m.view.passthrough)
             vbytes = sum(vf.size for vf in m.view.files) + sum(sizes[p] for p in m.view.passthrough)
             shown = f" as a view of {n} files, {format_size(vbytes)},"
-        print(f"mounted {snap.repo_id}@{snap.sha[:12]} ({len(snap.files)} files, "
+        print(f"mounted {snap.name}@{snap.sha[:12]} ({len(snap.files)} files, "
               f"{format_size(total)}){shown} on {m.path}")
     return 0
 

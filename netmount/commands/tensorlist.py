@@ -153,13 +153,14 @@ def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_sk
     from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
 
-    repo_id, rev = hub.parse_repo_spec(spec, revision)
+    repo_id, rev, repo_type = hub.parse_repo_spec(spec, revision)
     endpoint = settings.endpoint(endpoint)
     token = None if token is False else settings.token(token or None)  # False: anonymous
-    snap = hub.resolve_snapshot(repo_id, rev, endpoint, token)
+    snap = hub.resolve_snapshot(repo_id, rev, endpoint, token, repo_type)
     sizes = {f.path: f.size for f in snap.files}
     files = {f.path: f for f in snap.files}
-    fetcher = RangeFetcher(endpoint, repo_id, snap.sha, token, connections=max(1, workers)).start()
+    fetcher = RangeFetcher(endpoint, repo_id, snap.sha, token, connections=max(1, workers),
+                           repo_type=repo_type).start()
     try:
         def get(path: str, start: int, end: int):
             return fetch_bytes(fetcher, files[path], start, end)
@@ -192,7 +193,7 @@ def _repo(spec: str, match: list[str], revision, endpoint, token, workers, on_sk
         except HeaderError as exc:
             on_skip(p, exc)
             parsed.append(None)
-    return _records(paths, parsed, match, f"{endpoint}/{repo_id}/resolve/{snap.sha}")
+    return _records(paths, parsed, match, f"{endpoint}/{snap.name}/resolve/{snap.sha}")
 
 
 def _records(paths, headers, match, url_base) -> list[dict]:
@@ -205,5 +206,6 @@ def _records(paths, headers, match, url_base) -> list[dict]:
 
 def check_target(target: str) -> None:
     """A clear error for a path-looking target that does not exist (not a repo id)."""
-    if not os.path.exists(target) and (target.startswith((".", "/", "~")) or target.count("/") > 1):
-        raise errors.BadInput(f"{target}: no such file or folder (and not an org/name repo id)")
+    typed = target.startswith(("models/", "datasets/", "spaces/"))
+    if not os.path.exists(target) and (target.startswith((".", "/", "~")) or target.count("/") > 1 + typed):
+        raise errors.BadInput(f"{target}: no such file or folder (and not an [datasets/]org/name repo id)")

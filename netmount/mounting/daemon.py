@@ -141,7 +141,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     )
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters,
-                           proxy=config.cache_proxy).start()
+                           proxy=config.cache_proxy, repo_type=snap.repo_type).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
@@ -195,7 +195,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
                      on_drop=drop, view=view)
-    log.info("mounting %s@%s (%d files%s) on %s", snap.repo_id, snap.sha, len(snap.files),
+    log.info("mounting %s@%s (%d files%s) on %s", snap.name, snap.sha, len(snap.files),
              f", a view of {len(view.files) + len(view.passthrough)}" if view else "", config.mountpoint)
     try:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read

@@ -167,8 +167,11 @@ def mount(
     reshard: str | None = None,
     only: list[str] | tuple[str, ...] = (),
     experts: str | None = None,
+    repo_type: str | None = None,
 ) -> Mount:
-    """Mount ``repo`` (``org/name[@rev]``) read-only at ``mountpoint`` (a new temp dir if None).
+    """Mount ``repo`` (``[datasets/|spaces/]org/name[@rev]``; or ``org/name`` with
+    ``repo_type="dataset"``, as huggingface_hub spells it) read-only at ``mountpoint``
+    (a new temp dir if None).
 
     Returns once the mount is live (or, with ``foreground``, once it has been unmounted).
     ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
@@ -181,7 +184,7 @@ def mount(
     headers are read and the view planned here, before the daemon starts.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
-    repo_id, rev = hub.parse_repo_spec(repo, revision)
+    repo_id, rev, rtype = hub.parse_repo_spec(repo, revision, repo_type)
     bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
     if connections < 1 or connections > 64:
         raise errors.BadInput("invalid --connections: 1 to 64")
@@ -199,7 +202,7 @@ def mount(
         # absolute before anything uses it: the daemon runs with cwd "/" (see _spawn)
         cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
-        snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok)
+        snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok, rtype)
         log_file = _log_file(cdir, path)
         view, proc = None, None
         if spec is not None:

@@ -210,7 +210,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
     fetched = values.get("bytes_fetched", 0)
     return {
         "mountpoint": config.mountpoint,
-        "repo": snap.repo_id,
+        "repo": snap.name,
         "revision": snap.sha,
         "requested_revision": snap.revision,
         "endpoint": snap.endpoint,

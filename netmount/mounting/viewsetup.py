@@ -36,7 +36,7 @@ def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections
     from netmount.views.plan import plan_view
 
     if not any(f.path.endswith(".safetensors") for f in snap.files):
-        raise errors.BadInput(f"{snap.repo_id} has no safetensors files: nothing to re-shard or select")
+        raise errors.BadInput(f"{snap.name} has no safetensors files: nothing to re-shard or select")
     gc.disable()  # ~100k parsed tensors, all acyclic: collections would walk them again and again
     try:
         headers, small = read_headers(snap, token, connections=connections, proxy=proxy)
@@ -56,7 +56,7 @@ def read_headers(snap: Snapshot, token: str | None, *, connections: int = HEADER
     from netmount.views.plan import SMALL_FILES, sources
 
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, token, connections=connections,
-                           proxy=proxy).start()
+                           proxy=proxy, repo_type=snap.repo_type).start()
     try:
         def get(f: RemoteFile, start: int, end: int) -> concurrent.futures.Future:
             return fetch_bytes(fetcher, f, start, end)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field, replace
 
-from netmount.core.blocks import block_range
+from netmount.core.blocks import PAGE, block_range
 from netmount.core.settings import DEFAULT_BLOCK_SIZE
 from netmount.read.reader import ExactRead
 
@@ -67,13 +67,15 @@ class Stream:
 
 
 def advance(stream: Stream | None, offset: int, size: int, file_size: int,
-            cfg: PrefetchConfig) -> tuple[Stream, list[int], int | None]:
+            cfg: PrefetchConfig, slack: int | None = None) -> tuple[Stream, list[int], int | None]:
     """The handle's state after a read of [offset, offset + size), the readahead window's
-    blocks, and where the sequential run this read continues began (None: a jump)."""
+    blocks, and where the sequential run this read continues began (None: a jump).
+    ``slack``: how far from where the last read ended a read still continues the run
+    (default a block; see ``TensorMap.slack`` for a columnar file)."""
     end = offset + size
     s = stream or Stream(streak=offset)
     # the kernel may reorder neighbouring requests a little: allow one block of slack
-    if s.expected >= 0 and abs(offset - s.expected) <= cfg.block_size:
+    if s.expected >= 0 and abs(offset - s.expected) <= (cfg.block_size if slack is None else slack):
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
         new = Stream(max(end, s.expected), window, s.streak)
         streak: int | None = s.streak
@@ -87,11 +89,31 @@ def advance(stream: Stream | None, offset: int, size: int, file_size: int,
 # -- safetensors layout ---------------------------------------------------------------------
 
 class TensorMap:
-    """Sorted absolute [start, end) data ranges of one safetensors file's tensors (immutable)."""
+    """Sorted absolute [start, end) data ranges of one safetensors file's tensors (immutable).
 
-    def __init__(self, ranges: list[tuple[int, int]]):
+    ``columnar``: the ranges are a parquet file's column chunks (and its footer).  A query
+    jumps from chunk to chunk of one column across row groups: that is never a loader (no
+    lookahead, no folder-wide loading, no next-shard chaining); each jump gets its chunk
+    exactly, a sequential run stops at the chunk's end, and a stream (a full scan) still
+    reads ahead to the file's end."""
+
+    def __init__(self, ranges: list[tuple[int, int]], columnar: bool = False):
         self.ranges = sorted(r for r in ranges if r[1] > r[0])
         self.starts = [r[0] for r in self.ranges]
+        self.columnar = columnar
+
+    def slack(self, expected: int, offset: int, cfg: PrefetchConfig) -> int:
+        """How far a read at ``offset`` may be from where the handle's last read ended
+        (``expected``) and still continue its run: a block (the kernel reorders its
+        readahead a little), but nothing in a columnar file if a whole chunk lies between —
+        a column's chunks in consecutive row groups are a few KB to a few MB apart, and
+        with a block's slack a column read would pass for a scan whose readahead window
+        fetches the other columns."""
+        a, b = min(expected, offset), max(expected, offset)
+        j = bisect.bisect_left(self.starts, a)
+        if self.columnar and j < len(self.ranges) and self.ranges[j][1] <= b:
+            return 0
+        return cfg.block_size
 
     def find(self, offset: int) -> int | None:
         i = bisect.bisect_right(self.starts, offset) - 1
@@ -116,14 +138,22 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
     around a lone tensor's extent (``near_anchor``), and for a far jump to the start of a
     small tensor in a shard no loader is reading: then that whole tensor is the extent.
     At most ``load_tensors`` lone tensors come this way before a loader is assumed."""
+    folder_loading = folder_loading and not tmap.columnar
     if not tmap.ranges or state.loading or folder_loading or offset < tmap.ranges[0][0]:
         return None, state  # (the header: the head tier, or blocks)
     if near_anchor:
         return ExactRead(), state
-    if stream is not None and abs(offset - stream.expected) <= cfg.far:
+    # (columnar: readers jump between nearby chunks of one column, so only a read that
+    # really continues the run — ``TensorMap.slack``, as in ``advance`` — is left to blocks)
+    far = tmap.slack(stream.expected, offset, cfg) if tmap.columnar and stream is not None else cfg.far
+    if stream is not None and abs(offset - stream.expected) <= far:
         return None, state  # continues (or nearly) a run read in blocks
     last = min(offset + size, file_size) - 1
     i = tmap.find(last)
+    if tmap.columnar:  # pread, not mmap: the chunk read starts in the read's first page
+        j = bisect.bisect_left(tmap.starts, offset)
+        if j < len(tmap.starts) and tmap.starts[j] < offset + PAGE:
+            i = j
     if i is None:
         return None, state
     # a reader of a tensor starts at its start; the read-around of its first page may end
@@ -152,7 +182,7 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     bs = cfg.block_size
     i = tmap.find(offset)
     if i is None:
-        loading = state.loading or folder_loading
+        loading = not tmap.columnar and (state.loading or folder_loading)
         return TensorWants([], file_size if loading else offset + bs, state)
     start, end = tmap.ranges[i]
     # Only jumps count as touching a tensor: a sequential run (the kernel's readahead after
@@ -161,9 +191,11 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     # A stream (cat, cp) gets no limit: a run from the file's first byte through
     # stream_bytes of tensor data, or through >= 3 whole tensors and stream_bytes.
     data = tmap.ranges[0][0]
+    # (Columnar: a run from byte 0 may be the first column's chunk alone; only crossing
+    # 3 whole chunks makes it a scan.)
     streaming = streak is not None and offset - max(streak, data) >= cfg.stream_bytes and (
-        streak == 0 or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
-    loading = state.loading or len(touched) >= cfg.load_tensors or folder_loading
+        (streak == 0 and not tmap.columnar) or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
+    loading = not tmap.columnar and (state.loading or len(touched) >= cfg.load_tensors or folder_loading)
     # Around a tensor's first and last pages the kernel reads windows that spill into the
     # neighbours: for a lone read, no reason to fetch a whole neighbouring tensor.
     inside = start + cfg.guard <= offset < end - cfg.guard

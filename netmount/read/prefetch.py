@@ -29,6 +29,7 @@ from collections import OrderedDict
 
 from netmount.core.blocks import block_range
 from netmount.core.safetensors import HeaderError, read_header
+from netmount.read.parquet import ParquetError, read_layout
 from netmount.read.policy import (
     FileState,
     PrefetchConfig,
@@ -84,7 +85,7 @@ class Prefetcher:
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
         """How this read, if it misses, is to be fetched (None: in blocks)."""
-        if not f.path.endswith(".safetensors"):
+        if not mapped(f.path):
             return None
         tmap = self.tensor_map(f)
         if tmap is None:
@@ -103,7 +104,9 @@ class Prefetcher:
         if size <= 0:
             return
         with self._lock:
-            stream, window, streak = advance(self._streams.get(handle), offset, size, f.size, self.cfg)
+            tmap, last = self._maps.get(f.path), self._streams.get(handle)  # (maps: built by ``plan``)
+            slack = tmap.slack(last.expected, offset, self.cfg) if tmap and tmap.columnar and last else None
+            stream, window, streak = advance(last, offset, size, f.size, self.cfg, slack)
             self._streams[handle] = stream
             self._reads.append((f, offset, size, window, streak))
         self._wake.set()
@@ -157,7 +160,7 @@ class Prefetcher:
 
     def _decide(self, f: RemoteFile, offset: int, size: int, window: list[int], streak: int | None) -> None:
         wanted = window
-        tmap = self.tensor_map(f) if f.path.endswith(".safetensors") else None
+        tmap = self.tensor_map(f) if mapped(f.path) else None
         folder = _folder(f)
         if tmap is not None:
             near = self.reader.extents.near(f, offset, offset + size, self.cfg.near)
@@ -221,11 +224,14 @@ class Prefetcher:
 
     # -- headers ---------------------------------------------------------------------------------
     def tensor_map(self, f: RemoteFile) -> TensorMap | None:
-        """The tensor layout of a safetensors file, read once (through the reader, not
-        counted as served); None if it is not one or does not parse."""
+        """The tensor layout of a safetensors file (or the column chunks of a parquet one),
+        read once (through the reader, not counted as served); None if it is not one or does
+        not parse."""
         with self._lock:
             if f.path in self._maps:
                 return self._maps[f.path]
+        if f.path.endswith(".parquet"):
+            return self._columnar_map(f)
         tmap = None
         try:
             # the first read is what the head tier holds (else just the length): no block fetched for it
@@ -238,6 +244,29 @@ class Prefetcher:
             log.warning("%s: no tensor-aware prefetch (%s)", f.path, exc)
         with self._lock:
             return self._maps.setdefault(f.path, tmap)
+
+    def _columnar_map(self, f: RemoteFile) -> TensorMap | None:
+        """A parquet file's column chunks and its footer, as a columnar TensorMap.  The
+        footer is fetched exactly (pyarrow's own first read, the last 64 KiB, then hits it)."""
+        tmap = None
+        try:
+            layout = read_layout(lambda a, b: self.reader.read(f, a, b - a, account=False, exact=ExactRead()),
+                                 f.size)
+            ranges = [(c.start, c.end) for c in layout.chunks] + [(layout.footer_start, f.size)]
+            if ranges[0][0] <= 4:  # the leading magic: a reader of the first chunk reads page 0
+                ranges[0] = (0, ranges[0][1])
+            tmap = TensorMap(ranges, columnar=True)
+        except ParquetError as exc:
+            log.warning("%s: not a parquet file we can map, no column-aware prefetch: %s", f.path, exc)
+        except Exception as exc:
+            log.warning("%s: no column-aware prefetch (%s)", f.path, exc)
+        with self._lock:
+            return self._maps.setdefault(f.path, tmap)
+
+
+def mapped(path: str) -> bool:
+    """Files whose layout the policy knows: safetensors (tensors), parquet (column chunks)."""
+    return path.endswith((".safetensors", ".parquet"))
 
 
 def _folder(f: RemoteFile) -> str:

@@ -53,7 +53,7 @@ from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
 from netmount.remote.breaker import CLOSED, Breaker
 from netmount.remote.contract import OnPart
-from netmount.remote.hub import RemoteFile
+from netmount.remote.hub import RemoteFile, url_path
 
 log = logging.getLogger("netmount.fetch")
 
@@ -127,9 +127,11 @@ class RangeFetcher:
         max_backoff: float = 8.0,
         counters: Counters | None = None,
         proxy: str | None = None,
+        repo_type: str = "model",
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.repo_id, self.sha, self._token = repo_id, sha, token
+        self._repo_path = url_path(repo_id, repo_type)  # datasets/org/name in URLs, as the Hub's
         self.connections = connections
         if max_retries is None:
             max_retries = _env_number("NETMOUNT_FETCH_RETRIES", DEFAULT_RETRIES, int)
@@ -389,7 +391,7 @@ class RangeFetcher:
 
     async def _via_proxy(self, path: str, start: int, end: int, size: int, sink: "_Pieces") -> None:
         """``[start, end)`` from the cache proxy, checked as always; ``_ProxyFault`` otherwise."""
-        url = f"{self.proxy}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
+        url = f"{self.proxy}/{self._repo_path}/resolve/{self.sha}/{quote(path)}"
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if self._token:
             headers["authorization"] = f"Bearer {self._token}"
@@ -441,7 +443,7 @@ class RangeFetcher:
                    ("requests", "bytes", "hits", "misses", "bypass", "fallbacks", "skipped")}}
 
     def _resolve_url(self, path: str) -> str:
-        return f"{self.endpoint}/{self.repo_id}/resolve/{self.sha}/{quote(path)}"
+        return f"{self.endpoint}/{self._repo_path}/resolve/{self.sha}/{quote(path)}"
 
     def _auth_for(self, url: str) -> dict[str, str]:
         if self._token and urlsplit(url).netloc == self._endpoint_host:

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from netmount.core import errors
 
@@ -25,6 +26,15 @@ class RemoteFile:
     lfs: bool = False
 
 
+REPO_TYPES = ("model", "dataset", "space")
+_PREFIXES = {"models": "model", "datasets": "dataset", "spaces": "space"}  # as the Hub's URLs spell them
+
+
+def url_path(repo_id: str, repo_type: str = "model") -> str:
+    """The repo as the Hub's URLs name it: ``org/name``, ``datasets/org/name``, ``spaces/org/name``."""
+    return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+
+
 @dataclass
 class Snapshot:
     repo_id: str
@@ -32,6 +42,12 @@ class Snapshot:
     sha: str  # the pinned commit every URL uses
     endpoint: str
     files: list[RemoteFile]
+    repo_type: str = "model"  # "model", "dataset" or "space", as huggingface_hub spells it
+
+    @property
+    def name(self) -> str:
+        """How users name the repo (``datasets/org/name``; a model is just ``org/name``)."""
+        return url_path(self.repo_id, self.repo_type)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -43,22 +59,48 @@ class Snapshot:
         return cls(**data)
 
 
-def parse_repo_spec(spec: str, revision: str | None = None) -> tuple[str, str]:
-    """``org/name[@rev]`` (+ an explicit ``--revision``) -> (repo_id, revision)."""
+class RepoSpec(NamedTuple):
+    repo_id: str  # org/name, without the type prefix
+    revision: str
+    repo_type: str  # "model", "dataset" or "space"
+
+
+def parse_repo_spec(spec: str, revision: str | None = None, repo_type: str | None = None) -> RepoSpec:
+    """``[models/|datasets/|spaces/]org/name[@rev]`` (+ an explicit ``--revision`` and
+    ``repo_type``, as huggingface_hub spells it) -> RepoSpec.  A prefix and a different
+    ``repo_type`` together are an error, as is anything but exactly ``org/name`` after the
+    prefix (``datasets/onlyorg``, ``models/a/b/c``, ``foo/a/b``)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    repo_id, at, rev = spec.partition("@")
+    if repo_type is not None and repo_type not in REPO_TYPES:
+        raise errors.BadInput(f"invalid repo type {repo_type!r}: one of {', '.join(REPO_TYPES)}")
+    name, at, rev = spec.partition("@")
     if at and not rev:
         raise errors.BadInput(f"invalid repo id {spec!r}: nothing after '@'")
     if rev and revision and rev != revision:
         raise errors.BadInput(f"revision given twice: {spec!r} and --revision {revision!r}")
+    parts = name.split("/")
+    kind = repo_type or "model"
+    if len(parts) == 3:
+        if parts[0] not in _PREFIXES:
+            raise errors.BadInput(f"invalid repo id {name!r}: unknown repo type {parts[0]!r} "
+                                  f"(expected models/, datasets/ or spaces/ before 'org/name')")
+        kind = _PREFIXES[parts[0]]
+        if repo_type is not None and repo_type != kind:
+            raise errors.BadInput(f"repo type given twice: {name!r} and repo_type={repo_type!r}")
+        parts = parts[1:]
+    elif len(parts) == 2 and parts[0] in _PREFIXES:
+        raise errors.BadInput(f"invalid repo id {name!r}: expected '{parts[0]}/org/name'")
+    repo_id = "/".join(parts)
     try:
+        if len(parts) != 2:
+            raise HFValidationError(repo_id)
         validate_repo_id(repo_id)
     except HFValidationError:
         raise errors.BadInput(
-            f"invalid repo id {repo_id!r}: expected 'org/name' (letters, digits, '-', '_', '.')"
+            f"invalid repo id {name!r}: expected '[datasets/|spaces/]org/name' (letters, digits, '-', '_', '.')"
         ) from None
-    return repo_id, (revision or rev or "main")
+    return RepoSpec(repo_id, revision or rev or "main", kind)
 
 
 def check_path(path: str) -> str:
@@ -142,21 +184,22 @@ def _within(seconds: float, call, message: str):
     return box["value"]
 
 
-def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None) -> Snapshot:
+def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None,
+                     repo_type: str = "model") -> Snapshot:
     """Resolve ``revision`` to a commit sha and list all files at that sha."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token if token else False)
     timeout = metadata_timeout()
-    with _mapped_errors(repo_id, revision, endpoint, token):
+    with _mapped_errors(url_path(repo_id, repo_type), revision, endpoint, token):
         # the first request bounds a dead endpoint; the listing has its own bound (below)
-        info = api.model_info(repo_id, revision=revision, timeout=timeout)
+        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=timeout)
         sha = info.sha
 
         def list_files() -> list[RemoteFile]:
             files = []
-            for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha):
+            for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha, repo_type=repo_type):
                 if not isinstance(entry, RepoFile):
                     continue
                 lfs = entry.lfs
@@ -164,25 +207,25 @@ def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | No
                 files.append(RemoteFile(check_path(entry.path), int(entry.size), str(content_id or ""), bool(lfs)))
             return files
 
-        tree_url = f"{endpoint}/api/models/{repo_id}/tree/{sha}"
+        tree_url = f"{endpoint}/api/{repo_type}s/{repo_id}/tree/{sha}"
         files = _within(listing_timeout(), list_files,
                         f"{tree_url}: the file listing did not finish in {{:g}} s "
                         f"(a stalled server? NETMOUNT_LISTING_TIMEOUT sets the limit)")
         check_tree(files)
         if getattr(info, "gated", False) and files:
-            _probe_access(api, repo_id, sha, min(files, key=lambda f: f.size).path, endpoint, timeout)
+            _probe_access(api, repo_id, repo_type, sha, min(files, key=lambda f: f.size).path, endpoint, timeout)
     if not sha:
-        raise errors.RepoNotFound(f"{endpoint} gave no commit for {repo_id}@{revision}")
+        raise errors.RepoNotFound(f"{endpoint} gave no commit for {url_path(repo_id, repo_type)}@{revision}")
     files.sort(key=lambda f: f.path)
-    return Snapshot(repo_id, revision, sha, endpoint, files)
+    return Snapshot(repo_id, revision, sha, endpoint, files, repo_type)
 
 
-def _probe_access(api, repo_id: str, sha: str, path: str, endpoint: str, timeout: float) -> None:
+def _probe_access(api, repo_id: str, repo_type: str, sha: str, path: str, endpoint: str, timeout: float) -> None:
     """Gated repos list their files to anyone; find out now, not at the first read, if
     this token may download them (raises GatedRepoError through huggingface_hub)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(repo_id, path, revision=sha, endpoint=endpoint)
+    url = hf_hub_url(repo_id, path, revision=sha, endpoint=endpoint, repo_type=repo_type)
     get_hf_file_metadata(url, token=api.token, timeout=timeout)
 
 

@@ -4,7 +4,8 @@
     with TestHub(root, tokens=["hf_x"]) as hub:
         HfApi(endpoint=hub.url).model_info("org/name", files_metadata=True)
 
-``root/<org>/<name>/`` is revision ``main`` of model repo ``org/name``; a ``.gated`` file at
+``root/<org>/<name>/`` is revision ``main`` of model repo ``org/name`` (``root/datasets/<org>/<name>/``
+of dataset ``datasets/org/name``, ``root/spaces/...`` of a space); a ``.gated`` file at
 its top gates it.  ``synthetic_deepseek=True`` adds a 688 GB ``deepseek-ai/DeepSeek-V3``
 whose bytes are generated on demand (see ``synthetic``).
 """

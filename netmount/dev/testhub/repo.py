@@ -7,7 +7,7 @@ check them (huggingface_hub's cache, netmount's content-addressed cache) see wha
 Hub would give them:
 
 - a regular file's ``oid`` is its git blob sha1;
-- an LFS file (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.gguf`` or larger than 10 MiB) has
+- an LFS file (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.gguf``, ``*.parquet`` or larger than 10 MiB) has
   ``lfs.sha256`` of its content, and its ``oid`` is the git blob sha1 of its *pointer* text;
 - a directory's ``oid`` is its git tree sha1.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import synthetic
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".parquet")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 READ_CHUNK = 1024 * 1024  # bounded memory: bodies are streamed in pieces of this size
 

@@ -97,17 +97,23 @@ class HubServer:
 
     # ---- repos -------------------------------------------------------------------------
 
-    def repo(self, repo_id: str) -> Repo | None:
-        if self._synthetic is not None and repo_id == synthetic.REPO_ID:
+    def repo(self, repo_id: str, repo_type: str = "model") -> Repo | None:
+        """Models live in ``root/<org>/<name>``, datasets in ``root/datasets/<org>/<name>``,
+        spaces in ``root/spaces/<org>/<name>`` (on the Hub, too, no user is called
+        ``datasets`` or ``spaces``)."""
+        if repo_type == "model" and self._synthetic is not None and repo_id == synthetic.REPO_ID:
             return self._synthetic
         org, _, name = repo_id.partition("/")
         if self.root is None or not org or not name or "/" in name or "." in (org[0], name[0]):
             return None
-        folder = self.root / org / name
+        if repo_type == "model" and org in TYPE_FOLDERS.values():
+            return None
+        base = self.root / TYPE_FOLDERS[repo_type] if repo_type != "model" else self.root
+        folder = base / org / name
         return FolderRepo(repo_id, folder, self._hasher) if folder.is_dir() else None
 
-    def commit_sha(self, repo_id: str) -> str:
-        repo = self.repo(repo_id)
+    def commit_sha(self, repo_id: str, repo_type: str = "model") -> str:
+        repo = self.repo(repo_id, repo_type)
         if repo is None:
             raise KeyError(repo_id)
         return repo.snapshot().sha
@@ -117,12 +123,15 @@ class HubServer:
     def hub_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware("hub")])
         r = app.router
-        r.add_get("/api/models/{org}/{name}", self.model_info)
-        r.add_get("/api/models/{org}/{name}/revision/{rev}", self.model_info)
-        r.add_get("/api/models/{org}/{name}/tree/{rev}{path:(/.*)?}", self.tree)
-        r.add_get("/{org}/{name}/resolve/{rev}", self.index)  # folders: HTML listing
-        r.add_get("/{org}/{name}/resolve/{rev}/{path:(.*/)?}", self.index)
-        r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve)  # HEAD too
+        kinds = "{kind:models|datasets|spaces}"  # /api/datasets/org/name: the repo type, plural
+        r.add_get(f"/api/{kinds}/{{org}}/{{name}}", self.model_info)
+        r.add_get(f"/api/{kinds}/{{org}}/{{name}}/revision/{{rev}}", self.model_info)
+        r.add_get(f"/api/{kinds}/{{org}}/{{name}}/tree/{{rev}}{{path:(/.*)?}}", self.tree)
+        # downloads: /org/name/resolve/.. for models, /datasets/org/name/resolve/.. for datasets
+        for prefix in ("/{kind:datasets|spaces}", ""):
+            r.add_get(prefix + "/{org}/{name}/resolve/{rev}", self.index)  # folders: HTML listing
+            r.add_get(prefix + "/{org}/{name}/resolve/{rev}/{path:(.*/)?}", self.index)
+            r.add_get(prefix + "/{org}/{name}/resolve/{rev}/{path:.+}", self.resolve)  # HEAD too
         return app
 
     def cdn_app(self) -> web.Application:
@@ -189,17 +198,19 @@ class HubServer:
 
     async def _lookup(self, request: web.Request, rev: str | None, *, download: bool = False) -> tuple[Repo, Snapshot]:
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+        kind = repo_type(request)
         token = self._bearer(request)
         authorized = token is not None and token in self.tokens
-        repo = self.repo(repo_id)
+        repo = self.repo(repo_id, kind)
         if repo is None:
             raise HubError(404 if authorized else 401, "RepoNotFound", "Repository not found")
         if repo.gated and (download or self.gate_api) and not authorized:
+            page = repo_id if kind == "model" else f"{TYPE_FOLDERS[kind]}/{repo_id}"
             if token is None:
-                raise HubError(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access"
+                raise HubError(401, "GatedRepo", f"Access to {kind} {repo_id} is restricted. You must have access"
                                " to it and be authenticated to access it. Please log in.")
-            raise HubError(403, "GatedRepo", f"Access to model {repo_id} is restricted and you are not in the"
-                           f" authorized list. Visit {self.url}/{repo_id} to ask for access.")
+            raise HubError(403, "GatedRepo", f"Access to {kind} {repo_id} is restricted and you are not in the"
+                           f" authorized list. Visit {self.url}/{page} to ask for access.")
         snap = await asyncio.to_thread(repo.snapshot)  # first call may hash gigabytes: off the loop
         if rev is not None and rev not in ("main", snap.sha):
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
@@ -222,6 +233,25 @@ class HubServer:
         tags = (["transformers"] if "config.json" in names else []) + (
             ["safetensors"] if any(n.endswith(".safetensors") for n in names) else [])
         org = repo.repo_id.split("/")[0]
+        kind = repo_type(request)
+        if kind != "model":  # DatasetInfo / SpaceInfo: the same core fields, no model-only ones
+            extra = {"sdk": "static", "runtime": {"stage": "RUNNING"}} if kind == "space" else {
+                "tags": ["format:parquet"] if any(n.endswith(".parquet") for n in names) else []}
+            return web.json_response({
+                "_id": hashlib.sha1(f"{kind}/{repo.repo_id}".encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": org,
+                "sha": snap.sha,
+                "lastModified": _iso(snap.mtime),
+                "createdAt": _iso(snap.mtime),
+                "private": False,
+                "gated": "auto" if repo.gated else False,
+                "disabled": False,
+                "likes": 0,
+                "siblings": siblings,
+                "usedStorage": sum(e.size for e in snap.files),
+                **extra,
+            })
         return web.json_response({
             "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
             "id": repo.repo_id,
@@ -374,6 +404,15 @@ class HubServer:
                         request.transport.close()
                     return False
         return True
+
+
+TYPE_FOLDERS = {"dataset": "datasets", "space": "spaces"}  # repo type -> URL prefix and folder under root
+
+
+def repo_type(request: web.Request) -> str:
+    """"model", "dataset" or "space", from the route's ``kind`` (``datasets``; none: a model)."""
+    kind = request.match_info.get("kind", "models")
+    return "model" if kind == "models" else kind[:-1]
 
 
 def _tree_items(snap: Snapshot, sub: str, recursive: bool) -> list[dict]:
