@@ -100,6 +100,15 @@ R = TMAP.ranges
     ("a folder being loaded: blocks", FileState(), None, R[1][0], 4 * KB, False, True, None, set()),
     ("continuing a run read in blocks: blocks", FileState(), Stream(R[1][0] - MB, 2 * MB, 0), R[1][0],
      4 * KB, False, False, None, set()),
+    ("a run from byte 0 (a header's read-around) into data: blocks", FileState(),
+     Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, False, False, None, set()),
+    ("a read-around split at the faulting page, first half, after a small tensor", FileState(), None,
+     R[3][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, None, set()),  # tensor 3 is 20 MiB: blocks
+    ("the same, before a small tensor: its extent", FileState(), None,
+     R[6][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, ExactRead(R[6]), {6}),
+    ("its second half (the run began one request ago): the tensor's extent", FileState(),
+     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB), R[5][0] // 4096 * 4096,
+     128 * KB, False, False, ExactRead(R[5]), {5}),
 ])
 def test_exact_read(name, state, stream, offset, size, near, folder, want, triggered):
     got, new = exact_read(TMAP, state, stream, offset, size, SIZE, near_anchor=near, folder_loading=folder, cfg=CFG)
@@ -182,6 +191,8 @@ def jumps(tmap, reads):
                                                                            (4, "start", 4 * KB)], False),
     ("10 random tensors, four of them in this shard", [(i, w, 128 * KB) for i in (3, 9, 17, 26)
                                                       for w in ("start", "mid")], False),
+    ("three big tensors read whole (start, middle, then a jump near the end)",
+     [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("start", "mid", "tail")], False),
     ("a big tensor, then one small one: still partial", [(0, "start", 128 * KB), (0, "mid", 128 * KB),
                                                          (29, "start", 4 * KB)], False),
     ("transformers: tails of tensors in key order", [(i, "tail", 128 * KB) for i in (0, 1, 2)], True),

@@ -23,8 +23,8 @@ The signals, cheap to compute on every read:
 - **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
   the tensor under its middle (the kernel centres an mmap fault's read-around on the
   faulting page, so its start may lie in the neighbour before), and a file is being loaded
-  once jumps have landed in the *tails* (last ``guard`` bytes, well past the start) of
-  ``load_tails`` big tensors — transformers' first look at every tensor — or in a run of
+  once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
+  ``guard`` bytes) — transformers' first look at every tensor — or jumps into a run of
   ``load_run`` tensors next to each other in file order — ``load_file`` and vLLM-style
   iteration.  A person reading tensors reads them from their start (two torch threads:
   start and middle), a few at a time: one big tensor, one tensor per shard, a routed
@@ -69,6 +69,9 @@ class PrefetchConfig:
     max_extent: int = 16 << 20  # a lone tensor up to this size is fetched exactly, not in blocks
     near: int = 512 << 10  # reads this close to a lone tensor's extent: the kernel reading around it
     far: int = 2 << 20  # a read this far from where the last one ended is a jump
+
+
+PAGE = 4096
 
 
 # -- sequential runs, per open file handle ----------------------------------------------------
@@ -160,15 +163,30 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
         return None, state  # (the header: the head tier, or blocks)
     if near_anchor:
         return ExactRead(), state
-    if stream is not None and abs(offset - stream.expected) <= cfg.far:
+    continuing = stream is not None and abs(offset - stream.expected) <= cfg.far
+    if continuing and (stream.streak == 0 or offset - stream.streak > cfg.near):
         return None, state  # continues (or nearly) a run read in blocks
     last = min(offset + size, file_size) - 1
+    if continuing:
+        # the kernel splits an mmap fault's read-around into max_read requests: this one,
+        # just after the jump, starts at the faulting page — the tensor that starts in it
+        i = tmap.find(offset)
+        if i is None:
+            return None, state
+        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] < offset + PAGE:
+            i += 1
+        start, end = tmap.ranges[i]
+        if end - start > cfg.max_extent or offset > start + cfg.near:
+            return None, state
+        return ExactRead(extent=(start, end)), replace(state, triggered=state.triggered | {i})
     i = tmap.find(last)
     if i is None:
         return None, state
     # a reader of a tensor starts at its start; the read-around of its first page may end
-    # just before it (in the previous tensor's tail)
-    if tmap.ranges[i][0] + cfg.near < offset and i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near:
+    # just before it (in the previous tensor's tail) — exactly at that page, when the kernel
+    # split it at the faulting page
+    if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near and (
+            tmap.ranges[i][0] + cfg.near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
         i += 1
     start, end = tmap.ranges[i]
     # a jump to the middle or the end of a tensor (a loader's first look) is left to blocks
@@ -198,8 +216,8 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
             limit = file_size
         elif folder_loading and tmap.ranges:
             limit = max(offset + bs, tmap.ranges[0][0] + cfg.speculative)
-        else:
-            limit = offset + bs
+        else:  # the kernel reading on past a header is no reason to fetch tensors
+            limit = tmap.ranges[0][0] if tmap.ranges else offset + bs
         return TensorWants([], limit, state)
     start, end = tmap.ranges[i]
     # Only jumps count as evidence: a sequential run (the kernel's readahead after a header
@@ -208,11 +226,12 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     if jump:
         k = read_for(tmap, offset, size)
         k = i if k is None else k
-        touched = touched | {k}
         ks, ke = tmap.ranges[k]
-        mid = _middle(offset, size)
-        if ke - ks > 2 * cfg.guard and mid >= ke - cfg.guard:
+        # the *first* look at a big tensor at its tail: a reader of the whole tensor comes
+        # there too, but after its start
+        if k not in touched and ke - ks > 2 * cfg.guard and _middle(offset, size) >= ke - cfg.guard:
             tails = tails | {k}
+        touched = touched | {k}
     # A stream (cat, cp) gets no limit: a run from the file's first byte through
     # stream_bytes of tensor data, or through >= 3 whole tensors and stream_bytes.
     data = tmap.ranges[0][0]

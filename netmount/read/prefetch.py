@@ -136,11 +136,13 @@ class Prefetcher:
                 if not self._idle.wait_for(lambda: not self._reads and not self._busy,
                                            max(0.0, deadline - time.monotonic())):
                     return False
+                # seen before the reader drains: a pump that empties ``_pending`` has started
+                # (and registered) its runs first, so the reader's drain below waits for them
+                quiet = not self._pending
             if not self.reader.drain(max(0.0, deadline - time.monotonic())):
                 return False
-            with self._lock:
-                if not self._reads and not self._busy and not self._pending:
-                    return True
+            if quiet:
+                return True
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()
