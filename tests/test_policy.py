@@ -10,8 +10,8 @@ from netmount.read.policy import (
     Stream,
     TensorMap,
     TensorWants,
-    ahead,
     advance,
+    ahead,
     exact_read,
     loader_blocks,
     loader_order,
@@ -40,7 +40,7 @@ def test_the_defaults_are_the_production_values():
 
 @pytest.mark.parametrize("before, offset, size, after, window, streak", [
     # first read of a handle: a jump, no window
-    (None, 0, 128 * KB, Stream(128 * KB, 0, 0), [], None),
+    (None, 0, 128 * KB, Stream(128 * KB, 0, 0, True), [], None),
     # continuing: the window opens at 2 blocks, from where the read ended
     (Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, Stream(256 * KB, 2 * MB, 0), [0, 1, 2], 0),
     # and doubles
@@ -49,7 +49,10 @@ def test_the_defaults_are_the_production_values():
     (Stream(10 * MB, 2 * MB, 0), 10 * MB + 512 * KB, 128 * KB, Stream(10 * MB + 640 * KB, 4 * MB, 0),
      list(range(10, 15)), 0),
     # a jump resets it, and the streak starts at the jump
-    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB, Stream(50 * MB + 128 * KB, 0, 50 * MB), [], None),
+    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB, Stream(50 * MB + 128 * KB, 0, 50 * MB, True), [], None),
+    # a near one (within ``far``) too, but the run is not marked far
+    (Stream(10 * MB, 8 * MB, 0), 11 * MB + 4 * KB, 128 * KB, Stream(11 * MB + 132 * KB, 0, 11 * MB + 4 * KB, False), [],
+     None),
     # capped at window_max
     (Stream(MB, 64 * MB, 0), MB, 4 * KB, Stream(MB + 4 * KB, 64 * MB, 0), list(range(1, 66)), 0),
 ])
@@ -106,8 +109,11 @@ R = TMAP.ranges
      R[3][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, None, set()),  # tensor 3 is 20 MiB: blocks
     ("the same, before a small tensor: its extent", FileState(), None,
      R[6][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, ExactRead(R[6]), {6}),
-    ("its second half (the run began one request ago): the tensor's extent", FileState(),
-     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB), R[5][0] // 4096 * 4096,
+    ("the same after a near jump (a run read in blocks): blocks", FileState(),
+     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, False), R[5][0] // 4096 * 4096,
+     128 * KB, False, False, None, set()),
+    ("its second half (the run began one far jump ago): the tensor's extent", FileState(),
+     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, True), R[5][0] // 4096 * 4096,
      128 * KB, False, False, ExactRead(R[5]), {5}),
 ])
 def test_exact_read(name, state, stream, offset, size, near, folder, want, triggered):

@@ -81,6 +81,7 @@ class Stream:
     expected: int = -1  # where the next read of a sequential run would start
     window: int = 0  # readahead window, bytes
     streak: int = 0  # where the current sequential run began
+    far: bool = False  # the run began with a far jump (or the handle's first read)
 
 
 def advance(stream: Stream | None, offset: int, size: int, file_size: int,
@@ -92,10 +93,10 @@ def advance(stream: Stream | None, offset: int, size: int, file_size: int,
     # the kernel may reorder neighbouring requests a little: allow one block of slack
     if s.expected >= 0 and abs(offset - s.expected) <= cfg.block_size:
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
-        new = Stream(max(end, s.expected), window, s.streak)
+        new = Stream(max(end, s.expected), window, s.streak, s.far)
         streak: int | None = s.streak
     else:
-        new, streak = Stream(end, 0, offset), None
+        new, streak = Stream(end, 0, offset, s.expected < 0 or abs(offset - s.expected) > cfg.far), None
     if new.window == 0 or end >= file_size:
         return new, [], streak
     return new, list(block_range(end, new.window, file_size, cfg.block_size)), streak
@@ -164,7 +165,7 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
     if near_anchor:
         return ExactRead(), state
     continuing = stream is not None and abs(offset - stream.expected) <= cfg.far
-    if continuing and (stream.streak == 0 or offset - stream.streak > cfg.near):
+    if continuing and (not stream.far or stream.streak == 0 or offset - stream.streak > cfg.near):
         return None, state  # continues (or nearly) a run read in blocks
     last = min(offset + size, file_size) - 1
     if continuing:
