@@ -182,6 +182,10 @@ def jumps(tmap, reads):
     out = []
     for i, where, size in reads:
         s, e = tmap.ranges[i]
+        if where.startswith("split"):  # the first half of [fault - size, fault + size)
+            fault = (s if where == "split" else e - 256 * KB) // 4096 * 4096
+            out.append((fault - size, size))
+            continue
         fault = {"start": s, "mid": (s + e) // 2, "tail": e - 256 * KB}[where]
         out.append((max(0, fault - size // 2), size))
     return out
@@ -199,6 +203,9 @@ def jumps(tmap, reads):
                                                       for w in ("start", "mid")], False),
     ("three big tensors read whole (start, middle, then a jump near the end)",
      [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("start", "mid", "tail")], False),
+    ("three big tensors, read-arounds split at the faulting page (first halves in the tails before)",
+     [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("split", "mid")], False),
+    ("transformers' tails, read-arounds split", [(i, "splittail", 128 * KB) for i in (0, 1, 2)], True),
     ("a big tensor, then one small one: still partial", [(0, "start", 128 * KB), (0, "mid", 128 * KB),
                                                          (29, "start", 4 * KB)], False),
     ("transformers: tails of tensors in key order", [(i, "tail", 128 * KB) for i in (0, 1, 2)], True),
@@ -232,6 +239,8 @@ def test_loader_seen(touched, tails, want):
     (R[1][0], 4 * KB, 1),
     (R[6][1] - 4 * KB, 128 * KB, 6),  # past the end: the tensor its start is in
     (0, 4 * KB, None),  # the header
+    (R[4][0] // 4096 * 4096 - 128 * KB, 128 * KB, 4),  # a split read-around's first half: the next one
+    (R[4][1] - 256 * KB - 128 * KB, 128 * KB, 4),  # ... of a fault 256 KiB before a tensor's end: that one
 ])
 def test_read_for(offset, size, want):
     assert read_for(TMAP, offset, size) == want

@@ -144,9 +144,15 @@ def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchCon
 
 def read_for(tmap: TensorMap, offset: int, size: int) -> int | None:
     """The tensor a read is for: the one under its middle (an mmap fault's read-around is
-    centred on the faulting page), else the one its start is in."""
+    centred on the faulting page), else the one its start is in — or the next one, when the
+    read ends at the page it starts in."""
     i = tmap.find(_middle(offset, size))
-    return tmap.find(offset) if i is None else i
+    i = tmap.find(offset) if i is None else i
+    # the first half of a read-around the kernel split at the faulting page: it ends
+    # exactly at the page where the next tensor starts, and is for that one
+    if i is not None and i + 1 < len(tmap.ranges) and offset + size == tmap.ranges[i + 1][0] // PAGE * PAGE:
+        i += 1
+    return i
 
 
 def _middle(offset: int, size: int) -> int:
