@@ -112,6 +112,8 @@ R = TMAP.ranges
     ("the same after a near jump (a run read in blocks): blocks", FileState(),
      Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, False), R[5][0] // 4096 * 4096,
      128 * KB, False, False, None, set()),
+    ("a split read-around's second half, first: the small tensor starting in its first page, not the next",
+     FileState(), None, R[5][0] // 4096 * 4096, 128 * KB, False, False, ExactRead(R[5]), {5}),
     ("its second half (the run began one far jump ago): the tensor's extent", FileState(),
      Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, True), R[5][0] // 4096 * 4096,
      128 * KB, False, False, ExactRead(R[5]), {5}),

@@ -186,15 +186,21 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
         if end - start > cfg.max_extent or offset > start + cfg.near:
             return None, state
         return ExactRead(extent=(start, end)), replace(state, triggered=state.triggered | {i})
-    i = tmap.find(last)
-    if i is None:
-        return None, state
-    # a reader of a tensor starts at its start; the read-around of its first page may end
-    # just before it (in the previous tensor's tail) — exactly at that page, when the kernel
-    # split it at the faulting page
-    if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near and (
-            tmap.ranges[i][0] + cfg.near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
-        i += 1
+    first = tmap.find(offset)
+    if first is not None and first + 1 < len(tmap.ranges) and tmap.ranges[first + 1][0] < offset + PAGE:
+        # the read starts at the page a tensor starts in (a split read-around's second half,
+        # which may come first, or a read() of it): that tensor, not the one its end is in
+        i = first + 1
+    else:
+        i = tmap.find(last)
+        if i is None:
+            return None, state
+        # a reader of a tensor starts at its start; the read-around of its first page may end
+        # just before it (in the previous tensor's tail) — exactly at that page, when the
+        # kernel split it at the faulting page
+        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near and (
+                tmap.ranges[i][0] + cfg.near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
+            i += 1
     start, end = tmap.ranges[i]
     # a jump to the middle or the end of a tensor (a loader's first look) is left to blocks
     if end - start > cfg.max_extent or offset > start + cfg.near:
