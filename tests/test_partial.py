@@ -145,5 +145,7 @@ def test_a_transformers_load_fetches_each_shard_once(mounter, hub, tiny_model):
     sizes = {p: os.path.getsize(tiny_model / p) for p in os.listdir(tiny_model) if p.endswith(".safetensors")}
     assert set(sizes) <= set(got)  # every shard (the MTP shard's header, at least)
     assert sum(got[p] for p in sizes) <= 1.05 * sum(sizes.values())
-    for p, n in sizes.items():  # no shard twice (a first fault's pages may come before their block)
-        assert got[p] <= 1.25 * n, (p, got[p], n)
+    for p, n in sizes.items():
+        # no shard twice; a shard under a block may repeat the head tier's first 128 KiB and a
+        # first fault's read-around, fetched exactly before its block
+        assert got[p] <= n + 2 * WINDOW, (p, got[p], n)
