@@ -132,7 +132,7 @@ def test_a_lone_read_inside_a_big_tensor_wants_that_tensor_in_blocks():
     offset = R[3][0] + 5 * MB  # well inside the 20 MiB tensor
     w = tensor_wants(TMAP, FileState(), offset, None, SIZE, folder_loading=False, cfg=CFG)
     assert w.blocks == blocks(*R[3]) and w.limit == R[3][1]
-    assert w.state == FileState(frozenset({3}), frozenset({3}), False, data_read=True)
+    assert w.state == FileState(frozenset({3}), frozenset({3}), False, data_read=True, order=(3,))
     again = tensor_wants(TMAP, w.state, offset + MB, None, SIZE, folder_loading=False, cfg=CFG)
     assert again.blocks == []  # wanted once
 
@@ -185,8 +185,11 @@ def jumps(tmap, reads):
     for i, where, size in reads:
         s, e = tmap.ranges[i]
         if where.startswith("split"):  # the first half of [fault - size, fault + size)
-            fault = (s if where == "split" else e - 256 * KB) // 4096 * 4096
+            fault = {"split": s, "splittail": e - 256 * KB, "splitend": e - 1}[where] // 4096 * 4096
             out.append((fault - size, size))
+            continue
+        if where == "end":  # the second half, from the faulting page
+            out.append(((e - 1) // 4096 * 4096, size))
             continue
         fault = {"start": s, "mid": (s + e) // 2, "tail": e - 256 * KB}[where]
         out.append((max(0, fault - size // 2), size))
@@ -208,6 +211,12 @@ def jumps(tmap, reads):
     ("three big tensors, read-arounds split at the faulting page (first halves in the tails before)",
      [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("split", "mid")], False),
     ("transformers' tails, read-arounds split", [(i, "splittail", 128 * KB) for i in (0, 1, 2)], True),
+    ("transformers 5: the page each tensor ends in, split there, in key order (small ones skipped)",
+     [(i, w, 128 * KB) for i in (2, 3, 4, 6) for w in ("splitend", "end")], True),
+    ("the same look at three (page-aligned) tensors: their tails", [(i, w, 128 * KB) for i in (2, 3, 4)
+                                                                     for w in ("splitend", "end")], True),
+    ("four tensors read whole, out of file order", [(i, w, 128 * KB) for i in (9, 4, 12, 6)
+                                                    for w in ("start", "mid")], False),
     ("a big tensor, then one small one: still partial", [(0, "start", 128 * KB), (0, "mid", 128 * KB),
                                                          (29, "start", 4 * KB)], False),
     ("transformers: tails of tensors in key order", [(i, "tail", 128 * KB) for i in (0, 1, 2)], True),
@@ -234,6 +243,18 @@ def test_loader_evidence(name, reads, loader):
 ])
 def test_loader_seen(touched, tails, want):
     assert loader_seen(frozenset(touched), frozenset(tails), CFG) == want
+
+
+@pytest.mark.parametrize("order, want", [
+    ((2, 3, 4, 6), True),
+    ((1, 2, 3, 4, 5), True),
+    ((2, 3, 4), False),  # three
+    ((2, 3, 4, 9), False),  # a gap of 5
+    ((9, 4, 12, 6), False),  # out of order
+    ((9, 1, 2, 3, 5), True),  # the last four count
+])
+def test_loader_seen_on_a_sweep(order, want):
+    assert loader_seen(frozenset(order), frozenset(), CFG, tuple(order)) == want
 
 
 @pytest.mark.parametrize("offset, size, want", [

@@ -19,12 +19,17 @@ The signals, cheap to compute on every read:
   ``safe_open(...).get_tensor``) fetches exactly that tensor as an extent, and the kernel's
   reads around it exactly too.  A lone read well inside a bigger tensor (``guard`` from its
   ends: reads near the edges may be the kernel's read-around spilling over from a
-  neighbour) fetches the whole tensor in blocks.
+  neighbour) fetches the whole tensor in blocks.  The kernel centres a fault's read-around
+  on the faulting page but splits it into ``max_read`` requests *at* that page, served by
+  several threads in any order (traced on libfuse3): the half that ends at the page a
+  tensor starts in, and the half that starts there, are both for that tensor — not for the
+  neighbour the first lies in, nor the big one the second runs into.
 - **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
-  the tensor under its middle (the kernel centres an mmap fault's read-around on the
-  faulting page, so its start may lie in the neighbour before), and a file is being loaded
+  the tensor under its middle (``read_for``, with the split halves above), and a file is being loaded
   once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
-  ``guard`` bytes) — transformers' first look at every tensor — or jumps into a run of
+  ``guard`` bytes), or the first looks at ``load_sweep`` tensors in a row went forward
+  through the file (transformers 5 looks at the page where each tensor ends, in key order:
+  traced, the page it shares with the next tensor's start), or jumps into a run of
   ``load_run`` tensors next to each other in file order — ``load_file`` and vLLM-style
   iteration.  A person reading tensors reads them from their start (two torch threads:
   start and middle), a few at a time: one big tensor, one tensor per shard, a routed
@@ -62,6 +67,8 @@ class PrefetchConfig:
     lookahead: int = 64 << 20  # a loader's tensors wanted first past (and half before) the one read
     load_tails: int = 3  # jumps into the tails of this many big tensors of a file: a loader
     load_run: int = 8  # jumps into this many tensors next to each other in a file: a loader
+    load_sweep: int = 4  # first looks at this many tensors in file order, in a row: a loader
+    sweep_gap: int = 3  # ... each at most this many tensors past the one before
     speculative: int = 1 << 20  # what a shard with no tensor data read yet gets past its header
     ahead_files: int = 4  # shards wanted ahead of the furthest one a loader has read
     guard: int = 512 << 10  # reads this close to a tensor's ends may be a neighbour's spill-over
@@ -127,13 +134,20 @@ class FileState:
     loading: bool = False  # a loader is reading this file tensor after tensor
     tails: frozenset[int] = frozenset()  # big tensors a jump landed in the tail of
     data_read: bool = False  # the program jumped into tensor data (not only the header)
+    order: tuple[int, ...] = ()  # the last tensors first jumped into, oldest first
 
 
-def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchConfig) -> bool:
+def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchConfig,
+                order: tuple[int, ...] = ()) -> bool:
     """Is a loader reading this file?  The evidence: jumps into the tails of ``load_tails``
-    big tensors, or into a run of ``load_run`` neighbouring tensors (see the module
-    docstring).  Jumps into a few tensors, scattered or in short runs, are a person's."""
+    big tensors, first looks at ``load_sweep`` tensors in a row going forward through the
+    file (each at most ``sweep_gap`` past the one before: transformers in key order), or
+    jumps into a run of ``load_run`` neighbouring tensors (see the module docstring).  Jumps
+    into a few tensors, scattered, out of order or in short runs, are a person's."""
     if len(tails) >= cfg.load_tails:
+        return True
+    last = order[-cfg.load_sweep:]
+    if len(last) >= cfg.load_sweep and all(0 < b - a <= cfg.sweep_gap for a, b in zip(last, last[1:])):
         return True
     run, best, prev = 0, 0, None
     for i in sorted(touched):
@@ -235,7 +249,7 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     start, end = tmap.ranges[i]
     # Only jumps count as evidence: a sequential run (the kernel's readahead after a header
     # read, say) crosses many small tensors without meaning them.
-    touched, tails = state.touched, state.tails
+    touched, tails, order = state.touched, state.tails, state.order
     if jump:
         k = read_for(tmap, offset, size)
         k = i if k is None else k
@@ -244,20 +258,22 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
         # there too, but after its start
         if k not in touched and ke - ks > 2 * cfg.guard and _middle(offset, size) >= ke - cfg.guard:
             tails = tails | {k}
+        if k not in touched:
+            order = (*order, k)[-2 * cfg.load_sweep:]
         touched = touched | {k}
     # A stream (cat, cp) gets no limit: a run from the file's first byte through
     # stream_bytes of tensor data, or through >= 3 whole tensors and stream_bytes.
     data = tmap.ranges[0][0]
     streaming = not jump and offset - max(streak, data) >= cfg.stream_bytes and (
         streak == 0 or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
-    loading = state.loading or (folder_loading and jump) or loader_seen(touched, tails, cfg)
+    loading = state.loading or (folder_loading and jump) or loader_seen(touched, tails, cfg, order)
     # Around a tensor's first and last pages the kernel reads windows that spill into the
     # neighbours: for a lone read, no reason to fetch a whole neighbouring tensor.
     inside = start + cfg.guard <= offset < end - cfg.guard
     limit = end if start + cfg.guard <= offset else min(end, offset + cfg.guard)
     if streaming or loading:
         limit = file_size
-    new = FileState(touched, state.triggered, loading, tails, state.data_read or jump)
+    new = FileState(touched, state.triggered, loading, tails, state.data_read or jump, order)
     if not loading and (i in state.triggered or not inside):
         return TensorWants([], limit, new)
     new = replace(new, triggered=new.triggered | {i})
