@@ -46,6 +46,17 @@ The signals, cheap to compute on every read:
   shard opened only for its header costs (DeepSeek-V3's MTP shard).  The first jump into
   tensor data of a shard in a loading folder makes that shard loading too.
 
+**Readahead (issue 11, item 2: the decision; the mechanism is the FUSE face's).**  The
+kernel's readahead is one number per mount (the bdi's ``read_ahead_kb``), so it follows the
+mount's strongest evidence: small (128 KiB, the default) until a loader is seen, because
+every lone-tensor fault costs a read-around of that size fetched exactly (a 2 KiB norm at
+1 MiB costs 1 MiB: measured in session 3); large (1 MiB) from the moment a loader is seen in
+any folder (the Prefetcher's ``on_loader(folder)``, called once per folder, where the
+policy first says ``loading``), since then every byte is wanted anyway and 1 MiB requests
+cut the FUSE round trips 8x.  Not signalled: a plain stream (``cat``) — the sequential
+window already keeps the link busy there, and raising the mount's readahead for one
+stream would cost every lone reader beside it.
+
 Every threshold is in ``PrefetchConfig``, whose defaults are the production values.
 Tests: ``tests/test_policy.py`` (tables), ``tests/test_prefetch.py`` (the pump).
 """
