@@ -1,5 +1,6 @@
-"""Prefetch: few large requests, a bounded in-flight budget, single-flight, no reads outside
-the file.  Functional, never timed: unit tests drive the Prefetcher with a fake fetcher,
+"""Prefetch: few large requests, a bounded in-flight budget, single-flight, never past a
+file's end, other shards only as a loader's speculative window until the program reads them,
+no shard for partial readers.  Functional, never timed: unit tests drive the Prefetcher with a fake fetcher,
 and one test reads through a real mount and counts the hub's requests."""
 
 from __future__ import annotations
