@@ -11,9 +11,14 @@ from netmount.read.policy import (
     TensorMap,
     TensorWants,
     advance,
+    ahead,
     exact_read,
+    loader_blocks,
+    loader_order,
+    loader_seen,
     merge_wants,
-    next_shard,
+    read_for,
+    speculative_blocks,
     tensor_wants,
 )
 from netmount.read.reader import ExactRead
@@ -27,14 +32,15 @@ def test_the_defaults_are_the_production_values():
     from netmount.core.settings import DEFAULT_BLOCK_SIZE
 
     assert CFG.block_size == DEFAULT_BLOCK_SIZE
-    assert (CFG.window_max, CFG.lookahead, CFG.load_tensors) == (64 * MB, 64 * MB, 4)
+    assert (CFG.window_max, CFG.lookahead, CFG.load_tails, CFG.load_run) == (64 * MB, 64 * MB, 3, 8)
+    assert (CFG.speculative, CFG.ahead_files) == (MB, 4)
 
 
 # -- sequential ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("before, offset, size, after, window, streak", [
     # first read of a handle: a jump, no window
-    (None, 0, 128 * KB, Stream(128 * KB, 0, 0), [], None),
+    (None, 0, 128 * KB, Stream(128 * KB, 0, 0, True), [], None),
     # continuing: the window opens at 2 blocks, from where the read ended
     (Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, Stream(256 * KB, 2 * MB, 0), [0, 1, 2], 0),
     # and doubles
@@ -43,7 +49,10 @@ def test_the_defaults_are_the_production_values():
     (Stream(10 * MB, 2 * MB, 0), 10 * MB + 512 * KB, 128 * KB, Stream(10 * MB + 640 * KB, 4 * MB, 0),
      list(range(10, 15)), 0),
     # a jump resets it, and the streak starts at the jump
-    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB, Stream(50 * MB + 128 * KB, 0, 50 * MB), [], None),
+    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB, Stream(50 * MB + 128 * KB, 0, 50 * MB, True), [], None),
+    # a near one (within ``far``) too, but the run is not marked far
+    (Stream(10 * MB, 8 * MB, 0), 11 * MB + 4 * KB, 128 * KB, Stream(11 * MB + 132 * KB, 0, 11 * MB + 4 * KB, False), [],
+     None),
     # capped at window_max
     (Stream(MB, 64 * MB, 0), MB, 4 * KB, Stream(MB + 4 * KB, 64 * MB, 0), list(range(1, 66)), 0),
 ])
@@ -94,6 +103,20 @@ R = TMAP.ranges
     ("a folder being loaded: blocks", FileState(), None, R[1][0], 4 * KB, False, True, None, set()),
     ("continuing a run read in blocks: blocks", FileState(), Stream(R[1][0] - MB, 2 * MB, 0), R[1][0],
      4 * KB, False, False, None, set()),
+    ("a run from byte 0 (a header's read-around) into data: blocks", FileState(),
+     Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, False, False, None, set()),
+    ("a read-around split at the faulting page, first half, after a small tensor", FileState(), None,
+     R[3][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, None, set()),  # tensor 3 is 20 MiB: blocks
+    ("the same, before a small tensor: its extent", FileState(), None,
+     R[6][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, ExactRead(R[6]), {6}),
+    ("the same after a near jump (a run read in blocks): blocks", FileState(),
+     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, False), R[5][0] // 4096 * 4096,
+     128 * KB, False, False, None, set()),
+    ("a split read-around's second half, first: the small tensor starting in its first page, not the next",
+     FileState(), None, R[5][0] // 4096 * 4096, 128 * KB, False, False, ExactRead(R[5]), {5}),
+    ("its second half (the run began one far jump ago): the tensor's extent", FileState(),
+     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, True), R[5][0] // 4096 * 4096,
+     128 * KB, False, False, ExactRead(R[5]), {5}),
 ])
 def test_exact_read(name, state, stream, offset, size, near, folder, want, triggered):
     got, new = exact_read(TMAP, state, stream, offset, size, SIZE, near_anchor=near, folder_loading=folder, cfg=CFG)
@@ -109,7 +132,7 @@ def test_a_lone_read_inside_a_big_tensor_wants_that_tensor_in_blocks():
     offset = R[3][0] + 5 * MB  # well inside the 20 MiB tensor
     w = tensor_wants(TMAP, FileState(), offset, None, SIZE, folder_loading=False, cfg=CFG)
     assert w.blocks == blocks(*R[3]) and w.limit == R[3][1]
-    assert w.state == FileState(frozenset({3}), frozenset({3}), False)
+    assert w.state == FileState(frozenset({3}), frozenset({3}), False, data_read=True, order=(3,))
     again = tensor_wants(TMAP, w.state, offset + MB, None, SIZE, folder_loading=False, cfg=CFG)
     assert again.blocks == []  # wanted once
 
@@ -119,18 +142,131 @@ def test_a_read_near_a_tensors_edge_wants_nothing_and_limits_the_window():
     assert w.blocks == [] and w.limit == R[3][0] + 4 * KB + CFG.guard
 
 
-def test_jumps_into_load_tensors_tensors_make_a_loader_which_wants_ahead_and_behind():
+def test_jumps_into_the_tails_of_big_tensors_make_a_loader_which_wants_the_whole_file():
     state = FileState()
-    for i in (0, 1, 2):
-        w = tensor_wants(TMAP, state, R[i][0], None, SIZE, folder_loading=False, cfg=CFG)
+    for i in (1, 3):  # transformers' first look: the last ~256 KiB of each tensor
+        w = tensor_wants(TMAP, state, R[i][1] - 256 * KB, None, SIZE, folder_loading=False, cfg=CFG, size=128 * KB)
         state = w.state
         assert not state.loading
-    w = tensor_wants(TMAP, state, R[4][1] - 4 * KB, None, SIZE, folder_loading=False, cfg=CFG)
-    assert w.state.loading and w.limit == SIZE
-    ahead = blocks(R[4][0], R[6][1])
-    assert w.blocks[: len(ahead)] == ahead
-    behind = w.blocks[len(ahead):]
-    assert behind and behind == sorted(behind, reverse=True) and max(behind) < ahead[0]
+    w = tensor_wants(TMAP, state, R[4][1] - 256 * KB, None, SIZE, folder_loading=False, cfg=CFG, size=128 * KB)
+    assert w.state.loading and w.limit == SIZE and w.state.tails == frozenset({1, 3, 4})
+    ahead_ = blocks(R[4][0], R[6][1])
+    assert w.blocks[: len(ahead_)] == ahead_
+    behind = w.blocks[len(ahead_):]
+    assert behind == sorted(behind, reverse=True) and max(behind) < ahead_[0]
+    assert sorted(w.blocks) == blocks(DATA, SIZE)  # the rest of the whole file, once each
+
+
+def test_loader_blocks_nearest_first_then_the_rest_of_the_file():
+    sizes = [4 * MB] * 40  # 160 MiB: past the lookahead both ways
+    tmap, size = layout(sizes)
+    got = loader_blocks(tmap, 20, size, CFG)
+    r = tmap.ranges
+    assert got[0] == r[20][0] // BS
+    assert sorted(got) == blocks(DATA, size) and len(got) == len(set(got))
+    # ahead to the lookahead, then half of it behind (nearest first), then the rest after, then before
+    la = got.index(r[20][0] // BS - 1)
+    assert got[:la] == list(range(r[20][0] // BS, got[la - 1] + 1))
+    assert got[la - 1] * BS >= r[20][1] + CFG.lookahead - 4 * MB
+    tail = got[-1]
+    assert tail == DATA // BS
+
+
+# The patterns of issue 11, as the jumps they make into one file.  ``reads`` are (tensor, where,
+# size): page faults at "start" (a get_tensor's first), "mid" (the second torch thread's) or
+# "tail" (transformers' first look: the last 256 KiB), each read by the kernel as a read-around
+# of ``size`` centred on the faulting page (so a fault at a tensor's start reads from the
+# neighbour before).
+BIG = [8 * MB] * 30  # a shard of 30 big tensors
+
+
+def jumps(tmap, reads):
+    out = []
+    for i, where, size in reads:
+        s, e = tmap.ranges[i]
+        if where.startswith("split"):  # the first half of [fault - size, fault + size)
+            fault = {"split": s, "splittail": e - 256 * KB, "splitend": e - 1}[where] // 4096 * 4096
+            out.append((fault - size, size))
+            continue
+        if where == "end":  # the second half, from the faulting page
+            out.append(((e - 1) // 4096 * 4096, size))
+            continue
+        fault = {"start": s, "mid": (s + e) // 2, "tail": e - 256 * KB}[where]
+        out.append((max(0, fault - size // 2), size))
+    return out
+
+
+@pytest.mark.parametrize("name, reads, loader", [
+    ("one big tensor (two torch threads, read-around)",
+     [(10, "start", 128 * KB), (10, "mid", 128 * KB)], False),
+    ("one tensor per shard, here its one", [(14, "start", 128 * KB), (14, "mid", 128 * KB)], False),
+    ("a routed expert: 3 weights next to each other (and their 3 scales elsewhere)",
+     [(i, w, 128 * KB) for i in (20, 21, 22) for w in ("start", "mid")] + [(2, "start", 4 * KB),
+                                                                           (3, "start", 4 * KB),
+                                                                           (4, "start", 4 * KB)], False),
+    ("10 random tensors, four of them in this shard", [(i, w, 128 * KB) for i in (3, 9, 17, 26)
+                                                      for w in ("start", "mid")], False),
+    ("three big tensors read whole (start, middle, then a jump near the end)",
+     [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("start", "mid", "tail")], False),
+    ("three big tensors, read-arounds split at the faulting page (first halves in the tails before)",
+     [(i, w, 128 * KB) for i in (3, 12, 20) for w in ("split", "mid")], False),
+    ("transformers' tails, read-arounds split", [(i, "splittail", 128 * KB) for i in (0, 1, 2)], True),
+    ("transformers 5: the page each tensor ends in, split there, in key order (small ones skipped)",
+     [(i, w, 128 * KB) for i in (2, 3, 4, 6) for w in ("splitend", "end")], True),
+    ("the same look at three (page-aligned) tensors: their tails", [(i, w, 128 * KB) for i in (2, 3, 4)
+                                                                     for w in ("splitend", "end")], True),
+    ("four tensors read whole, out of file order", [(i, w, 128 * KB) for i in (9, 4, 12, 6)
+                                                    for w in ("start", "mid")], False),
+    ("a big tensor, then one small one: still partial", [(0, "start", 128 * KB), (0, "mid", 128 * KB),
+                                                         (29, "start", 4 * KB)], False),
+    ("transformers: tails of tensors in key order", [(i, "tail", 128 * KB) for i in (0, 1, 2)], True),
+    ("transformers, with 1 MiB read-arounds", [(i, "tail", 1 * MB) for i in (5, 6, 7)], True),
+    ("load_file / vLLM iteration: tensor after tensor, whole",
+     [(i, w, 128 * KB) for i in range(8) for w in ("start", "mid")], True),
+])
+def test_loader_evidence(name, reads, loader):
+    tmap, size = layout(BIG)
+    state = FileState()
+    for offset, n in jumps(tmap, reads):
+        state = tensor_wants(tmap, state, offset, None, size, folder_loading=False, cfg=CFG, size=n).state
+    assert state.loading == loader, (name, sorted(state.touched), sorted(state.tails))
+
+
+@pytest.mark.parametrize("touched, tails, want", [
+    (set(), set(), False),
+    (set(range(7)), set(), False),  # a run of 7
+    (set(range(8)), set(), True),
+    ({0, 2, 4, 6, 8, 10, 12, 14, 16}, set(), False),  # many, scattered
+    ({1, 2, 3, 10, 11, 12}, set(), False),  # two runs of 3: a routed expert's weights and scales
+    ({1, 5}, {1, 5}, False),
+    ({1, 5, 9}, {1, 5, 9}, True),
+])
+def test_loader_seen(touched, tails, want):
+    assert loader_seen(frozenset(touched), frozenset(tails), CFG) == want
+
+
+@pytest.mark.parametrize("order, want", [
+    ((2, 3, 4, 6), True),
+    ((1, 2, 3, 4, 5), True),
+    ((2, 3, 4), False),  # three
+    ((2, 3, 4, 9), False),  # a gap of 5
+    ((9, 4, 12, 6), False),  # out of order
+    ((9, 1, 2, 3, 5), True),  # the last four count
+])
+def test_loader_seen_on_a_sweep(order, want):
+    assert loader_seen(frozenset(order), frozenset(), CFG, tuple(order)) == want
+
+
+@pytest.mark.parametrize("offset, size, want", [
+    (R[2][0] - 64 * KB, 128 * KB, 2),  # a read-around centred on tensor 2's first page
+    (R[1][0], 4 * KB, 1),
+    (R[6][1] - 4 * KB, 128 * KB, 6),  # past the end: the tensor its start is in
+    (0, 4 * KB, None),  # the header
+    (R[4][0] // 4096 * 4096 - 128 * KB, 128 * KB, 4),  # a split read-around's first half: the next one
+    (R[4][1] - 256 * KB - 128 * KB, 128 * KB, 4),  # ... of a fault 256 KiB before a tensor's end: that one
+])
+def test_read_for(offset, size, want):
+    assert read_for(TMAP, offset, size) == want
 
 
 def test_a_sequential_run_does_not_touch_tensors():
@@ -144,9 +280,25 @@ def test_a_stream_from_byte_zero_gets_no_limit():
     assert w.limit == SIZE and not w.state.loading
 
 
-def test_a_read_in_a_loading_folder_is_a_loader_read():
+def test_a_jump_into_tensor_data_in_a_loading_folder_is_a_loader_read():
     w = tensor_wants(TMAP, FileState(), R[5][0], None, SIZE, folder_loading=True, cfg=CFG)
-    assert w.state.loading and w.blocks[0] == R[5][0] // BS
+    assert w.state.loading and w.state.data_read and w.blocks[0] == R[5][0] // BS
+
+
+def test_a_header_read_in_a_loading_folder_gets_the_speculative_window_only():
+    w = tensor_wants(TMAP, FileState(), 0, None, SIZE, folder_loading=True, cfg=CFG, size=128 * KB)
+    assert not w.state.loading and not w.state.data_read and w.blocks == []
+    assert w.limit == DATA + CFG.speculative
+    # the kernel's readahead running on from the header into the data is not the program's
+    w = tensor_wants(TMAP, w.state, 128 * KB, 0, SIZE, folder_loading=True, cfg=CFG, size=128 * KB)
+    assert not w.state.loading and not w.state.data_read
+
+
+def test_speculative_blocks():
+    assert speculative_blocks(TMAP, SIZE, CFG) == blocks(DATA, DATA + MB)
+    tmap, size = layout([100 * KB])
+    assert speculative_blocks(tmap, size, CFG) == [0]
+    assert speculative_blocks(TensorMap([]), 4 * KB, CFG) == []
 
 
 def test_merge_wants():
@@ -156,12 +308,25 @@ def test_merge_wants():
     assert merge_wants([9, 10], TensorWants([], 100 * BS), near_anchor=True, block_size=BS) == []
 
 
-@pytest.mark.parametrize("read, path, chained, want", [
-    (["a/m-1.safetensors", "a/m-2.safetensors", "a/m-3.safetensors"], "a/m-1.safetensors", set(), "a/m-2.safetensors"),
-    (["a/m-1.safetensors", "a/m-3.safetensors"], "a/m-1.safetensors", set(), "a/m-3.safetensors"),  # 2 unread
-    (["a/m-1.safetensors", "a/m-2.safetensors"], "a/m-1.safetensors", {"a/m-2.safetensors"}, None),
-    (["a/m-1.safetensors", "a/x.json"], "a/m-1.safetensors", set(), None),
-    (["a/m-2.safetensors", "a/m-1.safetensors"], "a/m-2.safetensors", set(), None),
+def test_loader_order_follows_the_index_keys():
+    paths = ["a/model-00001-of-00003.safetensors", "a/model-00002-of-00003.safetensors",
+             "a/model-00003-of-00003.safetensors", "a/config.json"]
+    assert loader_order(paths) == paths[:3]
+    # keys sorted: "lm_head" < "model.embed" < "model.layers.0" ...
+    wm = {"model.layers.0.q": "model-00002-of-00003.safetensors", "lm_head.weight": "model-00003-of-00003.safetensors",
+          "model.embed_tokens.weight": "model-00001-of-00003.safetensors"}
+    assert loader_order(paths, wm) == [paths[2], paths[0], paths[1]]
+    # a shard the index does not name (DeepSeek-V3's MTP shard is named; an extra is not) goes last
+    assert loader_order(paths, {"x": "model-00002-of-00003.safetensors"}) == [paths[1], paths[0], paths[2]]
+
+
+@pytest.mark.parametrize("reached, wanted, want", [
+    (set(), set(), []),  # the program read no shard: nothing
+    ({"s1"}, set(), ["s2", "s3", "s4", "s5"]),  # ahead_files past the furthest read
+    ({"s1", "s3"}, set(), ["s4", "s5", "s6"]),
+    ({"s1"}, {"s2", "s3"}, ["s4", "s5"]),  # each once
+    ({"s6"}, set(), []),  # the last
 ])
-def test_next_shard(read, path, chained, want):
-    assert next_shard(read, path, frozenset(chained)) == want
+def test_ahead(reached, wanted, want):
+    order = [f"s{k}" for k in range(1, 7)]
+    assert ahead(order, reached, frozenset(wanted), CFG) == want

@@ -19,16 +19,43 @@ The signals, cheap to compute on every read:
   ``safe_open(...).get_tensor``) fetches exactly that tensor as an extent, and the kernel's
   reads around it exactly too.  A lone read well inside a bigger tensor (``guard`` from its
   ends: reads near the edges may be the kernel's read-around spilling over from a
-  neighbour) fetches the whole tensor in blocks.
-- **A loader** (``tensor_wants``): once reads have *jumped* into ``load_tensors`` different
-  tensors of a file — more than one tensor read and its spill-over can touch — every read
-  there fetches its tensor and the tensors after it up to ``lookahead`` bytes (and half that
-  before it: module order is not file order), and so does the first read in any other
-  shard of the same folder (loaders treat all shards alike).
-- **The next shard** (``next_shard``): once a loader is at work in a folder, the next
-  safetensors file by name that the program has read too (its header, at least) is wanted
-  from its first tensor, up to ``lookahead`` bytes, once.  A file the program never read is
-  never fetched.
+  neighbour) fetches the whole tensor in blocks.  The kernel centres a fault's read-around
+  on the faulting page but splits it into ``max_read`` requests *at* that page, served by
+  several threads in any order (traced on libfuse3): the half that ends at the page a
+  tensor starts in, and the half that starts there, are both for that tensor — not for the
+  neighbour the first lies in, nor the big one the second runs into.
+- **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
+  the tensor under its middle (``read_for``, with the split halves above), and a file is being loaded
+  once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
+  ``guard`` bytes), or the first looks at ``load_sweep`` tensors in a row went forward
+  through the file (transformers 5 looks at the page where each tensor ends, in key order:
+  traced, the page it shares with the next tensor's start), or jumps into a run of
+  ``load_run`` tensors next to each other in file order — ``load_file`` and vLLM-style
+  iteration.  A person reading tensors reads them from their start (two torch threads:
+  start and middle), a few at a time: one big tensor, one tensor per shard, a routed
+  expert (3 weights and 3 scales: two runs of 3), 10 random tensors — none of these is
+  evidence, and each stays a lone-tensor read.
+- **What a loader gets** (``tensor_wants``, ``ahead``): once a file is being loaded, the
+  rest of the whole file is wanted — the tensors from the one read up to ``lookahead``, half
+  that before it (module order is not file order), then everything after, then everything
+  before — and the pump keeps the in-flight budget full with it.  The folder is then a
+  loading folder: the other shards, in the order the loader reads them (``loader_order``:
+  by their first tensor in key order, as the index names them), are wanted ahead of it, but
+  a shard the program has read no tensor data from yet gets only its header and a
+  ``speculative`` window (1 MiB) after it — enough to hide the first round trip, and all a
+  shard opened only for its header costs (DeepSeek-V3's MTP shard).  The first jump into
+  tensor data of a shard in a loading folder makes that shard loading too.
+
+**Readahead (issue 11, item 2: the decision; the mechanism is the FUSE face's).**  The
+kernel's readahead is one number per mount (the bdi's ``read_ahead_kb``), so it follows the
+mount's strongest evidence: small (128 KiB, the default) until a loader is seen, because
+every lone-tensor fault costs a read-around of that size fetched exactly (a 2 KiB norm at
+1 MiB costs 1 MiB: measured in session 3); large (1 MiB) from the moment a loader is seen in
+any folder (the Prefetcher's ``on_loader(folder)``, called once per folder, where the
+policy first says ``loading``), since then every byte is wanted anyway and 1 MiB requests
+cut the FUSE round trips 8x.  Not signalled: a plain stream (``cat``) — the sequential
+window already keeps the link busy there, and raising the mount's readahead for one
+stream would cost every lone reader beside it.
 
 Every threshold is in ``PrefetchConfig``, whose defaults are the production values.
 Tests: ``tests/test_policy.py`` (tables), ``tests/test_prefetch.py`` (the pump).
@@ -48,8 +75,13 @@ from netmount.read.reader import ExactRead
 class PrefetchConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     window_max: int = 64 << 20  # the largest sequential readahead window
-    lookahead: int = 64 << 20  # a loader's tensors wanted past (and half before) the one read
-    load_tensors: int = 4  # distinct tensors of a file jumped into: a loader is reading it
+    lookahead: int = 64 << 20  # a loader's tensors wanted first past (and half before) the one read
+    load_tails: int = 3  # jumps into the tails of this many big tensors of a file: a loader
+    load_run: int = 8  # jumps into this many tensors next to each other in a file: a loader
+    load_sweep: int = 4  # first looks at this many tensors in file order, in a row: a loader
+    sweep_gap: int = 3  # ... each at most this many tensors past the one before
+    speculative: int = 1 << 20  # what a shard with no tensor data read yet gets past its header
+    ahead_files: int = 4  # shards wanted ahead of the furthest one a loader has read
     guard: int = 512 << 10  # reads this close to a tensor's ends may be a neighbour's spill-over
     stream_bytes: int = 2 << 20  # this much tensor data read in one sequential run: a stream
     max_extent: int = 16 << 20  # a lone tensor up to this size is fetched exactly, not in blocks
@@ -64,6 +96,7 @@ class Stream:
     expected: int = -1  # where the next read of a sequential run would start
     window: int = 0  # readahead window, bytes
     streak: int = 0  # where the current sequential run began
+    far: bool = False  # the run began with a far jump (or the handle's first read)
 
 
 def advance(stream: Stream | None, offset: int, size: int, file_size: int,
@@ -77,10 +110,10 @@ def advance(stream: Stream | None, offset: int, size: int, file_size: int,
     # the kernel may reorder neighbouring requests a little: allow one block of slack
     if s.expected >= 0 and abs(offset - s.expected) <= (cfg.block_size if slack is None else slack):
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
-        new = Stream(max(end, s.expected), window, s.streak)
+        new = Stream(max(end, s.expected), window, s.streak, s.far)
         streak: int | None = s.streak
     else:
-        new, streak = Stream(end, 0, offset), None
+        new, streak = Stream(end, 0, offset, s.expected < 0 or abs(offset - s.expected) > cfg.far), None
     if new.window == 0 or end >= file_size:
         return new, [], streak
     return new, list(block_range(end, new.window, file_size, cfg.block_size)), streak
@@ -126,9 +159,48 @@ class TensorMap:
 class FileState:
     """What reads of one safetensors file (all handles) have shown so far."""
 
-    touched: frozenset[int] = frozenset()  # tensors a jump landed in
+    touched: frozenset[int] = frozenset()  # tensors a jump was for
     triggered: frozenset[int] = frozenset()  # tensors already wanted whole (blocks or extent)
     loading: bool = False  # a loader is reading this file tensor after tensor
+    tails: frozenset[int] = frozenset()  # big tensors a jump landed in the tail of
+    data_read: bool = False  # the program jumped into tensor data (not only the header)
+    order: tuple[int, ...] = ()  # the last tensors first jumped into, oldest first
+
+
+def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchConfig,
+                order: tuple[int, ...] = ()) -> bool:
+    """Is a loader reading this file?  The evidence: jumps into the tails of ``load_tails``
+    big tensors, first looks at ``load_sweep`` tensors in a row going forward through the
+    file (each at most ``sweep_gap`` past the one before: transformers in key order), or
+    jumps into a run of ``load_run`` neighbouring tensors (see the module docstring).  Jumps
+    into a few tensors, scattered, out of order or in short runs, are a person's."""
+    if len(tails) >= cfg.load_tails:
+        return True
+    last = order[-cfg.load_sweep:]
+    if len(last) >= cfg.load_sweep and all(0 < b - a <= cfg.sweep_gap for a, b in zip(last, last[1:])):
+        return True
+    run, best, prev = 0, 0, None
+    for i in sorted(touched):
+        run = run + 1 if prev is not None and i == prev + 1 else 1
+        best, prev = max(best, run), i
+    return best >= cfg.load_run
+
+
+def read_for(tmap: TensorMap, offset: int, size: int) -> int | None:
+    """The tensor a read is for: the one under its middle (an mmap fault's read-around is
+    centred on the faulting page), else the one its start is in — or the next one, when the
+    read ends at the page it starts in."""
+    i = tmap.find(_middle(offset, size))
+    i = tmap.find(offset) if i is None else i
+    # the first half of a read-around the kernel split at the faulting page: it ends
+    # exactly at the page where the next tensor starts, and is for that one
+    if i is not None and i + 1 < len(tmap.ranges) and offset + size == tmap.ranges[i + 1][0] // PAGE * PAGE:
+        i += 1
+    return i
+
+
+def _middle(offset: int, size: int) -> int:
+    return offset + min(size // 2, max(0, size - 1))
 
 
 def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset: int, size: int,
@@ -137,29 +209,50 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
     """Should a read that misses be fetched exactly (its pages, not their blocks)?  Yes
     around a lone tensor's extent (``near_anchor``), and for a far jump to the start of a
     small tensor in a shard no loader is reading: then that whole tensor is the extent.
-    At most ``load_tensors`` lone tensors come this way before a loader is assumed."""
+    Never in a file or folder a loader is reading (blocks, and the loader's wants)."""
     folder_loading = folder_loading and not tmap.columnar
     if not tmap.ranges or state.loading or folder_loading or offset < tmap.ranges[0][0]:
         return None, state  # (the header: the head tier, or blocks)
     if near_anchor:
         return ExactRead(), state
     # (columnar: readers jump between nearby chunks of one column, so only a read that
-    # really continues the run — ``TensorMap.slack``, as in ``advance`` — is left to blocks)
+    # really continues the run — ``TensorMap.slack``, as in ``advance`` — is left to blocks;
+    # they pread, so no split read-around either)
     far = tmap.slack(stream.expected, offset, cfg) if tmap.columnar and stream is not None else cfg.far
-    if stream is not None and abs(offset - stream.expected) <= far:
+    continuing = stream is not None and abs(offset - stream.expected) <= far
+    if continuing and (tmap.columnar or not stream.far or stream.streak == 0 or offset - stream.streak > cfg.near):
         return None, state  # continues (or nearly) a run read in blocks
     last = min(offset + size, file_size) - 1
-    i = tmap.find(last)
-    if tmap.columnar:  # pread, not mmap: the chunk read starts in the read's first page
-        j = bisect.bisect_left(tmap.starts, offset)
-        if j < len(tmap.starts) and tmap.starts[j] < offset + PAGE:
-            i = j
-    if i is None:
-        return None, state
-    # a reader of a tensor starts at its start; the read-around of its first page may end
-    # just before it (in the previous tensor's tail)
-    if tmap.ranges[i][0] + cfg.near < offset and i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near:
-        i += 1
+    if continuing:
+        # the kernel splits an mmap fault's read-around into max_read requests: this one,
+        # just after the jump, starts at the faulting page — the tensor that starts in it
+        i = tmap.find(offset)
+        if i is None:
+            return None, state
+        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] < offset + PAGE:
+            i += 1
+        start, end = tmap.ranges[i]
+        if end - start > cfg.max_extent or offset > start + cfg.near:
+            return None, state
+        return ExactRead(extent=(start, end)), replace(state, triggered=state.triggered | {i})
+    first = tmap.find(offset)
+    chunk = bisect.bisect_left(tmap.starts, offset) if tmap.columnar else len(tmap.starts)
+    if chunk < len(tmap.starts) and tmap.starts[chunk] < offset + PAGE:
+        i = chunk  # (columnar: a pread of a chunk starts in the read's first page)
+    elif first is not None and first + 1 < len(tmap.ranges) and tmap.ranges[first + 1][0] < offset + PAGE:
+        # the read starts at the page a tensor starts in (a split read-around's second half,
+        # which may come first, or a read() of it): that tensor, not the one its end is in
+        i = first + 1
+    else:
+        i = tmap.find(last)
+        if i is None:
+            return None, state
+        # a reader of a tensor starts at its start; the read-around of its first page may end
+        # just before it (in the previous tensor's tail) — exactly at that page, when the
+        # kernel split it at the faulting page
+        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near and (
+                tmap.ranges[i][0] + cfg.near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
+            i += 1
     start, end = tmap.ranges[i]
     # a jump to the middle or the end of a tensor (a loader's first look) is left to blocks
     if end - start > cfg.max_extent or offset > start + cfg.near:
@@ -175,46 +268,68 @@ class TensorWants:
 
 
 def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | None, file_size: int,
-                 *, folder_loading: bool, cfg: PrefetchConfig) -> TensorWants:
-    """Blocks to fetch for a read at ``offset`` by tensor layout, how far a sequential window
-    may reach (the file's end, or the end of the tensor read), and the file's new state.
-    ``streak``: where the sequential run this read continues began (None: a jump)."""
+                 *, folder_loading: bool, cfg: PrefetchConfig, size: int = 1) -> TensorWants:
+    """Blocks to fetch for a read of [offset, offset + size) by tensor layout, how far a
+    sequential window may reach (the file's end, or the end of the tensor read), and the
+    file's new state.  ``streak``: where the sequential run this read continues began (None:
+    a jump).  ``folder_loading``: a loader is reading another shard of this folder."""
     bs = cfg.block_size
+    jump = streak is None
     i = tmap.find(offset)
-    if i is None:
-        loading = not tmap.columnar and (state.loading or folder_loading)
-        return TensorWants([], file_size if loading else offset + bs, state)
+    if i is None:  # the header (or padding): a loader's window may run on
+        if tmap.columnar:  # (between column chunks: a page index, say)
+            limit = offset + bs
+        elif state.loading:
+            limit = file_size
+        elif folder_loading and tmap.ranges:
+            limit = max(offset + bs, tmap.ranges[0][0] + cfg.speculative)
+        else:  # the kernel reading on past a header is no reason to fetch tensors
+            limit = tmap.ranges[0][0] if tmap.ranges else offset + bs
+        return TensorWants([], limit, state)
     start, end = tmap.ranges[i]
-    # Only jumps count as touching a tensor: a sequential run (the kernel's readahead after
-    # a header read, say) crosses many small tensors without meaning them.
-    touched = state.touched | {i} if streak is None else state.touched
+    # Only jumps count as evidence: a sequential run (the kernel's readahead after a header
+    # read, say) crosses many small tensors without meaning them.
+    touched, tails, order = state.touched, state.tails, state.order
+    if jump:
+        k = read_for(tmap, offset, size)
+        k = i if k is None else k
+        ks, ke = tmap.ranges[k]
+        # the *first* look at a big tensor at its tail: a reader of the whole tensor comes
+        # there too, but after its start
+        if k not in touched and ke - ks > 2 * cfg.guard and _middle(offset, size) >= ke - cfg.guard:
+            tails = tails | {k}
+        if k not in touched:
+            order = (*order, k)[-2 * cfg.load_sweep:]
+        touched = touched | {k}
     # A stream (cat, cp) gets no limit: a run from the file's first byte through
     # stream_bytes of tensor data, or through >= 3 whole tensors and stream_bytes.
     data = tmap.ranges[0][0]
     # (Columnar: a run from byte 0 may be the first column's chunk alone; only crossing
     # 3 whole chunks makes it a scan.)
-    streaming = streak is not None and offset - max(streak, data) >= cfg.stream_bytes and (
+    streaming = not jump and offset - max(streak, data) >= cfg.stream_bytes and (
         (streak == 0 and not tmap.columnar) or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
-    loading = not tmap.columnar and (state.loading or len(touched) >= cfg.load_tensors or folder_loading)
+    loading = not tmap.columnar and (
+        state.loading or (folder_loading and jump) or loader_seen(touched, tails, cfg, order))
     # Around a tensor's first and last pages the kernel reads windows that spill into the
     # neighbours: for a lone read, no reason to fetch a whole neighbouring tensor.
     inside = start + cfg.guard <= offset < end - cfg.guard
     limit = end if start + cfg.guard <= offset else min(end, offset + cfg.guard)
     if streaming or loading:
         limit = file_size
-    new = FileState(touched, state.triggered, loading)
+    new = FileState(touched, state.triggered, loading, tails, state.data_read or jump, order)
     if not loading and (i in state.triggered or not inside):
         return TensorWants([], limit, new)
     new = replace(new, triggered=new.triggered | {i})
     if not loading:
         return TensorWants(list(block_range(start, end - start, file_size, bs)), limit, new)
-    return TensorWants(_loader_blocks(tmap, i, file_size, cfg), file_size, new)
+    return TensorWants(loader_blocks(tmap, i, file_size, cfg), file_size, new)
 
 
-def _loader_blocks(tmap: TensorMap, i: int, file_size: int, cfg: PrefetchConfig) -> list[int]:
-    """A loader read tensor ``i``: it and the tensors after it up to ``lookahead``, then
-    (files sort a layer's tensors by name — k, o, q, v — models use them in module order —
-    q, k, v, o) the tensors just before it, up to half the lookahead, nearest first."""
+def loader_blocks(tmap: TensorMap, i: int, file_size: int, cfg: PrefetchConfig) -> list[int]:
+    """A loader read tensor ``i``: the rest of the file, nearest first.  It and the tensors
+    after it up to ``lookahead``, then (files sort a layer's tensors by name — k, o, q, v —
+    models use them in module order — q, k, v, o) the tensors just before it, up to half the
+    lookahead, nearest first; then the rest after, then the rest before (nearest first)."""
     bs = cfg.block_size
     start, end = tmap.ranges[i]
     j, stop = i + 1, end + cfg.lookahead
@@ -226,8 +341,22 @@ def _loader_blocks(tmap: TensorMap, i: int, file_size: int, cfg: PrefetchConfig)
         k -= 1
     ahead = list(block_range(start, end - start, file_size, bs))
     before = tmap.ranges[k][0]
-    behind = [b for b in block_range(before, start - before, file_size, bs) if b < ahead[0]]
-    return ahead + behind[::-1]
+    behind = [b for b in block_range(before, start - before, file_size, bs) if b < ahead[0]][::-1]
+    data_end = tmap.ranges[-1][1]
+    rest = [b for b in block_range(end, data_end - end, file_size, bs) if b > ahead[-1]]
+    first = tmap.ranges[0][0]
+    low = min(behind[-1] if behind else ahead[0], ahead[0])
+    earlier = list(block_range(first, low * bs - first, file_size, bs))[::-1] if low * bs > first else []
+    return list(dict.fromkeys([*ahead, *behind, *rest, *earlier]))
+
+
+def speculative_blocks(tmap: TensorMap, file_size: int, cfg: PrefetchConfig) -> list[int]:
+    """A shard ahead of a loader that the program has read no tensor data from yet: the
+    ``speculative`` window after its header, no more."""
+    if not tmap.ranges:
+        return []
+    data = tmap.ranges[0][0]
+    return list(block_range(data, min(cfg.speculative, file_size - data), file_size, cfg.block_size))
 
 
 def merge_wants(window: list[int], wants: TensorWants, *, near_anchor: bool, block_size: int) -> list[int]:
@@ -238,10 +367,26 @@ def merge_wants(window: list[int], wants: TensorWants, *, near_anchor: bool, blo
     return list(dict.fromkeys([*wants.blocks, *window]))
 
 
-def next_shard(read_in_folder: list[str], path: str, chained: frozenset[str]) -> str | None:
-    """The safetensors file after ``path`` by name among those the program has read in this
-    folder, unless it was already wanted (``chained``)."""
-    later = sorted(p for p in read_in_folder if p > path and p.endswith(".safetensors"))
-    if not later or later[0] in chained:
-        return None
-    return later[0]
+def loader_order(paths: list[str], weight_map: dict[str, str] | None = None) -> list[str]:
+    """The safetensors files of a folder in the order a loader reads them: by the first of
+    their tensors in key order as the index names them (transformers walks the keys sorted),
+    then any the index does not name, by name."""
+    shards = sorted(p for p in paths if p.endswith(".safetensors"))
+    if not weight_map:
+        return shards
+    by_name = {p.rpartition("/")[2]: p for p in shards}
+    order: list[str] = []
+    for key in sorted(weight_map):
+        p = by_name.get(weight_map[key])
+        if p is not None and p not in order:
+            order.append(p)
+    return order + [p for p in shards if p not in order]
+
+
+def ahead(order: list[str], reached: set[str], wanted: frozenset[str], cfg: PrefetchConfig) -> list[str]:
+    """Shards to want next for a loader: up to ``ahead_files`` past the furthest one in
+    ``order`` that the program has read (``reached``), not wanted already, nearest first."""
+    last = max((n for n, p in enumerate(order) if p in reached), default=-1)
+    if last < 0:
+        return []
+    return [p for p in order[last + 1 : last + 1 + cfg.ahead_files] if p not in wanted]

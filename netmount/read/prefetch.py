@@ -9,25 +9,28 @@ The FUSE face calls, per read of a program (never for netmount's own reads):
 ``plan`` answers only the question the read itself needs (fetch its pages exactly or in
 blocks: ``policy.exact_read``).  ``follow`` records the read in the handle's sequential
 state and queues it; one background thread makes the decisions (``policy.tensor_wants``,
-``policy.next_shard``) and pumps: it starts wanted blocks while the in-flight budget
+``policy.ahead``) and pumps: it starts wanted blocks while the in-flight budget
 allows, the most recently read file first, and pumps again whenever the reader reports a
 finished run (the ``run_done`` event it was constructed with), so a long want flows at the
 budget without waiting for the next read.
 
-Bounds: never past the end of a file, never a file the program has not read, never a block
-known stored or downloading, never more than ``budget`` bytes in flight.  Wanted blocks are
-spread over ``connections`` parallel sub-ranges of at least a block.
+Bounds: never past the end of a file, never a block known stored or downloading, never
+more than ``budget`` bytes in flight.  A file the program has read no tensor data from is
+fetched only as a loader's speculative window (its header and ``speculative`` bytes after
+it), and only in a folder a loader is reading.  Wanted blocks are spread over
+``connections`` parallel sub-ranges of at least a block.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
-from netmount.core.blocks import block_range
 from netmount.core.safetensors import HeaderError, read_header
 from netmount.read.parquet import ParquetError, read_layout
 from netmount.read.policy import (
@@ -36,9 +39,11 @@ from netmount.read.policy import (
     Stream,
     TensorMap,
     advance,
+    ahead,
     exact_read,
+    loader_order,
     merge_wants,
-    next_shard,
+    speculative_blocks,
     tensor_wants,
 )
 from netmount.read.reader import BlockReader, ExactRead
@@ -49,7 +54,8 @@ log = logging.getLogger("netmount.prefetch")
 
 class Prefetcher:
     def __init__(self, reader: BlockReader, run_done: threading.Event, *, budget: int, connections: int,
-                 config: PrefetchConfig | None = None, files=(), resolve=None) -> None:
+                 config: PrefetchConfig | None = None, files=(), resolve=None,
+                 on_loader: Callable[[str], None] | None = None) -> None:
         self.reader = reader
         self.cfg = config or PrefetchConfig(block_size=reader.block_size)
         if self.cfg.block_size != reader.block_size:
@@ -63,15 +69,23 @@ class Prefetcher:
         self._states: dict[str, FileState] = {}
         self._loading_dirs: set[str] = set()
         self._read: dict[str, dict[str, RemoteFile]] = {}  # folder -> files the program read
-        self._chained: set[str] = set()  # files wanted because the one before was being loaded
+        self._ahead: set[str] = set()  # files wanted as a loader's speculative window
+        self._files: dict[str, dict[str, RemoteFile]] = {}  # folder -> its safetensors files
+        self._indexes: dict[str, RemoteFile] = {}  # folder -> its *.safetensors.index.json
+        self._orders: dict[str, list[str]] = {}  # folder -> its shards in a loader's order
+        self._on_loader = on_loader  # told the folder when a loader is first seen there
         self._reads: collections.deque = collections.deque()  # reads not yet decided on
         self._busy = False
         # path -> (file, blocks still wanted, in fetch order); the most recently read file last
         self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
         self._shards: dict[str, list[str]] = {}  # folder -> its safetensors files, until resolved
         for f in files:
+            folder = _folder(f)
             if f.path.endswith(".safetensors"):
-                self._shards.setdefault(f.path.rpartition("/")[0], []).append(f.path)
+                self._shards.setdefault(folder, []).append(f.path)
+                self._files.setdefault(folder, {})[f.path] = f
+            elif f.path.endswith(".safetensors.index.json"):
+                self._indexes.setdefault(folder, f)
         self._resolve = resolve  # resolve(paths): look their data URLs up ahead
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
@@ -125,11 +139,13 @@ class Prefetcher:
                 if not self._idle.wait_for(lambda: not self._reads and not self._busy,
                                            max(0.0, deadline - time.monotonic())):
                     return False
+                # seen before the reader drains: a pump that empties ``_pending`` has started
+                # (and registered) its runs first, so the reader's drain below waits for them
+                quiet = not self._pending
             if not self.reader.drain(max(0.0, deadline - time.monotonic())):
                 return False
-            with self._lock:
-                if not self._reads and not self._busy and not self._pending:
-                    return True
+            if quiet:
+                return True
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()
@@ -162,21 +178,28 @@ class Prefetcher:
         wanted = window
         tmap = self.tensor_map(f) if mapped(f.path) else None
         folder = _folder(f)
+        first_loader = False
         if tmap is not None:
             near = self.reader.extents.near(f, offset, offset + size, self.cfg.near)
             with self._lock:
                 wants = tensor_wants(tmap, self._states.get(f.path, FileState()), offset, streak, f.size,
-                                     folder_loading=folder in self._loading_dirs, cfg=self.cfg)
+                                     folder_loading=folder in self._loading_dirs, cfg=self.cfg, size=size)
                 self._states[f.path] = wants.state
-                if wants.state.loading:
+                if wants.state.loading and folder not in self._loading_dirs:
                     self._loading_dirs.add(folder)
+                    first_loader = True
             wanted = merge_wants(window, wants, near_anchor=near, block_size=self.cfg.block_size)
+        if first_loader and self._on_loader is not None:
+            try:
+                self._on_loader(folder)
+            except Exception:
+                log.exception("on_loader failed")
         self._resolve_siblings(f)
-        nxt = self._next_shard(f)
+        nxt = self._ahead_of(f)
         with self._lock:
-            if nxt is not None:  # queued first: the file being read keeps priority
-                self._pending[nxt[0].path] = nxt
-                self._pending.move_to_end(nxt[0].path)
+            for path, want in reversed(nxt):  # queued first, nearest last: the file read keeps priority
+                self._pending[path] = want
+                self._pending.move_to_end(path)
             if wanted:
                 self._pending[f.path] = (f, wanted)
                 self._pending.move_to_end(f.path)
@@ -191,23 +214,51 @@ class Prefetcher:
         if shards:
             self._resolve([p for p in shards if p != f.path])
 
-    def _next_shard(self, f: RemoteFile) -> tuple[RemoteFile, list[int]] | None:
+    def _ahead_of(self, f: RemoteFile) -> list[tuple[str, tuple[RemoteFile, list[int]]]]:
+        """In a folder a loader is reading: the shards after the furthest one the program
+        has read, in the loader's order, each wanted once as a speculative window (its header
+        and ``speculative`` bytes; more only when the program reads its tensor data)."""
         folder = _folder(f)
         with self._lock:
             read = self._read.setdefault(folder, {})
             read[f.path] = f
             if folder not in self._loading_dirs or not f.path.endswith(".safetensors"):
-                return None
-            path = next_shard(list(read), f.path, frozenset(self._chained))
-            if path is None:
-                return None
-            self._chained.add(path)
-            nxt = read[path]
-        tmap = self.tensor_map(nxt)
-        if tmap is None or not tmap.ranges:
-            return None
-        start = tmap.ranges[0][0]
-        return nxt, list(block_range(start, min(self.cfg.lookahead, nxt.size - start), nxt.size, self.cfg.block_size))
+                return []
+            files = dict(self._files.get(folder, {}))
+            files.update({p: g for p, g in read.items() if p.endswith(".safetensors")})
+            reached = set(read)
+        order = self._order(folder, files)
+        with self._lock:
+            paths = ahead(order, reached, frozenset(self._ahead), self.cfg)
+            self._ahead.update(paths)
+        out = []
+        for path in paths:
+            g = files[path]
+            tmap = self.tensor_map(g)  # its header: a loader reads it next
+            with self._lock:
+                if self._states.get(path, FileState()).data_read:
+                    continue  # its own reads decide
+            if tmap is not None and tmap.ranges:
+                out.append((path, (g, speculative_blocks(tmap, g.size, self.cfg))))
+        return out
+
+    def _order(self, folder: str, files: dict[str, RemoteFile]) -> list[str]:
+        """The folder's shards in a loader's order, from its index when it has one (read once,
+        through the reader: a loader has read it already, so it is in memory)."""
+        with self._lock:
+            if folder in self._orders:
+                return self._orders[folder]
+            index = self._indexes.get(folder)
+        weight_map = None
+        if index is not None and index.size <= 64 << 20:
+            try:
+                raw = self.reader.read(index, 0, index.size, account=False)
+                weight_map = json.loads(raw).get("weight_map")
+            except Exception as exc:
+                log.warning("%s: no loader order from the index (%s)", index.path, exc)
+        order = loader_order(list(files), weight_map if isinstance(weight_map, dict) else None)
+        with self._lock:
+            return self._orders.setdefault(folder, order)
 
     def _pump(self) -> None:
         """Start wanted blocks while the budget allows, the most recently read file first."""
