@@ -13,7 +13,7 @@ import os
 import pytest
 
 from netmount.core import errors
-from netmount.mounting import daemon, lifecycle
+from netmount.mounting import lifecycle, readahead
 
 from conftest import run_cli
 
@@ -69,10 +69,10 @@ def test_readahead_left_alone_is_said_once_and_reads_work(mounter, hub_root):
 
 def test_readahead_that_cannot_be_set_says_why(tmp_path, monkeypatch):
     """Without root (here: a sysfs folder that is not the kernel's) the daemon keeps going."""
-    monkeypatch.setattr(daemon, "BDI_DIR", str(tmp_path / "no-bdi"))
-    kb, why = daemon.set_readahead("/", 1024)  # "/" is always in mountinfo
+    monkeypatch.setattr(readahead, "BDI_DIR", str(tmp_path / "no-bdi"))
+    kb, why = readahead.set_readahead("/", 1024)  # "/" is always in mountinfo
     assert kb is None and "cannot set" in why and str(tmp_path / "no-bdi") in why
-    kb, why = daemon.set_readahead(str(tmp_path / "not-a-mount"), 1024)
+    kb, why = readahead.set_readahead(str(tmp_path / "not-a-mount"), 1024)
     assert kb is None and "mountinfo" in why
 
 

@@ -83,11 +83,16 @@ class NetmountFS(Operations):
         on_ready: Callable[[], None] | None = None,
         prefetcher=None,
         on_drop: Callable[[RemoteFile], bytes] | None = None,
+        on_open: Callable[[int, str | None], None] | None = None,
+        on_release: Callable[[int], None] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
+        # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
+        # kernel copies the mount's readahead into the file after it (readahead.py)
+        self.on_open, self.on_release = on_open, on_release
         self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
         self.dirs: dict[str, set[str]] = {"/": set()}
         for f in snapshot.files:
@@ -198,11 +203,13 @@ class NetmountFS(Operations):
             with self._control_lock:
                 self._control[fi.fh] = content
             return 0
-        path, _raw = self._split(path)
+        path, raw = self._split(path)
         if path not in self.files:
             raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
         fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
         fi.keep_cache = 1
+        if self.on_open is not None:
+            self.on_open(fi.fh, None if raw else self.files[path].path)
         return 0
 
     def read(self, path, size, offset, fi):
@@ -237,6 +244,8 @@ class NetmountFS(Operations):
             self._control.pop(fi.fh, None)
         if self.prefetcher is not None:
             self.prefetcher.forget(fi.fh)
+        if self.on_release is not None:
+            self.on_release(fi.fh)
         return 0
 
     # -- helpers ---------------------------------------------------------------------------

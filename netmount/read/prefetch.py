@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from typing import Callable
 
 from netmount.core.blocks import block_range
 from netmount.core.safetensors import HeaderError, read_header
@@ -48,8 +49,10 @@ log = logging.getLogger("netmount.prefetch")
 
 class Prefetcher:
     def __init__(self, reader: BlockReader, run_done: threading.Event, *, budget: int, connections: int,
-                 config: PrefetchConfig | None = None, files=(), resolve=None) -> None:
+                 config: PrefetchConfig | None = None, files=(), resolve=None,
+                 on_loader: Callable[[str], None] | None = None) -> None:
         self.reader = reader
+        self._on_loader = on_loader  # on_loader(folder): once per folder, when it is seen loading
         self.cfg = config or PrefetchConfig(block_size=reader.block_size)
         if self.cfg.block_size != reader.block_size:
             raise ValueError("PrefetchConfig.block_size must be the reader's block size")
@@ -165,8 +168,11 @@ class Prefetcher:
                 wants = tensor_wants(tmap, self._states.get(f.path, FileState()), offset, streak, f.size,
                                      folder_loading=folder in self._loading_dirs, cfg=self.cfg)
                 self._states[f.path] = wants.state
+                newly = wants.state.loading and folder not in self._loading_dirs
                 if wants.state.loading:
                     self._loading_dirs.add(folder)
+            if newly and self._on_loader is not None:
+                self._on_loader(folder)
             wanted = merge_wants(window, wants, near_anchor=near, block_size=self.cfg.block_size)
         self._resolve_siblings(f)
         nxt = self._next_shard(f)
