@@ -8,17 +8,20 @@ every later readahead and mmap read-around of that file uses the copy.  So a cha
 reaches only files opened afterwards, and a value written while the daemon answers a
 FUSE OPEN is the one that open gets: the daemon decides per open.
 
-The decision (``ReadaheadSwitch.opening``): a file of a folder where the prefetch policy saw
-a loader (``loader(folder)``, the prefetcher's ``on_loader``) opens with ``large_kb``
-(1 MiB: libfuse3's largest request, ~8x fewer requests than 128 KiB), any other file with
-``small_kb`` (128 KiB: a page fault in a 2 KiB tensor costs 128 KiB, not 1 MiB).  A folder
-stays "loading" while a file opened large in it is open, and ``idle`` seconds after its last
-open or close: a loader opens one shard after another (the rest of the shards open large),
-and a person who inspects one tensor after the load is over gets small again.  The first
-shard of a load opens before anything is known: it keeps the small readahead (the policy's
-own prefetch still fetches it in large runs).  Concurrent opens of files that want
-different sizes can race (the bdi is one value): the loser reads with the other size, which
-costs requests or bytes, never correctness.
+The decision (``ReadaheadSwitch.opening``): a file opens with ``large_kb`` (1 MiB: libfuse3's
+largest request, 8x fewer requests than 128 KiB) when its folder is being loaded, else with
+``small_kb`` (128 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB).  A folder is
+being loaded once the prefetch policy saw a loader there (``loader(folder)``, the
+prefetcher's ``on_loader``: the shards a loader opens after that open large), or once a shard
+opens while ``shards_open`` (2) other shards of its folder are open: transformers 5 opens
+every shard before it reads any, so the policy's evidence comes too late for them; a
+program that opens one shard at a time is never taken for a loader by this rule.  It stays
+so while a file opened large there is open, and ``idle`` seconds after the last such close:
+a person who inspects one tensor after the load is over gets the small readahead again.
+The first shards of a load open before anything is known and keep the small readahead (the
+policy's own prefetch still fetches them in large runs).  Concurrent opens that want
+different sizes can race (the bdi holds one value): the loser reads with the other size,
+which costs requests or bytes, never correctness.
 
 ``--readahead KB`` fixes the value instead (written once at INIT, never switched).  When the
 daemon may not write sysfs (not root), it says so once (log, stats) and the kernel's 128 KiB
