@@ -154,3 +154,28 @@ def test_sixteen_threads_fault_one_mmap_at_distinct_tensors(par_mounter, llama_r
     data = src.read_bytes()
     want = [[data[i] for i in range(a, b, 4096)] + [data[b - 1]] for a, b in spans]
     assert got == want
+
+
+LOAD_FILES = """
+import json, sys
+from safetensors.torch import load_file
+sums = {}
+for path in sys.argv[1:]:  # one shard after another, each read whole (vLLM-style)
+    for k, t in load_file(path).items():
+        sums[k] = t.float().sum().item()
+print(json.dumps(sums))
+"""
+
+
+def test_a_shard_by_shard_loader_gets_1_mib_requests_after_its_first_shard(par_mounter, llama_root):
+    """No shard is open with another here: the first shard, read front to back (or the
+    policy's word, ``on_loader``), makes the folder one being loaded."""
+    local = llama_root / "tests" / "llama"
+    shards = sorted(p.name for p in local.glob("*.safetensors"))
+    mp = par_mounter.mount("tests/llama")
+    got = json.loads(child(LOAD_FILES, *[str(mp / s) for s in shards]))
+    assert got == json.loads(child(LOAD_FILES, *[str(local / s) for s in shards]))
+    stats = par_mounter.stats(mp)
+    assert stats["read_ahead_mode"] == "switching" and stats["read_ahead_loading"] == [""], stats
+    assert stats["read_ahead_large_opens"] >= len(shards) - 1 and stats["read_ahead_switches"] >= 1, stats
+    assert stats["max_read_bytes"] == MIB, stats

@@ -83,6 +83,22 @@ def test_shards_read_one_at_a_time_stay_small(sysfs, paths, close_each):
     assert sw.state()["read_ahead_large_opens"] == 0
 
 
+def test_a_stream_through_one_handle_makes_its_folder_loading(sysfs):
+    sw = switch(stream_bytes=8 << 20)
+    sw.opening(1, "m/a.safetensors")
+    sw.opening(2, "n/a.safetensors")
+    for k in range(40):  # n: jumps around, 10 MiB in all
+        sw.reading(2, (k * 7919 % 40) << 20, 256 << 10)
+    for off in range(0, 8 << 20, 128 << 10):  # m: front to back, a little out of order is fine
+        sw.reading(1, off + (4096 if off % (1 << 20) == 0 else 0), 128 << 10)
+    sw.released(1)
+    assert sw.state()["read_ahead_loading"] == ["m"]
+    sw.opening(3, "m/b.safetensors")
+    assert kb_now(sysfs) == 1024
+    sw.opening(4, "n/b.safetensors")
+    assert kb_now(sysfs) == 128
+
+
 def test_back_to_small_when_the_load_is_over(sysfs):
     clock = Clock()
     sw = switch(clock, idle=30.0)

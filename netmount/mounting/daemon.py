@@ -122,7 +122,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
-                     on_drop=drop, on_open=readahead.opening, on_release=readahead.released)
+                     on_drop=drop, on_open=readahead.opening, on_release=readahead.released,
+                     on_read=readahead.reading)
     log.info("mounting %s@%s (%d files) on %s", snap.repo_id, snap.sha, len(snap.files), config.mountpoint)
     try:
         # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read

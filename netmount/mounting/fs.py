@@ -85,6 +85,7 @@ class NetmountFS(Operations):
         on_drop: Callable[[RemoteFile], bytes] | None = None,
         on_open: Callable[[int, str | None], None] | None = None,
         on_release: Callable[[int], None] | None = None,
+        on_read: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
@@ -93,6 +94,7 @@ class NetmountFS(Operations):
         # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
         # kernel copies the mount's readahead into the file after it (readahead.py)
         self.on_open, self.on_release = on_open, on_release
+        self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.files: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}
         self.dirs: dict[str, set[str]] = {"/": set()}
         for f in snapshot.files:
@@ -231,6 +233,8 @@ class NetmountFS(Operations):
             data = self.reader.read(f, offset, size, exact=exact)
             if policy is not None:
                 policy.follow(fi.fh, f, offset, len(data))
+            if self.on_read is not None and not raw:
+                self.on_read(fi.fh, offset, len(data))
             return data
         except FetchError as exc:
             log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)

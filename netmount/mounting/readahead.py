@@ -12,7 +12,9 @@ The decision (``ReadaheadSwitch.opening``): a file opens with ``large_kb`` (1 Mi
 largest request, 8x fewer requests than 128 KiB) when its folder is being loaded, else with
 ``small_kb`` (128 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB).  A folder is
 being loaded once the prefetch policy saw a loader there (``loader(folder)``, the
-prefetcher's ``on_loader``: the shards a loader opens after that open large), or once a shard
+prefetcher's ``on_loader``: the shards a loader opens after that open large), once a program
+read ``stream_bytes`` (8 MiB) of one of its files front to back (``reading``: a stream, or a
+loader that goes shard by shard, which the policy may take for a stream), or once a shard
 opens while ``shards_open`` (2) other shards of its folder are open: transformers 5 opens
 every shard before it reads any, so the policy's evidence comes too late for them; a
 program that opens one shard at a time is never taken for a loader by this rule.  It stays
@@ -44,6 +46,8 @@ log = logging.getLogger("netmount.readahead")
 BDI_DIR = "/sys/class/bdi"  # a mount's backing device: its read_ahead_kb is the readahead
 SMALL_KB = 128  # the kernel's own FUSE readahead
 LARGE_KB = 1024  # libfuse3's largest read request
+STREAM_BYTES = 8 << 20  # read front to back through one handle: a stream (cp, cat, a shard-by-shard loader)
+NEAR = 1 << 20  # a read starting this close to where the handle's last one ended continues its run
 SHARDS_OPEN = 2  # other shards of a folder open at once that make the next one a loader's
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
 
@@ -112,10 +116,10 @@ class ReadaheadSwitch:
 
     def __init__(self, mountpoint: str, fixed_kb: int | None = None, *, small_kb: int = SMALL_KB,
                  large_kb: int = LARGE_KB, idle: float = IDLE, shards_open: int = SHARDS_OPEN,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stream_bytes: int = STREAM_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
         self.mountpoint, self.fixed_kb = mountpoint, fixed_kb
         self.small_kb, self.large_kb, self.idle, self.clock = small_kb, large_kb, idle, clock
-        self.shards_open = shards_open
+        self.shards_open, self.stream_bytes = shards_open, stream_bytes
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
@@ -124,6 +128,7 @@ class ReadaheadSwitch:
         self.large_opens = 0
         self._loading: dict[str, float] = {}  # folder -> when it was last active (clock)
         self._open: dict[int, tuple[str, str, bool]] = {}  # handle -> (folder, path, opened large)
+        self._runs: dict[int, tuple[int, int]] = {}  # handle -> (where its last read ended, run bytes)
 
     @property
     def switching(self) -> bool:
@@ -185,8 +190,24 @@ class ReadaheadSwitch:
                     self.switches += 1
                     log.debug("readahead of %s: %d KiB (open of %s)", self.mountpoint, kb, path)
 
+    def reading(self, handle: int, offset: int, size: int) -> None:
+        """A program's read through ``handle``: ``stream_bytes`` read front to back make its
+        folder one being loaded (the files it opens next open large)."""
+        if not self.switching or self._path is None:
+            return
+        with self._lock:
+            end, run = self._runs.get(handle, (-1, 0))
+            run = run + size if end - NEAR <= offset <= end + NEAR else size
+            self._runs[handle] = (offset + size, run)
+            if run >= self.stream_bytes and handle in self._open:
+                folder = self._open[handle][0]
+                if folder not in self._loading:
+                    log.debug("readahead of %s: a stream in %r", self.mountpoint, folder)
+                self._loading[folder] = self.clock()
+
     def released(self, handle: int) -> None:
         with self._lock:
+            self._runs.pop(handle, None)
             folder, _path, large = self._open.pop(handle, ("", "", False))
             if large:
                 self._loading[folder] = self.clock()
