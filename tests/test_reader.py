@@ -338,3 +338,36 @@ def test_random_exact_reads_over_mixed_extents_and_blocks_are_exact():
         size = rnd.randrange(1, 4 * BS)
         assert reader.read(f, off, size, exact=ExactRead()) == data[off : off + size]
     reader.close()
+
+
+def test_a_reader_takes_over_a_lift_no_disk_thread_has_started():
+    """A warm read does not queue behind the disk pool: a block whose lift is still waiting
+    for a disk thread is read on the reader's own thread (and the lift is dropped)."""
+    data = make_bytes(4 * BS, 15)
+    f = remote("a.bin", data)
+    store = RecordingStore(BS)
+    for i in range(4):
+        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
+    stuck, reached = threading.Event(), threading.Event()
+    plain_get = store.get
+
+    def get(content_id, index):  # the one disk thread hangs on block 0
+        if index == 0 and threading.current_thread().name.startswith("netmount-disk"):
+            reached.set()
+            assert stuck.wait(30)
+        return plain_get(content_id, index)
+
+    store.get = get
+    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), disk_workers=1)
+    reader.prefetch(f, [0, 1, 2], budget=64 * BS)  # block 0 on the disk thread, 1 and 2 queued
+    assert reached.wait(30)
+    done = []
+    t = threading.Thread(target=lambda: done.append(reader.read(f, BS, 2 * BS)), daemon=True)
+    t.start()
+    t.join(30)  # a deadline, not a timing: without the take-over it waits for block 0 forever
+    stuck.set()
+    assert done == [data[BS : 3 * BS]]
+    assert reader.drain(10)
+    assert reader.read(f, 0, 4 * BS) == data
+    assert reader.counters.get("lift_waits") == 0
+    reader.close()
