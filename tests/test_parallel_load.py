@@ -1,5 +1,5 @@
-"""Parallel readers through a real mount never stall (issue 11, item 5), and a loader's shards
-open with the large readahead (item 2).
+"""Parallel readers through a real mount never stall (issue 11, item 5), and a shard-by-shard
+loader's shards open with the large readahead (item 2).
 
 transformers 5 loads tensors on a thread pool by default (``core_model_loading``:
 ``GLOBAL_WORKERS = min(4, cpu_count)``, off with ``HF_DEACTIVATE_ASYNC_LOAD=1``); the
@@ -102,7 +102,7 @@ def load(path: Path, out: Path, workers: int, serial: bool = False) -> float:
     return json.loads(child(LOAD, str(path), str(out), str(workers), env=env))["seconds"]
 
 
-def test_parallel_load_is_right_and_opens_shards_large(par_mounter, llama_root, tmp_path, record_property):
+def test_parallel_load_is_right(par_mounter, llama_root, tmp_path, record_property):
     import torch
 
     local = llama_root / "tests" / "llama"
@@ -110,13 +110,11 @@ def test_parallel_load_is_right_and_opens_shards_large(par_mounter, llama_root, 
     mp = par_mounter.mount("tests/llama")
     seconds = load(mp, tmp_path / "got.pt", 8)
     assert torch.equal(torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "got.pt"))
-    stats = par_mounter.stats(mp)
     record_property("cold_parallel_load_s", round(seconds, 2))
-    # transformers opens all 4 shards before it reads any: the 3rd and 4th open large, and
-    # their faults arrive in requests of libfuse3's largest size
-    assert stats["read_ahead_mode"] == "switching", stats
-    assert stats["read_ahead_large_opens"] >= 2 and stats["read_ahead_switches"] >= 1, stats
-    assert stats["max_read_bytes"] == MIB, stats
+    # transformers opens all 4 shards before it reads any: with the shards-open rule off
+    # (readahead.SHARDS_OPEN) they keep the small readahead
+    stats = par_mounter.stats(mp)
+    assert stats["read_ahead_mode"] == "switching" and stats["max_read_bytes"] <= 256 << 10, stats
 
 
 def test_serial_load_is_right_too(par_mounter, llama_root, tmp_path, record_property):

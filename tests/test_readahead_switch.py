@@ -55,9 +55,9 @@ def test_a_loaders_folder_opens_large_others_small(sysfs):
     assert state["read_ahead_mode"] == "switching" and state["read_ahead_loading"] == ["m"]
 
 
-def test_the_third_shard_open_at_once_is_a_loaders(sysfs):
+def test_the_third_shard_open_at_once_is_a_loaders_when_that_rule_is_on(sysfs):
     """transformers opens every shard before it reads one: no policy evidence yet."""
-    sw = switch()
+    sw = switch(shards_open=2)
     sw.opening(1, "m/a.safetensors")
     sw.opening(2, "m/b.safetensors")
     sw.opening(7, "m/b.safetensors")  # the same file again is not another shard
@@ -74,7 +74,7 @@ def test_the_third_shard_open_at_once_is_a_loaders(sysfs):
     (["m/a.safetensors", "n/b.safetensors", "m/c.safetensors"], False),  # of the same folder
 ])
 def test_shards_read_one_at_a_time_stay_small(sysfs, paths, close_each):
-    sw = switch()
+    sw = switch(shards_open=2)
     for n, p in enumerate(paths):
         sw.opening(n, p)
         assert kb_now(sysfs) == 128, p
@@ -97,6 +97,14 @@ def test_a_stream_through_one_handle_makes_its_folder_loading(sysfs):
     assert kb_now(sysfs) == 1024
     sw.opening(4, "n/b.safetensors")
     assert kb_now(sysfs) == 128
+
+
+def test_by_default_shards_open_together_stay_small(sysfs):
+    """The rule is off by default: a header-only shard (DeepSeek's MTP) must cost its head."""
+    sw = switch()
+    for n in range(5):
+        sw.opening(n, f"m/{n}.safetensors")
+    assert kb_now(sysfs) == 128 and sw.state()["read_ahead_large_opens"] == 0
 
 
 def test_back_to_small_when_the_load_is_over(sysfs):
