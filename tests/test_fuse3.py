@@ -13,7 +13,7 @@ import os
 import pytest
 
 from netmount.core import errors
-from netmount.mounting import daemon, lifecycle
+from netmount.mounting import lifecycle, readahead
 
 from conftest import run_cli
 
@@ -69,10 +69,10 @@ def test_readahead_left_alone_is_said_once_and_reads_work(mounter, hub_root):
 
 def test_readahead_that_cannot_be_set_says_why(tmp_path, monkeypatch):
     """Without root (here: a sysfs folder that is not the kernel's) the daemon keeps going."""
-    monkeypatch.setattr(daemon, "BDI_DIR", str(tmp_path / "no-bdi"))
-    kb, why = daemon.set_readahead("/", 1024)  # "/" is always in mountinfo
+    monkeypatch.setattr(readahead, "BDI_DIR", str(tmp_path / "no-bdi"))
+    kb, why = readahead.set_readahead("/", 1024)  # "/" is always in mountinfo
     assert kb is None and "cannot set" in why and str(tmp_path / "no-bdi") in why
-    kb, why = daemon.set_readahead(str(tmp_path / "not-a-mount"), 1024)
+    kb, why = readahead.set_readahead(str(tmp_path / "not-a-mount"), 1024)
     assert kb is None and "mountinfo" in why
 
 
@@ -93,3 +93,26 @@ def test_bad_readahead_is_one_line(tmp_path, value):
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--readahead" in done.stderr
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+@root_only
+def test_a_lone_small_tensor_keeps_the_small_readahead_and_costs_its_pages(mounter, hub, hub_root):
+    """Switching (the default): a file nobody loads opens with 128 KiB, so a fault in a 28-byte
+    tensor costs the header's first 128 KiB (the head tier) and one read-around, not 1 MiB."""
+    import json
+
+    from safetensors import safe_open
+
+    src = hub_root / "tests" / "big" / "model.safetensors"
+    mp = mounter.mount("tests/big")
+    hub.reset_log()
+    with safe_open(str(mp / "model.safetensors"), framework="pt") as sf:
+        assert sf.get_tensor("small.bias").numel() == 7
+    stats = mounter.stats(mp)
+    assert stats["read_ahead_mode"] == "switching" and stats["read_ahead_kb"] == 128, stats
+    assert stats["read_ahead_large_opens"] == 0, stats
+    n = int.from_bytes(src.read_bytes()[:8], "little")
+    begin, end = json.loads(src.read_bytes()[8 : 8 + n])["small.bias"]["data_offsets"]
+    pages = -(-(end - begin) // 4096) * 4096 + 4096  # may straddle a page edge
+    # max_read is not capped while switching: the kernel's read around a fault reaches 256 KiB
+    assert hub.bytes_sent(server="cdn") <= (128 * KIB) + pages + 256 * KIB

@@ -295,3 +295,79 @@ def test_a_cancelled_fetch_fails_its_readers_instead_of_leaving_them_waiting():
         reader.read(f, 0, 10)
     assert reader.drain(10)
     reader.close()
+
+
+# -- exact reads (a lone tensor's pages) join bytes already held ------------------------------
+def test_an_exact_read_fetches_only_what_no_extent_or_block_holds():
+    """The kernel's read around a fault straddles a tensor whose extent or blocks are already
+    coming: only the rest is fetched, and the bytes are right whatever held them."""
+    from netmount.read.reader import ExactRead
+
+    data, f, fetch, reader = setup(size=12 * BS)
+    tensor = (3 * BS + 5000, 7 * BS + 300)
+    reader.prefetch_extent(f, *tensor)  # the lone tensor, exactly (pages)
+    reader.prefetch(f, [9], budget=1 << 30)  # and a block further on, in flight or in
+    assert reader.drain(10)
+    before = len(fetch.calls)
+    lo, hi = 3 * BS - 20000, 3 * BS + 30000  # straddles the tensor's start
+    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
+    new = [(a, b) for _, a, b, _ in fetch.calls[before:]]
+    assert new == [(lo // 4096 * 4096, (3 * BS + 5000) // 4096 * 4096)], new  # the pages before it only
+    lo, hi = 7 * BS - 1000, 9 * BS + 777  # the tensor's end, a gap nothing holds, into block 9
+    before = len(fetch.calls)
+    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
+    new = [(a, b) for _, a, b, _ in fetch.calls[before:]]
+    assert new == [(-(-(7 * BS + 300) // 4096) * 4096, 9 * BS)], new
+    lo, hi = 9 * BS + 10, 9 * BS + 5000  # held wholly by a block: nothing fetched
+    before = len(fetch.calls)
+    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
+    assert len(fetch.calls) == before
+    reader.close()
+
+
+def test_random_exact_reads_over_mixed_extents_and_blocks_are_exact():
+    from netmount.read.reader import ExactRead
+
+    data, f, fetch, reader = setup(size=16 * BS + 999)
+    rnd = random.Random(7)
+    for _ in range(40):
+        a = rnd.randrange(0, len(data) - 1)
+        reader.prefetch_extent(f, a, min(len(data), a + rnd.randrange(1, 3 * BS)))
+        reader.prefetch(f, [rnd.randrange(0, 17)], budget=1 << 30)
+        off = rnd.randrange(0, len(data))
+        size = rnd.randrange(1, 4 * BS)
+        assert reader.read(f, off, size, exact=ExactRead()) == data[off : off + size]
+    reader.close()
+
+
+def test_a_reader_takes_over_a_lift_no_disk_thread_has_started():
+    """A warm read does not queue behind the disk pool: a block whose lift is still waiting
+    for a disk thread is read on the reader's own thread (and the lift is dropped)."""
+    data = make_bytes(4 * BS, 15)
+    f = remote("a.bin", data)
+    store = RecordingStore(BS)
+    for i in range(4):
+        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
+    stuck, reached = threading.Event(), threading.Event()
+    plain_get = store.get
+
+    def get(content_id, index):  # the one disk thread hangs on block 0
+        if index == 0 and threading.current_thread().name.startswith("netmount-disk"):
+            reached.set()
+            assert stuck.wait(30)
+        return plain_get(content_id, index)
+
+    store.get = get
+    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), disk_workers=1)
+    reader.prefetch(f, [0, 1, 2], budget=64 * BS)  # block 0 on the disk thread, 1 and 2 queued
+    assert reached.wait(30)
+    done = []
+    t = threading.Thread(target=lambda: done.append(reader.read(f, BS, 2 * BS)), daemon=True)
+    t.start()
+    t.join(30)  # a deadline, not a timing: without the take-over it waits for block 0 forever
+    stuck.set()
+    assert done == [data[BS : 3 * BS]]
+    assert reader.drain(10)
+    assert reader.read(f, 0, 4 * BS) == data
+    assert reader.counters.get("lift_waits") == 0
+    reader.close()

@@ -35,9 +35,10 @@ def _add_mount(sub) -> None:
     p.add_argument("--cache-proxy", metavar="URL",
                    help="fetch file content through this `netmount cache-proxy` (default: "
                         "$NETMOUNT_CACHE_PROXY); the Hub stays the fallback")
-    p.add_argument("--readahead", type=int, default=settings.DEFAULT_READAHEAD_KB, metavar="KB",
-                   help="the mount's kernel readahead in KiB, set when root (1024: 1 MiB requests, "
-                        f"for loading whole files; 0: leave it alone; default {settings.DEFAULT_READAHEAD_KB})")
+    p.add_argument("--readahead", type=int, default=None, metavar="KB",
+                   help="fix the mount's kernel readahead in KiB, set when root (1024: 1 MiB requests; "
+                        "0: leave it alone; default: switched, 1024 for files a loader opens, "
+                        f"else {settings.DEFAULT_READAHEAD_KB})")
     v = p.add_argument_group("views", "show the checkpoint as other safetensors files (no byte copied)")
     v.add_argument("--reshard", choices=("layer", "expert"),
                    help="one file per layer (model.layers.N.safetensors), or also one per routed expert")

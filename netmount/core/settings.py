@@ -20,8 +20,8 @@ MAX_REQUEST_BYTES = 4 << 20
 # caps FUSE read requests: 1024 lets a sequential reader's requests reach libfuse3's 1 MiB, but
 # then a page fault anywhere reads up to 1 MiB around it: measured, a lone 9 MiB get_tensor
 # fetched 20 MB instead of 9.8, and a shard opened for its header costs 1 MiB (README
-# "Readahead").  Until the policy switches it per reader (issue 11), the default is the
-# kernel's own 128 KiB: partial reads stay partial; `--readahead 1024` to load or stream.
+# "Readahead").  So by default the daemon switches it per open (mounting/readahead.py): this
+# small value, the kernel's own 128 KiB, unless the file's folder is being loaded (1 MiB).
 DEFAULT_READAHEAD_KB = 128
 MAX_READAHEAD_KB = 65536
 

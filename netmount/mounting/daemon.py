@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ class DaemonConfig:
     log_file: str = ""
     prefetch: bool = True
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
-    readahead_kb: int = settings.DEFAULT_READAHEAD_KB  # 0: keep the kernel's
+    readahead_kb: int | None = None  # None: switched per open (readahead.py); 0: the kernel's; else fixed
     view: str | None = None  # a planned view (views.model.view_to_json), or None
 
     def to_json(self) -> str:
@@ -65,58 +64,6 @@ def setup_logging(log_file: str, debug: bool) -> None:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
-BDI_DIR = "/sys/class/bdi"  # a mount's backing device: its read_ahead_kb is the readahead
-
-
-def _mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the mount at ``mountpoint`` (/proc/self/mountinfo; the last one wins).
-    Only the parent is resolved: stat of the mount root would be a request to ourselves."""
-    mountpoint = os.path.join(os.path.realpath(os.path.dirname(mountpoint)), os.path.basename(mountpoint))
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            for line in fh:
-                parts = line.split(" ")
-                if len(parts) > 4 and _unescape(parts[4]) == mountpoint:
-                    found = parts[2]
-    except OSError:
-        return None
-    return found
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def set_readahead(mountpoint: str, kb: int) -> tuple[int | None, str | None]:
-    """Set the mount's kernel readahead to ``kb`` KiB: (the value now in effect, None), or
-    (None, why not).  FUSE caps readahead at 128 KiB at init; only the bdi's sysfs file
-    (root) raises it, and with it the size of sequential read requests (up to 1 MiB)."""
-    if kb == 0:
-        return None, "--readahead 0: the kernel's default kept"
-    dev = _mount_device(mountpoint)
-    if dev is None:
-        return None, f"{mountpoint} not found in /proc/self/mountinfo"
-    path = os.path.join(BDI_DIR, dev, "read_ahead_kb")
-    try:
-        with open(path, "w") as fh:
-            fh.write(f"{kb}\n")
-        with open(path) as fh:
-            return int(fh.read().strip()), None
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        hint = "" if os.geteuid() == 0 else "; only root may set it"
-        return None, f"cannot set {path}: {why}{hint}"
-
-
-def max_read(readahead_kb: int) -> int | None:
-    """The cap on FUSE read requests for a readahead: none from 1 MiB (libfuse3's own cap);
-    below, the readahead (at least the kernel's 128 KiB): the kernel otherwise merges a
-    fault's read-around with the readahead after it into one larger request."""
-    kb = max(readahead_kb, 128)
-    return None if kb >= 1024 else kb << 10
-
-
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
@@ -124,6 +71,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
     from netmount.core.counters import Counters
     from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
+    from netmount.mounting.readahead import ReadaheadSwitch, max_read
     from netmount.mounting.stats import StatsBuilder
     from netmount.read.coverage import Coverage
     from netmount.read.prefetch import Prefetcher
@@ -143,6 +91,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                            connections=config.connections, counters=counters,
                            proxy=config.cache_proxy, repo_type=snap.repo_type).start()
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
+    readahead = ReadaheadSwitch(config.mountpoint, config.readahead_kb)
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
                          max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
@@ -150,7 +99,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # in flight as those carry at once: more would only queue (and sit in memory)
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
-                            files=snap.files, resolve=fetcher.resolve_ahead) if config.prefetch else None
+                            files=snap.files, resolve=fetcher.resolve_ahead,
+                            on_loader=readahead.loader) if config.prefetch else None
     view = None
     if config.view is not None:
         import gc
@@ -165,10 +115,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         view = ViewTree(planned, snap, reader, prefetcher)
         gc.freeze()  # and kept for the mount's life: no collection walks them again
         gc.enable()
-    fuse_state: dict = {"read_ahead_kb": None, "read_ahead_note": "not mounted yet"}
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
                          proxy=fetcher.status,
-                         extra=lambda: {**fuse_state, "max_read_bytes": ops.max_read_bytes}, view=view)
+                         extra=lambda: {**readahead.state(), "max_read_bytes": ops.max_read_bytes}, view=view)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
         drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
         return b"idle\n" if drained else b"busy\n"
@@ -179,22 +128,17 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     def mounted() -> int | None:
         """At FUSE INIT (the mount is live): set its readahead, say ready; the readahead goes
         into the INIT reply too (fs.py)."""
-        kb, why = set_readahead(config.mountpoint, config.readahead_kb)
-        fuse_state.update(read_ahead_kb=kb, read_ahead_note=why)
-        if kb is not None:
-            log.info("readahead of %s: %d KiB", config.mountpoint, kb)
-        else:
-            log.warning("readahead of %s not set (%s): sequential reads arrive in requests of "
-                        "the kernel's default size", config.mountpoint, why)
+        reply = readahead.start()
         if on_ready:
             on_ready()
-        return kb << 10 if kb else None
+        return reply
 
     from netmount.mounting.drop import make_drop
 
     drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
     ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
-                     on_drop=drop, view=view)
+                     on_drop=drop, view=view, on_open=readahead.opening,
+                     on_release=readahead.released, on_read=readahead.reading)
     log.info("mounting %s@%s (%d files%s) on %s", snap.name, snap.sha, len(snap.files),
              f", a view of {len(view.files) + len(view.passthrough)}" if view else "", config.mountpoint)
     try:

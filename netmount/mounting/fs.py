@@ -87,11 +87,18 @@ class NetmountFS(Operations):
         prefetcher=None,
         on_drop: Callable[[RemoteFile], bytes] | None = None,
         view=None,
+        on_open: Callable[[int, str | None], None] | None = None,
+        on_release: Callable[[int], None] | None = None,
+        on_read: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
+        # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
+        # kernel copies the mount's readahead into the file after it (readahead.py)
+        self.on_open, self.on_release = on_open, on_release
+        self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.view = view  # a viewfs.ViewTree, or None: the repo as it is
         self.sources: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}  # drop/ names these
         shown = snapshot.files if view is None else [*view.passthrough, *view.files.values()]
@@ -213,6 +220,8 @@ class NetmountFS(Operations):
             fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
         else:
             fi.keep_cache = 1
+        if self.on_open is not None:
+            self.on_open(fi.fh, None if raw else self.files[path].path)
         return 0
 
     def read(self, path, size, offset, fi):
@@ -231,11 +240,14 @@ class NetmountFS(Operations):
         policy = None if raw else self.prefetcher
         try:
             if not isinstance(f, RemoteFile):  # a view's file: cut into pieces (viewfs.py)
-                return self.view.read(f, offset, size, fi.fh, prefetch=not raw)
-            exact = policy.plan(fi.fh, f, offset, size) if policy is not None else None
-            data = self.reader.read(f, offset, size, exact=exact)
-            if policy is not None:
-                policy.follow(fi.fh, f, offset, len(data))
+                data = self.view.read(f, offset, size, fi.fh, prefetch=not raw)
+            else:
+                exact = policy.plan(fi.fh, f, offset, size) if policy is not None else None
+                data = self.reader.read(f, offset, size, exact=exact)
+                if policy is not None:
+                    policy.follow(fi.fh, f, offset, len(data))
+            if self.on_read is not None and not raw:
+                self.on_read(fi.fh, offset, len(data))
             return data
         except FetchError as exc:
             log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)
@@ -251,6 +263,8 @@ class NetmountFS(Operations):
             self.prefetcher.forget(fi.fh)
         if self.view is not None:
             self.view.release(fi.fh)
+        if self.on_release is not None:
+            self.on_release(fi.fh)
         return 0
 
     # -- helpers ---------------------------------------------------------------------------

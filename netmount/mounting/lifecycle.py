@@ -116,10 +116,11 @@ def check_fuse() -> None:
     libfuse3_path()
 
 
-def check_readahead(value: int | str | None) -> int:
-    """``--readahead KB``: the mount's kernel readahead window; 0 leaves the kernel's (128 KiB)."""
+def check_readahead(value: int | str | None) -> int | None:
+    """``--readahead KB``: a fixed kernel readahead for the mount; 0 leaves the kernel's (128 KiB);
+    None (the default) switches it per open: large for a loader's files (readahead.py)."""
     if value is None:
-        return settings.DEFAULT_READAHEAD_KB
+        return None
     try:
         kb = int(value)
     except (TypeError, ValueError):
@@ -177,8 +178,8 @@ def mount(
     ``token=False`` mounts anonymously; ``None`` looks up $HF_TOKEN / the token file.
     ``cache_proxy`` (else $NETMOUNT_CACHE_PROXY) sends file content requests through a
     ``netmount cache-proxy``; the origin stays the fallback.
-    ``readahead`` (KiB, default ``settings.DEFAULT_READAHEAD_KB``) is set on the mount when the
-    daemon may (root); 0 keeps the kernel's 128 KiB.
+    ``readahead`` (KiB) fixes the mount's kernel readahead when the daemon may (root); 0 keeps
+    the kernel's 128 KiB; None (default) switches it: 1 MiB for files a loader opens, else 128 KiB.
     ``reshard`` (``"layer"``/``"expert"``), ``only`` (tensor-name globs) and ``experts``
     (``"0-31"``) mount a view of the checkpoint instead (``mounting/viewsetup.py``): its
     headers are read and the view planned here, before the daemon starts.

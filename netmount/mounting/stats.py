@@ -25,9 +25,11 @@ For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the
 fallback), ``cache_size``, ``verified_files``, and per file ``content_id`` (the listing's
 LFS sha256, else its git blob sha1), ``lfs`` and ``verified`` (all blocks cached and
 hashed right since any of them last changed: ``cache/disk.py``).
-From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daemon set, or
-None) with ``read_ahead_note`` (why not, or None) and ``max_read_bytes`` (the largest FUSE
-read request seen: up to 1 MiB with readahead raised, 128 KiB without).
+From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daemon set last,
+or None) with ``read_ahead_note`` (why not, or None), ``read_ahead_mode`` (switching, fixed,
+kernel), ``read_ahead_switches``, ``read_ahead_large_opens``, ``read_ahead_loading`` (folders
+whose files open large now: ``readahead.py``) and ``max_read_bytes`` (the largest FUSE read
+request seen: up to 1 MiB with readahead raised, 128 KiB without).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from netmount.mounting import mounts
 log = logging.getLogger("netmount.stats")
 
 STATS_FILE = os.path.join(".netmount", "stats.json")
-TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits")
+TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits",
+                 "lift_waits")  # lift_waits: reads that waited on a disk thread already reading their block
 IDLE_FILE = os.path.join(".netmount", "idle")  # its open returns once nothing is in flight
 
 

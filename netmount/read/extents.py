@@ -53,6 +53,17 @@ class Extents:
         self.counters.add("extent_hits")
         return data[lo - start : hi - start]
 
+    def covering(self, f: RemoteFile, pos: int) -> tuple[int, int] | None:
+        """[start, end) of an extent of ``f`` in memory or in flight that holds byte ``pos``."""
+        with self._lock:
+            for start, data in self._done.get(f.content_id, ()):
+                if start <= pos < start + len(data):
+                    return start, start + len(data)
+            for start, end, _ in self._pending.get(f.content_id, ()):
+                if start <= pos < end:
+                    return start, end
+        return None
+
     def near(self, f: RemoteFile, lo: int, hi: int, margin: int) -> bool:
         """Whether [lo, hi) lies within ``margin`` bytes of an *anchor* extent of ``f`` (a
         lone tensor; the kernel reads around its ends).  Only anchors count, so small

@@ -10,7 +10,8 @@ face and the prefetch policy, top-down, with no call back up:
    tier (``head.py``: the first 128 KiB, not the whole first block);
 4. a read that misses and that the policy wants *exact* (``ExactRead``: a lone tensor and
    the kernel's reads around it) is fetched as an extent, exactly its pages
-   (``extents.py``); whole blocks inside an extent also go to the store;
+   (``extents.py``), less a head and a tail that blocks or extents already hold or are
+   fetching (joined, not fetched twice); whole blocks inside an extent also go to the store;
 5. everything else that misses goes to the run scheduler (``runs.py``: single-flight,
    coalescing, budget, cross-process locks, write-behind), which asks the fetcher
    (``remote/contract.py``);
@@ -114,7 +115,7 @@ class BlockReader:
             self.counters.add("cache_hits", len(blocks))
             self.counters.add("cache_misses", len(missing))
         if missing and exact is not None:
-            got = self._exact(f, offset, end, exact)
+            got = self._exact(f, offset, end, exact, blocks)
             if got is not None:
                 return self._served(f, offset, got, account)
         if missing:
@@ -143,14 +144,76 @@ class BlockReader:
         return (self.head.covers(f, offset, end) and 0 not in self.stored.known(f)
                 and not self.runs.inflight.has(f, 0))
 
-    def _exact(self, f: RemoteFile, offset: int, end: int, exact: ExactRead) -> bytes | None:
+    def _exact(self, f: RemoteFile, offset: int, end: int, exact: ExactRead,
+               blocks: dict[int, bytes]) -> bytes | None:
+        """The read's pages fetched exactly, but only those that no block (``blocks``: the
+        local ones; or downloading) and no extent (in memory or in flight) holds: the
+        kernel's read around a fault often straddles a tensor whose blocks or extent are
+        already coming, and those bytes are joined, not fetched twice.  None: the read
+        cannot be put together that way (the caller falls back to blocks)."""
         got = self.extents.get(f, offset, end)
-        if got is None:
-            if exact.extent is not None:
-                self.prefetch_extent(f, *exact.extent)
-            self.extents.fetch(f, offset, end, on_done=self._extent_in)
+        if got is not None:
+            return got
+        if exact.extent is not None:
+            self.prefetch_extent(f, *exact.extent)
             got = self.extents.get(f, offset, end)
-        return got
+            if got is not None:
+                return got
+        head, lo, hi, tail = self._held_ends(f, offset, end, blocks)
+        if lo < hi:
+            self.extents.fetch(f, lo, hi, on_done=self._extent_in)
+            if not head and not tail:
+                return self.extents.get(f, lo, hi)
+            head.append((lo, hi, "e"))
+        parts = []
+        for a, b, kind in head + tail[::-1]:
+            if kind == "e":
+                piece = self.extents.get(f, a, b)
+                if piece is None:  # evicted meanwhile
+                    return None
+            else:
+                i = a // self.block_size
+                if i not in blocks:
+                    blocks[i] = self.runs.ensure(f, [i])[i].result()
+                piece = slice_blocks(blocks, a, b - a, f.size, self.block_size)
+            parts.append(piece)
+        return b"".join(parts)
+
+    def _held_ends(self, f: RemoteFile, offset: int, end: int, blocks: dict[int, bytes]):
+        """Split [offset, end) into a head and a tail already held — pieces (a, b, "b") of a
+        block local or downloading, (a, b, "e") of an extent — and the middle [lo, hi) that
+        nothing holds."""
+        bs = self.block_size
+
+        def block_has(i: int) -> bool:
+            return i in blocks or self.runs.inflight.has(f, i)
+
+        head: list[tuple[int, int, str]] = []
+        tail: list[tuple[int, int, str]] = []
+        lo, hi = offset, end
+        while lo < hi:
+            i = lo // bs
+            if block_has(i):
+                nxt, kind = min(hi, (i + 1) * bs), "b"
+            else:
+                span = self.extents.covering(f, lo)
+                if span is None:
+                    break
+                nxt, kind = min(hi, span[1]), "e"
+            head.append((lo, nxt, kind))
+            lo = nxt
+        while hi > lo:
+            i = (hi - 1) // bs
+            if block_has(i):
+                prev, kind = max(lo, i * bs), "b"
+            else:
+                span = self.extents.covering(f, hi - 1)
+                if span is None:
+                    break
+                prev, kind = max(lo, span[0]), "e"
+            tail.append((prev, hi, kind))
+            hi = prev
+        return head, lo, hi, tail
 
     def _served(self, f: RemoteFile, offset: int, out: bytes, account: bool) -> bytes:
         if account:

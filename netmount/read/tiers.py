@@ -13,7 +13,8 @@ because what they hold is not block-shaped.
   evictions cost a refetch or a skipped prefetch, never a wrong byte), and *lifts* stored
   blocks into memory ahead of a reader on a few disk threads of its own, so a warm
   sequential reader finds its next blocks in memory instead of waiting on the disk once per
-  block (a warm ``cat`` spent half its time there).
+  block (a warm ``cat`` spent half its time there).  A reader that gets to a block before
+  its lift has started reads it itself instead of queueing behind the pool (no hop).
 """
 
 from __future__ import annotations
@@ -101,10 +102,23 @@ class StoreTier:
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, f: RemoteFile, i: int) -> bytes | None:
-        """Block ``i`` from the store (waiting for a lift under way), else None."""
+        """Block ``i`` from the store, read on the caller's thread: a lift of it that no disk
+        thread has started yet is taken over (cancelled there), so a warm read never waits
+        on the pool's queue; only a lift already reading it is waited for (``lift_waits``)."""
+        key = (f.content_id, i)
         with self._lock:
-            lifting = self._lifting.get((f.content_id, i))
-        data = lifting.result() if lifting is not None else None
+            lifting = self._lifting.get(key)
+            if lifting is not None and lifting.cancel():  # not started: ours now
+                del self._lifting[key]
+                lifting = None
+        data = None
+        if lifting is not None:
+            if not lifting.done():
+                self.counters.add("lift_waits")
+            try:
+                data = lifting.result()
+            except concurrent.futures.CancelledError:  # another reader took it over
+                data = None
         if data is None:
             data = self._read(f, i)
         self.counters.add("store_hits" if data is not None else "store_misses")
@@ -172,16 +186,21 @@ class StoreTier:
                     advise.append(i)
             while len(self._advised) > 4 * self.memory.max_blocks:
                 self._advised.popitem(last=False)
+        submitted = 0
         try:
             if advise:  # on the pool: a WILLNEED may block while the kernel queues the reads
                 self._pool.submit(self.store.will_need, cid, advise)
             for i, fut in lift:
                 self._pool.submit(self._lift, f, i, fut)
+                submitted += 1
         except RuntimeError:  # shutting down
-            for i, fut in lift:
-                self._lifted(f, i, fut, None)
+            for i, fut in lift[submitted:]:
+                if fut.set_running_or_notify_cancel():
+                    self._lifted(f, i, fut, None)
 
     def _lift(self, f: RemoteFile, i: int, fut: concurrent.futures.Future) -> None:
+        if not fut.set_running_or_notify_cancel():  # a reader took it over (``get``)
+            return
         data = None
         try:
             data = self._read(f, i)
