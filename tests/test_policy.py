@@ -117,6 +117,8 @@ R = TMAP.ranges
     ("its second half (the run began one far jump ago): the tensor's extent", FileState(),
      Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, True), R[5][0] // 4096 * 4096,
      128 * KB, False, False, ExactRead(R[5]), {5}),
+    ("an unsplit read-around (max_read 1 MiB) centred on a small tensor's page: it, not the big next one",
+     FileState(), None, R[5][0] // 4096 * 4096 - 128 * KB, 256 * KB, False, False, ExactRead(R[5]), {5}),
 ])
 def test_exact_read(name, state, stream, offset, size, near, folder, want, triggered):
     got, new = exact_read(TMAP, state, stream, offset, size, SIZE, near_anchor=near, folder_loading=folder, cfg=CFG)

@@ -87,6 +87,7 @@ class PrefetchConfig:
     max_extent: int = 16 << 20  # a lone tensor up to this size is fetched exactly, not in blocks
     near: int = 512 << 10  # reads this close to a lone tensor's extent: the kernel reading around it
     far: int = 2 << 20  # a read this far from where the last one ended is a jump
+    read_around: int = 128 << 10  # a fault's read-around, split in requests of at most this size
 
 
 # -- sequential runs, per open file handle ----------------------------------------------------
@@ -243,6 +244,15 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
         # the read starts at the page a tensor starts in (a split read-around's second half,
         # which may come first, or a read() of it): that tensor, not the one its end is in
         i = first + 1
+    elif size > cfg.read_around and not tmap.columnar:
+        # a fault's whole read-around in one request (max_read above 128 KiB): centred on the
+        # faulting page — the tensor that starts in it, else the one it is in
+        mid = _middle(offset, size) // PAGE * PAGE
+        i = tmap.find(mid)
+        if i is None:
+            return None, state
+        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] < mid + PAGE:
+            i += 1
     else:
         i = tmap.find(last)
         if i is None:
