@@ -174,6 +174,8 @@ def test_a_shard_by_shard_loader_gets_1_mib_requests_after_its_first_shard(par_m
     got = json.loads(child(LOAD_FILES, *[str(mp / s) for s in shards]))
     assert got == json.loads(child(LOAD_FILES, *[str(local / s) for s in shards]))
     stats = par_mounter.stats(mp)
-    assert stats["read_ahead_mode"] == "switching" and stats["read_ahead_loading"] == [""], stats
+    # (read_ahead_loading is not checked: the folder leaves it readahead.IDLE seconds after the
+    # last close, which a loaded machine may already have passed)
+    assert stats["read_ahead_mode"] == "switching", stats
     assert stats["read_ahead_large_opens"] >= len(shards) - 1 and stats["read_ahead_switches"] >= 1, stats
     assert stats["max_read_bytes"] == MIB, stats
