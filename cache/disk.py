@@ -53,6 +53,7 @@ lookup and read is a miss.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import zlib
@@ -77,6 +78,10 @@ class _BlockDisk(diskcache.Disk):
     """
 
     def _write(self, full_path, iterator, mode, encoding=None):
+        if isinstance(iterator, io.BytesIO):
+            # diskcache wraps a bytes value in BytesIO and writes it line by line: ~4,000
+            # writes per 1 MiB block of binary data, 3.7 ms of CPU (with the GIL) instead of 0.8
+            iterator = (iterator.getvalue(),)
         try:
             return super()._write(full_path, iterator, mode, encoding)
         except FileExistsError:  # not ours (names are 128-bit random; never seen)
