@@ -585,11 +585,15 @@ def test_single_file_repo(tmp_path):
     check_view(only, root, tmp_path / "b")
 
 
-def test_view_json_round_trip(ds3):
-    from netmount.views.model import view_from_json, view_to_json
+def test_view_bytes_round_trip(ds3):
+    from netmount.views.model import view_from_bytes, view_to_bytes
 
     view = plan(ds3, reshard="expert", experts=(1, 2, 6))
-    again = view_from_json(view_to_json(view))
+    raw = view_to_bytes(view)
+    again = view_from_bytes(raw)
+    for bad in (raw[:-1], raw + b" "):
+        with pytest.raises(ValueError):
+            view_from_bytes(bad)
     assert again == view
     assert [vf.starts for vf in again.files] == [vf.starts for vf in view.files]
 

@@ -154,8 +154,11 @@ def _no_duplicates(pairs):
     return out
 
 
+_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+
+
 def _entry(name: str, value, base: int) -> TensorInfo:
-    if type(value) is not dict or not {"dtype", "shape", "data_offsets"} <= value.keys():
+    if type(value) is not dict or not value.keys() >= _KEYS:
         raise HeaderError(f"tensor {name[:100]!r}: expected {{dtype, shape, data_offsets}}")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
     bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None

@@ -2,7 +2,8 @@
 
 Runs in-process for ``--foreground``, or as ``python -m netmount.mounting.daemon`` started by
 ``lifecycle.mount``.  The parent sends the whole configuration (token included) as JSON
-on stdin — nothing secret in argv or the environment — and waits for one line on stdout:
+on stdin, a planned view's bytes after it (``DaemonConfig.to_bytes``) — nothing secret in
+argv or the environment — and waits for one line on stdout:
 ``ready`` once the kernel has sent FUSE INIT (the mount is live), or ``error: …``.
 """
 
@@ -39,18 +40,25 @@ class DaemonConfig:
     prefetch: bool = True
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
     readahead_kb: int | None = None  # None: switched per open (readahead.py); 0: the kernel's; else fixed
-    view: str | None = None  # a planned view (views.model.view_to_json), or None
+    view: bytes | None = None  # a planned view (views.model.view_to_bytes), or None
 
-    def to_json(self) -> str:
+    def to_bytes(self) -> bytes:
+        """One line of JSON, then the view's bytes as they are (they are not JSON)."""
         data = asdict(self)
         data["snapshot"] = json.loads(self.snapshot.to_json())
-        return json.dumps(data, separators=(",", ":"))
+        view = data.pop("view")
+        data["view_bytes"] = None if view is None else len(view)
+        return json.dumps(data, separators=(",", ":")).encode() + b"\n" + (view or b"")
 
     @classmethod
-    def from_json(cls, text: str) -> "DaemonConfig":
-        data = json.loads(text)
+    def from_bytes(cls, raw: bytes) -> "DaemonConfig":
+        line, _, view = raw.partition(b"\n")
+        data = json.loads(line)
         data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
-        return cls(**data)
+        n = data.pop("view_bytes")
+        if (n or 0) != len(view):
+            raise ValueError(f"daemon config: {len(view)} view bytes, expected {n or 0}")
+        return cls(**data, view=None if n is None else view)
 
 
 def setup_logging(log_file: str, debug: bool) -> None:
@@ -107,10 +115,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
         from netmount.mounting.viewfs import ViewTree
         from netmount.mounting.viewsetup import check_view
-        from netmount.views.model import view_from_json
+        from netmount.views.model import view_from_bytes
 
         gc.disable()  # tens of thousands of pieces, acyclic (see views/plan.py)
-        planned = view_from_json(config.view)
+        planned = view_from_bytes(config.view)
         check_view(planned, snap)
         view = ViewTree(planned, snap, reader, prefetcher)
         gc.freeze()  # and kept for the mount's life: no collection walks them again
@@ -173,7 +181,7 @@ def _preload() -> None:
 def main() -> int:
     """Entry point of the background daemon (see module docstring for the protocol)."""
     _preload()  # while the parent may still be planning a view (lifecycle.start_daemon)
-    config = DaemonConfig.from_json(sys.stdin.read())
+    config = DaemonConfig.from_bytes(sys.stdin.buffer.read())
     setup_logging(config.log_file, config.debug)
     ready_out = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_RDWR)

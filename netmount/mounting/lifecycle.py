@@ -208,7 +208,7 @@ def mount(
         view, proc = None, None
         if spec is not None:
             from netmount.mounting.viewsetup import build_view
-            from netmount.views.model import view_to_json
+            from netmount.views.model import view_to_bytes
 
             # planning a view takes seconds: the daemon starts meanwhile (its imports), and
             # waits for its configuration
@@ -222,7 +222,7 @@ def mount(
                 raise
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
-                              view=view_to_json(view) if view is not None else None)
+                              view=view_to_bytes(view) if view is not None else None)
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 
@@ -274,7 +274,7 @@ def spawn_daemon(config: DaemonConfig, proc: subprocess.Popen | None = None) -> 
     once it is mounted."""
     proc = proc if proc is not None else start_daemon(config.log_file)
     try:
-        proc.stdin.write(config.to_json().encode())
+        proc.stdin.write(config.to_bytes())
         proc.stdin.close()
         line = _read_line(proc, READY_TIMEOUT)
     except BaseException:  # Ctrl-C while waiting: no daemon may go on to mount

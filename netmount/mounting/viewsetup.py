@@ -6,8 +6,8 @@ the spec does not fit is one line and leaves nothing mounted.  Every safetensors
 the repo is read at once (one speculative range request per shard, a second only for a
 longer header: ``RangeFetcher`` with many connections), plus ``config.json`` and
 ``model.safetensors.index.json``; the pure planner (``views/plan.py``) turns them into a
-``View``.  The daemon gets the ``View`` itself, compactly (``views.model.view_to_json``:
-synthesized bytes as base64, source pieces as (length, source index, offset)), checks it
+``View``.  The daemon gets the ``View`` itself, compactly (``views.model.view_to_bytes``:
+synthesized bytes raw, source pieces as (length, source index, offset)), checks it
 (``check_view``) and serves every synthesized header from memory, never from the network.
 """
 

@@ -9,8 +9,9 @@ mount, so cache keys stay the source files' content ids.
 
 from __future__ import annotations
 
-import base64
 import bisect
+import contextlib
+import gc
 import json
 from dataclasses import dataclass, field
 
@@ -68,31 +69,72 @@ class View:
     passthrough: tuple[str, ...]
 
 
-def view_to_json(view: View) -> str:
-    """Compact JSON of a view (for a daemon config): source paths listed once, pieces as
-    ``[length, source index, offset]`` or ``[length, base64 data]``."""
+def view_to_bytes(view: View) -> bytes:
+    """A view as bytes, for the daemon: 8-byte length N, N bytes of JSON (source paths listed
+    once; a piece is ``[length, source index, offset]``, or ``length`` for synthesized bytes),
+    then the synthesized bytes back to back, in piece order.  Raw, not base64 in JSON:
+    DeepSeek-V3's ``--reshard expert`` carries ~20 MB of headers, and JSON-escaping them
+    (twice: the view is a field of the daemon's JSON config) cost the parent and the daemon
+    ~1 s of CPU at mount time."""
+    with _no_gc():
+        return _to_bytes(view)
+
+
+def _to_bytes(view: View) -> bytes:
     index: dict[str, int] = {}
+    blob: list[bytes] = []
     files = []
     for vf in view.files:
         pieces = []
         for p in vf.pieces:
             if p.data is not None:
-                pieces.append([p.length, base64.b64encode(p.data).decode()])
+                blob.append(p.data)
+                pieces.append(p.length)
             else:
                 pieces.append([p.length, index.setdefault(p.source, len(index)), p.offset])
         files.append([vf.path, pieces])
-    return json.dumps({"sources": list(index), "files": files, "passthrough": list(view.passthrough)},
-                      separators=(",", ":"))
+    head = json.dumps({"sources": list(index), "files": files, "passthrough": list(view.passthrough)},
+                      separators=(",", ":")).encode()
+    return b"".join([len(head).to_bytes(8, "little"), head, *blob])
 
 
-def view_from_json(text: str) -> View:
-    obj = json.loads(text)
-    sources = obj["sources"]
-    files = []
+def view_from_bytes(raw: bytes) -> View:
+    """The ``View`` of ``view_to_bytes``; ValueError when ``raw`` is not one."""
+    with _no_gc():
+        return _from_bytes(raw)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Cyclic GC off while tens of thousands of acyclic lists and pieces are made: with the
+    planned view alive, collections walk it again and again (DeepSeek-V3 --reshard expert:
+    encode 0.28 -> 0.17 s, decode 0.44 -> 0.27 s CPU)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _from_bytes(raw: bytes) -> View:
+    n = int.from_bytes(raw[:8], "little")
+    obj = json.loads(raw[8:8 + n])
+    sources, pos, files = obj["sources"], 8 + n, []
     for path, pieces in obj["files"]:
-        files.append(ViewFile(path, tuple(
-            Piece(p[0], data=base64.b64decode(p[1])) if len(p) == 2 else Piece(p[0], source=sources[p[1]], offset=p[2])
-            for p in pieces)))
+        out = []
+        for p in pieces:
+            if type(p) is int:
+                if p < 0 or pos + p > len(raw):
+                    raise ValueError("view bytes: a synthesized piece runs past the end")
+                out.append(Piece(p, data=raw[pos:pos + p]))
+                pos += p
+            else:
+                out.append(Piece(p[0], source=sources[p[1]], offset=p[2]))
+        files.append(ViewFile(path, tuple(out)))
+    if pos != len(raw):
+        raise ValueError(f"view bytes: {len(raw) - pos} bytes left over")
     return View(files=tuple(files), passthrough=tuple(obj["passthrough"]))
 
 

@@ -175,9 +175,21 @@ def _plan(spec: ViewSpec, files: list[RemoteFile], headers: dict[str, Header],
             raise errors.BadInput(f"{globs}: no tensor matches")
 
     by_file: dict[str, list[_Item]] = {}
-    for it in items:
-        path = file_for(it.name, spec.reshard) if spec.reshard else it.source
-        by_file.setdefault(path, []).append(it)
+    if spec.reshard:
+        # A tensor's file is decided by its name up to its last dot (names.py matches whole
+        # dotted parts), which it shares with its siblings (weight, scale): looked up once.
+        file_of: dict[str, str] = {}
+        for it in items:
+            name = it.name
+            dot = name.rfind(".")
+            key = name[:dot + 1] if dot > 0 else name  # ".x": its file is named after it all
+            path = file_of.get(key)
+            if path is None:
+                path = file_of[key] = file_for(name, spec.reshard)
+            by_file.setdefault(path, []).append(it)
+    else:
+        for it in items:
+            by_file.setdefault(it.source, []).append(it)
     hidden = set(srcs) | {INDEX} | ({CONFIG} if config_file else set())
     passthrough = [p for p in all_paths if p not in hidden]
     _check_names(list(by_file), passthrough, spec.reshard is not None)
@@ -259,7 +271,8 @@ def _view_file(path: str, items: list[_Item], metadata: dict[str, str] | None) -
     pieces = [Piece(len(head), data=head)]
     src, start, end = None, 0, 0  # the source range being extended
     for it in items:
-        for off, n in it.ranges():
+        t = it.tensor
+        for off, n in ((t.start, t.end - t.start),) if it.rows is None else it.ranges():
             if n == 0:
                 continue
             if it.source == src and off == end:

@@ -202,6 +202,10 @@ class SyntheticRepo(Repo):
     def __init__(self) -> None:
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
+        # Built now, with the hub (~2 s of CPU: 163 headers, the index, the listing): a real
+        # Hub has its listing ready, and a client's first request must not wait for it (it
+        # landed in the DeepSeek-V3 view's mount time, issue 12).
+        self.snapshot()
 
     def snapshot(self) -> Snapshot:
         with self._lock:
