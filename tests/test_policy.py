@@ -126,6 +126,17 @@ def test_exact_read(name, state, stream, offset, size, near, folder, want, trigg
     assert new.triggered == frozenset(triggered), name
 
 
+def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_tensor():
+    """A 28-byte tensor after an 11 MiB one, at the end of the file: the fault's read-around
+    starts 128 KiB before its page and stops at EOF (not centred on the fault)."""
+    tmap, size = layout([4 * MB, 11 * MB, 28])
+    small = tmap.ranges[-1]
+    offset = small[0] // 4096 * 4096 - 128 * KB
+    got, new = exact_read(tmap, FileState(), None, offset, size - offset, size, near_anchor=False,
+                          folder_loading=False, cfg=CFG)
+    assert got == ExactRead(small) and new.triggered == {2}
+
+
 def blocks(a, b):
     return list(range(a // BS, (b - 1) // BS + 1))
 

@@ -245,9 +245,10 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
         # which may come first, or a read() of it): that tensor, not the one its end is in
         i = first + 1
     elif size > cfg.read_around and not tmap.columnar:
-        # a fault's whole read-around in one request (max_read above 128 KiB): centred on the
-        # faulting page — the tensor that starts in it, else the one it is in
-        mid = _middle(offset, size) // PAGE * PAGE
+        # a fault's whole read-around in one request (max_read above 128 KiB): it starts
+        # ``read_around`` before the faulting page (and may be cut short at the end of the
+        # file) — the tensor that starts in that page, else the one it is in
+        mid = (offset + cfg.read_around) // PAGE * PAGE
         i = tmap.find(mid)
         if i is None:
             return None, state
