@@ -19,8 +19,9 @@ bytes fetched ÷ bytes wanted (each touched shard's header plus the tensors read
 every shard; ``bigsmall`` the largest tensor of one shard, then the smallest of every other;
 ``random10`` 10 random tensors across the shards (seeded); and ``deepseek`` (``--only
 deepseek``) one routed expert — 3 FP8 weights and 3 scales — from each of 10 shards of the
-hub's synthetic DeepSeek-V3 (4.2 GB shards).  ``--parallel-loading`` sets
-HF_ENABLE_PARALLEL_LOADING=true for the loads (transformers' 8 loading threads).
+hub's synthetic DeepSeek-V3 (4.2 GB shards).  ``--parallel-loading`` uses
+transformers' parallel loading with 8 threads for the loads (4.5x: HF_ENABLE_PARALLEL_LOADING;
+5.x ignores that and loads on a pool of min(4, cpus) threads, which the load script sets to 8).
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ PY = sys.executable
 REPO = "bench/llama"
 
 LOAD = r"""
-import sys, time, json
+import os, sys, time, json
 import torch
 from transformers import AutoModelForCausalLM
+if os.environ.get("NETMOUNT_BENCH_WORKERS"):  # transformers 5.x: its loading pool's size
+    import transformers.core_model_loading as cml
+    cml.GLOBAL_WORKERS = int(os.environ["NETMOUNT_BENCH_WORKERS"])  # read when a load starts
 t = time.monotonic()
 m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 with torch.no_grad():
@@ -298,9 +302,12 @@ def main() -> int:
     ap.add_argument("--only", default="local,snapshot,netmount,partial,deepseek,cat,peers",
                     help="scenarios to run (comma list; default all); partial:PATTERN,... for some patterns")
     ap.add_argument("--parallel-loading", action="store_true",
-                    help="HF_ENABLE_PARALLEL_LOADING=true for the loads (transformers' 8 threads)")
+                    help="transformers' parallel loading, 8 threads (4.5x: HF_ENABLE_PARALLEL_LOADING; 5.x: its pool)")
     args = ap.parse_args()
-    load_env = {"HF_ENABLE_PARALLEL_LOADING": "true"} if args.parallel_loading else {}
+    # transformers 4.5x: HF_ENABLE_PARALLEL_LOADING; 5.x ignores it and loads on a pool of
+    # min(4, cpus) threads, which LOAD sets to 8 through NETMOUNT_BENCH_WORKERS
+    load_env = {"HF_ENABLE_PARALLEL_LOADING": "true", "HF_PARALLEL_LOADING_WORKERS": "8",
+                "NETMOUNT_BENCH_WORKERS": "8"} if args.parallel_loading else {}
 
     from netmount.dev.testmodels import cached_model
 
