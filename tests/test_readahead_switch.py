@@ -99,12 +99,32 @@ def test_a_stream_through_one_handle_makes_its_folder_loading(sysfs):
     assert kb_now(sysfs) == 128
 
 
-def test_by_default_shards_open_together_stay_small(sysfs):
-    """The rule is off by default: a header-only shard (DeepSeek's MTP) must cost its head."""
+def test_by_default_the_third_shard_open_at_once_opens_large(sysfs):
     sw = switch()
     for n in range(5):
         sw.opening(n, f"m/{n}.safetensors")
-    assert kb_now(sysfs) == 128 and sw.state()["read_ahead_large_opens"] == 0
+        assert kb_now(sysfs) == (1024 if n >= readahead.SHARDS_OPEN else 128), n
+    assert sw.state()["read_ahead_large_opens"] == 5 - readahead.SHARDS_OPEN
+
+
+def test_a_shard_opened_for_its_header_only_stays_small(sysfs):
+    """DeepSeek-V3's MTP shard: transformers opens it with the others, and in a folder
+    already loading, but reads only its header: its fault must cost the small read-around."""
+    sw = switch(shards_open=2)
+    asked = []
+    sw.header_only = lambda path: asked.append(path) or path.endswith("mtp.safetensors")
+    sw.opening(1, "m/a.safetensors")
+    sw.opening(2, "m/b.safetensors")
+    assert asked == []  # not asked while the open is small anyway
+    sw.opening(3, "m/mtp.safetensors")
+    assert kb_now(sysfs) == 128
+    sw.opening(4, "m/c.safetensors")
+    assert kb_now(sysfs) == 1024
+    sw.loader("m")
+    sw.opening(5, "m/mtp.safetensors")
+    assert kb_now(sysfs) == 128
+    sw.opening(6, "m/config.json")
+    assert kb_now(sysfs) == 1024
 
 
 def test_back_to_small_when_the_load_is_over(sysfs):

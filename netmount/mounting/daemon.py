@@ -109,6 +109,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead,
                             on_loader=readahead.loader) if config.prefetch else None
+    if prefetcher is not None:
+        readahead.header_only = prefetcher.header_only
     view = None
     if config.view is not None:
         import gc

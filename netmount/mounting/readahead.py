@@ -15,12 +15,16 @@ being loaded once the prefetch policy saw a loader there (``loader(folder)``, th
 prefetcher's ``on_loader``: the shards a loader opens after that open large), once a program
 read ``stream_bytes`` (8 MiB) of one of its files front to back (``reading``: a stream, or a
 loader that goes shard by shard, which the policy may take for a stream), or — when
-``shards_open`` is set (off by default, see ``SHARDS_OPEN``) — once a shard opens while that
-many other shards of its folder are open: transformers 5 opens every shard before it reads
-any, so the policy's evidence comes too late for them, and without this rule its shards keep
-128 KiB requests (prefetch still fetches them in large runs).  It stays
-so while a file opened large there is open, and ``idle`` seconds after the last such close:
-a person who inspects one tensor after the load is over gets the small readahead again.
+``shards_open`` is set (``SHARDS_OPEN``: 2) — once a shard opens while that many other
+shards of its folder are open: transformers 5 opens every shard before it reads any, so the
+policy's evidence comes too late for them, and without this rule its shards would keep small
+requests.  The price is bounded by issue 11's rule for a shard a loader opens for its header
+only: its header fault reads one large read-around, at most 1 MiB.  Where the mount knows
+better (``header_only``: the prefetcher's reading of the index and config.json, see
+``read/unbuilt.py``), such a shard — DeepSeek-V3's MTP layer — opens small and costs its head.
+A folder stays loading while a file opened large there is open, and ``idle`` seconds after
+the last such close: a person who inspects one tensor after the load is over gets the small
+readahead again.
 The first shards of a load open before anything is known and keep the small readahead (the
 policy's own prefetch still fetches them in large runs).  Concurrent opens that want
 different sizes can race (the bdi holds one value): the loser reads with the other size,
@@ -49,13 +53,9 @@ SMALL_KB = 128  # the kernel's own FUSE readahead
 LARGE_KB = 1024  # libfuse3's largest read request
 STREAM_BYTES = 8 << 20  # read front to back through one handle: a stream (cp, cat, a shard-by-shard loader)
 NEAR = 1 << 20  # a read starting this close to where the handle's last one ended continues its run
-# other shards of a folder open at once that make the next one a loader's; 0: off.  Off by
-# default: transformers 5 opens every shard (the MTP shard too) before it reads any, and a
-# shard opened large pays 1 MiB for the fault that reads its header (the tiny DeepSeek-V3's
-# MTP shard: 862 KiB fetched instead of the 128 KiB head; test_demo).  Issue 11 item 3
-# allows "its header block plus at most 1 MiB": with that agreed, 2 gives transformers'
-# shards 1 MiB requests too.
-SHARDS_OPEN = 0
+# other shards of a folder open at once that make the next one a loader's (0: off): two
+# keeps a person who reads shard after shard (each open while the last one's mmap lives) small
+SHARDS_OPEN = 2
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
 
 
@@ -127,6 +127,8 @@ class ReadaheadSwitch:
         self.mountpoint, self.fixed_kb = mountpoint, fixed_kb
         self.small_kb, self.large_kb, self.idle, self.clock = small_kb, large_kb, idle, clock
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
+        # shard path -> a loader opens it for its header only (set by the daemon: the prefetcher's)
+        self.header_only: Callable[[str], bool] | None = None
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
@@ -221,15 +223,19 @@ class ReadaheadSwitch:
 
     def _wants_large(self, path: str, now: float) -> bool:
         """A file of a folder being loaded; or a shard opened while ``shards_open`` other
-        shards of its folder are open (transformers opens every shard before it reads any)."""
+        shards of its folder are open (transformers opens every shard before it reads any);
+        never a shard a loader opens for its header only."""
         folder = path.rpartition("/")[0]
         if self._active(folder, now):
-            return True
-        if self.shards_open <= 0 or not path.endswith(".safetensors"):
+            large = True
+        elif self.shards_open <= 0 or not path.endswith(".safetensors"):
             return False
-        others = {p for fo, p, _ in self._open.values() if fo == folder and p != path
-                  and p.endswith(".safetensors")}
-        return len(others) >= self.shards_open
+        else:
+            others = {p for fo, p, _ in self._open.values() if fo == folder and p != path
+                      and p.endswith(".safetensors")}
+            large = len(others) >= self.shards_open
+        # header_only reads the index and config.json once per folder (a loader has read both)
+        return large and not (self.header_only is not None and self.header_only(path))
 
     def _active(self, folder: str, now: float) -> bool:
         """Loading: seen by the policy or by opens, within ``idle`` or with a large file open."""

@@ -47,6 +47,7 @@ from netmount.read.policy import (
     tensor_wants,
 )
 from netmount.read.reader import BlockReader, ExactRead
+from netmount.read.unbuilt import num_layers, unbuilt_shards
 from netmount.remote.hub import RemoteFile
 
 log = logging.getLogger("netmount.prefetch")
@@ -73,6 +74,9 @@ class Prefetcher:
         self._files: dict[str, dict[str, RemoteFile]] = {}  # folder -> its safetensors files
         self._indexes: dict[str, RemoteFile] = {}  # folder -> its *.safetensors.index.json
         self._orders: dict[str, list[str]] = {}  # folder -> its shards in a loader's order
+        self._configs: dict[str, RemoteFile] = {}  # folder -> its config.json
+        self._weight_maps: dict[str, dict | None] = {}  # folder -> its index's weight_map
+        self._unbuilt: dict[str, frozenset[str]] = {}  # folder -> shards opened for their header only
         self._on_loader = on_loader  # told the folder when a loader is first seen there
         self._reads: collections.deque = collections.deque()  # reads not yet decided on
         self._busy = False
@@ -86,6 +90,8 @@ class Prefetcher:
                 self._files.setdefault(folder, {})[f.path] = f
             elif f.path.endswith(".safetensors.index.json"):
                 self._indexes.setdefault(folder, f)
+            elif f.path.rpartition("/")[2] == "config.json":
+                self._configs[folder] = f
         self._resolve = resolve  # resolve(paths): look their data URLs up ahead
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
@@ -243,22 +249,57 @@ class Prefetcher:
         return out
 
     def _order(self, folder: str, files: dict[str, RemoteFile]) -> list[str]:
-        """The folder's shards in a loader's order, from its index when it has one (read once,
-        through the reader: a loader has read it already, so it is in memory)."""
+        """The folder's shards in a loader's order, from its index when it has one; shards
+        that hold only layers the model does not build (``unbuilt.py``) are left out."""
         with self._lock:
             if folder in self._orders:
                 return self._orders[folder]
-            index = self._indexes.get(folder)
-        weight_map = None
-        if index is not None and index.size <= 64 << 20:
-            try:
-                raw = self.reader.read(index, 0, index.size, account=False)
-                weight_map = json.loads(raw).get("weight_map")
-            except Exception as exc:
-                log.warning("%s: no loader order from the index (%s)", index.path, exc)
-        order = loader_order(list(files), weight_map if isinstance(weight_map, dict) else None)
+        skip = self._unbuilt_in(folder)
+        order = loader_order([p for p in files if p.rpartition("/")[2] not in skip], self._weight_map(folder))
         with self._lock:
             return self._orders.setdefault(folder, order)
+
+    def header_only(self, path: str) -> bool:
+        """Will a loader open shard ``path`` for its header only (DeepSeek-V3's MTP shard)?
+        For the readahead switch: such a shard opens small even amid a loader's opens."""
+        folder, _, name = path.rpartition("/")
+        return path.endswith(".safetensors") and name in self._unbuilt_in(folder)
+
+    def _unbuilt_in(self, folder: str) -> frozenset[str]:
+        with self._lock:
+            if folder in self._unbuilt:
+                return self._unbuilt[folder]
+            config = self._configs.get(folder)
+        layers = num_layers(self._small_file(config))
+        found = unbuilt_shards(self._weight_map(folder), layers) if layers else frozenset()
+        with self._lock:
+            return self._unbuilt.setdefault(folder, found)
+
+    def _weight_map(self, folder: str) -> dict | None:
+        """The folder's index's weight_map, read once (through the reader: a loader has read
+        it already, so it is in memory)."""
+        with self._lock:
+            if folder in self._weight_maps:
+                return self._weight_maps[folder]
+            index = self._indexes.get(folder)
+        weight_map = None
+        try:
+            raw = self._small_file(index)
+            weight_map = json.loads(raw).get("weight_map") if raw else None
+        except Exception as exc:
+            log.warning("%s: no loader order from the index (%s)", index.path, exc)
+        with self._lock:
+            return self._weight_maps.setdefault(folder, weight_map if isinstance(weight_map, dict) else None)
+
+    def _small_file(self, f: RemoteFile | None) -> bytes | None:
+        """A JSON file's bytes (not counted as served), or None when absent or too big."""
+        if f is None or f.size > 64 << 20:
+            return None
+        try:
+            return self.reader.read(f, 0, f.size, account=False)
+        except Exception as exc:
+            log.warning("%s: not read (%s)", f.path, exc)
+            return None
 
     def _pump(self) -> None:
         """Start wanted blocks while the budget allows, the most recently read file first."""
