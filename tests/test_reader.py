@@ -4,6 +4,7 @@ with ``MemoryFetcher.hold`` and completion is awaited with ``reader.drain``."""
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -245,8 +246,45 @@ def test_run_done_news_reaches_the_listener_after_the_blocks_are_stored():
                          on_run_done=lambda: seen.append(store.cached_indices(f.content_id)))
     reader.read(f, 0, 4 * BS)
     assert reader.drain(10)
-    assert seen == [[0, 1, 2, 3]]
+    assert seen[-1] == [0, 1, 2, 3]  # the run's own news: after every block is stored
+    assert len(seen) == 1 + 4  # and one as each block landed (room in the budget)
     reader.close()
+
+
+def test_landed_blocks_leave_the_budget_before_they_are_stored():
+    """A slow store must not idle the network: a landed block's bytes no longer count against
+    the prefetch budget, though it stays in flight (single-flight) until stored; more than one
+    budget of landed-but-unstored bytes counts again (memory stays bounded)."""
+    data = make_bytes(8 * BS, 17)
+    f = remote("a.bin", data)
+    gate = threading.Event()
+
+    class SlowStore(MemoryBlockStore):
+        def put(self, content_id, index, block):
+            gate.wait(10)
+            super().put(content_id, index, block)
+
+    reader = BlockReader(SlowStore(BS), MemoryFetcher({"a.bin": data}), workers=4)
+    inflight = reader.runs.inflight
+    try:
+        assert reader.prefetch(f, [0, 1], budget=2 * BS) == (2, 0)
+        deadline = time.monotonic() + 10
+        while inflight.bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert inflight.bytes() == 0 and inflight.has(f, 0) and inflight.has(f, 1)  # landed, not stored
+        assert reader.prefetch(f, [2, 3], budget=2 * BS) == (2, 0)  # room again while the store waits
+        while inflight.bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # 4 blocks landed and unstored: 2 over the budget of 2, so no room is left
+        assert reader.prefetch(f, [4], budget=2 * BS) == (0, 1)
+        gate.set()
+        assert reader.drain(10)
+        assert reader.prefetch(f, [4], budget=2 * BS) == (1, 0)
+        assert reader.drain(10)
+        assert reader.read(f, 0, 5 * BS) == data[: 5 * BS]
+    finally:
+        gate.set()
+        reader.close()
 
 
 def test_a_failed_run_also_sends_its_news():

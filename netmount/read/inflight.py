@@ -28,7 +28,9 @@ class InFlight:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._blocks: dict[tuple[str, int], concurrent.futures.Future] = {}
-        self._bytes = 0
+        self._bytes = 0  # on the network
+        self._landed: set[tuple[str, int]] = set()  # arrived, not stored yet
+        self._landed_bytes = 0
         self._writing = 0
         self.max_bytes = 0  # the most ever in flight at once (stats, tests)
 
@@ -64,10 +66,10 @@ class InFlight:
         with self._lock:
             todo = [i for i in dict.fromkeys(indices) if i not in skip
                     and (f.content_id, i) not in self._blocks and (f.content_id, i) not in self.memory]
-            room = budget - self._bytes
+            room = budget - self._bytes - max(0, self._landed_bytes - budget)
             for i in todo:  # in order: stop at the first that does not fit
                 lo, hi = block_span(i, self.block_size, f.size)
-                if hi - lo > room and (futures or self._bytes):
+                if hi - lo > room and (futures or self._bytes or self._landed_bytes):
                     break
                 room -= hi - lo
                 self._claim(f, i)
@@ -90,13 +92,29 @@ class InFlight:
         self.max_bytes = max(self.max_bytes, self._bytes)
         return None
 
+    def landed(self, f: RemoteFile, i: int) -> None:
+        """Block ``i``'s bytes arrived (they are in memory): off the network's budget."""
+        key = (f.content_id, i)
+        with self._changed:
+            if key in self._blocks and key not in self._landed:
+                lo, hi = block_span(i, self.block_size, f.size)
+                self._landed.add(key)
+                self._bytes -= hi - lo
+                self._landed_bytes += hi - lo
+                self._changed.notify_all()
+
     def release(self, f: RemoteFile, indices: Iterable[int]) -> None:
         """These blocks are stored, or failed: no longer in flight."""
         with self._changed:
             for i in indices:
-                if self._blocks.pop((f.content_id, i), None) is not None:
+                key = (f.content_id, i)
+                if self._blocks.pop(key, None) is not None:
                     lo, hi = block_span(i, self.block_size, f.size)
-                    self._bytes -= hi - lo
+                    if key in self._landed:
+                        self._landed.discard(key)
+                        self._landed_bytes -= hi - lo
+                    else:
+                        self._bytes -= hi - lo
             self._changed.notify_all()
 
     def writing(self, n: int) -> None:

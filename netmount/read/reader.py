@@ -20,7 +20,8 @@ face and the prefetch policy, top-down, with no call back up:
 
 Prefetch calls down into ``prefetch`` (blocks, within a budget; stored ones are lifted
 into memory instead) and ``prefetch_extent`` (a lone tensor, exactly).  News of finished
-runs goes up only through ``on_run_done``, given at construction.
+runs (and of blocks landed: room in the budget) goes up only through ``on_run_done``,
+given at construction.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ class BlockReader:
         least a block, at most the reader's cap) cuts the blocks into smaller requests, which
         go out in parallel.  Stored blocks among the first wanted are lifted into memory
         instead (no network, no budget).  Returns (started, left for lack of room): call
-        again when a run finishes (``on_run_done``)."""
+        again on the next news (``on_run_done``)."""
         indices = list(dict.fromkeys(indices))
         known = self.stored.known(f)
         self.stored.lift(f, indices)

@@ -21,7 +21,8 @@
   a block on the same stripe (never a wrong byte; see the closing note of issue 10).
 
 News goes up only through ``on_run_done`` (given at construction): called, with no
-arguments and no lock held, after each run's blocks have left the in-flight count.
+arguments and no lock held, after each run's blocks have left the in-flight count, and as
+each block lands (its bytes leave the network budget before they are stored: inflight.py).
 """
 
 from __future__ import annotations
@@ -206,7 +207,9 @@ class RunScheduler:
         try:
             fut.set_result(data)
         except concurrent.futures.InvalidStateError:
-            pass
+            return
+        self.inflight.landed(f, i)
+        self._notify()  # room in the budget: the prefetch pump may start more
 
     def _finish(self, f: RemoteFile, first: int, last: int, futures: Futures, exc: BaseException | None) -> None:
         """Fail the blocks that never came, store the ones that did (even if the rest of the run
