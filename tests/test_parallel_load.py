@@ -181,3 +181,27 @@ def test_a_shard_by_shard_loader_reads_right(par_mounter, llama_root):
     assert got == json.loads(child(LOAD_FILES, *[str(local / s) for s in shards]))
     stats = par_mounter.stats(mp)
     assert stats["read_ahead_mode"] == "switching", stats
+
+
+def test_shards_opened_together_have_their_headers_read_ahead(par_mounter, par_hub):
+    """A loader opening every shard (transformers, one header after another) gets the next
+    shards' first blocks (header and first fault) read in parallel once a shard opens while two
+    others are open — no more of them; shards read one after another get nothing of the others."""
+    from netmount.mounting.stats import wait_idle
+
+    mp = par_mounter.mount("tests/llama")
+    shards = sorted(mp.glob("*.safetensors"))
+    assert len(shards) == 4
+
+    def fetched(p):
+        return {f["path"]: f["fetched_bytes"] for f in par_mounter.stats(mp)["files"]}.get(p.name, 0)
+
+    with open(shards[0], "rb", buffering=0) as a, open(shards[1], "rb", buffering=0) as b:
+        a.read(8)
+        b.read(8)
+        assert wait_idle(mp)
+        assert fetched(shards[2]) == fetched(shards[3]) == 0
+        with open(shards[2], "rb", buffering=0) as c:
+            c.read(8)
+            assert wait_idle(mp)
+    assert 0 < fetched(shards[3]) <= MIB  # never opened: its first block, no more

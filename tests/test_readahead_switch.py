@@ -174,3 +174,24 @@ def test_not_permitted_says_why_and_works_as_today(tmp_path, monkeypatch, caplog
     assert state["read_ahead_kb"] is None and state["read_ahead_mode"] == "kernel"
     assert "cannot set" in state["read_ahead_note"] and state["read_ahead_switches"] == 0
     assert sum("not set" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("fixed", [None, 4096])
+def test_a_shard_opened_amid_others_is_told_once_per_open(sysfs, fixed):
+    """For the prefetcher's headers ahead: a shard opened while two other shards of its folder
+    are open, switching or not (a fixed readahead still wants its headers early); one other
+    open shard is a person reading shard after shard."""
+    sw = ReadaheadSwitch("/mnt", fixed, clock=Clock())
+    sw.start()
+    told = []
+    sw.on_amid_others = told.append
+    sw.opening(1, "m/a.safetensors")
+    sw.opening(2, "m/config.json")
+    sw.opening(3, "n/a.safetensors")  # another folder
+    sw.opening(4, "m/b.safetensors")
+    assert told == []
+    sw.opening(5, "m/c.safetensors")
+    sw.released(1)
+    sw.released(4)
+    sw.opening(6, "m/d.safetensors")  # one other (c) open
+    assert told == ["m/c.safetensors"]

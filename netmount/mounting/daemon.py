@@ -111,6 +111,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
                             on_loader=readahead.loader) if config.prefetch else None
     if prefetcher is not None:
         readahead.header_only = prefetcher.header_only
+        readahead.on_amid_others = prefetcher.opened_amid_others
     view = None
     if config.view is not None:
         import gc

@@ -56,6 +56,10 @@ NEAR = 1 << 20  # a read starting this close to where the handle's last one ende
 # other shards of a folder open at once that make the next one a loader's (0: off): two
 # keeps a person who reads shard after shard (each open while the last one's mmap lives) small
 SHARDS_OPEN = 2
+# other shards of a folder open at once that make an open a loader's for its headers ahead
+# (the prefetcher's ``opened_amid_others``); two, as above: a person reading shard after shard
+# keeps the last one's mmap while opening the next, and must not pay for others' headers
+AMID = 2
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
 
 
@@ -129,6 +133,8 @@ class ReadaheadSwitch:
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
         # shard path -> a loader opens it for its header only (set by the daemon: the prefetcher's)
         self.header_only: Callable[[str], bool] | None = None
+        # told (outside the lock) of a shard opened while ``AMID`` others of its folder are open
+        self.on_amid_others: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
@@ -177,19 +183,20 @@ class ReadaheadSwitch:
     def opening(self, handle: int, path: str | None) -> None:
         """A FUSE OPEN of repo file ``path`` (no leading slash; None: read without prefetch,
         the raw mirror), before its reply: set the readahead this open will copy."""
-        if not self.switching or self._path is None:
-            return
+        amid = False
         with self._lock:
+            switch = self.switching and self._path is not None
             now = self.clock()
-            large = path is not None and self._wants_large(path, now)
+            large = switch and path is not None and self._wants_large(path, now)
             if path is not None:
                 folder = path.rpartition("/")[0]
+                amid = path.endswith(".safetensors") and len(self._shards_open(folder, path)) >= AMID
                 self._open[handle] = (folder, path, large)
                 if large:
                     self._loading[folder] = now
                     self.large_opens += 1
             want = self.large_kb if large else self.small_kb
-            if want != self.kb:  # under the lock: two opens never interleave their writes
+            if switch and want != self.kb:  # under the lock: two opens never interleave their writes
                 kb, why = write_kb(self._path, want)
                 if kb is None:
                     log.warning("readahead of %s: %s; switching stops", self.mountpoint, why)
@@ -198,6 +205,11 @@ class ReadaheadSwitch:
                     self.kb = kb
                     self.switches += 1
                     log.debug("readahead of %s: %d KiB (open of %s)", self.mountpoint, kb, path)
+        if amid and self.on_amid_others is not None:
+            try:
+                self.on_amid_others(path)
+            except Exception:
+                log.exception("on_amid_others failed")
 
     def reading(self, handle: int, offset: int, size: int) -> None:
         """A program's read through ``handle``: ``stream_bytes`` read front to back make its
@@ -231,11 +243,13 @@ class ReadaheadSwitch:
         elif self.shards_open <= 0 or not path.endswith(".safetensors"):
             return False
         else:
-            others = {p for fo, p, _ in self._open.values() if fo == folder and p != path
-                      and p.endswith(".safetensors")}
-            large = len(others) >= self.shards_open
+            large = len(self._shards_open(folder, path)) >= self.shards_open
         # header_only reads the index and config.json once per folder (a loader has read both)
         return large and not (self.header_only is not None and self.header_only(path))
+
+    def _shards_open(self, folder: str, path: str) -> set[str]:
+        """The other shards of ``folder`` open now."""
+        return {p for fo, p, _ in self._open.values() if fo == folder and p != path and p.endswith(".safetensors")}
 
     def _active(self, folder: str, now: float) -> bool:
         """Loading: seen by the policy or by opens, within ``idle`` or with a large file open."""

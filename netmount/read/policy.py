@@ -82,6 +82,7 @@ class PrefetchConfig:
     sweep_gap: int = 3  # ... each at most this many tensors past the one before
     speculative: int = 1 << 20  # what a shard with no tensor data read yet gets past its header
     ahead_files: int = 4  # shards wanted ahead of the furthest one a loader has read
+    ahead_headers: int = 8  # headers read ahead of a shard opened amid others (a loader opening them all)
     guard: int = 512 << 10  # reads this close to a tensor's ends may be a neighbour's spill-over
     stream_bytes: int = 2 << 20  # this much tensor data read in one sequential run: a stream
     max_extent: int = 16 << 20  # a lone tensor up to this size is fetched exactly, not in blocks

@@ -24,6 +24,7 @@ it), and only in a folder a loader is reading.  Wanted blocks are spread over
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import logging
 import threading
@@ -93,6 +94,8 @@ class Prefetcher:
             elif f.path.rpartition("/")[2] == "config.json":
                 self._configs[folder] = f
         self._resolve = resolve  # resolve(paths): look their data URLs up ahead
+        self._headers: concurrent.futures.ThreadPoolExecutor | None = None  # heads read ahead
+        self._heads_reading: set[concurrent.futures.Future] = set()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
         self._thread.start()
@@ -101,6 +104,8 @@ class Prefetcher:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=10)
+        if self._headers is not None:
+            self._headers.shutdown(wait=False, cancel_futures=True)
 
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
@@ -131,6 +136,37 @@ class Prefetcher:
             self._reads.append((f, offset, size, window, streak))
         self._wake.set()
 
+    def opened_amid_others(self, path: str) -> None:
+        """Shard ``path`` opened while other shards of its folder are open: a loader opening
+        them all, each for its header first (transformers, by name, one after another, a round
+        trip each: 163 of them for DeepSeek-V3).  Read the next ``ahead_headers`` shards' first
+        blocks by name now, in parallel: the header, and what the large read-around of its
+        first fault asks (readahead.py) — all a loader's shard may cost before its tensors are
+        read (issue 11); a shard opened for its header only (``header_only``) costs its head."""
+        folder = path.rpartition("/")[0]
+        with self._lock:
+            files = dict(self._files.get(folder, {}))
+        if path not in files or self._closed:
+            return
+        order = sorted(files)  # the order transformers opens them in (sorted shard names)
+        at = order.index(path)
+        with self._lock:
+            todo = [files[p] for p in order[at + 1 : at + 1 + self.cfg.ahead_headers] if p not in self._maps]
+            if todo and self._headers is None:
+                self._headers = concurrent.futures.ThreadPoolExecutor(self.cfg.ahead_headers,
+                                                                      thread_name_prefix="netmount-heads")
+        with self._lock:
+            self._heads_reading = {h for h in self._heads_reading if not h.done()}
+            self._heads_reading.update(self._headers.submit(self._head_ahead, g) for g in todo)
+
+    def _head_ahead(self, f: RemoteFile) -> None:
+        try:
+            if not self.header_only(f.path):
+                self.reader.read(f, 0, min(f.size, self.reader.block_size), account=False)
+        except Exception as exc:  # the loader's own read will meet it
+            log.debug("%s: first block ahead failed: %s", f.path, exc)
+        self.tensor_map(f)
+
     def forget(self, handle: int) -> None:
         """The handle was closed."""
         with self._lock:
@@ -148,6 +184,10 @@ class Prefetcher:
                 # seen before the reader drains: a pump that empties ``_pending`` has started
                 # (and registered) its runs first, so the reader's drain below waits for them
                 quiet = not self._pending
+            with self._lock:
+                heads = list(self._heads_reading)
+            if concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic())).not_done:
+                return False
             if not self.reader.drain(max(0.0, deadline - time.monotonic())):
                 return False
             if quiet:
