@@ -178,10 +178,24 @@ def _preload() -> None:
         pass
 
 
+def _stderr_to(log_file: str) -> None:
+    """Point fd 2 at the log file: the parent starts the daemon before it knows which file
+    (lifecycle.start_daemon), with stderr on /dev/null."""
+    if not log_file:
+        return
+    try:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:  # setup_logging, on the same file, reports it
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main() -> int:
     """Entry point of the background daemon (see module docstring for the protocol)."""
-    _preload()  # while the parent may still be planning a view (lifecycle.start_daemon)
+    _preload()  # while the parent checks its input and asks the Hub (lifecycle.mount)
     config = DaemonConfig.from_bytes(sys.stdin.buffer.read())
+    _stderr_to(config.log_file)  # libfuse's own messages ("fuse: ...") land in the log too
     setup_logging(config.log_file, config.debug)
     ready_out = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_RDWR)
