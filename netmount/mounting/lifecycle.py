@@ -10,6 +10,7 @@ something else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -191,11 +192,16 @@ def mount(
     # it waits for its configuration on stdin and is killed if anything below fails.
     proc = None if foreground else start_daemon()
     try:
-        return _mount(proc, repo, mountpoint, revision=revision, endpoint=endpoint, token=token,
-                      cache_dir=cache_dir, cache_size=cache_size, block_size=block_size,
-                      connections=connections, readahead=readahead, allow_other=allow_other,
-                      foreground=foreground, debug=debug, cache_proxy=cache_proxy, reshard=reshard,
-                      only=only, experts=experts, repo_type=repo_type)
+        from netmount.views.model import no_gc
+
+        # cyclic GC off until the mount is live: huggingface_hub's imports make ~80 collections
+        # (~0.09 s) and few garbage cycles; with ``foreground`` this thread serves the mount
+        with contextlib.nullcontext() if foreground else no_gc():
+            return _mount(proc, repo, mountpoint, revision=revision, endpoint=endpoint, token=token,
+                          cache_dir=cache_dir, cache_size=cache_size, block_size=block_size,
+                          connections=connections, readahead=readahead, allow_other=allow_other,
+                          foreground=foreground, debug=debug, cache_proxy=cache_proxy, reshard=reshard,
+                          only=only, experts=experts, repo_type=repo_type)
     except BaseException:
         if proc is not None:
             _stop(proc)
