@@ -184,7 +184,7 @@ def mount(
     the kernel's 128 KiB; None (default) switches it: 1 MiB for files a loader opens, else 128 KiB.
     ``reshard`` (``"layer"``/``"expert"``), ``only`` (tensor-name globs) and ``experts``
     (``"0-31"``) mount a view of the checkpoint instead (``mounting/viewsetup.py``): its
-    headers are read and the view planned here, before the daemon starts.
+    headers are read and the view planned here, before the daemon gets its configuration.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
     # The daemon starts first: its imports (aiohttp, libfuse3's binding, the cache: ~0.7 s of
