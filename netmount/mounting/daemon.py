@@ -166,29 +166,42 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
 
 def _preload() -> None:
-    """Import everything ``run`` imports (aiohttp, libfuse3's binding, the cache) before the
-    configuration arrives.  A failure here is ``run``'s to report.
+    """Import everything ``run`` imports (libfuse3's binding, the cache, the reader) before the
+    configuration arrives; aiohttp (~0.3 s of CPU) on a thread of its own meanwhile, which
+    the way to a live mount does not wait for: RangeFetcher opens its session on its loop
+    thread, importing aiohttp there (remote/fetch.py), and the kernel mount goes on beside
+    it.  A failure here is ``run``'s (or the fetcher's) to report.
 
     Cyclic GC is off meanwhile (imports make few garbage cycles; its ~70 collections cost
     ~0.06 s), and what they made is frozen: later collections never walk it again."""
     import gc
 
-    from netmount.views.model import no_gc
+    gc.disable()
+    try:
+        import cache  # noqa: F401
+        import netmount.mounting.drop  # noqa: F401
+        import netmount.mounting.fs  # noqa: F401
+        import netmount.mounting.readahead  # noqa: F401
+        import netmount.mounting.stats  # noqa: F401
+        import netmount.mounting.viewfs  # noqa: F401
+        import netmount.mounting.viewsetup  # noqa: F401
+        import netmount.read.prefetch  # noqa: F401
+        import netmount.remote.fetch  # noqa: F401
+    except Exception:  # run() imports them again, and reports
+        pass
 
-    with no_gc():
+    def http_client() -> None:
         try:
-            import cache  # noqa: F401
-            import netmount.mounting.drop  # noqa: F401
-            import netmount.mounting.fs  # noqa: F401
-            import netmount.mounting.readahead  # noqa: F401
-            import netmount.mounting.stats  # noqa: F401
-            import netmount.mounting.viewfs  # noqa: F401
-            import netmount.mounting.viewsetup  # noqa: F401
-            import netmount.read.prefetch  # noqa: F401
-            import netmount.remote.fetch  # noqa: F401
-        except Exception:  # run() imports them again, and reports
+            from netmount.remote.fetch import import_client
+
+            import_client()
+        except Exception:  # the fetcher imports it again, and logs
             pass
-    gc.freeze()
+        finally:
+            gc.freeze()
+            gc.enable()
+
+    threading.Thread(target=http_client, name="netmount-preload", daemon=True).start()
 
 
 def _stderr_to(log_file: str) -> None:
