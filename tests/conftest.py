@@ -14,6 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# huggingface_hub (telemetry on) keeps the agent-harness registry the test hub serves in
+# $HF_HOME/.agent_harnesses.json for a day: tests (this process and the CLIs it runs) must not
+# write into the machine's HF_HOME, nor change what other users' processes send the Hub
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``netmount`` as a user would: a separate process, text output."""

@@ -124,12 +124,29 @@ def test_mountpoint_is_a_file(tmp_path, env):
 
 # -- FUSE unavailable: simulated in-process ------------------------------------------------
 
+def _children() -> set[int]:
+    """Our child processes (ppid in /proc/<pid>/stat)."""
+    kids = set()
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid():
+            kids.add(int(name))
+    return kids
+
+
 def _mount_in_process(capsys, mp, env, monkeypatch) -> tuple[int, str]:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    before = _children()
     code = cli.main(["mount", "tests/plain", str(mp)])
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # the daemon, started before the checks so that its imports overlap them, is gone
+    assert _children() <= before
     return code, err
 
 

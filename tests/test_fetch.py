@@ -285,3 +285,22 @@ def test_a_bad_range_is_refused_before_any_request():
     fetcher = RangeFetcher("http://127.0.0.1:9", "a/b", "0" * 40)  # never started: no request
     with pytest.raises(FetchError):
         fetcher.fetch(data_bin(10), 0, 11, lambda o, d: None)
+
+
+def test_a_session_that_cannot_be_opened_fails_every_fetch(monkeypatch):
+    """start() does not wait for the session (aiohttp is imported on the loop thread): if it
+    cannot be opened, a request gets FetchError (EIO), never a wait or another exception."""
+    from netmount.remote import fetch as fetch_module
+
+    def broken() -> None:
+        raise ImportError("no aiohttp here")
+
+    monkeypatch.setattr(fetch_module, "import_client", broken)
+    fetcher = RangeFetcher("http://127.0.0.1:9", "org/x", "a" * 40).start()
+    try:
+        run = fetcher.fetch(data_bin(10), 0, 10, lambda offset, data: None)
+        with pytest.raises(FetchError, match="no HTTP session"):
+            run.result(timeout=30)
+        fetcher.abort()  # waits for the failed opening, then has nothing to abort
+    finally:
+        fetcher.close()

@@ -118,6 +118,22 @@ def test_remount_serves_everything_from_cache(mounter, hub, hub_root):
     assert data_requests == []
 
 
+def test_mount_pinned_to_a_commit(mounter, hub, hub_root):
+    """A commit sha as revision: its listing is asked for alongside its info (hub.py), and
+    the mount is of that commit."""
+    src = hub_root / "tests" / "plain"
+    sha = hub.commit_sha("tests/plain")
+    hub.reset_log()
+    mp = mounter.mount(f"tests/plain@{sha}")
+    assert sorted(os.listdir(mp)) == sorted(p.name for p in src.iterdir())
+    for rel, path in source_files(src):
+        assert sha256_file(mp / rel) == sha256_file(path), rel
+    assert mounter.stats(mp)["revision"] == sha
+    api = [r.path for r in hub.log if r.path.startswith("/api/models/")]
+    assert api.count(f"/api/models/tests/plain/revision/{sha}") == 1, api
+    assert {p for p in api if "/tree/" in p} == {f"/api/models/tests/plain/tree/{sha}"}, api
+
+
 def test_tiny_deepseek_v3_loads_with_stock_transformers(mounter, hub, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
@@ -159,6 +175,7 @@ def test_synthetic_deepseek_v3_scale(mounter, hub):
 @pytest.mark.parametrize("args, message", [
     (["tests/missing"], "not found"),
     (["tests/plain@nope"], "revision"),
+    (["tests/plain@" + "0" * 40], "revision"),  # a commit sha: listed while its info is asked
     (["not a repo!"], "invalid repo id"),
     (["tests/gated"], "gated"),
     (["tests/plain", "--block-size", "3K"], "block-size"),

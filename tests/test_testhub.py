@@ -186,6 +186,24 @@ def test_revision_pinned_by_sha(hub, root, tmp_path):
     assert Path(got).read_bytes() == b"notes\n" and sha in got
 
 
+def test_agent_harness_registry_is_served_and_kept_by_the_client(hub, tmp_path):
+    """huggingface_hub (telemetry on) asks for the agent registry once and keeps it in
+    HF_HOME: the next process does not ask again (a 404 would be asked for by every one)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_ENDPOINT": hub.url}
+    env.pop("HF_HUB_DISABLE_TELEMETRY", None)
+    code = "from huggingface_hub import HfApi; print(HfApi(token=False).model_info('org/tiny').sha)"
+    asked = []
+    for _ in range(2):
+        hub.reset_log()
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == hub.commit_sha("org/tiny")
+        asked.append([r.status for r in hub.requests(server="hub") if r.path == "/api/agent-harnesses"])
+    assert asked == [[200], []], asked
+    assert json.loads((tmp_path / "hf_home" / ".agent_harnesses.json").read_text()) == {
+        "standardEnvVars": [], "harnesses": {}}
+
+
 def test_unknown_revision(hub, tmp_path):
     api = HfApi(endpoint=hub.url, token=False)
     with pytest.raises(RevisionNotFoundError):

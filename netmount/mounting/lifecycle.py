@@ -1,14 +1,16 @@
 """Mount and unmount, as library functions the CLI and Python users share.
 
-``mount`` checks everything it can *before* starting a daemon (mountpoint, FUSE, the
-repo and revision), so bad input costs one line and leaves nothing mounted; it returns
-only once the kernel mount is live.  Every path it hands the daemon (mountpoint, cache
+``mount`` checks everything it can (mountpoint, FUSE, the repo and revision) *before* it
+hands a daemon its configuration, so bad input costs one line and leaves nothing mounted
+(the daemon, started first so that its imports overlap these checks, is killed); it
+returns only once the kernel mount is live.  Every path it hands the daemon (mountpoint, cache
 dir, log file) is absolute: the daemon runs in ``/``, where a relative path means
 something else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -182,9 +184,34 @@ def mount(
     the kernel's 128 KiB; None (default) switches it: 1 MiB for files a loader opens, else 128 KiB.
     ``reshard`` (``"layer"``/``"expert"``), ``only`` (tensor-name globs) and ``experts``
     (``"0-31"``) mount a view of the checkpoint instead (``mounting/viewsetup.py``): its
-    headers are read and the view planned here, before the daemon starts.
+    headers are read and the view planned here, before the daemon gets its configuration.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
+    # The daemon starts first: its imports (aiohttp, libfuse3's binding, the cache: ~0.7 s of
+    # CPU) then run on the other core while this process checks its input and asks the Hub;
+    # it waits for its configuration on stdin and is killed if anything below fails.
+    proc = None if foreground else start_daemon()
+    try:
+        from netmount.views.model import no_gc
+
+        # cyclic GC off until the mount is live: huggingface_hub's imports make ~80 collections
+        # (~0.09 s) and few garbage cycles; with ``foreground`` this thread serves the mount
+        with contextlib.nullcontext() if foreground else no_gc():
+            return _mount(proc, repo, mountpoint, revision=revision, endpoint=endpoint, token=token,
+                          cache_dir=cache_dir, cache_size=cache_size, block_size=block_size,
+                          connections=connections, readahead=readahead, allow_other=allow_other,
+                          foreground=foreground, debug=debug, cache_proxy=cache_proxy, reshard=reshard,
+                          only=only, experts=experts, repo_type=repo_type)
+    except BaseException:
+        if proc is not None:
+            _stop(proc)
+        raise
+
+
+def _mount(proc: subprocess.Popen | None, repo, mountpoint, *, revision, endpoint, token, cache_dir,
+           cache_size, block_size, connections, readahead, allow_other, foreground, debug, cache_proxy,
+           reshard, only, experts, repo_type) -> Mount:
+    """``mount``'s work, with the daemon ``proc`` already started (None: ``foreground``)."""
     repo_id, rev, rtype = hub.parse_repo_spec(repo, revision, repo_type)
     bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
     if connections < 1 or connections > 64:
@@ -200,26 +227,17 @@ def mount(
     owns_dir = mountpoint is None
     path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
     try:
-        # absolute before anything uses it: the daemon runs with cwd "/" (see _spawn)
+        # absolute before anything uses it: the daemon runs with cwd "/" (see start_daemon)
         cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok, rtype)
         log_file = _log_file(cdir, path)
-        view, proc = None, None
+        view = None
         if spec is not None:
             from netmount.mounting.viewsetup import build_view
             from netmount.views.model import view_to_bytes
 
-            # planning a view takes seconds: the daemon starts meanwhile (its imports), and
-            # waits for its configuration
-            proc = None if foreground else start_daemon(log_file)
-            try:
-                view = build_view(snap, spec, tok, proxy=proxy)
-            except BaseException:
-                if proc is not None:
-                    proc.kill()
-                    proc.wait()
-                raise
+            view = build_view(snap, spec, tok, proxy=proxy)  # seconds, for a big checkpoint
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
                               view=view_to_bytes(view) if view is not None else None)
@@ -261,33 +279,44 @@ def _log_file(cdir: Path, mountpoint: str) -> str:
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
-def start_daemon(log_file: str) -> subprocess.Popen:
-    """Start ``python -m netmount.mounting.daemon``; it waits for its configuration on stdin."""
-    with open(log_file, "ab") as logf:
-        return procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
-                                  start_new_session=True)
+def start_daemon() -> subprocess.Popen:
+    """Start ``python -m netmount.mounting.daemon``; it imports what it needs, then waits for
+    its configuration on stdin.  Its stderr goes to the log file the configuration names
+    (daemon.main): which file that is, is not known yet."""
+    return procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a daemon that will not mount, and close our ends of its pipes."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None and not pipe.closed:
+            try:
+                pipe.close()
+            except OSError:  # BrokenPipe flushing a config it never read
+                pass
 
 
 def spawn_daemon(config: DaemonConfig, proc: subprocess.Popen | None = None) -> subprocess.Popen:
     """Hand ``config`` to a daemon (``proc`` from ``start_daemon``, else a new one); return
     once it is mounted."""
-    proc = proc if proc is not None else start_daemon(config.log_file)
+    proc = proc if proc is not None else start_daemon()
     try:
         proc.stdin.write(config.to_bytes())
         proc.stdin.close()
         line = _read_line(proc, READY_TIMEOUT)
     except BaseException:  # Ctrl-C while waiting: no daemon may go on to mount
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         if mounts.find_mount(config.mountpoint):
             mounts.force_unmount(config.mountpoint, lazy=True)
         raise
     if line == "ready":
         proc.stdout.close()
         return proc
-    proc.kill()
-    proc.wait()
+    _stop(proc)
     if mounts.find_mount(config.mountpoint) or mounts.is_dead(config.mountpoint):
         mounts.force_unmount(config.mountpoint, lazy=True)
     why = line[len("error: "):] if line.startswith("error: ") else _last_fuse_line(config.log_file)

@@ -45,8 +45,6 @@ import threading
 import time
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
-import aiohttp
-
 from netmount.core import settings
 from netmount.core.blocks import PAGE  # a split that cannot cut on piece edges cuts on pages
 from netmount.core.counters import Counters
@@ -56,6 +54,17 @@ from netmount.remote.contract import OnPart
 from netmount.remote.hub import RemoteFile, url_path
 
 log = logging.getLogger("netmount.fetch")
+
+# aiohttp, bound by ``import_client``: importing it costs ~0.3 s of CPU, which the daemon's
+# way to a live mount does not wait for (see ``RangeFetcher.start``)
+aiohttp = None
+
+
+def import_client() -> None:
+    """Import aiohttp (once; it is thread-safe): on the fetcher's loop thread before it opens
+    its session, or earlier on a thread that has nothing better to do (daemon.py)."""
+    global aiohttp
+    import aiohttp
 
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -112,6 +121,12 @@ class _ProxyFault(Exception):
         self.distrust = distrust
 
 
+def _log_open_failure(opening: concurrent.futures.Future) -> None:
+    if not opening.cancelled() and opening.exception() is not None:
+        exc = opening.exception()
+        log.error("cannot open the HTTP session: %s: %s", type(exc).__name__, exc)
+
+
 class RangeFetcher:
     def __init__(
         self,
@@ -154,6 +169,7 @@ class RangeFetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="netmount-http", daemon=True)
         self._session: aiohttp.ClientSession | None = None
+        self._opening: concurrent.futures.Future | None = None  # _open, until it is done
         self._sem: asyncio.Semaphore | None = None
         # prefetch may hold all connections but a few: a read that waits never queues behind
         # a full set of multi-MiB prefetch requests (measured: tail reads of a cold load
@@ -163,11 +179,17 @@ class RangeFetcher:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "RangeFetcher":
+        """Start the loop thread and return at once.  Its first task opens the HTTP session,
+        importing aiohttp first; the loop runs tasks in the order they come, so a request
+        submitted meanwhile simply waits for it.  If the session cannot be opened, that is
+        logged and every request fails with ``FetchError``."""
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        self._opening = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
+        self._opening.add_done_callback(_log_open_failure)
         return self
 
     async def _open(self) -> None:
+        import_client()  # no await in _open: it is done before any later task starts
         self._sem = asyncio.Semaphore(self.connections)
         self._prefetch_sem = asyncio.Semaphore(self.prefetch_connections)
         self._session = aiohttp.ClientSession(
@@ -196,6 +218,9 @@ class RangeFetcher:
         is retried, so each request ends with an error (``FetchError``, or ``RuntimeError``
         from the closed session).  The loop keeps running, so that a request submitted
         meanwhile fails rather than waits: ``close()`` stops it.  Safe to call twice."""
+        if self._opening is not None:
+            with contextlib.suppress(Exception):  # failed: logged (start)
+                self._opening.result(timeout=60)
         if not self._thread.is_alive() or self._session is None or self._session.closed:
             return
         self.max_retries = 0  # read on the loop thread: what fails from now on is final
@@ -269,6 +294,8 @@ class RangeFetcher:
                      part_size: int, prefetch: bool) -> int:
         """[start, end) as parallel sub-requests (``split_cuts``), their bodies handed out
         as the contract's pieces however the sub-requests cut them."""
+        if self._session is None:  # _open failed (logged)
+            raise FetchError(f"{path} [{start}, {end}): no HTTP session (see the log)")
         sink = _Pieces(start, end, part_size, on_part)
         cuts = split_cuts(start, end, part_size, prefetch)
         tasks = [asyncio.ensure_future(self._fetch_one(path, a, b, size, prefetch, sink))

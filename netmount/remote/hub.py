@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -159,45 +160,55 @@ def listing_timeout() -> float:
     return value if value > 0 else 60.0
 
 
-def _within(seconds: float, call, message: str):
-    """``call()`` in a daemon thread, waited for at most ``seconds``; its exception is
-    re-raised here.  Why a thread: ``list_repo_tree`` takes no timeout (huggingface_hub
-    2.x lists through its shared httpx client, whose timeout is None) and retries a
-    timed-out request five times, so nothing but a deadline of our own bounds it.  On
-    time-out the thread is left behind, blocked on its socket; it holds no lock of ours."""
-    box: dict = {}
-    done = threading.Event()
+class _Background:
+    """``call()`` on a daemon thread, its result (or exception) waited for with a deadline.
+    Why a thread: ``list_repo_tree`` takes no timeout (huggingface_hub 2.x lists through
+    its shared httpx client, whose timeout is None) and retries a timed-out request five
+    times, so nothing but a deadline of our own bounds it.  On time-out the thread is left
+    behind, blocked on its socket; it holds no lock of ours."""
 
-    def work() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the waiting thread
-            box["error"] = exc
-        finally:
-            done.set()
+    def __init__(self, call) -> None:
+        self._box: dict = {}
+        self._done = threading.Event()
 
-    threading.Thread(target=work, name="netmount-listing", daemon=True).start()
-    if not done.wait(seconds):
-        raise errors.EndpointUnreachable(message.format(seconds))
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        def work() -> None:
+            try:
+                self._box["value"] = call()
+            except BaseException as exc:  # handed to the waiting thread
+                self._box["error"] = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=work, name="netmount-listing", daemon=True).start()
+
+    def result(self, seconds: float, message: str):
+        """The call's value, or its exception re-raised here; ``EndpointUnreachable(message)``
+        (``{}`` in it becomes ``seconds``) if it has not finished in ``seconds``."""
+        if not self._done.wait(seconds):
+            raise errors.EndpointUnreachable(message.format(seconds))
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["value"]
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | None,
                      repo_type: str = "model") -> Snapshot:
-    """Resolve ``revision`` to a commit sha and list all files at that sha."""
+    """Resolve ``revision`` to a commit sha and list all files at that sha.
+
+    Two Hub round trips, one after the other: the listing must be of the commit that
+    ``revision`` names now.  A revision that is a commit sha already is listed while its
+    info is asked for (one round trip less)."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token if token else False)
     timeout = metadata_timeout()
     with _mapped_errors(url_path(repo_id, repo_type), revision, endpoint, token):
-        # the first request bounds a dead endpoint; the listing has its own bound (below)
-        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=timeout)
-        sha = info.sha
 
-        def list_files() -> list[RemoteFile]:
+        def list_files(sha: str) -> list[RemoteFile]:
             files = []
             for entry in api.list_repo_tree(repo_id, recursive=True, revision=sha, repo_type=repo_type):
                 if not isinstance(entry, RepoFile):
@@ -207,10 +218,15 @@ def resolve_snapshot(repo_id: str, revision: str, endpoint: str, token: str | No
                 files.append(RemoteFile(check_path(entry.path), int(entry.size), str(content_id or ""), bool(lfs)))
             return files
 
+        early = _Background(lambda: list_files(revision)) if _COMMIT.fullmatch(revision) else None
+        # the info request bounds a dead endpoint; the listing has its own bound (below)
+        info = api.repo_info(repo_id, revision=revision, repo_type=repo_type, timeout=timeout)
+        sha = info.sha
+        listing = early if early is not None and sha == revision else _Background(lambda: list_files(sha))
         tree_url = f"{endpoint}/api/{repo_type}s/{repo_id}/tree/{sha}"
-        files = _within(listing_timeout(), list_files,
-                        f"{tree_url}: the file listing did not finish in {{:g}} s "
-                        f"(a stalled server? NETMOUNT_LISTING_TIMEOUT sets the limit)")
+        files = listing.result(listing_timeout(),
+                               f"{tree_url}: the file listing did not finish in {{:g}} s "
+                               f"(a stalled server? NETMOUNT_LISTING_TIMEOUT sets the limit)")
         check_tree(files)
         if getattr(info, "gated", False) and files:
             _probe_access(api, repo_id, repo_type, sha, min(files, key=lambda f: f.size).path, endpoint, timeout)

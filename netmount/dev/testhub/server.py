@@ -127,6 +127,7 @@ class HubServer:
         r.add_get(f"/api/{kinds}/{{org}}/{{name}}", self.model_info)
         r.add_get(f"/api/{kinds}/{{org}}/{{name}}/revision/{{rev}}", self.model_info)
         r.add_get(f"/api/{kinds}/{{org}}/{{name}}/tree/{{rev}}{{path:(/.*)?}}", self.tree)
+        r.add_get("/api/agent-harnesses", self.agent_harnesses)
         # downloads: /org/name/resolve/.. for models, /datasets/org/name/resolve/.. for datasets
         for prefix in ("/{kind:datasets|spaces}", ""):
             r.add_get(prefix + "/{org}/{name}/resolve/{rev}", self.index)  # folders: HTML listing
@@ -217,6 +218,13 @@ class HubServer:
         return repo, snap
 
     # ---- API ---------------------------------------------------------------------------
+
+    async def agent_harnesses(self, request: web.Request) -> web.Response:
+        """The registry of AI agent harnesses that huggingface_hub 2.x fetches once per process
+        for its User-Agent (utils/_detect_agent.py), here empty.  The client keeps a fetched
+        registry for a day ($HF_HOME/.agent_harnesses.json); a 404 is not kept, so without
+        this route every process that talks to the hub paid one more round trip."""
+        return web.json_response({"standardEnvVars": [], "harnesses": {}})
 
     async def model_info(self, request: web.Request) -> web.Response:
         repo, snap = await self._lookup(request, request.match_info.get("rev", "main"))
