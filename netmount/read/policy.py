@@ -19,11 +19,13 @@ The signals, cheap to compute on every read:
   ``safe_open(...).get_tensor``) fetches exactly that tensor as an extent, and the kernel's
   reads around it exactly too.  A lone read well inside a bigger tensor (``guard`` from its
   ends: reads near the edges may be the kernel's read-around spilling over from a
-  neighbour) fetches the whole tensor in blocks.  The kernel centres a fault's read-around
-  on the faulting page but splits it into ``max_read`` requests *at* that page, served by
-  several threads in any order (traced on libfuse3): the half that ends at the page a
-  tensor starts in, and the half that starts there, are both for that tensor — not for the
-  neighbour the first lies in, nor the big one the second runs into.
+  neighbour) fetches the whole tensor in blocks.  The kernel reads R either side of a
+  faulting page for a readahead of R — one request centred on it when ``max_read`` holds
+  that, else pieces split *at* that page, served by several threads in any order (traced on
+  libfuse3): ``fault_for`` finds the tensor a read is for whatever R (16 KiB to 1 MiB): not
+  the neighbour a read starts in, nor the big one it runs into.  torch copies a tensor on
+  two threads (from its start and from its middle) through one handle: each keeps its own
+  sequential run (``Stream.others``), so neither looks like a jump.
 - **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
   the tensor under its middle (``read_for``, with the split halves above), and a file is being loaded
   once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
@@ -48,14 +50,16 @@ The signals, cheap to compute on every read:
 
 **Readahead (issue 11, item 2: the decision; the mechanism is the FUSE face's).**  The
 kernel's readahead is one number per mount (the bdi's ``read_ahead_kb``), so it follows the
-mount's strongest evidence: small (128 KiB, the default) until a loader is seen, because
-every lone-tensor fault costs a read-around of that size fetched exactly (a 2 KiB norm at
-1 MiB costs 1 MiB: measured in session 3); large (1 MiB) from the moment a loader is seen in
-any folder (the Prefetcher's ``on_loader(folder)``, called once per folder, where the
-policy first says ``loading``), since then every byte is wanted anyway and 1 MiB requests
-cut the FUSE round trips 8x.  Not signalled: a plain stream (``cat``) — the sequential
-window already keeps the link busy there, and raising the mount's readahead for one
-stream would cost every lone reader beside it.
+mount's strongest evidence: small (32 KiB, ``readahead.SMALL_KB``) until a loader is seen,
+because every lone-tensor fault costs a read-around of twice that fetched exactly, and the
+kernel's readahead after the tensor more (a 2 KiB norm at 1 MiB costs 1 MiB: measured in
+session 3; one tensor per shard cost 1.4x its bytes at 128 KiB, 1.1x at 32: session 5);
+large (1 MiB) from the moment a loader is seen in any folder (the Prefetcher's
+``on_loader(folder)``, called once per folder, where the policy first says ``loading``),
+since then every byte is wanted anyway and 1 MiB requests cut the FUSE round trips 8x.  Not
+signalled: a plain stream (``cat``) — the sequential window already keeps the link busy
+there, and raising the mount's readahead for one stream would cost every lone reader
+beside it.
 
 Every threshold is in ``PrefetchConfig``, whose defaults are the production values.
 Tests: ``tests/test_policy.py`` (tables), ``tests/test_prefetch.py`` (the pump).
