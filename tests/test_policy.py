@@ -307,6 +307,23 @@ def test_loader_evidence(name, reads, loader):
     assert state.loading == loader, (name, sorted(state.touched), sorted(state.tails))
 
 
+@pytest.mark.parametrize("r", [16 * KB, 32 * KB, 128 * KB, 512 * KB])
+def test_norms_after_big_tensors_are_no_loader(r):
+    """A person reads the input norm of three layers: each norm shares its first page with the
+    end of the big tensor before it, and the read around its fault (centred there) is for the
+    norm, not a first look at that big tensor's tail (three of those make a loader)."""
+    sizes = []
+    for _ in range(4):  # a layer: 3 big weights, then a 1.9 KB norm
+        sizes += [3 * MB + 1000, 3 * MB + 1000, 3 * MB + 1000, 1920]
+    tmap, size = layout(sizes)
+    state = FileState()
+    for i in (3, 7, 11):
+        page = tmap.ranges[i][0] // 4096 * 4096
+        state = tensor_wants(tmap, state, page - r, None, size, folder_loading=False, cfg=CFG, size=2 * r).state
+    assert not state.loading and state.tails == frozenset(), (sorted(state.touched), sorted(state.tails))
+    assert state.touched == {3, 7, 11}
+
+
 @pytest.mark.parametrize("touched, tails, want", [
     (set(), set(), False),
     (set(range(7)), set(), False),  # a run of 7

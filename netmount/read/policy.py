@@ -213,10 +213,16 @@ def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchCon
 
 
 def read_for(tmap: TensorMap, offset: int, size: int) -> int | None:
-    """The tensor a read is for: the one under its middle (an mmap fault's read-around is
-    centred on the faulting page), else the one its start is in — or the next one, when the
-    read ends at the page it starts in."""
-    i = tmap.find(_middle(offset, size))
+    """The tensor a read is for: the one that starts in the page under its middle (an mmap
+    fault's read-around is centred on the faulting page, and a reader faults first where its
+    tensor starts: a norm that shares that page with the end of a big tensor is what is
+    read, not that tensor's tail), else the one under its middle, else the one its start is
+    in — or the next one, when the read ends at the page it starts in."""
+    mid = _middle(offset, size)
+    i = _starting_in(tmap, mid // PAGE * PAGE)
+    if i is not None and tmap.starts[i] >= offset + size:  # (a read within the tensor before it)
+        i = None
+    i = tmap.find(mid) if i is None else i
     i = tmap.find(offset) if i is None else i
     # the first half of a read-around the kernel split at the faulting page: it ends
     # exactly at the page where the next tensor starts, and is for that one
