@@ -27,7 +27,8 @@ The signals, cheap to compute on every read:
   two threads (from its start and from its middle) through one handle: each keeps its own
   sequential run (``Stream.others``), so neither looks like a jump.
 - **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
-  the tensor under its middle (``read_for``, with the split halves above), and a file is being loaded
+  the tensor that starts in the page under its middle, else the one under it (``read_for``,
+  with the split halves above), and a file is being loaded
   once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
   ``guard`` bytes), or the first looks at ``load_sweep`` tensors in a row went forward
   through the file (transformers 5 looks at the page where each tensor ends, in key order:
