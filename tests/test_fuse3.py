@@ -97,11 +97,14 @@ def test_bad_readahead_is_one_line(tmp_path, value):
 
 @root_only
 def test_a_lone_small_tensor_keeps_the_small_readahead_and_costs_its_pages(mounter, hub, hub_root):
-    """Switching (the default): a file nobody loads opens with 128 KiB, so a fault in a 28-byte
-    tensor costs the header's first 128 KiB (the head tier) and one read-around, not 1 MiB."""
+    """Switching (the default): a file nobody loads opens with the small readahead (32 KiB),
+    so a fault in a 28-byte tensor costs the header's first read (the head tier) and one
+    read-around of 32 KiB either side, not 1 MiB, nor 128 KiB either side."""
     import json
 
     from safetensors import safe_open
+
+    from netmount.mounting.readahead import SMALL_KB
 
     src = hub_root / "tests" / "big" / "model.safetensors"
     mp = mounter.mount("tests/big")
@@ -109,10 +112,11 @@ def test_a_lone_small_tensor_keeps_the_small_readahead_and_costs_its_pages(mount
     with safe_open(str(mp / "model.safetensors"), framework="pt") as sf:
         assert sf.get_tensor("small.bias").numel() == 7
     stats = mounter.stats(mp)
-    assert stats["read_ahead_mode"] == "switching" and stats["read_ahead_kb"] == 128, stats
+    assert stats["read_ahead_mode"] == "switching" and stats["read_ahead_kb"] == SMALL_KB, stats
     assert stats["read_ahead_large_opens"] == 0, stats
     n = int.from_bytes(src.read_bytes()[:8], "little")
     begin, end = json.loads(src.read_bytes()[8 : 8 + n])["small.bias"]["data_offsets"]
     pages = -(-(end - begin) // 4096) * 4096 + 4096  # may straddle a page edge
-    # max_read is not capped while switching: the kernel's read around a fault reaches 256 KiB
-    assert hub.bytes_sent(server="cdn") <= (128 * KIB) + pages + 256 * KIB
+    head = SMALL_KB * KIB if 8 + n <= SMALL_KB * KIB else 128 * KIB  # the first read's, or the whole head
+    # max_read is not capped while switching: the read around a fault is one request, centred
+    assert hub.bytes_sent(server="cdn") <= head + pages + 2 * SMALL_KB * KIB

@@ -48,17 +48,38 @@ def test_the_defaults_are_the_production_values():
     # a little out of order (within a block) still continues
     (Stream(10 * MB, 2 * MB, 0), 10 * MB + 512 * KB, 128 * KB, Stream(10 * MB + 640 * KB, 4 * MB, 0),
      list(range(10, 15)), 0),
-    # a jump resets it, and the streak starts at the jump
-    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB, Stream(50 * MB + 128 * KB, 0, 50 * MB, True), [], None),
+    # a jump resets it, and the streak starts at the jump (the run it left is kept)
+    (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB,
+     Stream(50 * MB + 128 * KB, 0, 50 * MB, True, (Stream(10 * MB, 8 * MB, 0),)), [], None),
     # a near one (within ``far``) too, but the run is not marked far
-    (Stream(10 * MB, 8 * MB, 0), 11 * MB + 4 * KB, 128 * KB, Stream(11 * MB + 132 * KB, 0, 11 * MB + 4 * KB, False), [],
-     None),
+    (Stream(10 * MB, 8 * MB, 0), 11 * MB + 4 * KB, 128 * KB,
+     Stream(11 * MB + 132 * KB, 0, 11 * MB + 4 * KB, False, (Stream(10 * MB, 8 * MB, 0),)), [], None),
+    # a read continuing another run of the handle (another thread's) continues that one
+    (Stream(50 * MB, 0, 49 * MB, True, (Stream(10 * MB, 2 * MB, 9 * MB, True),)), 10 * MB, 64 * KB,
+     Stream(10 * MB + 64 * KB, 4 * MB, 9 * MB, True, (Stream(50 * MB, 0, 49 * MB, True),)), list(range(10, 15)),
+     9 * MB),
     # capped at window_max
     (Stream(MB, 64 * MB, 0), MB, 4 * KB, Stream(MB + 4 * KB, 64 * MB, 0), list(range(1, 66)), 0),
 ])
 def test_advance(before, offset, size, after, window, streak):
     got, blocks, s = advance(before, offset, size, 100 * MB, CFG)
     assert (got, blocks, s) == (after, window, streak)
+
+
+def test_two_threads_reading_one_mmap_are_two_runs_not_jumps():
+    """torch's two threads copy a tensor from its start and from its middle, their reads
+    interleaved on one handle: after each one's first read, every read continues its run."""
+    stream, jumps = None, 0
+    a, b = 20 * MB, 23 * MB
+    for k in range(40):
+        pos = (a if k % 2 == 0 else b) + (k // 2) * 64 * KB
+        stream, _, streak = advance(stream, pos, 64 * KB, 100 * MB, CFG)
+        jumps += streak is None
+    assert jumps == 2
+    # at most ``runs`` are kept
+    for k in range(10):
+        stream, _, _ = advance(stream, k * 4 * MB + 60 * MB, 4 * KB, 100 * MB, CFG)
+    assert len(stream.others) == CFG.runs - 1
 
 
 def test_advance_stops_at_the_end_of_the_file():
@@ -92,8 +113,8 @@ R = TMAP.ranges
      ExactRead(R[1]), {1}),
     ("a read-around starting just before a small tensor", FileState(), None, R[2][0] - 64 * KB, 128 * KB,
      False, False, ExactRead(R[2]), {2}),
-    ("its first page's read-around ending just before it", FileState(), None, R[5][0] - 64 * KB, 60 * KB,
-     False, False, ExactRead(R[5]), {5}),
+    ("a read ending shortly before a tensor, centred in a big tensor's tail: a fault there, blocks",
+     FileState(), None, R[5][0] - 64 * KB, 60 * KB, False, False, None, set()),
     ("a tensor over max_extent: blocks", FileState(), None, R[3][0], 4 * KB, False, False, None, set()),
     ("the middle of a tensor (a loader's first look): blocks", FileState(), None, R[4][0] + 2 * MB, 4 * KB,
      False, False, None, set()),
@@ -124,6 +145,47 @@ def test_exact_read(name, state, stream, offset, size, near, folder, want, trigg
     got, new = exact_read(TMAP, state, stream, offset, size, SIZE, near_anchor=near, folder_loading=folder, cfg=CFG)
     assert got == want, name
     assert new.triggered == frozenset(triggered), name
+
+
+# The kernel's read around an mmap fault at page P is [P - R, P + R) for a readahead of R
+# (traced on libfuse3 at 32 and 128 KiB), cut at the file's ends, in requests of at most
+# max_read from its start: one centred request, or halves that end and start at P.  The rules
+# must find the faulting tensor whatever R: the mount's small readahead, a fixed --readahead,
+# the kernel's 128 KiB when not root, 1 MiB for a loader's folder.
+HEADER = 2600  # an unaligned data start, as in real files
+# a 1920-byte norm shares a page with two big ones; 12 scales of 3584 bytes before a 14 MiB expert weight
+ODD = [3 * MB + 100, 1920, 5 * MB, 100 * KB, 20 * MB, 3 * MB] + [3584] * 12 + [14 * MB, 28]
+ODD_RANGES = [(HEADER + sum(ODD[:k]), HEADER + sum(ODD[: k + 1])) for k in range(len(ODD))]
+ODD_MAP, ODD_SIZE = TensorMap(ODD_RANGES), HEADER + sum(ODD)
+
+
+def read_around(fault: int, r: int, form: str) -> tuple[int, int]:
+    page = fault // 4096 * 4096
+    lo, hi = max(0, page - r), min(ODD_SIZE, page + r)
+    return {"centred": (lo, hi - lo), "first half": (lo, page - lo), "second half": (page, hi - page)}[form]
+
+
+# (max_read is at least 128 KiB: a read-around of up to 128 KiB is one request, never halves)
+@pytest.mark.parametrize("r, form", [(r, form) for r in (16 * KB, 32 * KB, 64 * KB, 128 * KB, 512 * KB)
+                                     for form in ("centred", "first half", "second half")
+                                     if form == "centred" or 2 * r > CFG.min_split])
+@pytest.mark.parametrize("what, fault, want", [
+    ("a norm in the page where a big tensor ends and the next starts: the norm", ODD_RANGES[1][0], 1),
+    ("a 100 KiB tensor between big ones: it", ODD_RANGES[3][0], 3),
+    ("a 3 MiB tensor: it", ODD_RANGES[5][0], 5),
+    ("a tensor over max_extent: blocks", ODD_RANGES[4][0], None),
+    ("1 MiB into a 5 MiB tensor (a second thread, or a slice): blocks", ODD_RANGES[2][0] + MB, None),
+    ("an expert weight after its dense small scales: it, not a scale", ODD_RANGES[18][0], 18),
+    ("the last tensor, 28 bytes (the read-around cut at the end of the file): it", ODD_RANGES[19][0], 19),
+])
+def test_exact_read_finds_the_faulting_tensor_whatever_the_readahead(r, form, what, fault, want):
+    offset, size = read_around(fault, r, form)
+    got, new = exact_read(ODD_MAP, FileState(), None, offset, size, ODD_SIZE, near_anchor=False,
+                          folder_loading=False, cfg=CFG)
+    if want is None:
+        assert got is None and new.triggered == frozenset(), what
+    else:
+        assert got == ExactRead(ODD_RANGES[want]) and new.triggered == {want}, what
 
 
 def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_tensor():
@@ -245,6 +307,23 @@ def test_loader_evidence(name, reads, loader):
     assert state.loading == loader, (name, sorted(state.touched), sorted(state.tails))
 
 
+@pytest.mark.parametrize("r", [16 * KB, 32 * KB, 128 * KB, 512 * KB])
+def test_norms_after_big_tensors_are_no_loader(r):
+    """A person reads the input norm of three layers: each norm shares its first page with the
+    end of the big tensor before it, and the read around its fault (centred there) is for the
+    norm, not a first look at that big tensor's tail (three of those make a loader)."""
+    sizes = []
+    for _ in range(4):  # a layer: 3 big weights, then a 1.9 KB norm
+        sizes += [3 * MB + 1000, 3 * MB + 1000, 3 * MB + 1000, 1920]
+    tmap, size = layout(sizes)
+    state = FileState()
+    for i in (3, 7, 11):
+        page = tmap.ranges[i][0] // 4096 * 4096
+        state = tensor_wants(tmap, state, page - r, None, size, folder_loading=False, cfg=CFG, size=2 * r).state
+    assert not state.loading and state.tails == frozenset(), (sorted(state.touched), sorted(state.tails))
+    assert state.touched == {3, 7, 11}
+
+
 @pytest.mark.parametrize("touched, tails, want", [
     (set(), set(), False),
     (set(range(7)), set(), False),  # a run of 7
@@ -291,6 +370,34 @@ def test_a_stream_from_byte_zero_gets_no_limit():
     offset = DATA + CFG.stream_bytes + 4 * KB  # inside tensor 1, streamed from 0
     w = tensor_wants(TMAP, FileState(), offset, 0, SIZE, folder_loading=False, cfg=CFG)
     assert w.limit == SIZE and not w.state.loading
+
+
+def test_the_kernel_reading_on_through_a_header_fetches_no_block():
+    """At a small readahead the kernel reads a long header in several requests, and on a little
+    past it: the head tier serves those (read/head.py); no window may fetch block 0 for them."""
+    w = tensor_wants(TMAP, FileState(), 32 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
+    assert w.limit == 0 and merge_wants([0, 1], w, near_anchor=False, block_size=BS) == []
+    w = tensor_wants(TMAP, FileState(), 96 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
+    assert TMAP.find(96 * KB) is not None and w.limit == 0  # in tensor data, within the head
+    assert merge_wants([0, 1], w, near_anchor=False, block_size=BS) == []
+    # past the head, a run from byte 0 reads on as before (cat)
+    w = tensor_wants(TMAP, FileState(), 160 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
+    assert w.limit > 0 and merge_wants([0, 1], w, near_anchor=False, block_size=BS) == [0]
+
+
+def test_a_run_into_one_tensor_across_small_ones_before_it_is_no_stream():
+    """A lone reader's run begins in the read-around before its tensor, here across 12 small
+    scales: that is not 3 whole tensors of a stream; 3 whole tensors of 1 MiB each are."""
+    scales = layout([3 * MB] + [3584] * 12 + [14 * MB])
+    tmap, size = scales
+    start = tmap.ranges[13][0]
+    w = tensor_wants(tmap, FileState(), start + 3 * MB, start // 4096 * 4096 - 32 * KB, size,
+                     folder_loading=False, cfg=CFG, size=64 * KB)
+    assert w.limit == tmap.ranges[13][1]
+    tmap, size = layout([MB] * 8)
+    r = tmap.ranges
+    w = tensor_wants(tmap, FileState(), r[4][0] + 4 * KB, r[0][0], size, folder_loading=False, cfg=CFG, size=64 * KB)
+    assert w.limit == size
 
 
 def test_a_jump_into_tensor_data_in_a_loading_folder_is_a_loader_read():

@@ -284,12 +284,14 @@ def test_one_tensor_read_page_by_page_fetches_that_tensor_only():
     pre.tensor_map(f)
     fetch.calls.clear()  # (after the header)
     start, end = tensor_ranges(data)[3]
-    pos = start - start % (2 * BS)  # the kernel reads aligned windows around the pages
+    # the kernel reads around the fault at its first page (R either side), then on in windows
+    page = start - start % 4096
+    pos = page - BS
     while pos < end:
         read(pre, reader, f, pos, 2 * BS)
         pos += 2 * BS
     assert pre.drain(10)
-    first, last = (start - start % (2 * BS)) // BS, (pos - 1) // BS
+    first, last = (page - BS) // BS, (pos - 1) // BS
     fetched = {i for _, s, e in calls(fetch) for i in range(s // BS, (e - 1) // BS + 1)}
     assert fetched <= set(range(first, last + 1)), sorted(fetched - set(range(first, last + 1)))
     pre.close()
@@ -353,6 +355,23 @@ def test_a_header_read_fetches_the_head_not_the_first_block():
     reader.head._heads.clear()
     assert reader.read(f, 0, 4096) == data[:4096]
     assert len(fetch.calls) == 3
+    reader.close()
+
+
+def test_the_head_grows_with_the_reads_of_the_header():
+    """At a 32 KiB readahead a safe_open's fault reads [0, 32 KiB): that is fetched, not the
+    whole 128 KiB head; a later read in the head (a longer header) fetches the rest of it."""
+    data = safetensors_bytes([700_000, 900_000, 1_500_000], seed=7)
+    f = remote("m.safetensors", data)
+    fetch = MemoryFetcher({f.path: data})
+    reader = BlockReader(MemoryBlockStore(1 << 20), fetch)
+    assert reader.read(f, 0, 32 << 10) == data[: 32 << 10]
+    assert reader.read(f, 8, 100) == data[8:108]  # held
+    assert calls(fetch) == [(f.path, 0, 32 << 10)]
+    assert reader.read(f, 32 << 10, 32 << 10) == data[32 << 10 : 64 << 10]
+    assert reader.read(f, 5000, 1000) == data[5000:6000]
+    assert reader.read(f, 96 << 10, 32 << 10) == data[96 << 10 : 128 << 10]
+    assert calls(fetch) == [(f.path, 0, 32 << 10), (f.path, 32 << 10, 128 << 10)]
     reader.close()
 
 

@@ -9,6 +9,8 @@ import pytest
 from netmount.mounting import readahead
 from netmount.mounting.readahead import ReadaheadSwitch
 
+SMALL = readahead.SMALL_KB  # while no loader is seen (the sysfs file starts at the kernel's 128)
+
 
 class Clock:
     def __init__(self) -> None:
@@ -40,14 +42,14 @@ def kb_now(sysfs) -> int:
 def test_a_loaders_folder_opens_large_others_small(sysfs):
     sw = switch()
     sw.opening(1, "m/model-1.safetensors")
-    assert kb_now(sysfs) == 128 and sw.switches == 0
+    assert kb_now(sysfs) == SMALL and sw.switches == 0
     sw.loader("m")
     sw.opening(2, "m/model-2.safetensors")
     assert kb_now(sysfs) == 1024
     sw.opening(3, "other/model.safetensors")
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
     sw.opening(4, None)  # the raw mirror (netmount prefetch): never large
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
     sw.opening(5, "m/config.json")  # any file of the folder being loaded
     assert kb_now(sysfs) == 1024
     state = sw.state()
@@ -61,11 +63,11 @@ def test_the_third_shard_open_at_once_is_a_loaders_when_that_rule_is_on(sysfs):
     sw.opening(1, "m/a.safetensors")
     sw.opening(2, "m/b.safetensors")
     sw.opening(7, "m/b.safetensors")  # the same file again is not another shard
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
     sw.opening(3, "m/c.safetensors")
     assert kb_now(sysfs) == 1024
     sw.opening(4, "n/a.safetensors")  # other folders are not affected
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
 
 
 @pytest.mark.parametrize("paths, close_each", [
@@ -77,7 +79,7 @@ def test_shards_read_one_at_a_time_stay_small(sysfs, paths, close_each):
     sw = switch(shards_open=2)
     for n, p in enumerate(paths):
         sw.opening(n, p)
-        assert kb_now(sysfs) == 128, p
+        assert kb_now(sysfs) == SMALL, p
         if close_each:
             sw.released(n)
     assert sw.state()["read_ahead_large_opens"] == 0
@@ -96,14 +98,14 @@ def test_a_stream_through_one_handle_makes_its_folder_loading(sysfs):
     sw.opening(3, "m/b.safetensors")
     assert kb_now(sysfs) == 1024
     sw.opening(4, "n/b.safetensors")
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
 
 
 def test_by_default_the_third_shard_open_at_once_opens_large(sysfs):
     sw = switch()
     for n in range(5):
         sw.opening(n, f"m/{n}.safetensors")
-        assert kb_now(sysfs) == (1024 if n >= readahead.SHARDS_OPEN else 128), n
+        assert kb_now(sysfs) == (1024 if n >= readahead.SHARDS_OPEN else SMALL), n
     assert sw.state()["read_ahead_large_opens"] == 5 - readahead.SHARDS_OPEN
 
 
@@ -117,12 +119,12 @@ def test_a_shard_opened_for_its_header_only_stays_small(sysfs):
     sw.opening(2, "m/b.safetensors")
     assert asked == []  # not asked while the open is small anyway
     sw.opening(3, "m/mtp.safetensors")
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
     sw.opening(4, "m/c.safetensors")
     assert kb_now(sysfs) == 1024
     sw.loader("m")
     sw.opening(5, "m/mtp.safetensors")
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
     sw.opening(6, "m/config.json")
     assert kb_now(sysfs) == 1024
 
@@ -145,7 +147,7 @@ def test_back_to_small_when_the_load_is_over(sysfs):
     clock.now += 31
     assert sw.state()["read_ahead_loading"] == []
     sw.opening(4, "m/a.safetensors")  # a person inspecting a tensor after the load
-    assert kb_now(sysfs) == 128
+    assert kb_now(sysfs) == SMALL
 
 
 def test_a_fixed_readahead_never_switches(sysfs):

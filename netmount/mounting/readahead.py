@@ -10,7 +10,8 @@ FUSE OPEN is the one that open gets: the daemon decides per open.
 
 The decision (``ReadaheadSwitch.opening``): a file opens with ``large_kb`` (1 MiB: libfuse3's
 largest request, 8x fewer requests than 128 KiB) when its folder is being loaded, else with
-``small_kb`` (128 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB).  A folder is
+``small_kb`` (32 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB, nor the kernel's
+128 KiB either side of it; measured 16/32/64/128 KiB on the partial patterns, BENCHMARKS.md).  A folder is
 being loaded once the prefetch policy saw a loader there (``loader(folder)``, the
 prefetcher's ``on_loader``: the shards a loader opens after that open large), once a program
 read ``stream_bytes`` (8 MiB) of one of its files front to back (``reading``: a stream, or a
@@ -32,9 +33,10 @@ which costs requests or bytes, never correctness.
 
 ``--readahead KB`` fixes the value instead (written once at INIT, never switched).  When the
 daemon may not write sysfs (not root), it says so once (log, stats) and the kernel's 128 KiB
-stays, as without switching.  FUSE's ``max_read`` is a mount option: with switching it is
-left at libfuse3's 1 MiB (else no request could grow); with a small fixed value it caps
-requests at that value (``max_read``).
+stays, as without switching (the prefetch policy finds lone tensors at any request size).
+FUSE's ``max_read`` is a mount option: with switching it is left at libfuse3's 1 MiB (else no
+request could grow); with a small fixed value it caps requests at that value, at least the
+kernel's 128 KiB (``max_read``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from typing import Callable
 log = logging.getLogger("netmount.readahead")
 
 BDI_DIR = "/sys/class/bdi"  # a mount's backing device: its read_ahead_kb is the readahead
-SMALL_KB = 128  # the kernel's own FUSE readahead
+KERNEL_KB = 128  # the kernel's own FUSE readahead (and request cap without switching)
+SMALL_KB = 32  # while no loader is seen: a fault reads 32 KiB either side (BENCHMARKS.md, "Partial")
 LARGE_KB = 1024  # libfuse3's largest read request
 STREAM_BYTES = 8 << 20  # read front to back through one handle: a stream (cp, cat, a shard-by-shard loader)
 NEAR = 1 << 20  # a read starting this close to where the handle's last one ended continues its run
@@ -116,8 +119,8 @@ def max_read(fixed_kb: int | None) -> int | None:
     kernel otherwise merges a fault's read-around with the readahead after it into one
     larger request.  Not root: no switching can happen, so the cap is the kernel's 128 KiB."""
     if fixed_kb is None:
-        return None if os.geteuid() == 0 else SMALL_KB << 10
-    kb = max(fixed_kb, SMALL_KB)
+        return None if os.geteuid() == 0 else KERNEL_KB << 10
+    kb = max(fixed_kb, KERNEL_KB)
     return None if kb >= LARGE_KB else kb << 10
 
 

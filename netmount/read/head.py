@@ -1,10 +1,14 @@
 """The head tier: the first bytes of safetensors files, kept in memory.
 
-The first read of a shard is its header (8 + N bytes, often ~10 KB).  Fetching the whole
-first block for it (1 MiB) is most of what a ``safe_open`` costs, so the first
-``head_bytes`` (128 KiB: the kernel's largest read) are fetched alone and kept here,
-outside the store (which holds only whole blocks).  Single-flight per file; a failure
-fails the waiting reads and the next read tries again.
+The first read of a shard is its header (8 + N bytes, often ~3-10 KB).  Fetching the whole
+first block for it (1 MiB) is most of what a ``safe_open`` costs, so reads within the first
+``head_bytes`` (128 KiB: the kernel's reads of a header at the default readahead) are served
+from bytes fetched alone and kept here, outside the store (which holds only whole blocks).
+The head grows with the reads: the first fetches what that read needs (the mount's small
+readahead, 32 KiB, for a ``safe_open``'s fault at page 0: a 3 KB header costs 32 KiB, not
+128), and a later read past it (a longer header) fetches the rest of ``head_bytes`` at
+once: one more round trip, not one per request of the kernel's.  Single-flight per file; a failure fails the waiting
+reads and the next read tries again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import concurrent.futures
 import threading
 from collections import OrderedDict
 
+from netmount.core.blocks import PAGE
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
 from netmount.remote.contract import Fetcher, fetch_bytes
@@ -44,27 +49,34 @@ class HeadTier:
         with self._lock:
             self._heads.pop(content_id, None)
 
-    def get(self, f: RemoteFile) -> bytes:
-        """The head of ``f``, fetched once however many readers ask."""
-        with self._lock:
-            data = self._heads.get(f.content_id)
-            if data is not None:
-                self._heads.move_to_end(f.content_id)
-                self.counters.add("head_hits")
-                return data
-            fut = self._inflight.get(f.content_id)
-            owner = fut is None
-            if owner:
-                fut = self._inflight[f.content_id] = concurrent.futures.Future()
-        if owner:
-            self._fetch(f, fut)
-        return fut.result()
+    def get(self, f: RemoteFile, end: int | None = None) -> bytes:
+        """The head of ``f``, at least its first ``end`` bytes (default and at most
+        ``head_bytes``), fetched once however many readers ask."""
+        want = self.head_bytes if end is None else min(-(-max(end, 1) // PAGE) * PAGE, self.head_bytes)
+        hit = True
+        while True:
+            with self._lock:
+                data = self._heads.get(f.content_id)
+                if data is not None and len(data) >= want:
+                    self._heads.move_to_end(f.content_id)
+                    if hit:
+                        self.counters.add("head_hits")
+                    return data
+                fut = self._inflight.get(f.content_id)
+                owner = fut is None
+                if owner:
+                    fut = self._inflight[f.content_id] = concurrent.futures.Future()
+            if owner:  # a header longer than the first read: the rest of the head at once
+                self._fetch(f, fut, data or b"", want if data is None else self.head_bytes)
+            fut.result()  # (raises the fetch's error) then look again: it may have fetched less
+            hit = False
 
-    def _fetch(self, f: RemoteFile, fut: concurrent.futures.Future) -> None:
+    def _fetch(self, f: RemoteFile, fut: concurrent.futures.Future, have: bytes, want: int) -> None:
         try:
-            data = fetch_bytes(self.fetcher, f, 0, self.head_bytes).result()
+            data = have + fetch_bytes(self.fetcher, f, len(have), want).result()
             with self._lock:
                 self._heads[f.content_id] = data
+                self._heads.move_to_end(f.content_id)
                 while len(self._heads) > self._max:
                     self._heads.popitem(last=False)
             fut.set_result(data)

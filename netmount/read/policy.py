@@ -19,13 +19,16 @@ The signals, cheap to compute on every read:
   ``safe_open(...).get_tensor``) fetches exactly that tensor as an extent, and the kernel's
   reads around it exactly too.  A lone read well inside a bigger tensor (``guard`` from its
   ends: reads near the edges may be the kernel's read-around spilling over from a
-  neighbour) fetches the whole tensor in blocks.  The kernel centres a fault's read-around
-  on the faulting page but splits it into ``max_read`` requests *at* that page, served by
-  several threads in any order (traced on libfuse3): the half that ends at the page a
-  tensor starts in, and the half that starts there, are both for that tensor — not for the
-  neighbour the first lies in, nor the big one the second runs into.
+  neighbour) fetches the whole tensor in blocks.  The kernel reads R either side of a
+  faulting page for a readahead of R — one request centred on it when ``max_read`` holds
+  that, else pieces split *at* that page, served by several threads in any order (traced on
+  libfuse3): ``fault_for`` finds the tensor a read is for whatever R (16 KiB to 1 MiB): not
+  the neighbour a read starts in, nor the big one it runs into.  torch copies a tensor on
+  two threads (from its start and from its middle) through one handle: each keeps its own
+  sequential run (``Stream.others``), so neither looks like a jump.
 - **A loader** (``loader_seen``), decided on evidence, never on one tensor: a read is *for*
-  the tensor under its middle (``read_for``, with the split halves above), and a file is being loaded
+  the tensor that starts in the page under its middle, else the one under it (``read_for``,
+  with the split halves above), and a file is being loaded
   once the first jumps into ``load_tails`` big tensors have landed in their *tails* (last
   ``guard`` bytes), or the first looks at ``load_sweep`` tensors in a row went forward
   through the file (transformers 5 looks at the page where each tensor ends, in key order:
@@ -48,14 +51,16 @@ The signals, cheap to compute on every read:
 
 **Readahead (issue 11, item 2: the decision; the mechanism is the FUSE face's).**  The
 kernel's readahead is one number per mount (the bdi's ``read_ahead_kb``), so it follows the
-mount's strongest evidence: small (128 KiB, the default) until a loader is seen, because
-every lone-tensor fault costs a read-around of that size fetched exactly (a 2 KiB norm at
-1 MiB costs 1 MiB: measured in session 3); large (1 MiB) from the moment a loader is seen in
-any folder (the Prefetcher's ``on_loader(folder)``, called once per folder, where the
-policy first says ``loading``), since then every byte is wanted anyway and 1 MiB requests
-cut the FUSE round trips 8x.  Not signalled: a plain stream (``cat``) — the sequential
-window already keeps the link busy there, and raising the mount's readahead for one
-stream would cost every lone reader beside it.
+mount's strongest evidence: small (32 KiB, ``readahead.SMALL_KB``) until a loader is seen,
+because every lone-tensor fault costs a read-around of twice that fetched exactly, and the
+kernel's readahead after the tensor more (a 2 KiB norm at 1 MiB costs 1 MiB: measured in
+session 3; one tensor per shard cost 1.4x its bytes at 128 KiB, 1.1x at 32: session 5);
+large (1 MiB) from the moment a loader is seen in any folder (the Prefetcher's
+``on_loader(folder)``, called once per folder, where the policy first says ``loading``),
+since then every byte is wanted anyway and 1 MiB requests cut the FUSE round trips 8x.  Not
+signalled: a plain stream (``cat``) — the sequential window already keeps the link busy
+there, and raising the mount's readahead for one stream would cost every lone reader
+beside it.
 
 Every threshold is in ``PrefetchConfig``, whose defaults are the production values.
 Tests: ``tests/test_policy.py`` (tables), ``tests/test_prefetch.py`` (the pump).
@@ -85,10 +90,12 @@ class PrefetchConfig:
     ahead_headers: int = 8  # headers read ahead of a shard opened amid others (a loader opening them all)
     guard: int = 512 << 10  # reads this close to a tensor's ends may be a neighbour's spill-over
     stream_bytes: int = 2 << 20  # this much tensor data read in one sequential run: a stream
+    runs: int = 4  # sequential runs kept per handle (threads reading one mmap at once)
+    min_split: int = 128 << 10  # max_read's floor (readahead.max_read): shorter reads are never pieces
+    head: int = 128 << 10  # reads within a file's first bytes this far are the head tier's (read/head.py)
     max_extent: int = 16 << 20  # a lone tensor up to this size is fetched exactly, not in blocks
     near: int = 512 << 10  # reads this close to a lone tensor's extent: the kernel reading around it
     far: int = 2 << 20  # a read this far from where the last one ended is a jump
-    read_around: int = 128 << 10  # a fault's read-around, split in requests of at most this size
 
 
 # -- sequential runs, per open file handle ----------------------------------------------------
@@ -99,6 +106,17 @@ class Stream:
     window: int = 0  # readahead window, bytes
     streak: int = 0  # where the current sequential run began
     far: bool = False  # the run began with a far jump (or the handle's first read)
+    # the handle's other recent runs, most recent first: threads that fault one mmap (torch's
+    # two on a get_tensor) each read on sequentially, their requests interleaved on one handle
+    others: tuple[Stream, ...] = ()
+
+    def run_at(self, offset: int, gap: int) -> Stream:
+        """The run a read at ``offset`` continues (within ``gap`` of where it stopped): this
+        one, else the nearest other; this one if none does."""
+        if self.expected < 0 or abs(offset - self.expected) <= gap:
+            return self
+        runs = [r for r in self.others if abs(offset - r.expected) <= gap]
+        return min(runs, key=lambda r: abs(offset - r.expected)) if runs else self
 
 
 def advance(stream: Stream | None, offset: int, size: int, file_size: int,
@@ -106,16 +124,24 @@ def advance(stream: Stream | None, offset: int, size: int, file_size: int,
     """The handle's state after a read of [offset, offset + size), the readahead window's
     blocks, and where the sequential run this read continues began (None: a jump).
     ``slack``: how far from where the last read ended a read still continues the run
-    (default a block; see ``TensorMap.slack`` for a columnar file)."""
+    (default a block; see ``TensorMap.slack`` for a columnar file).  A read that continues
+    one of the handle's ``runs`` most recent runs continues that one (another thread's)."""
     end = offset + size
     s = stream or Stream(streak=offset)
     # the kernel may reorder neighbouring requests a little: allow one block of slack
-    if s.expected >= 0 and abs(offset - s.expected) <= (cfg.block_size if slack is None else slack):
+    gap = cfg.block_size if slack is None else slack
+    if slack is None:  # (a columnar file's slack is for its last run only)
+        run = s.run_at(offset, gap)
+        if run is not s:
+            s = replace(run, others=(replace(s, others=()), *(r for r in s.others if r is not run)))
+    if s.expected >= 0 and abs(offset - s.expected) <= gap:
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
-        new = Stream(max(end, s.expected), window, s.streak, s.far)
+        new = Stream(max(end, s.expected), window, s.streak, s.far, s.others)
         streak: int | None = s.streak
     else:
-        new, streak = Stream(end, 0, offset, s.expected < 0 or abs(offset - s.expected) > cfg.far), None
+        kept = (replace(s, others=()), *s.others)[: cfg.runs - 1] if s.expected >= 0 else ()
+        new = Stream(end, 0, offset, s.expected < 0 or abs(offset - s.expected) > cfg.far, kept)
+        streak = None
     if new.window == 0 or end >= file_size:
         return new, [], streak
     return new, list(block_range(end, new.window, file_size, cfg.block_size)), streak
@@ -189,10 +215,16 @@ def loader_seen(touched: frozenset[int], tails: frozenset[int], cfg: PrefetchCon
 
 
 def read_for(tmap: TensorMap, offset: int, size: int) -> int | None:
-    """The tensor a read is for: the one under its middle (an mmap fault's read-around is
-    centred on the faulting page), else the one its start is in — or the next one, when the
-    read ends at the page it starts in."""
-    i = tmap.find(_middle(offset, size))
+    """The tensor a read is for: the one that starts in the page under its middle (an mmap
+    fault's read-around is centred on the faulting page, and a reader faults first where its
+    tensor starts: a norm that shares that page with the end of a big tensor is what is
+    read, not that tensor's tail), else the one under its middle, else the one its start is
+    in — or the next one, when the read ends at the page it starts in."""
+    mid = _middle(offset, size)
+    i = _starting_in(tmap, mid // PAGE * PAGE)
+    if i is not None and tmap.starts[i] >= offset + size:  # (a read within the tensor before it)
+        i = None
+    i = tmap.find(mid) if i is None else i
     i = tmap.find(offset) if i is None else i
     # the first half of a read-around the kernel split at the faulting page: it ends
     # exactly at the page where the next tensor starts, and is for that one
@@ -221,6 +253,8 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
     # really continues the run — ``TensorMap.slack``, as in ``advance`` — is left to blocks;
     # they pread, so no split read-around either)
     far = tmap.slack(stream.expected, offset, cfg) if tmap.columnar and stream is not None else cfg.far
+    if stream is not None and not tmap.columnar:
+        stream = stream.run_at(offset, far)  # (the run of the thread this read is likely from)
     continuing = stream is not None and abs(offset - stream.expected) <= far
     if continuing and (tmap.columnar or not stream.far or stream.streak == 0 or offset - stream.streak > cfg.near):
         return None, state  # continues (or nearly) a run read in blocks
@@ -237,39 +271,79 @@ def exact_read(tmap: TensorMap, state: FileState, stream: Stream | None, offset:
         if end - start > cfg.max_extent or offset > start + cfg.near:
             return None, state
         return ExactRead(extent=(start, end)), replace(state, triggered=state.triggered | {i})
-    first = tmap.find(offset)
-    chunk = bisect.bisect_left(tmap.starts, offset) if tmap.columnar else len(tmap.starts)
-    if chunk < len(tmap.starts) and tmap.starts[chunk] < offset + PAGE:
-        i = chunk  # (columnar: a pread of a chunk starts in the read's first page)
-    elif first is not None and first + 1 < len(tmap.ranges) and tmap.ranges[first + 1][0] < offset + PAGE:
-        # the read starts at the page a tensor starts in (a split read-around's second half,
-        # which may come first, or a read() of it): that tensor, not the one its end is in
-        i = first + 1
-    elif size > cfg.read_around and not tmap.columnar:
-        # a fault's whole read-around in one request (max_read above 128 KiB): it starts
-        # ``read_around`` before the faulting page (and may be cut short at the end of the
-        # file) — the tensor that starts in that page, else the one it is in
-        mid = (offset + cfg.read_around) // PAGE * PAGE
-        i = tmap.find(mid)
-        if i is None:
-            return None, state
-        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] < mid + PAGE:
-            i += 1
+    if tmap.columnar:
+        i, fault = _chunk_for(tmap, offset, last, cfg.near), offset
     else:
-        i = tmap.find(last)
-        if i is None:
-            return None, state
-        # a reader of a tensor starts at its start; the read-around of its first page may end
-        # just before it (in the previous tensor's tail) — exactly at that page, when the
-        # kernel split it at the faulting page
-        if i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + cfg.near and (
-                tmap.ranges[i][0] + cfg.near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
-            i += 1
+        i, fault = fault_for(tmap, offset, size, file_size, cfg)
+    if i is None:
+        return None, state
     start, end = tmap.ranges[i]
     # a jump to the middle or the end of a tensor (a loader's first look) is left to blocks
-    if end - start > cfg.max_extent or offset > start + cfg.near:
+    if end - start > cfg.max_extent or max(offset, fault) > start + cfg.near:
         return None, state
     return ExactRead(extent=(start, end)), replace(state, triggered=state.triggered | {i})
+
+
+def _starting_in(tmap: TensorMap, page: int) -> int | None:
+    """The first tensor that starts in the page at ``page``."""
+    j = bisect.bisect_left(tmap.starts, page)
+    return j if j < len(tmap.starts) and tmap.starts[j] < page + PAGE else None
+
+
+def fault_for(tmap: TensorMap, offset: int, size: int, file_size: int,
+              cfg: PrefetchConfig) -> tuple[int | None, int]:
+    """The tensor a read that jumped was most likely for, and where its fault was.
+
+    Whatever the mount's readahead ``R`` (16 KiB to 1 MiB), an mmap fault at page ``P``
+    makes the kernel read ``[P - R, P + R)`` (cut at the file's ends), in requests of at most
+    ``max_read`` counted from its start (traced on libfuse3 at 32 and 128 KiB): one request
+    centred on ``P`` when ``max_read`` holds it, else pieces, one ending at ``P`` and the
+    next starting there.  No ``R`` is assumed.  A reader of a tensor faults first at the
+    page the tensor starts in, so the candidates are the tensor that starts in the read's
+    middle page (centred), in its first page (the piece from ``P``, or a read() of it), in
+    the page right after it (the piece up to ``P``); a read cut short by the end of the file
+    began ``R`` before ``P`` and ran on less than ``R`` after it, so ``P`` lies in its second
+    half.  A read shorter than ``min_split`` is never a piece (``max_read`` is at least that),
+    so the centred reading goes first — where small tensors are dense (a routed expert's
+    scales before its weights) its first page always holds some tensor's start; a longer
+    one may be a piece, and the pieces' readings go first (wrong, they cost a small tensor's
+    extent; the centred reading, wrong, a big neighbour's).  Else the fault was inside a
+    tensor: the one under the middle."""
+    end = offset + size
+    mid = (offset + size // 2) // PAGE * PAGE
+
+    def first_page() -> int | None:
+        return _starting_in(tmap, offset)
+
+    def after_end() -> int | None:
+        return _starting_in(tmap, end) if end % PAGE == 0 and end < file_size else None
+
+    def centred() -> int | None:
+        if end >= file_size:  # cut at the end of the file: the first tensor from its middle on
+            i = bisect.bisect_left(tmap.starts, mid)
+            return i if i < len(tmap.starts) else None
+        return _starting_in(tmap, mid)
+
+    rules = (centred, first_page, after_end) if size < cfg.min_split else (first_page, after_end, centred)
+    for rule in rules:
+        i = rule()
+        if i is not None:
+            return i, tmap.starts[i]
+    return tmap.find(mid), mid
+
+
+def _chunk_for(tmap: TensorMap, offset: int, last: int, near: int) -> int | None:
+    """The column chunk a pread that jumped is for: the one that starts in its first page
+    (a pread of a chunk), else the one its last byte is in — or the next one, when the read
+    ends close before it and well inside this one, or right at its page."""
+    i = _starting_in(tmap, offset)
+    if i is not None:
+        return i
+    i = tmap.find(last)
+    if i is not None and i + 1 < len(tmap.ranges) and tmap.ranges[i + 1][0] <= last + near and (
+            tmap.ranges[i][0] + near < offset or last + 1 == tmap.ranges[i + 1][0] // PAGE * PAGE):
+        i += 1
+    return i
 
 
 @dataclass(frozen=True)
@@ -295,8 +369,10 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
             limit = file_size
         elif folder_loading and tmap.ranges:
             limit = max(offset + bs, tmap.ranges[0][0] + cfg.speculative)
-        else:  # the kernel reading on past a header is no reason to fetch tensors
-            limit = tmap.ranges[0][0] if tmap.ranges else offset + bs
+        else:  # the kernel reading on past a header is no reason to fetch tensors, nor the
+            # header's own blocks: the head tier serves its reads (at a small readahead the
+            # kernel reads a long header in several requests), and a read past it fetches its block
+            limit = 0 if tmap.ranges else offset + bs
         return TensorWants([], limit, state)
     start, end = tmap.ranges[i]
     # Only jumps count as evidence: a sequential run (the kernel's readahead after a header
@@ -318,14 +394,21 @@ def tensor_wants(tmap: TensorMap, state: FileState, offset: int, streak: int | N
     data = tmap.ranges[0][0]
     # (Columnar: a run from byte 0 may be the first column's chunk alone; only crossing
     # 3 whole chunks makes it a scan.)
-    streaming = not jump and offset - max(streak, data) >= cfg.stream_bytes and (
-        (streak == 0 and not tmap.columnar) or (i >= 3 and streak <= tmap.ranges[i - 3][0]))
+    # (Mid-file, stream_bytes must lie before the tensor read: a lone reader's run begins in
+    # the kernel's read around its tensor's first page, and may cross many small tensors
+    # there — a routed expert's scales — on its way into that one tensor.)
+    begun = 0 if jump else max(streak, data)
+    streaming = not jump and offset - begun >= cfg.stream_bytes and (
+        (streak == 0 and not tmap.columnar) or (i >= 3 and streak <= tmap.ranges[i - 3][0] and (
+            tmap.columnar or start - begun >= cfg.stream_bytes)))
     loading = not tmap.columnar and (
         state.loading or (folder_loading and jump) or loader_seen(touched, tails, cfg, order))
     # Around a tensor's first and last pages the kernel reads windows that spill into the
     # neighbours: for a lone read, no reason to fetch a whole neighbouring tensor.
     inside = start + cfg.guard <= offset < end - cfg.guard
     limit = end if start + cfg.guard <= offset else min(end, offset + cfg.guard)
+    if streak == 0 and offset + size <= cfg.head:
+        limit = 0  # the kernel reading on past a header, served by the head tier: no block for it
     if streaming or loading:
         limit = file_size
     new = FileState(touched, state.triggered, loading, tails, state.data_read or jump, order)

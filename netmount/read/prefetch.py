@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from netmount.core.blocks import block_span
 from netmount.core.safetensors import HeaderError, read_header
 from netmount.read.parquet import ParquetError, read_layout
 from netmount.read.policy import (
@@ -59,7 +60,7 @@ class Prefetcher:
                  config: PrefetchConfig | None = None, files=(), resolve=None,
                  on_loader: Callable[[str], None] | None = None) -> None:
         self.reader = reader
-        self.cfg = config or PrefetchConfig(block_size=reader.block_size)
+        self.cfg = config or PrefetchConfig(block_size=reader.block_size, head=reader.head.head_bytes)
         if self.cfg.block_size != reader.block_size:
             raise ValueError("PrefetchConfig.block_size must be the reader's block size")
         self.budget, self.connections = budget, connections
@@ -112,7 +113,7 @@ class Prefetcher:
         """How this read, if it misses, is to be fetched (None: in blocks)."""
         if not mapped(f.path):
             return None
-        tmap = self.tensor_map(f)
+        tmap = self.tensor_map(f, offset + size)
         if tmap is None:
             return None
         near = self.reader.extents.near(f, offset, offset + size, self.cfg.near)
@@ -235,6 +236,7 @@ class Prefetcher:
                     self._loading_dirs.add(folder)
                     first_loader = True
             wanted = merge_wants(window, wants, near_anchor=near, block_size=self.cfg.block_size)
+            wanted = [i for i in wanted if not self._in_extent(f, i)]
         if first_loader and self._on_loader is not None:
             try:
                 self._on_loader(folder)
@@ -249,6 +251,13 @@ class Prefetcher:
             if wanted:
                 self._pending[f.path] = (f, wanted)
                 self._pending.move_to_end(f.path)
+
+    def _in_extent(self, f: RemoteFile, i: int) -> bool:
+        """Block ``i`` of ``f`` lies inside an extent in memory or in flight: a lone tensor
+        read exactly, which a thread reading on in it (torch's second) must not fetch again."""
+        lo, hi = block_span(i, self.cfg.block_size, f.size)
+        span = self.reader.extents.covering(f, lo)
+        return span is not None and span[1] >= hi
 
     def _resolve_siblings(self, f: RemoteFile) -> None:
         """At the first shard read in a folder, look up the data URLs of the others: loaders
@@ -355,10 +364,13 @@ class Prefetcher:
                 break  # no room: a finished run wakes us again
 
     # -- headers ---------------------------------------------------------------------------------
-    def tensor_map(self, f: RemoteFile) -> TensorMap | None:
+    def tensor_map(self, f: RemoteFile, first: int | None = None) -> TensorMap | None:
         """The tensor layout of a safetensors file (or the column chunks of a parquet one),
         read once (through the reader, not counted as served); None if it is not one or does
-        not parse."""
+        not parse.  ``first``: the end of the program's read that asks (its first read of the
+        file is usually the header's, as large as the mount's readahead): the header is read
+        from that much of the head (a longer header, then the rest), so no more is fetched
+        for it than that read needs anyway; None (no read waits): the whole head."""
         with self._lock:
             if f.path in self._maps:
                 return self._maps[f.path]
@@ -366,9 +378,10 @@ class Prefetcher:
             return self._columnar_map(f)
         tmap = None
         try:
-            # the first read is what the head tier holds (else just the length): no block fetched for it
+            # the first read is within the head tier (else just the length): no block fetched for it
+            head = self.reader.head.head_bytes
             tensors = read_header(lambda a, b: self.reader.read(f, a, b - a, account=False), f.size,
-                                  first=self.reader.head.head_bytes or 8)
+                                  first=min(max(first or head, 8), head) if head else 8)
             tmap = TensorMap([(t.start, t.end) for t in tensors])
         except HeaderError as exc:
             log.warning("%s: not a valid safetensors header, no tensor-aware prefetch: %s", f.path, exc)

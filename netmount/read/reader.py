@@ -110,7 +110,7 @@ class BlockReader:
         end = min(offset + size, f.size)
         blocks, missing = self._local_blocks(f, indices)
         if missing == [0] and len(indices) == 1 and self._head_serves(f, offset, end):
-            head = self.head.get(f)  # a header read: block 0 is not fetched for it
+            head = self.head.get(f, end)  # a header read: block 0 is not fetched for it
             return self._served(f, offset, head[offset:end], account)
         if account:
             self.counters.add("cache_hits", len(blocks))
