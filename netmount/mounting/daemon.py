@@ -124,6 +124,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         planned = view_from_bytes(config.view)
         check_view(planned, snap)
         view = ViewTree(planned, snap, reader, prefetcher)
+        readahead.header_only = view.header_only  # its files, its index: not the source's
         gc.freeze()  # and kept for the mount's life: no collection walks them again
         gc.enable()
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,

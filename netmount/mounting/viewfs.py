@@ -24,12 +24,14 @@ Per view file this keeps the bytes served and the read coverage (``stats.json``:
 
 from __future__ import annotations
 
+import json
 import threading
 
 from netmount.core.blocks import block_range, coalesce
 from netmount.core.safetensors import HeaderError, parse_header
 from netmount.read.coverage import Coverage
 from netmount.read.reader import ExactRead
+from netmount.read.unbuilt import num_layers, unbuilt_shards
 from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.views.model import View, ViewFile
 
@@ -49,6 +51,37 @@ class ViewTree:
         self._handles: dict[int, set] = {}  # open view handle -> its per-source prefetch handles
         self._lock = threading.Lock()
         self._tensors: dict[str, list[tuple[str, int, int]] | None] = {}
+        self._unbuilt: dict[str, frozenset[str]] = {}  # folder -> its view files opened for their header only
+
+    def header_only(self, path: str) -> bool:
+        """Will a loader open view file ``path`` for its header only (the MTP layer's file of a
+        ``--reshard layer`` view)?  From the view's own index and config (``read/unbuilt.py``),
+        for the readahead switch, as the prefetcher answers it on a plain mount."""
+        folder, _, name = path.rpartition("/")
+        if not path.endswith(".safetensors"):
+            return False
+        with self._lock:
+            found = self._unbuilt.get(folder)
+        if found is None:
+            prefix = folder + "/" if folder else ""
+            index = next((p for p in self.files if p.startswith(prefix) and "/" not in p[len(prefix):]
+                          and p.endswith(".safetensors.index.json")), None)
+            try:
+                weight_map = json.loads(self._whole(prefix + index)).get("weight_map") if index else None
+                found = unbuilt_shards(weight_map, num_layers(self._whole(prefix + "config.json")))
+            except Exception:  # unreadable: nothing is known, the shard opens as any other
+                found = frozenset()
+            with self._lock:
+                self._unbuilt[folder] = found
+        return name in found
+
+    def _whole(self, path: str) -> bytes | None:
+        """A small file of the view as it shows it (synthesized, or a passthrough source)."""
+        vf = self.files.get(path)
+        if vf is not None:  # (the rewritten index and config are synthesized whole: no reads counted)
+            return b"".join(p.data for p in vf.pieces) if all(p.data is not None for p in vf.pieces) else None
+        f = self.sources.get(path) if path in self.view.passthrough else None
+        return self.reader.read(f, 0, f.size, account=False) if f is not None and f.size <= 64 << 20 else None
 
     def read(self, vf: ViewFile, offset: int, size: int, handle: int | None, prefetch: bool = True) -> bytes:
         policy = self.prefetcher if prefetch and handle is not None else None
