@@ -197,3 +197,19 @@ def test_a_shard_opened_amid_others_is_told_once_per_open(sysfs, fixed):
     sw.released(4)
     sw.opening(6, "m/d.safetensors")  # one other (c) open
     assert told == ["m/c.safetensors"]
+
+
+def test_shards_whose_tensors_were_read_do_not_count_as_opened_together(sysfs):
+    """A person reading one tensor per shard keeps the last ones mapped (or their releases
+    come late) while opening the next: those shards had tensor data read, a loader's had not."""
+    sw = switch(shards_open=2)
+    read = {"m/a.safetensors", "m/b.safetensors"}
+    sw.data_read = read.__contains__
+    told = []
+    sw.on_amid_others = told.append
+    for n, p in enumerate(["m/a.safetensors", "m/b.safetensors", "m/c.safetensors"]):
+        sw.opening(n, p)
+    assert kb_now(sysfs) == SMALL and told == [] and sw.state()["read_ahead_large_opens"] == 0
+    read.clear()  # as a loader: opened, headers only
+    sw.opening(7, "m/d.safetensors")
+    assert kb_now(sysfs) == 1024 and told == ["m/d.safetensors"]

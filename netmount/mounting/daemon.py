@@ -112,6 +112,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     if prefetcher is not None:
         readahead.header_only = prefetcher.header_only
         readahead.on_amid_others = prefetcher.opened_amid_others
+        readahead.data_read = prefetcher.data_read
     view = None
     if config.view is not None:
         import gc

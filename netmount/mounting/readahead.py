@@ -136,6 +136,9 @@ class ReadaheadSwitch:
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
         # shard path -> a loader opens it for its header only (set by the daemon: the prefetcher's)
         self.header_only: Callable[[str], bool] | None = None
+        # shard path -> a program read its tensor data (the prefetcher's): such a shard open
+        # is a person's, not one of a loader's opens before it reads (``_shards_open``)
+        self.data_read: Callable[[str], bool] | None = None
         # told (outside the lock) of a shard opened while ``AMID`` others of its folder are open
         self.on_amid_others: Callable[[str], None] | None = None
         self._lock = threading.Lock()
@@ -251,8 +254,11 @@ class ReadaheadSwitch:
         return large and not (self.header_only is not None and self.header_only(path))
 
     def _shards_open(self, folder: str, path: str) -> set[str]:
-        """The other shards of ``folder`` open now."""
-        return {p for fo, p, _ in self._open.values() if fo == folder and p != path and p.endswith(".safetensors")}
+        """The other shards of ``folder`` open now of which no tensor data was read: a loader
+        opens every shard before it reads any; a person who read a tensor still has its shard
+        mapped (or its release not yet sent: FUSE releases arrive late) when opening the next."""
+        return {p for fo, p, _ in self._open.values() if fo == folder and p != path and p.endswith(".safetensors")
+                and not (self.data_read is not None and self.data_read(p))}
 
     def _active(self, folder: str, now: float) -> bool:
         """Loading: seen by the policy or by opens, within ``idle`` or with a large file open."""

@@ -308,6 +308,12 @@ class Prefetcher:
         with self._lock:
             return self._orders.setdefault(folder, order)
 
+    def data_read(self, path: str) -> bool:
+        """Has a program read tensor data of ``path`` (not only its header)?"""
+        with self._lock:
+            state = self._states.get(path)
+        return state is not None and state.data_read
+
     def header_only(self, path: str) -> bool:
         """Will a loader open shard ``path`` for its header only (DeepSeek-V3's MTP shard)?
         For the readahead switch: such a shard opens small even amid a loader's opens."""
