@@ -23,6 +23,10 @@ requests.  The price is bounded by issue 11's rule for a shard a loader opens fo
 only: its header fault reads one large read-around, at most 1 MiB.  Where the mount knows
 better (``header_only``: the prefetcher's reading of the index and config.json, see
 ``read/unbuilt.py``), such a shard — DeepSeek-V3's MTP layer — opens small and costs its head.
+Shards of which a program has read tensor data (``data_read``) do not count as open: a person
+reading one tensor per shard still has the last one mapped (or its release is not sent yet)
+when opening the next.  The same opens tell the prefetcher to read the next shards' first
+blocks ahead (``on_amid_others``).
 A folder stays loading while a file opened large there is open, and ``idle`` seconds after
 the last such close: a person who inspects one tensor after the load is over gets the small
 readahead again.
@@ -59,10 +63,8 @@ NEAR = 1 << 20  # a read starting this close to where the handle's last one ende
 # other shards of a folder open at once that make the next one a loader's (0: off): two
 # keeps a person who reads shard after shard (each open while the last one's mmap lives) small
 SHARDS_OPEN = 2
-# other shards of a folder open at once that make an open a loader's for its headers ahead
-# (the prefetcher's ``opened_amid_others``); two, as above: a person reading shard after shard
-# keeps the last one's mmap while opening the next, and must not pay for others' headers
-AMID = 2
+# the same count for the prefetcher's headers ahead (``on_amid_others``), switching or not
+AMID = SHARDS_OPEN
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
 
 
