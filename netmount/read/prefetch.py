@@ -153,10 +153,11 @@ class Prefetcher:
         at = order.index(path)
         with self._lock:
             todo = [files[p] for p in order[at + 1 : at + 1 + self.cfg.ahead_headers] if p not in self._maps]
-            if todo and self._headers is None:
+            if not todo:
+                return
+            if self._headers is None:
                 self._headers = concurrent.futures.ThreadPoolExecutor(self.cfg.ahead_headers,
                                                                       thread_name_prefix="netmount-heads")
-        with self._lock:
             self._heads_reading = {h for h in self._heads_reading if not h.done()}
             self._heads_reading.update(self._headers.submit(self._head_ahead, g) for g in todo)
 
