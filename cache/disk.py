@@ -133,7 +133,6 @@ class DiskBlockStore(BlockStore):
         process that only reads and checks, like ``netmount verify``)."""
         self.block_size = check_block_size(block_size)
         self.directory = os.fspath(directory)
-        self._locks = None
         # Blocks of gated/private repos: only the owner may read them. An existing
         # directory keeps the mode its owner gave it.
         if not os.path.isdir(self.directory):
@@ -260,18 +259,6 @@ class DiskBlockStore(BlockStore):
         ((total,),) = self._cache._sql("SELECT value FROM Settings WHERE key = 'size'").fetchall()
         return total
 
-    def block_locks(self):
-        """Striped flock files in ``<directory>.locks`` (not inside diskcache's folder,
-        whose ``check(fix=True)`` would remove files it does not know)."""
-        if self._locks is None:
-            from .locks import StripeLocks
-
-            self._locks = StripeLocks(self.directory.rstrip(os.sep) + ".locks")
-        return self._locks
-
     def close(self) -> None:
         """Close this thread's connection (diskcache keeps one per thread)."""
         self._cache.close()
-        if self._locks is not None:
-            self._locks.close()
-            self._locks = None

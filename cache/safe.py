@@ -119,13 +119,6 @@ class SafeBlockStore(BlockStore):
             self._failed("is_verified", exc)
             return False
 
-    def block_locks(self):
-        try:
-            return self.inner.block_locks()
-        except Exception as exc:  # no cross-process single-flight: duplicate fetches, right bytes
-            self._failed("block_locks", exc)
-            return None
-
     def close(self) -> None:
         try:
             self.inner.close()

@@ -68,11 +68,6 @@ class BlockStore(abc.ABC):
         refetch of any block voids it: checked here, as eviction cannot tell us)."""
         return False
 
-    def block_locks(self):
-        """A ``StripeLocks`` (cache/locks.py) shared by every process using this store, or
-        None when the store is private to one process (nothing to coordinate)."""
-        return None
-
     def __enter__(self):
         return self
 

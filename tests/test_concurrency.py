@@ -1,6 +1,8 @@
 """Many readers at once: 8 processes through one mount, and two mounts (two daemons)
-sharing one cache dir.  All bytes right, and each block fetched once per cache dir
-(counted in the hub's request log)."""
+sharing one cache dir.  All bytes right; one daemon fetches each block once; two daemons
+on one cache dir never wait on each other's network, so a block both miss at the same
+moment may be fetched by each (at most twice), and a block one stored is not fetched by
+the other afterwards (counted in the hub's request log)."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def test_eight_processes_overlapping_ranges_one_mount(fm, fhub, fault_root):
     assert check_cache_blocks(fm.cache_dir, [src]) > 0
 
 
-def test_two_mounts_sharing_one_cache_dir_fetch_each_block_once(fm, fhub, fault_root):
+def test_two_mounts_sharing_one_cache_dir_fetch_each_block_at_most_once_each(fm, fhub, fault_root):
     src = fault_root / "faults" / "big"
     a = fm.mount("faults/big", name="a")
     b = fm.mount("faults/big", name="b")
@@ -86,34 +88,16 @@ def test_two_mounts_sharing_one_cache_dir_fetch_each_block_once(fm, fhub, fault_
     seen = _blocks_fetched(fhub)
     total_blocks = sum(-(-p.stat().st_size // BLOCK) for p in src.iterdir())
     assert len(seen) == total_blocks, (len(seen), total_blocks)
-    twice = {k: n for k, n in seen.items() if n > 1}
-    assert not twice, f"{len(twice)} blocks fetched by both daemons: {sorted(twice)[:5]}"
+    thrice = {k: n for k, n in seen.items() if n > 2}
+    assert not thrice, f"{len(thrice)} blocks fetched more than once per daemon: {sorted(thrice)[:5]}"
     fm.unmount(a)
     fm.unmount(b)
     assert check_cache_blocks(fm.cache_dir, [src]) == total_blocks
 
 
-# -- the pieces, without a kernel: stripe locks and two readers over one disk store --------
+# -- the pieces, without a kernel: two readers over one disk store ------------------------
 
-def test_stripe_locks_exclude_other_processes_and_share_within_one(tmp_path):
-    # the probe asks with LOCK_NB: it answers at once, held (3) or free (0), and cannot hang
-    from cache.locks import StripeLocks
-
-    locks = StripeLocks(str(tmp_path / "locks"))
-    held = locks.hold("cid", [0, 1, 2])
-    again = locks.hold("cid", [1])  # another thread of this process: joins, does not wait
-    probe = (f"import fcntl, os, sys; fd = os.open({str(tmp_path / 'locks')!r} + '/%04d.lock' % "
-             f"{locks.stripe_of('cid', 1)}, os.O_RDWR)\n"
-             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)\n")
-    assert subprocess.run([sys.executable, "-c", probe]).returncode == 3  # held across processes
-    held.release()
-    assert subprocess.run([sys.executable, "-c", probe]).returncode == 3  # still one holder left
-    again.release()
-    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0  # free now
-    locks.close()
-
-
-def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
+def test_two_readers_sharing_a_disk_store_fetch_each_block_at_most_once_each(tmp_path):
     from cache import DiskBlockStore
     from netmount.read.reader import BlockReader
 
@@ -123,7 +107,7 @@ def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     data = make_bytes(40 * bs + 99, seed=7)
     f = remote("x.bin", data)
     fetch = MemoryFetcher({"x.bin": data})  # one fake network, two "daemons"
-    # two stores on one directory, each with its own lock files' descriptors: as two processes
+    # two stores on one directory: as two processes
     readers = [BlockReader(DiskBlockStore(tmp_path / "blocks", bs, 1 << 30), fetch, max_request_bytes=4 * bs)
                for _ in range(2)]
     results = []
@@ -147,7 +131,14 @@ def test_two_readers_sharing_a_disk_store_fetch_each_block_once(tmp_path):
     for _, s, e in spans(fetch):
         for i in range(s // bs, (e - 1) // bs + 1):
             per_block[i] += 1
-    assert per_block and max(per_block.values()) == 1, {i: n for i, n in per_block.items() if n > 1}
+    assert per_block and max(per_block.values()) <= 2, {i: n for i, n in per_block.items() if n > 2}
     for r in readers:
         r.close()
         r.store.close()
+    before = len(spans(fetch))
+    again = BlockReader(DiskBlockStore(tmp_path / "blocks", bs, 1 << 30), fetch, max_request_bytes=4 * bs)
+    for i in sorted(per_block):  # every block one of them stored: no network for it now
+        assert again.read(f, i * bs, bs) == data[i * bs:(i + 1) * bs]
+    assert len(spans(fetch)) == before
+    again.close()
+    again.store.close()

@@ -14,11 +14,11 @@
   complete and of the expected length.
 - **Budget**: bytes of blocks started and not yet stored are counted; prefetch starts
   blocks only within a budget (``start_within``), demand reads always start.
-- **Across processes** (two mounts sharing one cache dir): a run first takes the stripe
-  locks of its blocks (``cache/locks.py``) on a thread of its own, looks in the store again,
-  fetches only the blocks still missing, stores them, and lets go.  The locks are held
-  through the fetch, retries included: a stalled daemon delays another daemon's fetch of
-  a block on the same stripe (never a wrong byte; see the closing note of issue 10).
+- **Across processes** (two mounts sharing one cache dir): no lock.  A reader looks in the
+  store before it claims a block, so a block another daemon stored is not fetched again;
+  two daemons that miss the same block at the same moment both fetch it (the same bytes,
+  stored twice).  They never wait on each other's network: a stalled daemon must not
+  stall another (issue 20).
 
 News goes up only through ``on_run_done`` (given at construction): called, with no
 arguments and no lock held, after each run's blocks have left the in-flight count, and as
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 from typing import Callable, Iterable
 
 from netmount.core.blocks import block_span, coalesce
@@ -56,17 +55,8 @@ class RunScheduler:
         self._on_run_done = on_run_done
         self.inflight = InFlight(memory, self.block_size)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="netmount-store")
-        try:
-            self._locks = stored.store.block_locks()
-        except Exception as exc:
-            log.warning("no cross-process single-flight (%s: %s)", type(exc).__name__, exc)
-            self._locks = None
-        self._lock_pool = (concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="netmount-lock")
-                           if self._locks is not None else None)
 
     def close(self) -> None:
-        if self._lock_pool is not None:
-            self._lock_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -112,58 +102,9 @@ class RunScheduler:
     def _start(self, f: RemoteFile, owned: list[int], futures: Futures, max_run: int | None,
                prefetch: bool) -> None:
         for first, last in coalesce(owned, max_run or self.max_run):
-            if self._lock_pool is not None:
-                try:
-                    self._lock_pool.submit(self._locked_run, f, first, last, futures, prefetch)
-                    continue
-                except RuntimeError:  # shutting down: fetch without the cross-process lock
-                    pass
             self._fetch_run(f, first, last, futures, prefetch, self._notify)
 
     # -- one run -----------------------------------------------------------------------------
-    def _locked_run(self, f: RemoteFile, first: int, last: int, futures: Futures, prefetch: bool) -> None:
-        """The blocks' stripe locks, then the store again, then fetch what is still missing."""
-        try:
-            held = self._locks.hold(f.content_id, range(first, last + 1))
-        except Exception as exc:  # unusable lock files: duplicate fetches, never wrong bytes
-            log.warning("block locks unavailable (%s: %s); fetching without", type(exc).__name__, exc)
-            held = None
-        try:
-            missing = []
-            for i in range(first, last + 1):
-                data = self.stored.get(f, i)
-                if data is None:
-                    missing.append(i)
-                else:  # another process fetched it meanwhile
-                    self._deliver(f, i, data, futures[i])
-                    self.stored.mark(f, i)
-                    self.inflight.release(f, [i])
-            runs = coalesce(missing, self.max_run)
-        except BaseException as exc:
-            if held is not None:
-                held.release()
-            log.exception("%s: run [%d, %d] failed before fetching", f.path, first, last)
-            self._finish(f, first, last, futures, exc)
-            return
-        if not runs:
-            if held is not None:
-                held.release()
-            self._notify()
-            return
-        left = [len(runs)]
-        countdown = threading.Lock()
-
-        def one_done() -> None:
-            with countdown:
-                left[0] -= 1
-                last_one = left[0] == 0
-            if last_one and held is not None:
-                held.release()
-            self._notify()
-
-        for a, b in runs:
-            self._fetch_run(f, a, b, futures, prefetch, one_done)
-
     def _fetch_run(self, f: RemoteFile, first: int, last: int, futures: Futures, prefetch: bool,
                    done: Callable[[], None]) -> None:
         start = block_span(first, self.block_size, f.size)[0]
@@ -233,7 +174,7 @@ class RunScheduler:
         self.inflight.release(f, failed)
         for i, data in fetched:
             if not self.inflight.has(f, i):
-                continue  # already handled (found in the store by the locked path)
+                continue  # already released (dropped by a verify meanwhile, say)
             try:
                 self.stored.put(f, i, data)
             except Exception:  # SafeBlockStore never raises; any other store must not kill reads
