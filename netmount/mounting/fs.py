@@ -238,6 +238,11 @@ class NetmountFS(Operations):
             return content[offset : offset + size]
         # the daemon's prefetch sees the program's reads, not the raw mirror's (``netmount prefetch``)
         policy = None if raw else self.prefetcher
+        # the whole request is a read under way, ``follow`` included: ``idle`` waits for it
+        with self.reader.reading:
+            return self._read(path, f, size, offset, fi, raw, policy)
+
+    def _read(self, path, f, size, offset, fi, raw, policy) -> bytes:
         try:
             if not isinstance(f, RemoteFile):  # a view's file: cut into pieces (viewfs.py)
                 data = self.view.read(f, offset, size, fi.fh, prefetch=not raw)

@@ -9,15 +9,22 @@ to the block store, through ``on_done``), and a read the extents cover is served
 
 Single-flight: a range already in memory or being fetched inside one extent is not
 fetched again; readers of a range an extent in flight covers wait for that extent.
+
+Settling (``drain``): an extent is under way from ``fetch`` until its ``on_done`` has
+returned, not merely until its bytes are in: ``on_done`` hands its whole blocks to the
+store's write-behind, which must be registered before the extent stops counting, or an
+``idle`` asked in between would see neither.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 from collections import OrderedDict
 from typing import Callable
 
+from netmount.core.activity import Activity
 from netmount.core.blocks import PAGE
 from netmount.core.counters import Counters
 from netmount.remote.contract import Fetcher, fetch_bytes
@@ -34,6 +41,12 @@ class Extents:
         self._bytes = 0
         self._pending: dict[str, list[tuple[int, int, concurrent.futures.Future]]] = {}
         self._anchors: dict[str, list[tuple[int, int]]] = {}  # content id -> lone tensors fetched
+        self._under_way = Activity()  # extents fetched and not yet handed on (``drain``)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every extent started has come in (or failed) and its ``on_done`` has
+        returned; False on timeout."""
+        return self._under_way.wait_none(timeout)
 
     def get(self, f: RemoteFile, lo: int, hi: int) -> bytes | None:
         """The bytes [lo, hi) if one extent in memory or in flight holds them all (waiting
@@ -93,8 +106,23 @@ class Extents:
             fut: concurrent.futures.Future = concurrent.futures.Future()  # readers wait on this
             entry = (lo, hi, fut)
             self._pending.setdefault(cid, []).append(entry)
+            self._under_way.add(1)
 
-        def landed(r: concurrent.futures.Future) -> None:
+        landed = functools.partial(self._landed, f, entry, on_done)
+        try:  # outside the lock: a fetcher may call back on this thread
+            fetch_bytes(self.fetcher, f, lo, hi).add_done_callback(landed)
+        except BaseException as exc:
+            failed: concurrent.futures.Future = concurrent.futures.Future()
+            failed.set_exception(exc)
+            landed(failed)
+
+    def _landed(self, f: RemoteFile, entry: tuple[int, int, concurrent.futures.Future],
+                on_done: Callable[[RemoteFile, int, bytes], None] | None, r: concurrent.futures.Future) -> None:
+        """The extent ``entry`` came in (or failed): to memory, to its readers, to ``on_done``;
+        only then is it no longer under way (its blocks are registered for the store)."""
+        lo, hi, fut = entry
+        cid = f.content_id
+        try:
             data = None if r.cancelled() or r.exception() is not None else r.result()
             with self._lock:
                 waiting = self._pending.get(cid, [])
@@ -113,13 +141,8 @@ class Extents:
                     on_done(f, lo, data)
             else:
                 fut.set_exception(r.exception() or concurrent.futures.CancelledError())
-
-        try:  # outside the lock: a fetcher may call back on this thread
-            fetch_bytes(self.fetcher, f, lo, hi).add_done_callback(landed)
-        except BaseException as exc:
-            failed: concurrent.futures.Future = concurrent.futures.Future()
-            failed.set_exception(exc)
-            landed(failed)
+        finally:
+            self._under_way.add(-1)
 
     def forget(self, content_id: str) -> None:
         """Drop the extents of ``content_id`` in memory (its bytes were found wrong)."""

@@ -8,7 +8,8 @@ The head grows with the reads: the first fetches what that read needs (the mount
 readahead, 32 KiB, for a ``safe_open``'s fault at page 0: a 3 KB header costs 32 KiB, not
 128), and a later read past it (a longer header) fetches the rest of ``head_bytes`` at
 once: one more round trip, not one per request of the kernel's.  Single-flight per file; a failure fails the waiting
-reads and the next read tries again.
+reads and the next read tries again.  ``drain`` waits for the heads being fetched (today on
+their readers' threads, which the reader's own count covers too: said here all the same).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import concurrent.futures
 import threading
 from collections import OrderedDict
 
+from netmount.core.activity import Activity
 from netmount.core.blocks import PAGE
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
@@ -33,6 +35,11 @@ class HeadTier:
         self._lock = threading.Lock()
         self._heads: OrderedDict[str, bytes] = OrderedDict()
         self._inflight: dict[str, concurrent.futures.Future] = {}
+        self._under_way = Activity()  # heads being fetched (``drain``)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no head is being fetched; False on timeout."""
+        return self._under_way.wait_none(timeout)
 
     def covers(self, f: RemoteFile, offset: int, end: int) -> bool:
         """Whether a read of [offset, end) is one this tier serves (a safetensors head read)."""
@@ -66,6 +73,7 @@ class HeadTier:
                 owner = fut is None
                 if owner:
                     fut = self._inflight[f.content_id] = concurrent.futures.Future()
+                    self._under_way.add(1)
             if owner:  # a header longer than the first read: the rest of the head at once
                 self._fetch(f, fut, data or b"", want if data is None else self.head_bytes)
             fut.result()  # (raises the fetch's error) then look again: it may have fetched less
@@ -85,3 +93,4 @@ class HeadTier:
         finally:
             with self._lock:
                 self._inflight.pop(f.content_id, None)
+            self._under_way.add(-1)

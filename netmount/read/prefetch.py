@@ -81,6 +81,7 @@ class Prefetcher:
         self._unbuilt: dict[str, frozenset[str]] = {}  # folder -> shards opened for their header only
         self._on_loader = on_loader  # told the folder when a loader is first seen there
         self._reads: collections.deque = collections.deque()  # reads not yet decided on
+        self._followed = 0  # reads ever followed: ``drain`` sees one that came while it waited
         self._busy = False
         # path -> (file, blocks still wanted, in fetch order); the most recently read file last
         self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
@@ -135,6 +136,7 @@ class Prefetcher:
             stream, window, streak = advance(last, offset, size, f.size, self.cfg, slack)
             self._streams[handle] = stream
             self._reads.append((f, offset, size, window, streak))
+            self._followed += 1
         self._wake.set()
 
     def opened_amid_others(self, path: str) -> None:
@@ -176,7 +178,9 @@ class Prefetcher:
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every read so far is decided on, everything wanted has been fetched and
-        stored, and nothing is left to start (for tests and ``netmount prefetch``)."""
+        stored, and nothing is left to start (for tests and ``netmount prefetch``).  A read
+        under way when the wait began is waited for by the reader's drain, and the FUSE face
+        follows it within that read: if one was followed meanwhile, this looks again."""
         deadline = time.monotonic() + timeout
         while True:
             with self._idle:
@@ -186,14 +190,16 @@ class Prefetcher:
                 # seen before the reader drains: a pump that empties ``_pending`` has started
                 # (and registered) its runs first, so the reader's drain below waits for them
                 quiet = not self._pending
+                followed = self._followed
             with self._lock:
                 heads = list(self._heads_reading)
             if concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic())).not_done:
                 return False
             if not self.reader.drain(max(0.0, deadline - time.monotonic())):
                 return False
-            if quiet:
-                return True
+            with self._lock:
+                if quiet and self._followed == followed:
+                    return True
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()

@@ -18,6 +18,13 @@ face and the prefetch policy, top-down, with no call back up:
 6. the reply is cut from the blocks by ``blocks.slice_blocks``, which refuses a missing
    block or one of the wrong length: never a wrong byte.
 
+Settled (``drain``, what the mount's ``idle`` rests on): no read under way (``reading``:
+held by every ``read``, and by the FUSE face around a whole request, its prefetch
+bookkeeping included), no head or extent being fetched or handed to the store, no block
+downloading or waiting to be written, no lift.  Waited for in that order, the order work
+flows down (a read starts heads, extents and runs; an extent hands blocks to the
+write-behind), so one pass sees everything a finished read started.
+
 Prefetch calls down into ``prefetch`` (blocks, within a budget; stored ones are lifted
 into memory instead) and ``prefetch_extent`` (a lone tensor, exactly).  News of finished
 runs (and of blocks landed: room in the budget) goes up only through ``on_run_done``,
@@ -27,10 +34,12 @@ given at construction.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cache import BlockStore
+from netmount.core.activity import Activity
 from netmount.core.blocks import block_range, block_span, slice_blocks
 from netmount.core.counters import Counters
 from netmount.core.settings import MAX_REQUEST_BYTES
@@ -73,6 +82,7 @@ class BlockReader:
         self.block_size = store.block_size
         self.counters = counters or Counters()
         self.on_served = on_served  # (file, offset, length) of every range handed to a program
+        self.reading = Activity()  # reads under way: ``drain`` waits for them first
         self.memory = BlockMemory(memory_bytes // self.block_size, self.counters)
         self.stored = StoreTier(store, self.memory, self.counters, disk_workers=disk_workers)
         self.head = HeadTier(fetcher, head_bytes if 0 < head_bytes < self.block_size else 0,
@@ -86,9 +96,15 @@ class BlockReader:
         self.stored.close()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every block download has been stored (or has failed) and every lift of
-        stored blocks into memory is done; False on timeout."""
-        return self.stored.drain(timeout) and self.runs.drain(timeout)
+        """Wait until no read is under way, no head or extent is being fetched or handed on,
+        every block download has been stored (or has failed) and every lift of stored blocks
+        into memory is done; False on timeout (``timeout`` bounds the whole wait)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for part in (self.reading.wait_none, self.head.drain, self.extents.drain, self.runs.drain,
+                     self.stored.drain):
+            if not part(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     def forget(self, f: RemoteFile) -> None:
         """Forget every byte of ``f`` held in memory (blocks, head, extents) and which of its
@@ -104,6 +120,10 @@ class BlockReader:
 
         ``account=False`` is for netmount's own reads (headers for prefetch): not counted as
         bytes served to programs.  ``exact``: see ``ExactRead`` (None: blocks only)."""
+        with self.reading:
+            return self._read(f, offset, size, exact, account)
+
+    def _read(self, f: RemoteFile, offset: int, size: int, exact: ExactRead | None, account: bool) -> bytes:
         indices = block_range(offset, size, f.size, self.block_size)
         if not indices:
             return b""
