@@ -5,7 +5,8 @@ stay cheap and must never cause network traffic: tensors are listed only for saf
 files whose header blocks are already in the block store (a program read them); the
 header of any other file is simply not known yet.  The client side (``read_stats``) is
 what ``netmount stats`` and ``netmount prefetch`` call; ``wait_idle`` waits (no polling)
-until the daemon has nothing in flight, so the numbers read next are settled.
+until the daemon has nothing in flight, so the numbers read next are settled
+(``read_stats(mountpoint, settled=True)`` does both).
 
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
@@ -285,9 +286,18 @@ def _mount_path(mountpoint: str | os.PathLike) -> str:
     return path
 
 
-def read_stats(mountpoint: str | os.PathLike) -> dict:
-    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one."""
+def read_stats(mountpoint: str | os.PathLike, settled: bool = False) -> dict:
+    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one.
+
+    ``settled=True``: first wait (``wait_idle``) until nothing is fetched, written behind or
+    scheduled, so the numbers are final for the reads done so far (counted after a program's
+    reads, they agree with the server's byte log); ``MountpointError`` if the daemon is still
+    busy when it gives up waiting.  Unsettled (the default, what ``netmount stats`` shows) is a
+    live mount mid-work: a read's blocks may be fetched and not yet counted as cached."""
     path = _mount_path(mountpoint)
+    if settled and not wait_idle(path):
+        raise errors.MountpointError(f"{path}: still fetching when its daemon stopped waiting "
+                                     f"for it to settle: its stats would not be final")
     try:
         with open(os.path.join(path, STATS_FILE), "rb") as fh:
             return json.loads(fh.read())
@@ -298,10 +308,12 @@ def read_stats(mountpoint: str | os.PathLike) -> dict:
 
 
 def wait_idle(mountpoint: str | os.PathLike) -> bool:
-    """Block until the daemon at ``mountpoint`` has nothing in flight (prefetch decided and
-    fetched, every downloaded block stored); True then, False if it was still busy when the
-    daemon gave up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``: the wait
-    happens in the daemon, on its own events.  Errors as ``read_stats``."""
+    """Block until the daemon at ``mountpoint`` is settled: no read under way, nothing
+    fetched or scheduled (blocks, extents, heads, prefetch decided and done), every fetched
+    block written to the store; True then, False if it was still busy when the daemon gave
+    up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``: the wait happens in
+    the daemon, on its own events (``BlockReader.drain``, ``Prefetcher.drain``), never by
+    polling.  Errors as ``read_stats``."""
     path = _mount_path(mountpoint)
     try:
         with open(os.path.join(path, IDLE_FILE), "rb") as fh:
