@@ -13,7 +13,7 @@ from pathlib import Path
 from netmount.mounting.lifecycle import spawn_daemon
 from netmount.mounting.mounts import unmount_retrying
 
-from conftest import require_fuse
+from conftest import require_fuse, stats
 
 
 class BareMounter:
@@ -33,6 +33,9 @@ class BareMounter:
                               log_file=str(self.tmp_path / f"{name}.log"), prefetch=False)
         self.live.append((mp, spawn_daemon(config)))
         return mp
+
+    def stats(self, mp: Path, settled: bool = True) -> dict:
+        return stats(mp, settled)
 
     def cleanup(self) -> None:
         for mp, proc in self.live:

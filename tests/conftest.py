@@ -56,6 +56,24 @@ def within(seconds: float, fn, *args):
     return out["value"]
 
 
+def settle(mp: Path | str) -> None:
+    """Wait until the mount at ``mp`` is settled: nothing read, fetched, written behind or
+    scheduled (blocks, extents, heads, prefetch).  The one way tests wait for a mount: read
+    its stats, or the hub's byte log, only after this.  One open of ``.netmount/idle`` (the
+    daemon waits on its own events); fails the test if the daemon says it is still busy."""
+    from netmount.mounting.stats import wait_idle
+
+    assert wait_idle(mp), f"{mp}: still busy when the daemon stopped waiting for it to settle"
+
+
+def stats(mp: Path | str, settled: bool = True) -> dict:
+    """The mount's ``stats.json``, settled first (``settle``).  ``settled=False`` only for a
+    test that must see a live mount mid-work (a read held by a fault, a daemon's pid)."""
+    from netmount.mounting.stats import read_stats
+
+    return read_stats(mp, settled=settled)
+
+
 def require_fuse() -> None:
     """Fail, never skip: a test that needs FUSE and cannot have it must not pass quietly
     (select the others with ``-m "not fuse"``).  Also fails a test that mounts or starts a
@@ -138,12 +156,17 @@ class Mounter:
         return mp
 
     def unmount(self, mp: Path) -> None:
+        """Unmount, and wait for the daemon to exit: it closes the cache on its way out (a
+        mount on the same cache dir may open it next), and no request of its can reach the
+        hub's log after this returns."""
+        pids = daemon_pids(mp)
         done = run_cli("unmount", str(mp))
         assert done.returncode == 0, done.stderr
         self.mounted.remove(mp)
+        wait_gone(pids)
 
-    def stats(self, mp: Path) -> dict:
-        return json.loads((mp / ".netmount" / "stats.json").read_text())
+    def stats(self, mp: Path, settled: bool = True) -> dict:
+        return stats(mp, settled)
 
     def cleanup(self) -> None:
         from netmount.mounting.mounts import force_unmount
@@ -151,6 +174,24 @@ class Mounter:
         for mp in self.mounted:
             force_unmount(str(mp), lazy=True)
         self.mounted.clear()
+
+
+def daemon_pids(mp: Path) -> list[int]:
+    """Pids of daemons serving ``mp`` (from their live stats, if the mount answers)."""
+    from netmount.core.errors import NetmountError
+
+    try:
+        return [stats(mp, settled=False)["pid"]]
+    except (NetmountError, KeyError):
+        return []
+
+
+def wait_gone(pids, timeout: float = 20.0) -> None:
+    """Wait for each daemon to exit (a pidfd, no polling); the bound only catches a hang."""
+    from netmount.core.procs import wait_exit
+
+    for pid in pids:
+        assert wait_exit(pid, timeout), f"daemon {pid} still running {timeout:.0f}s after its unmount"
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from netmount.core.procs import wait_exit
 from netmount.dev.testhub.repo import git_blob_sha1, is_lfs
 
-from conftest import Mounter, sha256_file
+from conftest import Mounter, daemon_pids, sha256_file, wait_gone  # noqa: F401  (the last two: for test modules)
 
 # small retries and timeouts, so a fault run takes seconds (read by netmount/fetch.py)
 QUICK = {"NETMOUNT_FETCH_TIMEOUT": "1", "NETMOUNT_FETCH_RETRIES": "3", "NETMOUNT_FETCH_BACKOFF": "0.05"}
@@ -110,8 +109,7 @@ def check_cache_blocks(cache_dir: Path, repo_dirs, block_size: int = BLOCK,
 
 
 class FaultMounter(Mounter):
-    """``Mounter`` against the fault hub: quick retries, fixed block and cache size, and an
-    unmount that waits for the daemon to exit (it closes the cache on the way out)."""
+    """``Mounter`` against the fault hub: quick retries, fixed block and cache size."""
 
     def __init__(self, tmp_path: Path, hub, extra_env: dict | None = None):
         super().__init__(tmp_path, hub.url)
@@ -122,24 +120,6 @@ class FaultMounter(Mounter):
         return super().mount(repo, "--block-size", str(BLOCK), "--cache-size", str(CACHE_SIZE),
                              *extra, name=name, env=env)
 
-    def unmount(self, mp: Path) -> None:
-        pids = daemon_pids(mp)
-        super().unmount(mp)
-        wait_gone(pids)
-
-
-def daemon_pids(mp: Path) -> list[int]:
-    """Pids of daemons serving ``mp`` (from their stats file, if the mount answers)."""
-    try:
-        return [json.loads((mp / ".netmount" / "stats.json").read_text())["pid"]]
-    except (OSError, ValueError, KeyError):
-        return []
-
-
-def wait_gone(pids, timeout: float = 20.0) -> None:
-    """Wait for each daemon to exit (a pidfd, no polling); the bound only catches a hang."""
-    for pid in pids:
-        assert wait_exit(pid, timeout), f"daemon {pid} still running {timeout:.0f}s after its unmount"
 
 
 def assert_tree_matches(mp: Path, repo_dir: Path) -> None:

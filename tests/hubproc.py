@@ -55,8 +55,8 @@ class HubProcess:
         self.stop()
 
     # -- the TestHub query API, over the control port --------------------------------------
-    def _get(self, what: str):
-        with urllib.request.urlopen(f"{self._control}/{what}", timeout=30) as resp:
+    def _get(self, what: str, timeout: float = 30):
+        with urllib.request.urlopen(f"{self._control}/{what}", timeout=timeout) as resp:
             return json.loads(resp.read())
 
     @property
@@ -105,14 +105,48 @@ class HubProcess:
         """The rules with their ``hits`` counts."""
         return self._get("faults")
 
+    def wait_hits(self, rule: int = 0, n: int = 1, timeout: float = 60.0) -> bool:
+        """Block until fault rule number ``rule`` has fired ``n`` times (a request it acts on
+        has reached the hub); False if not within ``timeout`` (a hang guard).  The hub wakes
+        the wait as the rule fires: no polling."""
+        return self._get(f"wait-hits?rule={rule}&n={n}&timeout={timeout}", timeout + 30)["ok"]
+
+
+def _counted_rules(hub):
+    """The hub's fault rules, also waking whoever waits for a rule to fire (``/wait-hits``)."""
+    from netmount.dev.testhub.faults import FaultRules
+
+    class Counted(FaultRules):
+        def __init__(self, server) -> None:
+            super().__init__(server)
+            self.fired = threading.Condition()
+
+        def _match(self, request, rec):
+            rule = super()._match(request, rec)
+            if rule is not None:
+                with self.fired:
+                    self.fired.notify_all()
+            return rule
+
+        def wait_hits(self, index: int, n: int, timeout: float) -> bool:
+            def hit() -> bool:
+                rules = self.rules()
+                return index < len(rules) and rules[index]["hits"] >= n
+
+            with self.fired:
+                return self.fired.wait_for(hit, timeout)
+
+    return Counted(hub)
+
 
 def _serve(kwargs: dict) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
     from netmount.dev.testhub import TestHub
-    from netmount.dev.testhub.faults import FaultRules
 
     root = kwargs.pop("root")
     hub = TestHub(Path(root) if root else None, **kwargs).start()
-    faults = FaultRules(hub)
+    faults = _counted_rules(hub)
     hub.faults.append(faults)
 
     class Control(BaseHTTPRequestHandler):
@@ -128,6 +162,9 @@ def _serve(kwargs: dict) -> None:
                 body = {"sha": hub.commit_sha(self.path.split("=", 1)[1])}
             elif self.path == "/faults":
                 body = faults.rules()
+            elif self.path.startswith("/wait-hits?"):
+                q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                body = {"ok": faults.wait_hits(int(q["rule"]), int(q["n"]), float(q["timeout"]))}
             else:
                 self.send_error(404)
                 return
