@@ -4,7 +4,6 @@ with ``MemoryFetcher.hold`` and completion is awaited with ``reader.drain``."""
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -264,17 +263,24 @@ def test_landed_blocks_leave_the_budget_before_they_are_stored():
             gate.wait(10)
             super().put(content_id, index, block)
 
-    reader = BlockReader(SlowStore(BS), MemoryFetcher({"a.bin": data}), workers=4)
+    news = threading.Condition()  # the reader's news: a block landed, a run finished
+
+    def heard() -> None:
+        with news:
+            news.notify_all()
+
+    def all_landed() -> None:  # off the network: woken by the news, never by a clock
+        with news:
+            assert news.wait_for(lambda: inflight.bytes() == 0, 10)  # (the bound: a hang guard)
+
+    reader = BlockReader(SlowStore(BS), MemoryFetcher({"a.bin": data}), workers=4, on_run_done=heard)
     inflight = reader.runs.inflight
     try:
         assert reader.prefetch(f, [0, 1], budget=2 * BS) == (2, 0)
-        deadline = time.monotonic() + 10
-        while inflight.bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert inflight.bytes() == 0 and inflight.has(f, 0) and inflight.has(f, 1)  # landed, not stored
+        all_landed()
+        assert inflight.has(f, 0) and inflight.has(f, 1)  # landed, not stored
         assert reader.prefetch(f, [2, 3], budget=2 * BS) == (2, 0)  # room again while the store waits
-        while inflight.bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        all_landed()
         # 4 blocks landed and unstored: 2 over the budget of 2, so no room is left
         assert reader.prefetch(f, [4], budget=2 * BS) == (0, 1)
         gate.set()
