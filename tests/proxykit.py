@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -114,11 +113,3 @@ def start_proxy(origin, tmp_path):
         if pid is not None and alive(pid):
             p.stop()
 
-
-def wait_for(probe, timeout: float = 30.0):
-    """Poll ``probe()`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-    return value

@@ -29,7 +29,7 @@ from netmount.proxy.nginx_config import Layout, ProxyOptions, render
 from netmount.proxy.server import alive
 
 from conftest import run_cli
-from proxykit import TOKEN, free_port, origin, require_nginx, start_proxy, wait_for  # noqa: F401 (fixtures)
+from proxykit import TOKEN, free_port, origin, require_nginx, start_proxy  # noqa: F401 (fixtures)
 
 MiB = 1 << 20
 
@@ -248,9 +248,11 @@ def test_access_log_is_json_lines(start_proxy, origin):
     url = file_url(origin, "org/m", "config.json")
     proxy.get(url, (0, 3))
     proxy.get(url, (0, 3), token=TOKEN)
-    log = proxy.cache_dir / "logs" / "access.jsonl"
-    # nginx writes the line just after the last byte goes out: poll for it
-    lines = wait_for(lambda: (lambda ls: ls if len(ls) >= 2 else None)(log.read_text().splitlines()))
+    # nginx writes a request's line just after its last byte goes out: once it has stopped
+    # (gracefully: it finishes every request first, and `--stop` returns when it is gone) the
+    # log is whole
+    proxy.stop()
+    lines = (proxy.cache_dir / "logs" / "access.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [(r["uri"], r["range"], r["status"], r["cache"], r["token"]) for r in records] == [
         (url, "bytes=0-3", 206, "MISS", False), (url, "bytes=0-3", 206, "BYPASS", True)]
