@@ -11,6 +11,7 @@ import sys
 import threading
 from collections import Counter
 
+from conftest import settle
 from faultkit import BLOCK, check_cache_blocks, fault_root, fhub, fm  # noqa: F401 (fixtures)
 
 READER = r"""
@@ -53,6 +54,7 @@ def test_eight_processes_overlapping_ranges_one_mount(fm, fhub, fault_root):
                               stderr=subprocess.PIPE, text=True) for seed in range(8)]
     for p in procs:
         assert p.wait(120) == 0, p.stderr.read()
+    settle(mp)
     seen = _blocks_fetched(fhub)
     assert seen, "nothing was fetched"
     twice = {k: n for k, n in seen.items() if n > 1}
@@ -85,6 +87,8 @@ def test_two_mounts_sharing_one_cache_dir_fetch_each_block_at_most_once_each(fm,
     for t in threads:
         t.join(180)
     assert not errors, errors
+    settle(a)
+    settle(b)
     seen = _blocks_fetched(fhub)
     total_blocks = sum(-(-p.stat().st_size // BLOCK) for p in src.iterdir())
     assert len(seen) == total_blocks, (len(seen), total_blocks)

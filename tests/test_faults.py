@@ -11,9 +11,7 @@ import re
 
 import pytest
 
-from netmount.mounting.stats import wait_idle
-
-from conftest import sha256_file, within
+from conftest import settle, sha256_file, within
 from faultkit import assert_tree_matches, check_cache_blocks, fault_root, fhub, fm  # noqa: F401 (fixtures)
 
 
@@ -56,6 +54,7 @@ def test_transient_fault_is_retried_and_bytes_are_right(fm, fhub, fault_root, na
     mp = fm.mount("faults/model")
     fhub.set_faults([_rule(name, times=2)])
     assert_tree_matches(mp, repo)
+    settle(mp)
     assert _hits(fhub) == 2, fhub.faults()
     stats = fm.stats(mp)
     # (a 200 with the whole file is right for a request of the whole file: config.json)
@@ -76,6 +75,7 @@ def test_persistent_fault_is_eio_then_the_mount_recovers(fm, fhub, fault_root, n
         with pytest.raises(OSError) as exc:
             within(120, (mp / rel).read_bytes)
         assert exc.value.errno == errno.EIO, rel
+    settle(mp)
     assert _hits(fhub) >= 4
     stats = fm.stats(mp)  # the daemon is still up and answering
     assert stats["errors"] >= 1
@@ -92,6 +92,7 @@ def test_429_retry_after_is_honoured(fm, fhub, fault_root):
     fhub.set_faults([{"kind": "status", "status": 429, "retry_after": 0.7, "times": 1,
                       "path_contains": "/blobs/"}])
     assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    settle(mp)
     cdn = [r for r in fhub.requests(server="cdn") if r.range]
     first_429 = next(r for r in cdn if r.status == 429)
     assert any(r.range == first_429.range and r.status == 206 for r in cdn), "not retried"
@@ -107,6 +108,7 @@ def test_expired_url_is_resolved_again_once(fm, fhub, fault_root):
     fhub.reset_log()
     fhub.set_faults([{"kind": "expired", "server": "cdn", "times": 1}])
     assert sha256_file(mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    settle(mp)
     resolves = fhub.requests(server="hub", method="HEAD", path_contains="/resolve/")
     assert len([r for r in resolves if r.path.endswith("weights.bin")]) == 2, resolves
     assert all(r.status == 302 for r in resolves)
@@ -134,10 +136,12 @@ def test_resolve_failures_are_retried_or_eio(fm, fhub, fault_root, times):
         with pytest.raises(OSError) as exc:
             (mp / "weights.bin").read_bytes()
         assert exc.value.errno == errno.EIO
+        settle(mp)
         assert _hits(fhub) >= 4  # 1 + 3 retries
         fhub.clear_faults()
     assert_tree_matches(mp, repo)
     if times is not None:
+        settle(mp)
         assert _hits(fhub) == times
 
 
@@ -148,6 +152,7 @@ def test_a_trickle_is_a_stall_too(fm, fhub, fault_root):
     fhub.set_faults([{"kind": "slow", "rate": 40 << 10, "server": "cdn", "times": 1}])
     # the retry shows the trickle was cut; the bound only catches a read that hangs
     assert within(120, sha256_file, mp / "weights.bin") == sha256_file(_repo(fault_root) / "weights.bin")
+    settle(mp)
     assert _hits(fhub) == 1
     assert fm.stats(mp)["retries"] >= 1
 
@@ -172,7 +177,7 @@ def test_signed_urls_are_reused_then_resolved_again_once_expired(fm, fhub, fault
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # one block per read
         assert os.pread(fh.fileno(), 4096, 0) == data[:4096]
         assert os.pread(fh.fileno(), 4096, 1 << 20) == data[1 << 20:(1 << 20) + 4096]
-        assert wait_idle(mp)  # no request of the daemon's own still in flight
+        settle(mp)  # no request of the daemon's own still in flight
         assert len(resolves()) == 1 and len(cdn_gets()) >= 2  # one URL, used again
         assert all(r.status == 206 for r in cdn_gets())
         fhub.expire_signed_urls()

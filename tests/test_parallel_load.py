@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mounter
+from conftest import Mounter, settle
 
 pytestmark = pytest.mark.fuse
 
@@ -187,8 +187,6 @@ def test_shards_opened_together_have_their_headers_read_ahead(par_mounter, par_h
     """A loader opening every shard (transformers, one header after another) gets the next
     shards' first blocks (header and first fault) read in parallel once a shard opens while two
     others are open — no more of them; shards read one after another get nothing of the others."""
-    from netmount.mounting.stats import wait_idle
-
     mp = par_mounter.mount("tests/llama")
     shards = sorted(mp.glob("*.safetensors"))
     assert len(shards) == 4
@@ -199,9 +197,8 @@ def test_shards_opened_together_have_their_headers_read_ahead(par_mounter, par_h
     with open(shards[0], "rb", buffering=0) as a, open(shards[1], "rb", buffering=0) as b:
         a.read(8)
         b.read(8)
-        assert wait_idle(mp)
-        assert fetched(shards[2]) == fetched(shards[3]) == 0
+        assert fetched(shards[2]) == fetched(shards[3]) == 0  # (par_mounter.stats settles first)
         with open(shards[2], "rb", buffering=0) as c:
             c.read(8)
-            assert wait_idle(mp)
+            settle(mp)
     assert 0 < fetched(shards[3]) <= MIB  # never opened: its first block, no more

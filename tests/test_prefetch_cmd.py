@@ -10,7 +10,8 @@ import pytest
 
 from netmount.core.safetensors import header_size, parse_header
 
-from conftest import run_cli, sha256_file
+from conftest import run_cli, settle, sha256_file
+from conftest import stats as settled_stats
 
 
 def blocks_of(start, end, bs):
@@ -75,11 +76,12 @@ def test_glob_fetches_exactly_those_tensors_blocks_plus_headers(bare, mounter, h
     last = "model-00011-of-00011.safetensors"
     assert want[last] == {0, 1, 2, 3, 6, 7}  # header, embed_tokens, experts.5: gaps between
     assert len(want) >= 4
+    settle(mp)
     got, sent = fetched_blocks(hub, folder, bs)
     assert got == want
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
     assert sent == sum(min((i + 1) * bs, sizes[f]) - i * bs for f, bl in want.items() for i in bl)
-    stats = json.loads((mp / ".netmount" / "stats.json").read_text())
+    stats = settled_stats(mp)
     cached = {f["path"]: {i for a, b in f["cached_runs"] for i in range(a, b + 1)} for f in stats["files"]}
     for shard, blocks in want.items():
         assert cached[shard] == blocks
@@ -99,11 +101,13 @@ def test_cached_blocks_are_skipped_so_it_resumes(bare, hub, hub_root):
     assert again.returncode == 0, again.stderr
     bs = 1 << 20
     t4, t5 = tensors["layer.4.weight"], tensors["layer.5.weight"]
+    settle(mp)
     got, _ = fetched_blocks(hub, folder, bs)
     assert got == {"model.safetensors": blocks_of(t4.start, t4.end, bs) - blocks_of(t5.start, t5.end, bs)}
     hub.reset_log()
     third = run_cli("prefetch", str(mp), "--match", "layer.[45].weight", "--quiet")
     assert third.returncode == 0 and "0 B read now" in third.stdout
+    settle(mp)
     assert hub.requests(server="cdn") == []
 
 
@@ -112,7 +116,7 @@ def test_whole_files_by_path_glob(bare, hub, hub_root):
     mp = bare.mount("tests/plain")
     done = run_cli("prefetch", str(mp), "--match", "data.bin", "--match", "sub/*", "--quiet")
     assert done.returncode == 0, done.stderr
-    stats = json.loads((mp / ".netmount" / "stats.json").read_text())
+    stats = settled_stats(mp)
     cached = {f["path"]: f["cached_bytes"] for f in stats["files"]}
     assert cached["data.bin"] == (folder / "data.bin").stat().st_size
     assert cached["sub/deeper/note.txt"] == 5
@@ -125,14 +129,14 @@ def test_with_the_daemons_prefetch_on_everything_selected_is_cached(mounter, hub
     mp = mounter.mount("tests/tiny-dsv3", "--block-size", "64K")
     done = run_cli("prefetch", str(mp), "--match", "model.layers.2.*", "--quiet")
     assert done.returncode == 0, done.stderr
-    stats = json.loads((mp / ".netmount" / "stats.json").read_text())
+    stats = settled_stats(mp)
     cached = {f["path"]: {i for a, b in f["cached_runs"] for i in range(a, b + 1)} for f in stats["files"]}
     for shard, blocks in expected_blocks(folder, ["model.layers.2.*"], 64 << 10).items():
         assert blocks <= cached[shard], shard
     assert "still missing" not in done.stdout
     everything = run_cli("prefetch", str(mp), "--quiet")  # no glob: the whole repo
     assert everything.returncode == 0, everything.stderr
-    stats = json.loads((mp / ".netmount" / "stats.json").read_text())
+    stats = settled_stats(mp)
     assert stats["cached_bytes"] == stats["total_bytes"]
 
 

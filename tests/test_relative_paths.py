@@ -13,8 +13,7 @@ import sys
 
 import netmount
 
-from conftest import require_fuse
-from faultkit import daemon_pids, wait_gone
+from conftest import daemon_pids, require_fuse, wait_gone
 
 
 def _cli(cwd, env, *args):

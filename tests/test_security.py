@@ -59,8 +59,8 @@ def test_token_never_leaks_and_auth_stays_on_the_hub(fm, fhub, fault_root, tmp_p
     assert sha256_file(mp / "model.bin") == sha256_file(src / "model.bin")  # LFS: via the CDN
     assert (mp / "config.json").read_text() == "{}"  # regular: from the hub itself
 
-    stats_text = (mp / ".netmount" / "stats.json").read_text()
-    pid = json.loads(stats_text)["pid"]
+    stats = fm.stats(mp)  # settled: every request of the daemon's is in the hub's log below
+    stats_text, pid = json.dumps(stats), stats["pid"]
     secret = TOKEN.encode()
     with open(f"/proc/{pid}/cmdline", "rb") as fh:
         assert secret not in fh.read()

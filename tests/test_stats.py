@@ -15,9 +15,8 @@ import sys
 import pytest
 
 from netmount.commands.statsview import SHADES, bar, render_map, render_table
-from netmount.mounting.stats import wait_idle
 
-from conftest import run_cli, sha256_file
+from conftest import run_cli, settle, sha256_file
 
 BLOCK = 1 << 20
 
@@ -47,7 +46,7 @@ def header_of(path):
 def settled_stats(mp, hub):
     """CLI stats once the daemon has nothing in flight (its downloads over and stored), and
     the bytes the hub sent meanwhile."""
-    assert wait_idle(mp)
+    settle(mp)
     done = run_cli("stats", "--json", str(mp))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout), hub.bytes_sent(server=None)

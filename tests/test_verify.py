@@ -16,7 +16,7 @@ import pytest
 from netmount.core.units import format_size
 from netmount.dev.testhub.repo import git_blob_sha1
 
-from conftest import run_cli, sha256_file
+from conftest import run_cli, settle, sha256_file
 from faultkit import BLOCK, fhub, fm  # noqa: F401 (fixtures)
 
 REPO = "verify/model"
@@ -62,10 +62,6 @@ def _verify(mp: Path, *args: str) -> tuple[int, list[dict]]:
     return done.returncode, {r["path"]: r for r in json.loads(done.stdout)}
 
 
-def _idle(mp: Path) -> None:
-    assert (mp / ".netmount" / "idle").read_text().strip() == "idle"
-
-
 def _per_file(stats: dict) -> dict:
     return {f["path"]: f for f in stats["files"]}
 
@@ -80,7 +76,7 @@ def test_lying_hub_is_caught_dropped_and_healed(fm, fhub, fault_root):
         (mp / name).read_bytes()
     assert sum(r["hits"] for r in fhub.faults()) >= 1, fhub.faults()
     assert sha256_file(mp / bad[0]) != _sha256(src / bad[0])  # the lie went through unseen
-    _idle(mp)
+    settle(mp)
 
     done = run_cli("verify", str(mp), "--fetch", *names)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -100,7 +96,7 @@ def test_lying_hub_is_caught_dropped_and_healed(fm, fhub, fault_root):
     fhub.clear_faults()
     for name in bad:  # the same mount, the same kernel: memory tiers and page cache forgot
         assert sha256_file(mp / name) == _sha256(src / name), name
-    _idle(mp)
+    settle(mp)
     code, records = _verify(mp, *names)
     assert code == 0 and {r["status"] for r in records.values()} == {"ok"}, records
     assert records["config.json"]["expected"] == git_blob_sha1((src / "config.json").read_bytes())
@@ -119,7 +115,7 @@ def test_partial_file_is_not_checked_and_nothing_is_fetched(fm, fhub, fault_root
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         assert len(os.pread(fh.fileno(), BLOCK, 4 * BLOCK)) == BLOCK
     (mp / "config.json").read_bytes()
-    _idle(mp)
+    settle(mp)
     cached = _per_file(fm.stats(mp))["big.bin"]["cached_bytes"]
     assert 0 < cached < 32 * BLOCK
     fhub.reset_log()
@@ -135,6 +131,7 @@ def test_partial_file_is_not_checked_and_nothing_is_fetched(fm, fhub, fault_root
     assert records["big.bin"]["actual"] is None
     assert all(records[f"model-0000{i}-of-00003.bin"]["status"] == "partial" for i in (1, 2, 3))
     assert records["config.json"]["status"] == "ok"
+    settle(mp)
     assert fhub.requests() == [], fhub.requests()  # stats and hashing never touch the network
 
 
@@ -147,14 +144,14 @@ def test_a_drop_is_seen_by_another_mount_on_the_same_cache(fm, fhub, fault_root)
     b = fm.mount(REPO, name="b")  # same cache dir (fm.cache_dir)
     fhub.set_faults(_lies(src, [name], []))
     wrong = (a / name).read_bytes()
-    _idle(a)
+    settle(a)
     assert (b / name).read_bytes() == wrong  # b reads a's blocks (or its own lies)
-    _idle(b)
+    settle(b)
     records = {r["path"]: r for r in netmount.verify(str(a), [name])}
     assert records[name]["status"] == "mismatch" and records[name]["dropped_bytes"] > 0
     fhub.clear_faults()
     assert sha256_file(b / name) == _sha256(src / name)  # b's memory and page cache forgot too
-    _idle(b)
+    settle(b)
     assert [r["status"] for r in netmount.verify(b, [str(b / name)])] == ["ok"]
     assert _per_file(fm.stats(a))[name]["verified"]  # one store: the mark is seen by both
 
