@@ -146,9 +146,19 @@ def _quiet_transformers() -> None:
 # --------------------------------------------------------------------------- signals
 
 
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM while the demo runs; ``run_demo`` turns it into KeyboardInterrupt
+    once it has cleaned up.  Not KeyboardInterrupt itself: raised while the main thread runs
+    code compiled from a string (transformers' lazy imports ``exec`` them), a
+    KeyboardInterrupt leaving that code marks the interpreter, and ``python -m`` then ends
+    by SIGINT (exit -2) however the exception was caught later.  (BaseException: library
+    code that catches Exception must not swallow it.)"""
+
+
 class _Signals:
-    """While the demo runs, SIGTERM is a KeyboardInterrupt (so ``finally`` cleans up), and
-    ``held()`` delays both for the short spans where a process or mount is being started."""
+    """While the demo runs, SIGINT and SIGTERM raise ``_Interrupted`` (so ``finally`` cleans
+    up), and ``held()`` delays both for the short spans where a process or mount is being
+    started."""
 
     def __init__(self) -> None:
         self.active = threading.current_thread() is threading.main_thread()
@@ -160,7 +170,7 @@ class _Signals:
         if self._holding:
             self._pending.append(signum)
             return
-        raise KeyboardInterrupt
+        raise _Interrupted
 
     def __enter__(self) -> "_Signals":
         if self.active:
@@ -180,7 +190,7 @@ class _Signals:
             self._holding = False
         if self._pending:
             self._pending.clear()
-            raise KeyboardInterrupt
+            raise _Interrupted
 
 
 def _die_with_parent() -> None:  # preexec_fn: the hub gets SIGTERM if the demo dies, even by SIGKILL
@@ -463,8 +473,25 @@ def report(result: DemoResult, out=None) -> None:
 
 
 def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, out=None) -> DemoResult:
-    """Run the demo (see the module docstring); prints the report on ``out`` (stdout)."""
-    from netmount.mounting import lifecycle
+    """Run the demo (see the module docstring); prints the report on ``out`` (stdout).
+    Interrupted (SIGINT, SIGTERM): cleans up, then raises KeyboardInterrupt (exit 130)."""
+    try:
+        return _run_demo(cache_dir, keep, out)
+    except _Interrupted:
+        raise KeyboardInterrupt from None  # here, out of every exec'd frame (see _Interrupted)
+
+
+@dataclass
+class _Started:
+    """What a run has started so far, for its clean-up (filled in as each part starts)."""
+
+    hub: subprocess.Popen | None = None
+    url: str = ""
+    mount: object = None  # lifecycle.Mount
+
+
+def _run_demo(cache_dir: str | os.PathLike | None, keep: bool, out) -> DemoResult:
+    from netmount.mounting.stats import read_stats
 
     root = settings.cache_dir(os.fspath(cache_dir) if cache_dir else None).expanduser().absolute()
     paths = DemoPaths(root / "demo")
@@ -473,46 +500,22 @@ def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, 
     with _Signals() as sig, _locked(paths):
         if _clean(paths):
             say("removed what an earlier demo left running")
-        hub_proc = mount = None
+        started = _Started()
         ok = False
         try:
-            t = time.monotonic()
-            say(f"tiny DeepSeek-V3 checkpoint: building it once, cached in {root / 'models'} ...")
-            model_dir = build_model(root)
-            mtp = find_mtp_shard(model_dir)
-            timings["build"] = time.monotonic() - t
-            say(f"checkpoint ready in {timings['build']:.1f}s: {model_dir}")
-
-            (paths.hub_root / REPO_ID).parent.mkdir(parents=True)
-            os.symlink(model_dir, paths.hub_root / REPO_ID)
-            t = time.monotonic()
-            hub_proc, url = _start_hub(paths, sig, detach=keep)
-            timings["hub"] = time.monotonic() - t
-            say(f"test hub serving {REPO_ID} at {url} (pid {hub_proc.pid}, log {paths.hub_log})")
-
-            paths.mountpoint.mkdir(exist_ok=True)
-            t = time.monotonic()
-            with sig.held():
-                mount = lifecycle.mount(REPO_ID, paths.mountpoint, endpoint=url, cache_dir=paths.cache,
-                                        block_size=BLOCK_SIZE, cache_size="1G")
-            timings["mount"] = time.monotonic() - t
-            say(f"mounted on {mount.path} with an empty block cache in {timings['mount']:.1f}s "
-                f"(daemon log {mount.log_file})")
-
+            mtp = _start(root, paths, sig, keep, timings, started)
+            mount = started.mount
             say("loading with stock transformers: AutoModelForCausalLM.from_pretrained(mountpoint) ...")
             gen = load_and_generate(mount.path)
             timings["load"], timings["generate"] = gen.load_s, gen.generate_s
-            stats = json.loads((Path(mount.path) / ".netmount" / "stats.json").read_text())
+            stats = read_stats(mount.path, settled=True)  # final: nothing still fetched or stored
             mtp_ok, _ = mtp_verdict(stats, mtp)
-            result = DemoResult(stats, mtp, gen, mount.path, url, mtp_ok, keep, root,
-                                hub_proc.pid, timings)
+            result = DemoResult(stats, mtp, gen, mount.path, started.url, mtp_ok, keep, root,
+                                started.hub.pid, timings)
             if not keep:
                 say("unmounting and stopping the test hub")
                 t = time.monotonic()
-                mounts.unmount_retrying(str(paths.mountpoint))
-                if mount.process is not None:
-                    mount.process.wait(timeout=30)
-                _stop_hub(hub_proc)
+                _stop(paths, started)
                 timings["cleanup"] = time.monotonic() - t
             timings["total"] = time.monotonic() - t_start
             report(result, out)
@@ -526,11 +529,48 @@ def run_demo(cache_dir: str | os.PathLike | None = None, *, keep: bool = False, 
                 if not ok:
                     say("cleaning up: unmounting and stopping the test hub")
                 with sig.held():
-                    mounts.unmount_retrying(str(paths.mountpoint))
-                    if mount is not None and mount.process is not None:
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            mount.process.wait(timeout=30)
-                    if hub_proc is not None:
-                        _stop_hub(hub_proc)
+                    _stop(paths, started)
                     if ok:  # keep the logs of a failed run for the user to read
                         _clean(paths)
+
+
+def _start(root: Path, paths: DemoPaths, sig: _Signals, keep: bool, timings: dict,
+           started: _Started) -> MtpShard:
+    """Build (once) the model, serve it, mount it; each part noted in ``started`` as soon
+    as it runs (an interrupt is held back while a process or the mount starts)."""
+    from netmount.mounting import lifecycle
+
+    t = time.monotonic()
+    say(f"tiny DeepSeek-V3 checkpoint: building it once, cached in {root / 'models'} ...")
+    model_dir = build_model(root)
+    mtp = find_mtp_shard(model_dir)
+    timings["build"] = time.monotonic() - t
+    say(f"checkpoint ready in {timings['build']:.1f}s: {model_dir}")
+
+    (paths.hub_root / REPO_ID).parent.mkdir(parents=True)
+    os.symlink(model_dir, paths.hub_root / REPO_ID)
+    t = time.monotonic()
+    started.hub, started.url = _start_hub(paths, sig, detach=keep)
+    timings["hub"] = time.monotonic() - t
+    say(f"test hub serving {REPO_ID} at {started.url} (pid {started.hub.pid}, log {paths.hub_log})")
+
+    paths.mountpoint.mkdir(exist_ok=True)
+    t = time.monotonic()
+    with sig.held():
+        started.mount = lifecycle.mount(REPO_ID, paths.mountpoint, endpoint=started.url,
+                                        cache_dir=paths.cache, block_size=BLOCK_SIZE, cache_size="1G")
+    timings["mount"] = time.monotonic() - t
+    say(f"mounted on {started.mount.path} with an empty block cache in {timings['mount']:.1f}s "
+        f"(daemon log {started.mount.log_file})")
+    return mtp
+
+
+def _stop(paths: DemoPaths, started: _Started) -> None:
+    """Unmount (waiting for the daemon to exit) and stop the hub, whatever of them started."""
+    mounts.unmount_retrying(str(paths.mountpoint))
+    mount = started.mount
+    if mount is not None and mount.process is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            mount.process.wait(timeout=30)
+    if started.hub is not None:
+        _stop_hub(started.hub)
