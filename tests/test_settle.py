@@ -28,6 +28,13 @@ def shard(sizes: list[int]) -> tuple[bytes, list[tuple[int, int]]]:
     return data, sorted((t.start, t.end) for t in parse_header(data))
 
 
+def parts(blocks: int, seed: int, reader=BlockReader):
+    """A file of ``blocks`` blocks, its store, the fetcher that serves it and a reader."""
+    data = make_bytes(blocks * BS, seed)
+    store, fetch = MemoryBlockStore(BS), MemoryFetcher({"a.bin": data})
+    return data, remote("a.bin", data), store, fetch, reader(store, fetch)
+
+
 class Announcing(MemoryFetcher):
     """The in-memory fetcher, telling (``started``) when a fetch has been asked for."""
 
@@ -44,8 +51,7 @@ class Announcing(MemoryFetcher):
 def test_a_read_under_way_is_not_settled():
     """The FUSE face holds ``reading`` around a whole request (its prefetch bookkeeping
     after the read included): a request the kernel sent on its own (readahead) counts."""
-    data = make_bytes(4 * BS, 1)
-    reader = BlockReader(MemoryBlockStore(BS), MemoryFetcher({"a.bin": data}))
+    *_, reader = parts(4, 1)
     with reader.reading:
         assert not reader.drain(0)
     assert reader.drain(0)
@@ -53,11 +59,7 @@ def test_a_read_under_way_is_not_settled():
 
 
 def test_an_extent_in_flight_is_not_settled():
-    data = make_bytes(20 * BS, 2)
-    f = remote("a.bin", data)
-    store = MemoryBlockStore(BS)
-    fetch = MemoryFetcher({"a.bin": data})
-    reader = BlockReader(store, fetch)
+    _, f, store, fetch, reader = parts(20, 2)
     fetch.hold()
     reader.prefetch_extent(f, 3 * BS + 5000, 9 * BS + 100)  # a lone tensor, exactly: returns at once
     assert not reader.drain(0)
@@ -71,9 +73,6 @@ def test_an_extent_is_settled_only_once_its_blocks_are_handed_to_the_store():
     """The extent's bytes are already served (its readers woken) while its ``on_done`` has not
     yet queued its whole blocks for the store: not settled, or stats read then would show
     fetched bytes that are not cached."""
-    data = make_bytes(20 * BS, 3)
-    f = remote("a.bin", data)
-    store = MemoryBlockStore(BS)
     gate, handing = threading.Event(), threading.Event()
 
     class SlowHandOver(BlockReader):
@@ -82,7 +81,7 @@ def test_an_extent_is_settled_only_once_its_blocks_are_handed_to_the_store():
             assert gate.wait(10)
             super()._extent_in(f, start, data)
 
-    reader = SlowHandOver(store, MemoryFetcher({"a.bin": data}))
+    data, f, store, _, reader = parts(20, 3, SlowHandOver)
     try:
         # (its hand-over runs on the fetcher's thread, or on this one if the bytes came at once)
         threading.Thread(target=reader.prefetch_extent, args=(f, 2 * BS, 6 * BS), daemon=True).start()
