@@ -29,10 +29,6 @@ class Activity:
     def __exit__(self, *exc) -> None:
         self.add(-1)
 
-    def busy(self) -> bool:
-        with self._none:
-            return self._count > 0
-
     def wait_none(self, timeout: float | None = None) -> bool:
         """Block until no work is under way; False if some still is after ``timeout``."""
         with self._none:
