@@ -36,7 +36,7 @@ from typing import Callable
 
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError, FuseUnavailable
-from netmount.mounting.lifecycle import APT_FUSE, libfuse3_path
+from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
 from netmount.read.reader import BlockReader
 from netmount.remote.hub import RemoteFile, Snapshot
 

@@ -24,6 +24,7 @@ from netmount.core import errors, procs, settings
 from netmount.core.units import parse_size
 from netmount.mounting import mounts
 from netmount.mounting.daemon import DaemonConfig
+from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
 from netmount.remote import hub
 
 READY_TIMEOUT = 60.0
@@ -86,21 +87,6 @@ def check_cache_size(value: int | str) -> int:
 
 FUSE_DEVICE = "/dev/fuse"
 _CONTAINER_HINT = "in a container run with --device /dev/fuse --cap-add SYS_ADMIN"
-APT_FUSE = "apt-get install fuse3 libfuse3-3"
-LIBFUSE = "fuse3"  # the library name ctypes looks up: libfuse3.so.3
-
-
-def libfuse3_path() -> str:
-    """Where libfuse3 is (``$FUSE_LIBRARY_PATH`` if set); ``FuseUnavailable`` if it is not installed.
-
-    The FUSE face binds libfuse3, not libfuse2: only libfuse3 negotiates requests over 128 KiB.
-    """
-    import ctypes.util
-
-    path = os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library(LIBFUSE)
-    if not path:
-        raise errors.FuseUnavailable(f"libfuse3 not found: {APT_FUSE}")
-    return path
 
 
 def check_fuse() -> None:
@@ -187,21 +173,16 @@ def mount(
     headers are read and the view planned here, before the daemon gets its configuration.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
-    # The daemon starts first: its imports (aiohttp, libfuse3's binding, the cache: ~0.7 s of
-    # CPU) then run on the other core while this process checks its input and asks the Hub;
-    # it waits for its configuration on stdin and is killed if anything below fails.
+    args = dict(locals())  # the parameters, as given, for ``_mount``
+    # The daemon starts first: its imports (~0.7 s of CPU) run on the other core while this process
+    # checks its input and asks the Hub; it waits for its configuration, killed if anything fails.
     proc = None if foreground else start_daemon()
     try:
         from netmount.views.model import no_gc
 
-        # cyclic GC off until the mount is live: huggingface_hub's imports make ~80 collections
-        # (~0.09 s) and few garbage cycles; with ``foreground`` this thread serves the mount
+        # cyclic GC off until the mount is live (huggingface_hub's imports: ~80 collections, ~0.09 s)
         with contextlib.nullcontext() if foreground else no_gc():
-            return _mount(proc, repo, mountpoint, revision=revision, endpoint=endpoint, token=token,
-                          cache_dir=cache_dir, cache_size=cache_size, block_size=block_size,
-                          connections=connections, readahead=readahead, allow_other=allow_other,
-                          foreground=foreground, debug=debug, cache_proxy=cache_proxy, reshard=reshard,
-                          only=only, experts=experts, repo_type=repo_type)
+            return _mount(proc, **args)
     except BaseException:
         if proc is not None:
             _stop(proc)
