@@ -95,9 +95,10 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         logging.getLogger("netmount.cache"),
         lambda: MemoryBlockStore(config.block_size, 256 << 20),
     )
-    fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
+    fetcher = RangeFetcher(snap.endpoint, token=config.token,
                            connections=config.connections, counters=counters,
-                           proxy=config.cache_proxy, repo_type=snap.repo_type).start()
+                           proxy=config.cache_proxy).start()
+    by_path = {f.path: f for f in snap.files}
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     readahead = ReadaheadSwitch(config.mountpoint, config.readahead_kb)
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
@@ -107,7 +108,8 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     # in flight as those carry at once: more would only queue (and sit in memory)
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
-                            files=snap.files, resolve=fetcher.resolve_ahead,
+                            files=snap.files, resolve=lambda paths: fetcher.resolve_ahead(
+                                [by_path[p] for p in paths if p in by_path]),
                             on_loader=readahead.loader) if config.prefetch else None
     if prefetcher is not None:
         readahead.header_only = prefetcher.header_only
@@ -197,7 +199,7 @@ def _preload() -> None:
 
     def http_client() -> None:
         try:
-            from netmount.remote.fetch import import_client
+            from netmount.remote.client import import_client
 
             import_client()
         except Exception:  # the fetcher imports it again, and logs
