@@ -12,7 +12,7 @@ The decision (``ReadaheadSwitch.opening``): a file opens with ``large_kb`` (1 Mi
 largest request, 8x fewer requests than 128 KiB) when its folder is being loaded, else with
 ``small_kb`` (32 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB, nor the kernel's
 128 KiB either side of it; measured 16/32/64/128 KiB on the partial patterns, BENCHMARKS.md).  A folder is
-being loaded once the prefetch policy saw a loader there (``loader(folder)``, the
+being loaded once the prefetch policy saw a loader there (``LoaderNews``, told by the
 prefetcher's ``on_loader``: the shards a loader opens after that open large), once a program
 read ``stream_bytes`` (8 MiB) of one of its files front to back (``reading``: a stream, or a
 loader that goes shard by shard, which the policy may take for a stream), or — when
