@@ -141,3 +141,47 @@ def test_unmount_of_a_busy_mount_stops_its_daemon(tmp_path, fhub):  # noqa: F811
         m.mounted.clear()
     finally:
         m.cleanup()
+
+
+SEQUENTIAL = """
+import sys
+with open(sys.argv[1], "rb", buffering=0) as fh:
+    fh.read(1 << 20)
+    print("started", flush=True)
+    try:
+        while fh.read(1 << 20):
+            pass
+        print("done")
+    except OSError as exc:
+        print("errno %d" % exc.errno)
+"""
+
+
+def test_a_daemon_stopped_amid_prefetch_closes_in_order(tmp_path, fhub):  # noqa: F811
+    """SIGTERM while a stream's reads and the prefetch ahead of them are in flight (the CDN
+    slowed): the daemon aborts its fetches, stops the prefetcher, drains and closes, within
+    the bounds of closing.py — nothing logs a failure of a part used after it closed."""
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    reader = None
+    try:
+        mp = m.mount("faults/big")
+        (pid,) = daemon_pids(mp)
+        fhub.add_fault("slow", path_contains="/blobs/", rate=256 << 10)
+        reader = subprocess.Popen([sys.executable, "-c", SEQUENTIAL, str(mp / "shard-1.bin")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert reader.stdout.readline() == "started\n"
+        assert fhub.wait_hits(0, 2, WAIT)
+        os.kill(pid, signal.SIGTERM)
+        _exits(pid)
+        out, err = reader.communicate(timeout=WAIT)
+        assert out.strip() in ("done", "errno 5"), (out, err)  # all of it, or EIO: never a hang
+        log = "\n".join(p.read_text() for p in (m.cache_dir / "logs").glob("*.log"))
+        closing = log[log.index("; closing"):]
+        assert "Traceback" not in closing and "did not end" not in closing and "ERROR" not in closing, closing
+        m.mounted.clear()
+    finally:
+        if reader is not None and reader.poll() is None:
+            reader.kill()
+        fhub.clear_faults()
+        m.cleanup()

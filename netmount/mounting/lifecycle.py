@@ -28,6 +28,7 @@ from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
 from netmount.remote import hub
 
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount (and to exit)
 
 
 class Mount:
@@ -57,9 +58,9 @@ class Mount:
         mounts.unmount_retrying(self.path)
         if self.process is not None:
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                _kill(self.process)
         if self._owns_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             self._owns_dir = False
@@ -269,10 +270,18 @@ def start_daemon() -> subprocess.Popen:
                               start_new_session=True)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL, and reap it (bounded: a process in uninterruptible sleep may take a while)."""
+    proc.kill()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Kill a daemon that will not mount, and close our ends of its pipes."""
-    proc.kill()
-    proc.wait()
+    _kill(proc)
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None and not pipe.closed:
             try:
@@ -332,9 +341,6 @@ def _last_fuse_line(log_file: str) -> str:
 
 def _slug(path: str) -> str:
     return path.strip("/").replace("/", "_") or "root"
-
-
-STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount
 
 
 def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = False) -> None:

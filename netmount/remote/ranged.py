@@ -160,7 +160,8 @@ class RangeRequests:
                 attempt += 1
                 if attempt > self.settings.max_retries or self.final:
                     self.counters.add("errors")
-                    log.error("giving up on %s [%d, %d) after %d tries: %s", path, start, end, attempt, why)
+                    log.log(logging.DEBUG if self.final else logging.ERROR,  # stopping: not news
+                            "giving up on %s [%d, %d) after %d tries: %s", path, start, end, attempt, why)
                     raise FetchError(f"{path} [{start}, {end}): {why}") from None
                 self.counters.add("retries")
                 delay = getattr(exc, "after", None)
