@@ -156,10 +156,10 @@ def module_of(name: str, modules: set[str]) -> str | None:
 def cycles(files: list[str], imports: list[Import]) -> list[str]:
     """One line per import cycle between the modules of ``files`` (each a strongly connected
     set of two or more modules), naming every import that closes it."""
-    names = {module_name(rel): rel for rel in files}
+    names = {module_name(rel) for rel in files}
     edges: dict[str, dict[str, Import]] = defaultdict(dict)
     for imp in imports:
-        target = module_of(imp.module, set(names))
+        target = module_of(imp.module, names)
         source = module_name(imp.file)
         if target is not None and target != source:
             edges[source].setdefault(target, imp)
