@@ -323,9 +323,9 @@ class DiskBlockStore(BlockStore):
         self._apply(stored, removed)
 
     def _held_whole(self, content_id: str, index: int, length: int) -> bool:
+        held = self._content(content_id)
         with self._lock:
-            held = self._held.get(content_id)
-            obj = held.blocks.get(index) if held is not None else None
+            obj = held.blocks.get(index)
             return obj is not None and obj.length == length
 
     def _stored_pieces(self, content_id: str, index: int) -> list[Obj] | None:

@@ -303,20 +303,24 @@ def write_file(directory: str, data: bytes) -> str:
     name = os.path.join(hex_name[:2], hex_name[2:4], hex_name[4:] + ".val")
     path = os.path.join(directory, name)
     for attempt in range(10):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:  # a delete of the folder's last file may remove the folder (diskcache's remove)
+        try:  # a delete of a folder's last file removes the folder (diskcache's remove): retry
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break
         except FileNotFoundError:
             if attempt == 9:
                 raise
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except BaseException:
         os.close(fd)
         os.unlink(path)
         raise
     os.close(fd)
     return name
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -72,6 +72,8 @@ def cover(objects: Iterable, a: int, b: int) -> list[tuple[object, int, int]] | 
             out.append((best, pos, min(b, best.end)))
             pos = min(b, best.end)
             best = None
+            if pos >= b:
+                break
             if obj.start > pos:
                 return None
         if obj.end > pos and (best is None or obj.end > best.end):
