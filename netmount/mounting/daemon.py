@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from netmount.core import settings
 from netmount.core.units import parse_size
@@ -76,7 +75,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
     # and aiohttp alone costs it ~0.2 s of start-up
-    from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
+    from cache import open_store
     from netmount.core.counters import Counters
     from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
     from netmount.mounting.readahead import ReadaheadSwitch, max_read
@@ -90,11 +89,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     counters = Counters()
     # An unusable cache dir (full, read-only, corrupt) degrades to a small memory cache:
     # reads keep working from the network.
-    store = SafeBlockStore.open(
-        lambda: DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
-        logging.getLogger("netmount.cache"),
-        lambda: MemoryBlockStore(config.block_size, 256 << 20),
-    )
+    store = open_store(config.cache_dir, config.block_size, config.cache_size, logging.getLogger("netmount.cache"))
     fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
                            connections=config.connections, counters=counters,
                            proxy=config.cache_proxy, repo_type=snap.repo_type).start()
