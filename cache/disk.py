@@ -33,6 +33,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 
+import google_crc32c
 from google_crc32c import value as crc32c
 
 from . import pieces
@@ -68,6 +69,8 @@ class DiskBlockStore(BlockStore):
         self.directory = os.fspath(directory)
         self.log = logger
         ensure_format(self.directory, logger)
+        if google_crc32c.implementation != "c":
+            logger.warning("google-crc32c has no C extension here: checking blocks will be slow")
         self._index = Index(self.directory, block_size, size_limit, timeout=timeout)
         self._fds = FdCache(self.directory, max_fds, grace=fd_grace, clock=clock)
         self._lock = threading.Lock()
