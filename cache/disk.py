@@ -18,6 +18,8 @@ or touch, read back and checked), writes the files, then commits every row in *o
 transaction, which also evicts.  No file I/O happens inside a transaction, and no lock
 across processes is held across I/O.  Two processes storing the same bytes at once is
 allowed: either wins, and a piece never replaces its whole block or a longer piece.
+Two puts merging pieces of one block at the same moment may leave two overlapping pieces
+(right bytes, counted twice by ``cached_bytes`` until the block fills and replaces them).
 
 Several processes may open one directory: SQLite (WAL) serializes writers, each process
 and thread has its own connection; what another process stores or evicts is seen by

@@ -120,6 +120,8 @@ class Held:
         """``[(index, obj, a, b), ...]`` covering ``[offset, end)`` in order, or None if a
         byte is not held.  A whole block is used only if it has the length ``size`` gives
         it (a wrong one is not served: the caller refetches, and the refetch replaces it)."""
+        if offset >= end:
+            return []
         first = offset // block_size
         if (end - 1) // block_size == first:  # the common case: inside one whole block
             obj = self.blocks.get(first)

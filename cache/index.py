@@ -254,10 +254,14 @@ class Index:
 
     def delete(self, key: str, filename: str) -> bool:
         """Delete the row ``key`` if it still names ``filename`` (a bad or vanished file);
-        its file goes too."""
-        with self.cache._transact(retry=True) as (sql, cleanup):
-            gone = sql("DELETE FROM Cache WHERE key = ? AND filename = ?", (key, filename)).rowcount
-            cleanup(filename)
+        its file goes too.  Called on a read that missed: it waits for SQLite's writer lock
+        at most ``timeout`` seconds once, then leaves the row (it is found bad again later)."""
+        try:
+            with self.cache._transact(retry=False) as (sql, cleanup):
+                gone = sql("DELETE FROM Cache WHERE key = ? AND filename = ?", (key, filename)).rowcount
+                cleanup(filename)
+        except diskcache.Timeout:
+            return False
         return bool(gone)
 
     def drop(self, content_id: str) -> tuple[int, list[tuple[str, str]]]:
