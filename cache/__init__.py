@@ -9,9 +9,9 @@ CRC32C-checked once per process, on first use.
 
 - ``store.py``: the interface (``BlockStore``, ``Segment``, the fd lifetime contract).
 - ``disk.py``: ``DiskBlockStore`` (``index.py``: the SQLite index on diskcache and
-  eviction; ``fds.py``: the fd LRU and its graveyard; ``held.py``: the in-memory map of
-  what is held; ``pieces.py``: cutting and merging; ``prepare.py``: read-ahead hints;
-  ``version.py``: the versioned directory).
+  eviction; ``fds.py``: the fd LRU and its graveyard; ``known.py`` and ``held.py``: the
+  in-memory map of what is held; ``pieces.py``: cutting and merging; ``spans.py``: range
+  arithmetic; ``prepare.py``: read-ahead hints; ``version.py``: the versioned directory).
 - ``memory.py``: ``MemoryBlockStore``, its in-memory twin (tests, and the fallback).
 - ``safe.py``: ``SafeBlockStore``, which turns every failure into a miss or a no-op.
 - ``opening.py``: ``open_store(cache_dir, ...)``, how the daemon and ``verify`` open it.

@@ -1,8 +1,8 @@
 """Blocks and pieces on disk: one file per object, a SQLite index (``index.py``), fds for
-replies (``fds.py``), and an in-memory map of what is held (``held.py``).
+replies (``fds.py``), and an in-memory map of what is held (``known.py``, ``held.py``).
 
-Reading: ``segments`` looks the range up in the content's ``Held`` map (loaded from the
-index once per content, then kept up to date by this process's puts and evictions) and
+Reading: ``segments`` looks the range up in the content's map (loaded from the index once
+per content, then kept up to date by this process's puts and evictions) and
 answers with fds from the ``FdCache``: no SQL, no lock across I/O, no copy.  Each object
 is checked once per process, on first use: its file read whole and its CRC32C
 (``google_crc32c``, hardware: ~0.05 ms per MiB here, against zlib's CRC-32 at ~0.3)
@@ -33,15 +33,16 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 
 import google_crc32c
 from google_crc32c import value as crc32c
 
 from . import pieces
 from .fds import FdCache
-from .held import Held, Obj
+from .held import Obj
 from .index import Index, Row, write_file
+from .known import Known
 from .prepare import Preparer
 from .store import (
     FD_GRACE,
@@ -75,113 +76,26 @@ class DiskBlockStore(BlockStore):
             logger.warning("google-crc32c has no C extension here: checking blocks will be slow")
         self._index = Index(self.directory, block_size, size_limit, timeout=timeout)
         self._fds = FdCache(self.directory, max_fds, grace=fd_grace, clock=clock)
+        self._known = Known(self._index, max_contents)
         self._lock = threading.Lock()
-        self._held: OrderedDict[str, Held] = OrderedDict()  # content id -> map, LRU
-        self._max_contents = max_contents
-        self._loading: Counter[str] = Counter()  # contents being loaded -> loaders
-        self._changed: Counter[str] = Counter()  # ... -> changes applied meanwhile
-        self.counts: Counter[str] = Counter()    # checked, checked_bytes, bad, gone
+        self.counts: Counter[str] = Counter()  # checked, checked_bytes, bad, gone
         self._prepare = Preparer(self._prepare_now, prepare_workers)
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
-    # -- the in-memory map -----------------------------------------------------------------------
-    def _content(self, content_id: str, refresh: bool = False) -> Held:
-        if not refresh:
-            with self._lock:
-                held = self._held.get(content_id)
-                if held is not None:
-                    self._held.move_to_end(content_id)
-                    return held
-        check_content_id(content_id)
-        with self._lock:
-            self._loading[content_id] += 1
-        try:
-            for _ in range(3):
-                seen = self._changed[content_id]
-                fresh = self._load(content_id)
-                with self._lock:
-                    if self._changed[content_id] == seen:
-                        return self._install(content_id, fresh)
-            with self._lock:  # changing fast: stale by a put or two at most; a miss refreshes
-                return self._install(content_id, fresh)
-        finally:
-            with self._lock:
-                self._loading[content_id] -= 1
-                if not self._loading[content_id]:
-                    del self._loading[content_id]
-                    self._changed.pop(content_id, None)
-
-    def _load(self, content_id: str) -> Held:
-        held = Held()
-        for row in self._index.rows(content_id):
-            parsed = self._index.parse(row.key)
-            if parsed is not None:
-                _, index, offset = parsed
-                start = index * self.block_size + (offset or 0)
-                held.add(index, Obj(start, row.size, row.filename, offset is None, row.crc))
-        return held
-
-    def _install(self, content_id: str, fresh: Held) -> Held:
-        old = self._held.get(content_id)
-        if old is not None:  # checked once per process: names are never reused
-            checked = {obj.ref for _, obj in old.objects() if obj.checked}
-            for _, obj in fresh.objects():
-                obj.checked = obj.ref in checked
-        self._held[content_id] = fresh
-        self._held.move_to_end(content_id)
-        while len(self._held) > self._max_contents:
-            self._held.popitem(last=False)
-        return fresh
-
     def _apply(self, stored: list[Row], removed: list[tuple[str, str]]) -> None:
-        """Bring the map in line with a commit: rows ``stored`` (ours: checked) and
-        ``(key, filename)`` rows ``removed`` (replaced, merged, evicted, dropped)."""
-        gone = {filename for _, filename in removed}
-        with self._lock:
-            for key, filename in removed:
-                parsed = self._index.parse(key)
-                if parsed is not None:
-                    self._changed_locked(parsed[0])
-                    held = self._held.get(parsed[0])
-                    if held is not None:
-                        held.remove(parsed[1], filename)
-            for row in stored:
-                if row.filename in gone:  # evicted by the commit that stored it
-                    continue
-                content_id, index, offset = self._index.parse(row.key)
-                self._changed_locked(content_id)
-                held = self._held.get(content_id)
-                if held is not None:
-                    start = index * self.block_size + (offset or 0)
-                    held.add(index, Obj(start, row.size, row.filename, offset is None, row.crc, checked=True))
+        self._known.apply(stored, removed)
         for _, filename in removed:
             self._fds.discard(filename)
 
-    def _changed_locked(self, content_id: str) -> None:
-        if content_id in self._loading:
-            self._changed[content_id] += 1
-
     # -- reading ---------------------------------------------------------------------------------
     def held(self, content_id: str, *, refresh: bool = False) -> list[tuple[int, int]]:
-        held = self._content(content_id, refresh)
-        with self._lock:
-            return list(held.spans())
-
-    def _plan(self, content_id: str, offset: int, end: int, size: int):
-        with self._lock:
-            held = self._held.get(content_id)
-            if held is not None:
-                self._held.move_to_end(content_id)
-                return held.plan(offset, end, size, self.block_size)
-        held = self._content(content_id)
-        with self._lock:
-            return held.plan(offset, end, size, self.block_size)
+        return self._known.spans(content_id, refresh)
 
     def segments(self, content_id: str, offset: int, length: int, size: int) -> list[Segment] | None:
         end = check_span(offset, length, size)
         if offset >= end:
             return []
-        plan = self._plan(content_id, offset, end, size)
+        plan = self._known.plan(content_id, offset, end, size)
         if plan is None:
             return None
         out = []
@@ -199,7 +113,7 @@ class DiskBlockStore(BlockStore):
         end = check_span(offset, length, size)
         if offset >= end:
             return b""
-        plan = self._plan(content_id, offset, end, size)
+        plan = self._known.plan(content_id, offset, end, size)
         if plan is None:
             return None
         parts = []
@@ -212,16 +126,13 @@ class DiskBlockStore(BlockStore):
 
     def get(self, content_id: str, index: int) -> bytes | None:
         check_index(index)
-        held = self._content(content_id)
-        with self._lock:
-            obj = held.blocks.get(index)
+        obj = self._known.whole(content_id, index)
         if obj is None:  # stored by another process since we looked?
             row = self._index.row(self._index.key(content_id, index))
             if row is None:
                 return None
             obj = Obj(index * self.block_size, row.size, row.filename, True, row.crc)
-            with self._lock:
-                held.add(index, obj)
+            self._known.add(content_id, index, obj)
         return self._bytes(content_id, index, obj, 0, obj.length)
 
     def _bytes(self, content_id: str, index: int, obj: Obj, a: int, b: int) -> bytes | None:
@@ -259,9 +170,7 @@ class DiskBlockStore(BlockStore):
                              content_id[:16], obj.start, obj.end)
         with self._lock:
             self.counts[why] += 1
-            held = self._held.get(content_id)
-            if held is not None:
-                held.remove(index, obj.ref)
+        self._known.forget(content_id, index, obj.ref)
         self._fds.discard(obj.ref)
         offset = None if obj.whole else obj.start - index * self.block_size
         self._index.delete(self._index.key(content_id, index, offset), obj.ref)
@@ -272,11 +181,7 @@ class DiskBlockStore(BlockStore):
     def _prepare_now(self, content_id: str, ranges, size: int | None) -> None:
         """On a prepare thread: check the objects in ``ranges`` not checked yet (which reads
         them into the page cache), and ask the kernel to read the others ahead."""
-        held = self._content(content_id)
-        with self._lock:
-            objects = {id(obj): (index, obj) for a, b in ranges
-                       for index, obj in held.overlapping(a, b if size is None else min(b, size), self.block_size)}
-        for index, obj in objects.values():
+        for index, obj in self._known.overlapping(content_id, ranges, size):
             if not obj.checked:
                 self._check(content_id, index, obj)
                 continue
@@ -328,10 +233,8 @@ class DiskBlockStore(BlockStore):
         self._apply(stored, removed)
 
     def _held_whole(self, content_id: str, index: int, length: int) -> bool:
-        held = self._content(content_id)
-        with self._lock:
-            obj = held.blocks.get(index)
-            return obj is not None and obj.length == length
+        obj = self._known.whole(content_id, index)
+        return obj is not None and obj.length == length
 
     def _stored_pieces(self, content_id: str, index: int) -> list[Obj] | None:
         """The pieces of a block in the index (None: it is held whole)."""
@@ -371,8 +274,7 @@ class DiskBlockStore(BlockStore):
         transaction; returns the bytes deleted."""
         check_content_id(content_id)
         dropped, removed = self._index.drop(content_id)
-        with self._lock:
-            self._held.pop(content_id, None)
+        self._known.forget(content_id)
         self._apply([], removed)
         return dropped
 
