@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import pytest
+
 from cache import STORE_DIR
 
 from conftest import run_cli
@@ -72,3 +74,19 @@ def test_a_cache_of_an_older_format_is_dropped_never_read(fm, fhub, fault_root):
     assert log.count("a block cache of an older format; removing it") == 1, log
     done = run_cli("verify", str(mp), name, env=fm.env)  # verify opens the same store
     assert done.returncode == 0 and "1 files checked, all match" in done.stdout, done.stdout + done.stderr
+
+
+def test_verify_refuses_the_store_of_an_older_daemon(tmp_path, monkeypatch):
+    """A daemon started before an upgrade publishes its old store directory: verify says so
+    instead of opening a new, empty store inside it."""
+    from netmount.commands.verify import verify
+    from netmount.core import errors
+
+    old = tmp_path / "cache" / "blocks"
+    old.mkdir(parents=True)
+    (old / "cache.db").write_bytes(b"")
+    monkeypatch.setattr("netmount.mounting.stats.read_stats",
+                        lambda mp: {"files": [], "block_size": BLOCK, "cache_dir": str(old)})
+    with pytest.raises(errors.MountpointError, match="older netmount"):
+        verify(tmp_path / "mnt")
+    assert os.listdir(old) == ["cache.db"]

@@ -145,6 +145,8 @@ def verify(mountpoint, paths: Iterable[str] = (), match: Iterable[str] = (), fet
     bs = stats["block_size"]
     if not stats.get("cache_dir"):
         raise errors.MountpointError(f"{mp}: the mount runs without its disk cache; nothing to verify")
+    if os.path.exists(os.path.join(stats["cache_dir"], "cache.db")):  # an older daemon names its store
+        raise errors.MountpointError(f"{mp}: its daemon is an older netmount; unmount and mount it again to verify")
     if fetch and stats.get("view_files") is not None:
         raise errors.BadInput(f"{mp} shows a view (--reshard/--only/--experts), not the repo's files: "
                               f"fetch with `netmount prefetch {mp}`, or verify on a plain mount of the same cache")
