@@ -77,7 +77,8 @@ class DiskBlockStore(BlockStore):
         self._index = Index(self.directory, block_size, size_limit, timeout=timeout)
         self._fds = FdCache(self.directory, max_fds, grace=fd_grace, clock=clock)
         self._known = Known(self._index, max_contents)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # counts
+        self._commit_lock = threading.Lock()  # commit + apply, see _write: no file I/O inside
         self.counts: Counter[str] = Counter()  # checked, checked_bytes, bad, gone
         self._prepare = Preparer(self._prepare_now, prepare_workers)
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
@@ -207,6 +208,7 @@ class DiskBlockStore(BlockStore):
     def _write(self, groups: dict, replace: bool) -> None:
         rows: list[Row] = []
         consumed: list[tuple[str, str]] = []
+        committed = False
         try:
             for (content_id, index), w in groups.items():
                 if w.whole:
@@ -225,12 +227,16 @@ class DiskBlockStore(BlockStore):
                 consumed += [(self._index.key(content_id, index, p.start - w.lo), p.ref) for p in used]
             if not rows and not consumed:
                 return
-            stored, removed = self._index.commit(rows, consumed)
+            # commits applied to the map in the order they were made (two puts of one block
+            # applied the other way round would leave the map naming the file replaced)
+            with self._commit_lock:
+                stored, removed = self._index.commit(rows, consumed)
+                committed = True
+                self._apply(stored, removed)
         except BaseException:
-            for row in rows:  # not committed: no row names them
+            for row in rows if not committed else ():  # no row names them
                 _unlink(os.path.join(self.directory, row.filename))
             raise
-        self._apply(stored, removed)
 
     def _held_whole(self, content_id: str, index: int, length: int) -> bool:
         obj = self._known.whole(content_id, index)
@@ -273,9 +279,10 @@ class DiskBlockStore(BlockStore):
         """Delete every object of ``content_id`` of every block size, and its marks, in one
         transaction; returns the bytes deleted."""
         check_content_id(content_id)
-        dropped, removed = self._index.drop(content_id)
-        self._known.forget(content_id)
-        self._apply([], removed)
+        with self._commit_lock:
+            dropped, removed = self._index.drop(content_id)
+            self._known.forget(content_id)
+            self._apply([], removed)
         return dropped
 
     def fingerprint(self, content_id: str) -> str:
