@@ -17,7 +17,10 @@ open and names the same file for at least ``FD_GRACE`` seconds after ``segments`
 returns, even if the store stops caching it meanwhile.  libfuse reads it in C after our
 callback has returned; an fd closed and reused by another open in between would hand a
 program another file's bytes.  Stored files never change under a name (written once,
-then only unlinked), so an fd read within the grace always gives the right bytes.
+then only unlinked), so an fd read within the grace always gives the right bytes.  Two
+exceptions: ``close()`` closes every fd at once (call it after the FUSE loop has ended),
+and past the fd budget (half the process's fd limit) an fd may go after ``fds.MIN_GRACE``
+(1 s) instead, with a warning (``fds.py``).
 """
 
 from __future__ import annotations
