@@ -173,8 +173,7 @@ class Index:
         return f"{count}/{newest!r}/{last}"
 
     # -- writing rows ------------------------------------------------------------------------
-    def commit(self, writes: list[Row], consumed: list[tuple[str, str]], *, cull: bool = True
-               ) -> tuple[list[Row], list[tuple[str, str]]]:
+    def commit(self, writes: list[Row], consumed: list[tuple[str, str]]) -> tuple[list[Row], list[tuple[str, str]]]:
         """In one transaction: insert or replace ``writes`` (files already written), delete
         the ``consumed`` ``(key, filename)`` rows still naming those files, evict.  A piece
         is not stored over its whole block or a longer piece at its start; a whole block
@@ -193,8 +192,7 @@ class Index:
                 if sql("DELETE FROM Cache WHERE key = ? AND filename = ?", (key, filename)).rowcount:
                     cleanup(filename)
                     removed.append((key, filename))
-            if cull:
-                removed += self._cull(sql, cleanup)
+            removed += self._cull(sql, cleanup)
         return stored, removed
 
     def _put_row(self, sql, cleanup, w: Row, now: float, removed: list) -> bool:
