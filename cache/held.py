@@ -92,12 +92,6 @@ class Held:
                 return p
         return None
 
-    def find(self, ref) -> tuple[int, Obj] | None:
-        for index, obj in self.objects():
-            if obj.ref == ref:
-                return index, obj
-        return None
-
     def objects(self) -> Iterator[tuple[int, Obj]]:
         yield from self.blocks.items()
         for index, pieces in self.pieces.items():
