@@ -21,9 +21,8 @@ import gc
 import json
 import logging
 import threading
-from pathlib import Path
 
-from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
+from cache import open_store
 from netmount.core import settings
 from netmount.core.counters import Counters
 from netmount.mounting.closing import close_parts
@@ -61,10 +60,8 @@ class Daemon:
         self.counters = Counters()
         # An unusable cache dir (full, read-only, corrupt) degrades to a small memory cache:
         # reads keep working from the network.
-        self.store = SafeBlockStore.open(
-            lambda: DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
-            logging.getLogger("netmount.cache"),
-            lambda: MemoryBlockStore(config.block_size, FALLBACK_MEMORY))
+        self.store = open_store(config.cache_dir, config.block_size, config.cache_size,
+                                logging.getLogger("netmount.cache"), fallback_bytes=FALLBACK_MEMORY)
         self.fetcher = RangeFetcher(snap.endpoint, token=config.token, connections=config.connections,
                                     counters=self.counters, proxy=config.cache_proxy).start()
         self.coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
