@@ -132,9 +132,12 @@ class BlockReader:
             held = Ranges(self.store.held(cid))
             if not held.contains(offset, end) and not self._coming(f, held, offset, end):
                 held = Ranges(self.store.held(cid, refresh=True))  # another daemon may have stored it
-            have = Ranges([*held, *self.runs.inflight.spans(cid)])  # (the shape asks what is here or coming)
-            want = shape.wanted(f.path, f.size, offset, end, self.block_size, have=have, exact=exact,
-                                head_bytes=self.head_bytes)
+            have = Ranges([*held, *self.runs.inflight.spans(cid)])  # here or coming
+            if have.contains(offset, end):  # nothing to fetch: join what is coming
+                want = [(offset, end)]
+            else:
+                want = shape.wanted(f.path, f.size, offset, end, self.block_size, have=have, exact=exact,
+                                    head_bytes=self.head_bytes)
             joined, requests, _ = self.runs.claim(f, want)
             self.runs.start(f, requests)
             mine = [p for p in [*joined, *(p for r in requests for p in r.pieces)] if p.start < end and p.end > offset]
