@@ -21,6 +21,8 @@ A missing tool prints one line and its rows are skipped (scripts/bench_setup.sh 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,16 +118,26 @@ def run_old(args, res: Results) -> None:
         hub.stop()
 
 
+def machine() -> str:
+    """When, which tree, and how busy the machine is: the numbers depend on it."""
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, tree {head or '?'}, load average {load}, {os.cpu_count()} cpus"
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     res = Results()
+    print(f"start: {machine()}", flush=True)
     t = time.monotonic()
     if args.only & set(I21):
         run_i21(args, res)
     if args.only - set(I21):
         run_old(args, res)
-    print(f"\nmedians of {args.runs} runs ({time.monotonic() - t:.0f} s):")
+    print(f"\nend: {machine()}")
+    print(f"medians of {args.runs} runs ({time.monotonic() - t:.0f} s):")
     for lines in (i21_table(res), legacy_table(res, [p for p in args.peers.split(",") if p])):
         if lines:
             print("\n" + "\n".join(lines))
