@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from benchlib import legacy, loads, streams  # noqa: E402
-from benchlib.context import Ctx  # noqa: E402
+from benchlib.context import Ctx, link_repo  # noqa: E402
 from benchlib.procs import Hub  # noqa: E402
 from benchlib.results import Results  # noqa: E402
 from benchlib.tables import i21_table, legacy_table  # noqa: E402
@@ -94,10 +94,7 @@ def run_old(args, res: Results) -> None:
     from netmount.dev.testmodels import cached_model
 
     model = cached_model("llama-like", cache_root=args.work / "models", total_bytes=args.size, shards=args.shards)
-    link = args.work / "hubroot" / legacy.REPO
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(model)
+    link_repo(args.work / "hubroot", legacy.REPO, model)
     load_env = {"HF_ENABLE_PARALLEL_LOADING": "true", "HF_PARALLEL_LOADING_WORKERS": "8",
                 "NETMOUNT_BENCH_WORKERS": "8"} if args.parallel_loading else {}
     patterns = [p.split(":", 1)[1] for p in args.only if p.startswith("partial:")]

@@ -20,6 +20,16 @@ from .results import Results
 BIG = "bench/llama-1p5b"
 
 
+def link_repo(root: Path, repo: str, folder: Path) -> None:
+    """``root/repo`` -> ``folder``: the hubs and nginx serve the model under its repo name."""
+    link = root / repo
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() != folder.resolve():
+        link.unlink()  # an older build
+    if not link.is_symlink():
+        link.symlink_to(folder)
+
+
 @dataclass
 class Ctx:
     work: Path
@@ -42,10 +52,7 @@ class Ctx:
     def model(self) -> Path:
         if self._model is None:
             self._model = big_model.cached(self.work / "models")
-            link = self.root / BIG
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to(self._model)
+            link_repo(self.root, BIG, self._model)
         return self._model
 
     @property
