@@ -3,9 +3,11 @@
 py-spy writes collapsed stacks (``--format raw``: ``frame;frame;... count`` per line, the
 input of every flame-graph tool and of speedscope); this module draws them as a small SVG
 (one rectangle per frame, width = samples, hover for the numbers) and lists the functions
-with the most samples, on top of the stack (self) and anywhere in it (total).  Sampling is
-non-blocking at 250 Hz so the daemon is slowed little, but a profiled run is never a timed
-one: the bench runs it after its timed runs.
+with the most samples, on top of the stack (self) and anywhere in it (total).  py-spy pauses
+the daemon for each sample (200 Hz): only then does it match Python threads to OS threads and
+leave out the idle ones (``--nonblocking`` falls back to a heuristic that counts threads
+parked in ``Condition.wait`` or an executor's queue as busy: py-spy issue 480).  So a
+profiled run is slower and never a timed one: the bench runs it after its timed runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import sys
 import zlib
 from pathlib import Path
 
-RATE = 250
+RATE = 200
+WAITS = {"Condition.wait", "Event.wait", "_worker", "EpollSelector.select", "Queue.get", "SimpleQueue.get",
+         "Thread.join", "Future.result", "Lock.acquire"}  # where threads block
+PLUMBING = {"Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run"}  # at the root of every thread's stack
 _LINE = re.compile(r" \((?P<file>[^()]*):\d+\)$")  # "func (file.py:123)" -> by function, not line
 
 
@@ -39,7 +44,7 @@ class Spy:
             return self
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([spy, "record", "-p", str(self.pid), "-f", "raw", "-r", str(RATE),
-                                      "--nonblocking", "-o", str(self.out.with_suffix(".txt"))],
+                                      "-o", str(self.out.with_suffix(".txt"))],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
@@ -68,23 +73,25 @@ def read_collapsed(text: str) -> dict[tuple[str, ...], int]:
 
 
 def top(stacks: dict[tuple[str, ...], int], n: int = 15) -> tuple[list, list, int]:
-    """([(function, self samples)], [(function, total samples)], all samples), most first."""
+    """([(function, self samples)], [(function, total samples)], all samples), most first
+    (total: ``n`` beyond the thread plumbing every stack starts with)."""
     own: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
     for stack, count in stacks.items():
         own[stack[-1]] += count
         for frame in set(stack):
             total[frame] += count
-    return own.most_common(n), total.most_common(n), sum(stacks.values())
+    return own.most_common(n), total.most_common(n + len(PLUMBING)), sum(stacks.values())
 
 
 def top_table(stacks: dict[tuple[str, ...], int], n: int = 15) -> str:
     own, total, all_ = top(stacks, n)
     pct = lambda c: f"{100 * c / max(all_, 1):5.1f}%"  # noqa: E731
-    lines = [f"    {all_} samples; self (on top of the stack):"]
-    lines += [f"    {pct(c)}  {f}" for f, c in own]
+    lines = [f"    {all_} samples; self (on top of the stack; 'wait': a blocking call that py-spy saw running —"
+             " woken, or waiting for a CPU):"]
+    lines += [f"    {pct(c)}  {f}{'  (wait)' if f.split(' (')[0] in WAITS else ''}" for f, c in own]
     lines += ["    total (anywhere in the stack):"]
-    lines += [f"    {pct(c)}  {f}" for f, c in total if not f.startswith(("process ", "Thread "))]
+    lines += [f"    {pct(c)}  {f}" for f, c in total if f.split(" (")[0] not in PLUMBING]
     return "\n".join(lines)
 
 
