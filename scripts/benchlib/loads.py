@@ -91,9 +91,10 @@ def fio(ctx: Ctx) -> None:
             drop_caches()
             add_fio(ctx, f"fio local {pattern}", tools.fio(ctx.shard, pattern))
     if ctx.profile is not None:
-        with ctx.mount(ctx.hub(wan=False), cache) as m, Spy(m.pid, ctx.profile / "warm-randread-4k"):
+        with ctx.mount(ctx.hub(wan=False), cache) as m:
             drop_caches()
-            tools.fio(m.mp / ctx.shard.name, "rand")
+            with Spy(m.pid, ctx.profile / "warm-randread-4k"):
+                tools.fio(m.mp / ctx.shard.name, "rand")
 
 
 def add_fio(ctx: Ctx, key: str, out: dict) -> None:

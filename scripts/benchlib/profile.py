@@ -1,13 +1,18 @@
 """``--profile DIR``: ``py-spy record`` of the mount daemon during one scenario, as a flame graph.
 
+py-spy samples only the thread that holds the GIL (``--gil``): where the daemon's Python
+time goes, one thread at a time — the GIL is what a Python daemon on 2 cores queues on.  Its
+idle-thread filter is not used: on this machine it let threads parked in
+``Condition.wait``, an executor's queue or ``Event.wait`` through in both its modes (the
+non-blocking one falls back to a heuristic: py-spy issue 480), so half the samples were
+sleeping threads.  Samples ÷ (rate × seconds) is then how busy the GIL was ("GIL held").
+Time in C with the GIL released (``pread``, ``pwrite``, SQLite, sockets) is not in it.
+
 py-spy writes collapsed stacks (``--format raw``: ``frame;frame;... count`` per line, the
 input of every flame-graph tool and of speedscope); this module draws them as a small SVG
 (one rectangle per frame, width = samples, hover for the numbers) and lists the functions
-with the most samples, on top of the stack (self) and anywhere in it (total).  py-spy pauses
-the daemon for each sample (200 Hz): only then does it match Python threads to OS threads and
-leave out the idle ones (``--nonblocking`` falls back to a heuristic that counts threads
-parked in ``Condition.wait`` or an executor's queue as busy: py-spy issue 480).  So a
-profiled run is slower and never a timed one: the bench runs it after its timed runs.
+with the most samples, on top of the stack (self) and anywhere in it (total).  A profiled
+run is never a timed one: the bench runs it after its timed runs.
 """
 
 from __future__ import annotations
@@ -19,12 +24,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 RATE = 200
-WAITS = {"Condition.wait", "Event.wait", "_worker", "EpollSelector.select", "Queue.get", "SimpleQueue.get",
-         "Thread.join", "Future.result", "Lock.acquire"}  # where threads block
 PLUMBING = {"Thread._bootstrap", "Thread._bootstrap_inner", "Thread.run"}  # at the root of every thread's stack
 _LINE = re.compile(r" \((?P<file>[^()]*):\d+\)$")  # "func (file.py:123)" -> by function, not line
 
@@ -43,14 +47,16 @@ class Spy:
             print("  py-spy: not installed, no profile (pip install py-spy)", flush=True)
             return self
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([spy, "record", "-p", str(self.pid), "-f", "raw", "-r", str(RATE),
-                                      "-o", str(self.out.with_suffix(".txt"))],
+        self.proc = subprocess.Popen([spy, "record", "-p", str(self.pid), "-f", "raw", "-r", str(RATE), "--gil",
+                                      "--nonblocking", "-o", str(self.out.with_suffix(".txt"))],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.t0 = time.monotonic()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.proc is None:
             return
+        seconds = time.monotonic() - self.t0
         self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         _, err = self.proc.communicate(timeout=60)
         raw = self.out.with_suffix(".txt")
@@ -59,7 +65,9 @@ class Spy:
             return
         stacks = read_collapsed(raw.read_text())
         self.out.with_suffix(".svg").write_text(flame_svg(stacks, title=self.out.stem))
-        print(f"  profile {self.out.with_suffix('.svg')}:\n{top_table(stacks)}", flush=True)
+        held = sum(stacks.values()) / (RATE * seconds)
+        print(f"  profile {self.out.with_suffix('.svg')}: {seconds:.1f} s, GIL held {100 * held:.0f}%\n"
+              f"{top_table(stacks)}", flush=True)
 
 
 def read_collapsed(text: str) -> dict[tuple[str, ...], int]:
@@ -87,9 +95,8 @@ def top(stacks: dict[tuple[str, ...], int], n: int = 15) -> tuple[list, list, in
 def top_table(stacks: dict[tuple[str, ...], int], n: int = 15) -> str:
     own, total, all_ = top(stacks, n)
     pct = lambda c: f"{100 * c / max(all_, 1):5.1f}%"  # noqa: E731
-    lines = [f"    {all_} samples; self (on top of the stack; 'wait': a blocking call that py-spy saw running —"
-             " woken, or waiting for a CPU):"]
-    lines += [f"    {pct(c)}  {f}{'  (wait)' if f.split(' (')[0] in WAITS else ''}" for f, c in own]
+    lines = [f"    {all_} samples with the GIL; self (on top of the stack):"]
+    lines += [f"    {pct(c)}  {f}" for f, c in own]
     lines += ["    total (anywhere in the stack):"]
     lines += [f"    {pct(c)}  {f}" for f, c in total if f.split(" (")[0] not in PLUMBING]
     return "\n".join(lines)
@@ -124,5 +131,6 @@ def flame_svg(stacks: dict[tuple[str, ...], int], title: str = "", width: int = 
 
     draw(tree, 0.0, 0)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" '
-            f'font-size="11"><text x="4" y="12">{html.escape(title)}: {all_} samples (py-spy, {RATE} Hz)</text>'
+            f'font-size="11"><text x="4" y="12">{html.escape(title)}: {all_} samples holding the GIL '
+            f'(py-spy --gil, {RATE} Hz)</text>'
             + "".join(rects) + "</svg>\n")
