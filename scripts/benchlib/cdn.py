@@ -19,6 +19,7 @@ nginx ignores the query string, so the hub's signed ``?Expires=..&Signature=..``
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,8 @@ def free_port() -> int:
 def config(root: Path, state: Path, port: int, wan_port: int | None, latency_ms: float, rate: int) -> str:
     temp = " ".join(f"{k}_temp_path {state / 'tmp'};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     head = f"load_module {ECHO_MODULE};\n" if wan_port else ""
+    if os.geteuid() == 0:  # workers as root too (else nobody): they read what the bench's user reads
+        head += "user root;\n"
     wan = f"""
   server {{
     listen 127.0.0.1:{wan_port};

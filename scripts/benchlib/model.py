@@ -33,8 +33,6 @@ def build_llama_1p5b(out_dir: Path, *, hidden_size: int = 2048, num_hidden_layer
     model.save_pretrained(out_dir, max_shard_size=shard)
     del model
     save_tokenizer(out_dir, vocab_size)
-    for path in [out_dir, *out_dir.iterdir()]:  # readable by nginx's workers (user nobody)
-        path.chmod(0o755 if path.is_dir() else 0o644)
     return out_dir
 
 
