@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from benchlib import legacy, loads, streams  # noqa: E402
-from benchlib.context import Ctx, link_repo  # noqa: E402
+from benchlib.context import Ctx, Skip, link_repo  # noqa: E402
 from benchlib.procs import Hub  # noqa: E402
 from benchlib.results import Results  # noqa: E402
 from benchlib.tables import i21_table, legacy_table  # noqa: E402
@@ -84,7 +84,10 @@ def run_i21(args, res: Results) -> None:
             if name in args.only:
                 t = time.monotonic()
                 print(f"[{name}]", flush=True)
-                job(ctx)
+                try:
+                    job(ctx)
+                except Skip as exc:
+                    print(f"  skipped: {exc}", flush=True)
                 print(f"[{name}] {time.monotonic() - t:.0f} s", flush=True)
     finally:
         ctx.close()

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from . import model as big_model
 from . import tools
-from .cdn import NginxCdn
+from .cdn import NginxCdn, nginx_binary
 from .procs import Hub, NetMount, drop_caches
 from .results import Results
 
 BIG = "bench/llama-1p5b"
+
+
+class Skip(Exception):
+    """A scenario cannot run here (a missing tool): one line, and the next scenario."""
 
 
 def link_repo(root: Path, repo: str, folder: Path) -> None:
@@ -63,6 +67,8 @@ class Ctx:
     @property
     def cdn(self) -> NginxCdn:
         if self._cdn is None:
+            if nginx_binary() is None:
+                raise Skip("nginx is not installed (scripts/bench_setup.sh installs it)")
             self._cdn = NginxCdn(self.root, self.work / "nginx", self.latency_ms, self.conn_rate)
         return self._cdn
 
