@@ -14,7 +14,7 @@ from cache import MemoryBlockStore
 from netmount.read.policy import PrefetchConfig
 from netmount.read.prefetch import Prefetcher
 from netmount.read.reader import BlockReader
-from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
+from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE
 
 from fakes import MemoryFetcher, make_bytes, remote, spans
 

@@ -36,7 +36,7 @@ from typing import Callable
 
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError, FuseUnavailable
-from netmount.mounting.lifecycle import APT_FUSE, libfuse3_path
+from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
 from netmount.read.reader import BlockReader
 from netmount.remote.hub import RemoteFile, Snapshot
 
@@ -329,6 +329,7 @@ class _FUSE(FUSE):
 
 
 STOP_GRACE = 3.0  # seconds a stopping daemon still answers programs that hold files open
+STOP_WAKE = 60.0  # seconds the FUSE loop's thread is signalled after that, to leave libfuse
 
 
 class _Stopper:
@@ -405,11 +406,12 @@ class _Stopper:
         log.info("files are still open after %g s: ending the FUSE loop", STOP_GRACE)
         _libfuse.fuse_exit(self.fuse)
         # the loop's thread waits in sem_wait(), which only a signal (or a worker that
-        # finishes a request) wakes: send it one until it has left libfuse
-        while True:
+        # finishes a request) wakes: send it one until it has left libfuse (bounded)
+        for _try in range(int(STOP_WAKE / 0.2)):
             with self._lock:
                 if self._ended.is_set():
                     return
                 signal.pthread_kill(self._loop_thread, sig)
             if self._ended.wait(0.2):
                 return
+        log.error("the FUSE loop did not end %g s after it was told to", STOP_WAKE)

@@ -2,7 +2,7 @@
 
 The daemon side (``StatsBuilder``) runs every time the control file is opened, so it must
 stay cheap and must never cause network traffic: tensors are listed only for safetensors
-files whose header blocks are already in the block store (a program read them); the
+files whose header bytes are already in the block store (a program read them); the
 header of any other file is simply not known yet.  The client side (``read_stats``) is
 what ``netmount stats`` and ``netmount prefetch`` call; ``wait_idle`` waits (no polling)
 until the daemon has nothing in flight, so the numbers read next are settled.
@@ -23,10 +23,12 @@ served_bytes read_bytes cached_runs sources``, runs in blocks of the view file) 
 last 5 s (what the daemon moves now: the link's pace, and the mount's as programs see it).
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
-For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the memory
-fallback), ``cache_size``, ``verified_files``, and per file ``content_id`` (the listing's
-LFS sha256, else its git blob sha1), ``lfs`` and ``verified`` (all blocks cached and
-hashed right since any of them last changed: ``cache/disk.py``).
+``cached_bytes`` count every byte the store holds, pieces of blocks included (what ``du``
+shows); ``cached_runs`` only whole blocks.
+For ``netmount verify``: ``cache_dir`` (the cache directory whose ``store-vN`` holds the
+blocks, None on the memory fallback), ``cache_size``, ``verified_files``, and per file
+``content_id`` (the listing's LFS sha256, else its git blob sha1), ``lfs`` and ``verified``
+(every byte stored and hashed right since any of it last changed: ``cache/index.py``).
 From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daemon set last,
 or None) with ``read_ahead_note`` (why not, or None), ``read_ahead_mode`` (switching, fixed,
 kernel), ``read_ahead_switches``, ``read_ahead_large_opens``, ``read_ahead_loading`` (folders
@@ -44,7 +46,7 @@ import threading
 import time
 
 from netmount.core import errors
-from netmount.core.blocks import block_range, block_span, coalesce, slice_blocks
+from netmount.core.blocks import coalesce
 from netmount.core.safetensors import HeaderError, read_header
 from netmount.mounting import mounts
 
@@ -127,19 +129,15 @@ class HeaderCache:
         self._known.pop(f.path, None)
 
     def _local(self, f, start: int, end: int) -> bytes:
-        blocks: dict[int, bytes] = {}
-        for i in block_range(start, end - start, f.size, self.block_size):
-            data = self.store.get(f.content_id, i)
-            lo, hi = block_span(i, self.block_size, f.size)
-            if data is None or len(data) != hi - lo:
-                head = self.head(f) if self.head is not None else None
-                if head is not None and start < len(head) and not blocks:
-                    # a header read kept only the head: maybe short, and read_header then
-                    # asks for the rest of a longer header (and gets _NotLocal past it)
-                    return head[start:end]
-                raise _NotLocal
-            blocks[i] = data
-        return slice_blocks(blocks, start, end - start, f.size, self.block_size)
+        data = self.store.read(f.content_id, start, end - start, f.size)  # blocks or pieces
+        if data is not None:
+            return data
+        head = self.head(f) if self.head is not None else None
+        if head is not None and start < len(head):
+            # a header read kept only in memory: maybe short, and read_header then asks
+            # for the rest of a longer header (and gets _NotLocal past it)
+            return head[start:end]
+        raise _NotLocal
 
 
 class StatsBuilder:
@@ -271,11 +269,11 @@ def _is_verified(store, content_id: str) -> bool:
 
 
 def _disk_dir(store) -> str | None:
-    """The block store's directory, or None when the daemon runs on its memory fallback
-    (``netmount verify`` reads the blocks from there)."""
+    """The cache directory holding the disk store (``<cache_dir>/store-vN``), or None when
+    the daemon runs on its memory fallback (``netmount verify`` opens the store there)."""
     inner = getattr(store, "inner", store)
     directory = getattr(inner, "directory", None)
-    return os.fspath(directory) if directory is not None else None
+    return os.path.dirname(os.path.abspath(directory)) if directory is not None else None
 
 
 # -- client side ----------------------------------------------------------------------------

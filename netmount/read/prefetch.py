@@ -101,12 +101,20 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._closed = True
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the pump and the heads read ahead; True once none of their threads runs any
+        more (only then may the reader be closed: they read through it), within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:  # (``opened_amid_others`` starts no heads once it is set)
+            self._closed = True
         self._wake.set()
-        self._thread.join(timeout=10)
-        if self._headers is not None:
-            self._headers.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(timeout)
+        with self._lock:
+            pool, heads = self._headers, list(self._heads_reading)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        late = concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic())).not_done
+        return not self._thread.is_alive() and not late
 
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
@@ -153,7 +161,7 @@ class Prefetcher:
         at = order.index(path)
         with self._lock:
             todo = [files[p] for p in order[at + 1 : at + 1 + self.cfg.ahead_headers] if p not in self._maps]
-            if not todo:
+            if not todo or self._closed:
                 return
             if self._headers is None:
                 self._headers = concurrent.futures.ThreadPoolExecutor(self.cfg.ahead_headers,
