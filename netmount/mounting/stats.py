@@ -9,7 +9,7 @@ until the daemon has nothing in flight, so the numbers read next are settled.
 
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
-download_rate download_rate_avg amplification files[{path size cached_bytes fetched_bytes
+download_rate download_rate_avg serve_rate amplification files[{path size cached_bytes fetched_bytes
 served_bytes read_bytes cached_runs cached_ranges}] tensors[{name file nbytes touched_bytes}]``.
 ``proxy`` is None without ``--cache-proxy``, else ``{url state retry_in last_error requests bytes hits
 misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use, open =
@@ -19,6 +19,8 @@ it was backed off.
 On a view mount also ``view_files`` (what the mount shows: ``path size cached_bytes
 served_bytes read_bytes cached_runs sources``, runs in blocks of the view file) and
 ``view_bytes``; ``files`` stay the repo's files and ``tensors`` are the view's.
+``download_rate`` and ``serve_rate`` are bytes per second fetched and served to programs over the
+last 5 s (what the daemon moves now: the link's pace, and the mount's as programs see it).
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
 ``cached_bytes`` count every byte the store holds, pieces of blocks included (what ``du``
@@ -153,12 +155,14 @@ class StatsBuilder:
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
         self.headers = HeaderCache(store, head)
         self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
+        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
         self._lock = threading.Lock()  # one build at a time: the header cache is not shared
 
     def __call__(self) -> dict:
         with self._lock:
             out = build_stats(self.config, self.snap, self.counters, self.store,
                               coverage=self.coverage, headers=self.headers, rate=self.rate,
+                              served=self.served,
                               proxy=self.proxy() if self.proxy is not None else None)
             if self.extra is not None:
                 out.update(self.extra())
@@ -173,10 +177,11 @@ class StatsBuilder:
 
     def close(self) -> None:
         self.rate.close()
+        self.served.close()
 
 
 def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,
-                proxy=None) -> dict:
+                served=None, proxy=None) -> dict:
     values = counters.snapshot()
     per_file = counters.per_file()
     files, tensors = [], []
@@ -241,6 +246,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
+        "serve_rate": round(served.rate()) if served is not None else 0,
         "amplification": round(fetched / read_total, 4) if read_total else None,
         "proxy": proxy,
         "files": files,

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="WAN emulation: delay before every hub and CDN answer (default 0)")
     ap.add_argument("--conn-mbps", type=float, default=0.0,
                     help="WAN emulation: body bytes per TCP connection capped at this many Mbit/s (default 0: no cap)")
+    ap.add_argument("--cdn-base", default="",
+                    help="redirect /resolve/ of folder repos' LFS files to URL/<org>/<name>/<path> "
+                         "(e.g. an nginx serving --root by name) instead of the built-in CDN")
     args = ap.parse_args(argv)
     if args.latency_ms < 0 or args.conn_mbps < 0:
         ap.error("--latency-ms and --conn-mbps must be >= 0")
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --root DIR, --synthetic-deepseek, or both")
     if args.root is not None and not args.root.is_dir():
         ap.error(f"--root {args.root}: not a directory")
+    if args.cdn_base and not args.cdn_base.startswith(("http://", "https://")):
+        ap.error(f"--cdn-base {args.cdn_base}: not an http(s) URL")
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     hub = TestHub(args.root, host=args.host, port=args.port, cdn_port=args.cdn_port,
                   page_size=args.page_size, url_ttl=args.url_ttl, tokens=args.token,
                   synthetic_deepseek=args.synthetic_deepseek,
-                  latency_ms=args.latency_ms, conn_mbps=args.conn_mbps)
+                  latency_ms=args.latency_ms, conn_mbps=args.conn_mbps, cdn_base=args.cdn_base)
     with hub:
         print(hub.url, flush=True)
         print(f"cdn: {hub.cdn_url}", file=sys.stderr, flush=True)
