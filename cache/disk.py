@@ -203,7 +203,24 @@ class DiskBlockStore(BlockStore):
         self._write({(content_id, index): w}, replace=True)
 
     def put_ranges(self, items) -> None:
-        self._write(pieces.group(items, self.block_size), replace=False)
+        groups = pieces.group(items, self.block_size)
+        for chunk in self._commits(groups):
+            self._write(chunk, replace=False)
+
+    def _commits(self, groups: dict) -> list[dict]:
+        """``groups`` cut into commits of at most a sixteenth of the size limit (one at least):
+        a commit's files are on disk before its rows evict older ones, so a small cache
+        overshoots its cap by that much per writing thread, not by a whole batch."""
+        most = max(self.block_size, self._index.cache.size_limit // 16)
+        out: list[dict] = [{}]
+        size = 0
+        for key, w in groups.items():
+            if size and size + (w.hi - w.lo) > most:
+                out.append({})
+                size = 0
+            out[-1][key] = w
+            size += w.hi - w.lo
+        return out
 
     def _write(self, groups: dict, replace: bool) -> None:
         rows: list[Row] = []

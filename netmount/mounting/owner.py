@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import threading
 
 from cache import open_store
@@ -28,7 +29,9 @@ from netmount.core.counters import Counters
 from netmount.mounting.closing import close_parts
 from netmount.mounting.drop import make_drop
 from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
+from netmount.mounting.libfuse import libfuse3_path
 from netmount.mounting.readahead import LoaderNews, ReadaheadSwitch, max_read
+from netmount.mounting.replies import Replies
 from netmount.mounting.stats import StatsBuilder
 from netmount.read.coverage import Coverage
 from netmount.read.prefetch import Prefetcher
@@ -73,13 +76,14 @@ class Daemon:
         self.view = self._view() if config.view is not None else None
         self.readahead = self._readahead()
         self.stats = StatsBuilder(config, snap, self.counters, self.store, self.coverage,
-                                  head=self.reader.local_head, proxy=self.fetcher.status,
+                                  proxy=self.fetcher.status,
                                   extra=self._fuse_numbers, view=self.view)
         drop = make_drop(self.store, self.reader, lambda: self.reader.drain(IDLE_WAIT), self.stats.forget)
         ra = self.readahead
         self.ops = NetmountFS(snap, self.reader, {STATS_FILE: self._stats_json, IDLE_FILE: self._idle},
                               self._mounted, self.prefetcher, on_drop=drop, view=self.view,
-                              on_open=ra.opening, on_release=ra.released, on_read=ra.reading)
+                              on_open=ra.opening, on_release=ra.released, on_read=ra.reading,
+                              replies=self._replies())
 
     def _prefetcher(self, run_done: threading.Event) -> Prefetcher:
         """Prefetch spreads what it wants over the connections it may use, and keeps as many
@@ -93,6 +97,12 @@ class Daemon:
         return Prefetcher(self.reader, run_done, connections=connections,
                           budget=connections * settings.MAX_REQUEST_BYTES, files=self.snap.files,
                           resolve=resolve, on_loader=self.news.loader)
+
+    @staticmethod
+    def _replies() -> Replies | None:
+        """FUSE replies from stored files' fds, unless ``NETMOUNT_FD_REPLIES=0`` (a diagnostic:
+        the copying path, which a libfuse whose structs do not match gets anyway)."""
+        return Replies(libfuse3_path()) if os.environ.get("NETMOUNT_FD_REPLIES", "1") != "0" else None
 
     def _view(self):
         from netmount.mounting.viewfs import ViewTree

@@ -10,7 +10,7 @@ until the daemon has nothing in flight, so the numbers read next are settled.
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
 download_rate download_rate_avg serve_rate amplification files[{path size cached_bytes fetched_bytes
-served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
+served_bytes read_bytes cached_runs cached_ranges}] tensors[{name file nbytes touched_bytes}]``.
 ``proxy`` is None without ``--cache-proxy``, else ``{url state retry_in last_error requests bytes hits
 misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use, open =
 backing off for ``retry_in`` more seconds, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
@@ -24,7 +24,8 @@ last 5 s (what the daemon moves now: the link's pace, and the mount's as program
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
 ``cached_bytes`` count every byte the store holds, pieces of blocks included (what ``du``
-shows); ``cached_runs`` only whole blocks.
+shows); ``cached_runs`` only whole blocks; ``cached_ranges`` are the held ``[start, end)``
+byte ranges, pieces included (they add up to ``cached_bytes``).
 For ``netmount verify``: ``cache_dir`` (the cache directory whose ``store-vN`` holds the
 blocks, None on the memory fallback), ``cache_size``, ``verified_files``, and per file
 ``content_id`` (the listing's LFS sha256, else its git blob sha1), ``lfs`` and ``verified``
@@ -47,14 +48,16 @@ import time
 
 from netmount.core import errors
 from netmount.core.blocks import coalesce
+from netmount.core.ranges import Ranges
 from netmount.core.safetensors import HeaderError, read_header
 from netmount.mounting import mounts
 
 log = logging.getLogger("netmount.stats")
 
 STATS_FILE = os.path.join(".netmount", "stats.json")
-TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits",
-                 "lift_waits")  # lift_waits: reads that waited on a disk thread already reading their block
+# how reads were answered: from the store alone, waiting on bytes already being fetched
+# (joined), or fetching (read/reader.py)
+TIER_COUNTERS = ("cache_hits", "joined_reads", "cache_misses")
 IDLE_FILE = os.path.join(".netmount", "idle")  # its open returns once nothing is in flight
 
 
@@ -129,15 +132,15 @@ class HeaderCache:
         self._known.pop(f.path, None)
 
     def _local(self, f, start: int, end: int) -> bytes:
-        data = self.store.read(f.content_id, start, end - start, f.size)  # blocks or pieces
-        if data is not None:
-            return data
-        head = self.head(f) if self.head is not None else None
-        if head is not None and start < len(head):
-            # a header read kept only in memory: maybe short, and read_header then asks
-            # for the rest of a longer header (and gets _NotLocal past it)
-            return head[start:end]
-        raise _NotLocal
+        """The held bytes from ``start`` on, up to ``end`` (read_header takes a short first
+        read: a header fetched on its own is held without the rest of its block)."""
+        held = Ranges(self.store.held(f.content_id)).intersect(start, end)
+        data = None
+        if held and held[0][0] == start:
+            data = self.store.read(f.content_id, start, held[0][1] - start, f.size)
+        if data is None:
+            raise _NotLocal
+        return data
 
 
 class StatsBuilder:
@@ -187,8 +190,9 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         try:
             cached = min(store.cached_bytes(f.content_id), f.size)
             runs = coalesce(store.cached_indices(f.content_id)) if cached else []
+            ranges = store.cached_ranges(f.content_id) if cached else []
         except Exception:
-            cached, runs = 0, []
+            cached, runs, ranges = 0, [], []
         verified = cached == f.size and _is_verified(store, f.content_id)
         verified_total += verified
         read = coverage.covered_bytes(f.path) if coverage is not None else 0
@@ -202,6 +206,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
             "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
             "read_bytes": read,
             "cached_runs": [list(r) for r in runs],
+            "cached_ranges": [list(r) for r in ranges],
             "content_id": f.content_id,
             "lfs": f.lfs,
             "verified": verified,
@@ -232,7 +237,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "cache_hits": values.get("cache_hits", 0),
         "cache_misses": values.get("cache_misses", 0),
         "prefetch_blocks": values.get("prefetch_blocks", 0),
-        # where served reads were found, tier by tier (read/tiers.py, head.py, extents.py)
+        # how served reads were answered (read/reader.py)
         "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
         "cached_bytes": cached_total,
         "verified_files": verified_total,
