@@ -87,6 +87,11 @@ def cmd_unmount(args) -> int:
     return 0
 
 
+# What `netmount --help` says first: what netmount is for, in one line.
+ABOUT = ("netmount: Hugging Face repos as lazy, read-only local files (FUSE): "
+         "only the bytes programs read cross the network")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line too (the full usage is one ``--help`` away)."""
 
@@ -94,12 +99,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _TopParser(_Parser):
+    """The top-level parser: its help starts with ``ABOUT``, before the usage."""
+
+    def format_help(self) -> str:
+        return f"{ABOUT}\n\n{super().format_help()}"
+
+
 def build_parser(modules: list[str] | tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     """The whole CLI; given ``modules`` (of COMMAND_MODULES), only their subcommands besides
     mount and unmount."""
-    parser = _Parser(prog="netmount", description=__doc__.splitlines()[0])
+    parser = _TopParser(prog="netmount")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_mount(sub)
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount a netmount mount")
     p.add_argument("mountpoint")
