@@ -34,12 +34,6 @@ def hub(tmp_path_factory):
         yield hub
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hf(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
 def test_repos_resolve_on_lookup_and_share_content_ids(hub):
     ns = HfCacheNamespace(hub_resolver(hub.url, None))
     try:

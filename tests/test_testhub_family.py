@@ -25,10 +25,8 @@ def hub():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_hf(tmp_path, monkeypatch):
+def _own_hf_home(tmp_path, monkeypatch):  # tokens are passed explicitly; telemetry is off (conftest)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.mark.parametrize("repo_id, parsed", [
