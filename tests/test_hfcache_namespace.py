@@ -437,3 +437,16 @@ def test_closing_answers_every_waiter(hub, clock):
             ns.lookup("/datasets--org--data")
     finally:
         hub.hold.set()
+
+
+def test_a_commit_answered_with_another_commit_is_not_there(hub, clock):
+    main = hub.add(MODEL, "v1")
+
+    def liar(key, revision):  # a server that answers any revision with main
+        return hub(key, "main")
+
+    ns = make(liar, clock)
+    with pytest.raises(NotFound):
+        ns.lookup(f"/models--org--model/snapshots/{'1' * 40}")
+    assert ns.children("/models--org--model/refs") == ["main"]
+    assert ns.children("/models--org--model/snapshots") == [main]

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from netmount.core import errors
 from netmount.mounting.hfcache.catalog import Catalog, Misses
 from netmount.mounting.hfcache.flights import Flights
-from netmount.mounting.hfcache.layout import RepoKey
+from netmount.mounting.hfcache.layout import RepoKey, is_commit
 from netmount.mounting.namespace import NotFound, TreeNamespace, Unavailable
 
 log = logging.getLogger("netmount.hfcache")
@@ -83,10 +83,7 @@ class Resolution:
         tree = self.catalog.commit(key, sha)
         if tree is not None:
             return tree
-        outcome = self._ask(key, sha)
-        if outcome.sha != sha:  # a server that answers a commit with another: not this commit
-            raise RevisionMissing(f"{key.folder}@{sha}: the Hub answered {outcome.sha}")
-        return outcome.tree
+        return self._ask(key, sha).tree
 
     # -- asking --------------------------------------------------------------------------------
     def _ask(self, key: RepoKey, revision: str) -> Outcome:
@@ -126,6 +123,10 @@ class Resolution:
             first = (str(exc).splitlines() or [""])[0]
             log.warning("%s@%s: %s: %s", key.folder, revision, type(exc).__name__, first)
             return Outcome(error=f"{type(exc).__name__}: {first}")
+        if is_commit(revision) and snap.sha != revision:  # asked for one commit, answered another
+            log.warning("%s@%s: the Hub answered commit %s", key.folder, revision, snap.sha)
+            self.misses.put((key, revision), "revision", self.negative_ttl)
+            return Outcome(missing="revision")
         tree = self.catalog.record(key, revision, snap.sha, lambda: TreeNamespace(snap.files), self.clock())
         return Outcome(sha=snap.sha, tree=tree)
 
