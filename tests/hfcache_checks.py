@@ -15,7 +15,7 @@ from pathlib import Path
 from netmount.mounting.namespace import Namespace
 from netmount.remote.hub import resolve_snapshot
 
-_ERROR_OF = '''
+_PRELUDE = '''
 import json, sys, time
 def attempt(call):
     """{"value": what call() returned} or {"error": [type, first line, errno, seconds]}."""
@@ -30,7 +30,7 @@ def error_of(call):
 args = json.loads(sys.argv[1])
 '''
 
-OFFLINE_HUB = _ERROR_OF + '''
+OFFLINE_HUB = _PRELUDE + '''
 from huggingface_hub import (get_cached_repo_tree, hf_hub_download, scan_cache_dir, snapshot_download,
                              try_to_load_from_cache)
 from huggingface_hub.file_download import _CACHED_NO_EXIST
@@ -51,7 +51,7 @@ out["scan"] = {"repos": sorted(r.repo_id for r in info.repos), "warnings": [str(
 print(json.dumps(out))
 '''
 
-TRANSFORMERS_BY_ID = _ERROR_OF + '''
+TRANSFORMERS_BY_ID = _PRELUDE + '''
 import torch, transformers
 from transformers import AutoModelForCausalLM
 from transformers.utils.hub import cached_file
@@ -65,7 +65,7 @@ print(json.dumps({"equal": bool(torch.equal(a, b)), "shape": list(a.shape),
                   "config": cached_file(args["repo"], "config.json")}))
 '''
 
-ONLINE = _ERROR_OF + '''
+ONLINE = _PRELUDE + '''
 from huggingface_hub import hf_hub_download, snapshot_download
 from transformers import AutoConfig
 repo = args["repo"]

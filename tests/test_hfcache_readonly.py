@@ -114,6 +114,8 @@ def test_offline_huggingface_hub_reads_the_cache(hub, cache, tmp_path):
         kind, message, _, seconds = out[what]
         assert kind == "LocalEntryNotFoundError" and seconds < QUICK, (what, out[what])
     assert out["scan"]["repos"] == sorted([MODEL, PLAIN, MOVING]) and out["scan"]["warnings"] == []
+    assert out["scan"]["files"] == sum(1 for r in (MODEL, PLAIN, MOVING) for f in (hub.root_dir / r).rglob("*")
+                                       if f.is_file())
     assert hub.requests() == []  # offline: not one request
 
 
