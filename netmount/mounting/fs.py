@@ -12,9 +12,10 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
-A view mount (``--reshard``/``--only``/``--experts``) shows the view's files instead of
-the repo's (``viewfs.py`` serves them); ``drop/`` keeps naming the repo's files, which is
-what ``netmount verify`` checks and what the cache holds.
+What a path is comes from a namespace (``namespace.py``): the repo's files, or for a view
+mount (``--reshard``/``--only``/``--experts``) the view's (``viewfs.py`` serves them);
+``drop/`` keeps naming the repo's files, which is what ``netmount verify`` checks and what
+the cache holds.
 
 libfuse3, not libfuse2: it negotiates ``max_pages``, so a read request carries up to 1 MiB
 where libfuse2 caps every request at 128 KiB (each request costs the daemon ~0.4 ms).  How
@@ -38,6 +39,17 @@ from cache import Segment
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError, FuseUnavailable
 from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
+from netmount.mounting.namespace import (
+    DIR,
+    Namespace,
+    Node,
+    NotAFolder,
+    NotFound,
+    Unavailable,
+    data_node,
+    plain_namespace,
+    view_namespace,
+)
 from netmount.mounting.replies import FUSE_CAP_SPLICE_MOVE, FUSE_CAP_SPLICE_WRITE, Replies
 from netmount.read.reader import BlockReader, join
 from netmount.remote.hub import RemoteFile, Snapshot
@@ -97,6 +109,7 @@ class NetmountFS(Operations):
         on_release: Callable[[int], None] | None = None,
         on_read: Callable[[int, int, int], None] | None = None,
         replies: Replies | None = None,
+        namespace: Namespace | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
@@ -107,15 +120,12 @@ class NetmountFS(Operations):
         self.on_open, self.on_release = on_open, on_release
         self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.view = view  # a viewfs.ViewTree, or None: the repo as it is
-        self.sources: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}  # drop/ names these
-        shown = snapshot.files if view is None else [*view.passthrough, *view.files.values()]
-        self.files: dict = {"/" + f.path: f for f in shown}  # RemoteFile, or a view's ViewFile
-        self.dirs: dict[str, set[str]] = {"/": set()}
-        for f in shown:
-            parts = f.path.split("/")
-            for depth in range(len(parts)):
-                parent = "/" + "/".join(parts[:depth])
-                self.dirs.setdefault(parent.rstrip("/") or "/", set()).add(parts[depth])
+        self.sources = plain_namespace(snapshot)  # drop/ names these
+        # what the mount shows: the repo, a view of it, or the namespace given
+        self.tree = namespace or (plain_namespace(snapshot) if view is None else view_namespace(view))
+        # read and statfs look a file up by path here (a RemoteFile, or a view's ViewFile); a
+        # namespace whose files are not known up front (--hf-cache) has none to give
+        self.files: dict = getattr(self.tree, "files", {})
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mtime_ns = time.time_ns()
         self._handles = itertools.count(1)
@@ -172,37 +182,37 @@ class NetmountFS(Operations):
         return None
 
     # -- metadata --------------------------------------------------------------------------
-    def getattr(self, path, fh=None):
+    def _node(self, path: str) -> Node:
+        """What ``path`` is: a control file, under ``drop/`` the repo's tree again (its files
+        as empty control files), else the namespace's answer (through ``raw/`` too)."""
         target = self._drop_target(path)
-        path, _raw = self._split(path)
+        if target is not None:
+            return DIR if _ask(self.sources.lookup, target).kind == "dir" else _CONTROL
+        if path == CONTROL_DIR:
+            return DIR
+        if path in self.controls:
+            return _CONTROL
+        return _ask(self.tree.lookup, self._split(path)[0])
+
+    def getattr(self, path, fh=None):
+        node = self._node(path)
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
                 "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
-        if target is not None:  # the repo's tree again, its files as empty control files
-            if target in self.sources:
-                return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
-            if target == "/" or any(p.startswith(target + "/") for p in self.sources):
-                return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
-            raise FuseOSError(errno.ENOENT)
-        f = self.files.get(path)
-        if f is not None:
-            cached = min(self._cached_bytes(f), f.size)
-            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": f.size,
-                    "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
-        if path in self.dirs or path == CONTROL_DIR:
+        if node.kind == "dir":
             return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
-        if path in self.controls:
-            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
-        raise FuseOSError(errno.ENOENT)
+        if node.kind == "data":
+            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": node.size}
+        f = node.file
+        cached = min(self._cached_bytes(f), f.size)
+        return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": f.size,
+                "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
 
     def readdir(self, path, fh):
         path, _raw = self._split(path)
-        children = self.dirs.get(path)
-        if children is None:
-            if path == CONTROL_DIR:
-                extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
-                return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
-            raise FuseOSError(errno.ENOENT)
-        return [".", "..", *sorted(children)]
+        if path == CONTROL_DIR:
+            extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
+            return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
+        return [".", "..", *_ask(self.tree.children, path)]
 
     def statfs(self, path):
         total = sum(f.size for f in self.files.values())
@@ -213,34 +223,44 @@ class NetmountFS(Operations):
     def access(self, path, amode):
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
-        path, _raw = self._split(path)
-        self.getattr(path)
+        self._node(path)
         return 0
 
     # -- data ------------------------------------------------------------------------------
     def open(self, path, fi):
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        target = self._drop_target(path)
-        if path in self.controls or (target is not None and target in self.sources):
-            fi.fh = next(self._handles)
-            fi.direct_io = 1  # fresh content at every open
-            content = self.controls[path]() if target is None else self.on_drop(self.sources[target])
-            with self._control_lock:
-                self._control[fi.fh] = content
-            return 0
-        path, raw = self._split(path)
-        if path not in self.files:
-            raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
+        node = self._node(path)
+        if node.kind == "dir":
+            raise FuseOSError(errno.EISDIR)
         fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
-        self._open[fi.fh] = (self.files[path], raw)
-        if raw and not isinstance(self.files[path], RemoteFile):
+        if node.kind == "data":
+            self._open_data(path, node, fi)
+            return 0
+        raw = self._split(path)[1]
+        self._open[fi.fh] = (node.file, raw)
+        if raw and not isinstance(node.file, RemoteFile):
             fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
         else:
             fi.keep_cache = 1
         if self.on_open is not None:
-            self.on_open(fi.fh, None if raw else self.files[path].path)
+            self.on_open(fi.fh, None if raw else node.file.path)
         return 0
+
+    def _open_data(self, path: str, node: Node, fi) -> None:
+        """A file read whole from memory: a control file, its content made now (``drop/<p>``
+        drops ``p``'s cached bytes), or a namespace's synthesized file."""
+        if node is _CONTROL:
+            target = self._drop_target(path)
+            content = self.controls[path]() if target is None else self.on_drop(self.sources.lookup(target).file)
+        else:
+            content = node.data
+        if node.fresh:
+            fi.direct_io = 1  # fresh content at every open
+        else:
+            fi.keep_cache = 1
+        with self._control_lock:
+            self._control[fi.fh] = content
 
     def read(self, path, size, offset, fi):
         """The bytes (libfuse copies them): when fd replies are not usable (``replies.py``)."""
@@ -305,6 +325,18 @@ class NetmountFS(Operations):
             return self.reader.store.cached_bytes(f.content_id)
         except Exception:
             return 0
+
+
+_CONTROL = data_node(b"", fresh=True)  # a control file: its content is made at open
+_ERRNO = {NotFound: errno.ENOENT, NotAFolder: errno.ENOTDIR, Unavailable: errno.EIO}
+
+
+def _ask(question, path: str):
+    """A namespace's answer to ``question(path)``, its exceptions as the FUSE errors they mean."""
+    try:
+        return question(path)
+    except (NotFound, NotAFolder, Unavailable) as exc:
+        raise FuseOSError(_ERRNO[type(exc)]) from None
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import ranges, synthetic
+from . import family, ranges, synthetic
 from .records import RequestRecord
 from .repo import Entry, FolderRepo, Hasher, Repo, Snapshot, SyntheticRepo
 from .wan import Wan
@@ -75,6 +75,7 @@ class HubServer:
         url_ttl: float = 3600.0,
         tokens: Iterable[str] = (),
         synthetic_deepseek: bool = False,
+        synthetic_repos: bool = False,
         gate_api: bool = False,
         wan: Wan | None = None,
         cdn_base: str = "",
@@ -94,6 +95,7 @@ class HubServer:
         self._url_clock_skew = 0.0  # added to the clock that signs and checks data URLs
         self._hasher = Hasher()
         self._synthetic = SyntheticRepo() if synthetic_deepseek else None
+        self.synthetic_repos = synthetic_repos  # the synthetic/repo-{n} family (family.py)
         self._blobs: dict[str, tuple[Repo, Entry]] = {}  # sha256 -> where the CDN finds it
         self._inflight = 0
 
@@ -105,6 +107,8 @@ class HubServer:
         ``datasets`` or ``spaces``)."""
         if repo_type == "model" and self._synthetic is not None and repo_id == synthetic.REPO_ID:
             return self._synthetic
+        if repo_type == "model" and self.synthetic_repos and repo_id.startswith(family.ORG + "/"):
+            return family.family_repo(repo_id)
         org, _, name = repo_id.partition("/")
         if self.root is None or not org or not name or "/" in name or "." in (org[0], name[0]):
             return None
