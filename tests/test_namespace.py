@@ -32,7 +32,7 @@ def test_a_tree_answers_files_folders_and_nothing_else():
     tree = plain_namespace(SNAP)
     assert tree.lookup("/") is DIR and tree.lookup("/sub") is DIR and tree.lookup("/sub/deeper") is DIR
     node = tree.lookup("/sub/deeper/w.safetensors")
-    assert node.kind == "file" and node.file is FILES[1] and node.size == 5000
+    assert node.kind == "file" and node.file is SNAP.files[1] and node.size == 5000  # (the snapshot's, naming its repo)
     assert tree.lookup("/empty").size == 0
     for missing in ("/nope", "/sub/nope", "/config.json/x", "/sub/", "//sub", "sub"):
         with pytest.raises(NotFound):
