@@ -58,7 +58,7 @@ def within(seconds: float, fn, *args):
 
 def settle(mp: Path | str) -> None:
     """Wait until the mount at ``mp`` is settled: nothing read, fetched, written behind or
-    scheduled (blocks, extents, heads, prefetch).  The one way tests wait for a mount: read
+    scheduled (blocks, exact ranges, heads; prefetch).  The one way tests wait for a mount: read
     its stats, or the hub's byte log, only after this.  One open of ``.netmount/idle`` (the
     daemon waits on its own events); fails the test if the daemon says it is still busy."""
     from netmount.mounting.stats import wait_idle

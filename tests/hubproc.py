@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -55,8 +56,8 @@ class HubProcess:
         self.stop()
 
     # -- the TestHub query API, over the control port --------------------------------------
-    def _get(self, what: str, timeout: float = 30):
-        with urllib.request.urlopen(f"{self._control}/{what}", timeout=timeout) as resp:
+    def _get(self, what: str):
+        with urllib.request.urlopen(f"{self._control}/{what}", timeout=30) as resp:
             return json.loads(resp.read())
 
     @property
@@ -105,48 +106,21 @@ class HubProcess:
         """The rules with their ``hits`` counts."""
         return self._get("faults")
 
-    def wait_hits(self, rule: int = 0, n: int = 1, timeout: float = 60.0) -> bool:
-        """Block until fault rule number ``rule`` has fired ``n`` times (a request it acts on
-        has reached the hub); False if not within ``timeout`` (a hang guard).  The hub wakes
-        the wait as the rule fires: no polling."""
-        return self._get(f"wait-hits?rule={rule}&n={n}&timeout={timeout}", timeout + 30)["ok"]
-
-
-def _counted_rules(hub):
-    """The hub's fault rules, also waking whoever waits for a rule to fire (``/wait-hits``)."""
-    from netmount.dev.testhub.faults import FaultRules
-
-    class Counted(FaultRules):
-        def __init__(self, server) -> None:
-            super().__init__(server)
-            self.fired = threading.Condition()
-
-        def _match(self, request, rec):
-            rule = super()._match(request, rec)
-            if rule is not None:
-                with self.fired:
-                    self.fired.notify_all()
-            return rule
-
-        def wait_hits(self, index: int, n: int, timeout: float) -> bool:
-            def hit() -> bool:
-                rules = self.rules()
-                return index < len(rules) and rules[index]["hits"] >= n
-
-            with self.fired:
-                return self.fired.wait_for(hit, timeout)
-
-    return Counted(hub)
+    def wait_hits(self, rule: int, hits: int = 1, timeout: float = 30.0) -> bool:
+        """Wait (no polling: the hub answers when it happens) until fault rule ``rule`` has
+        fired ``hits`` times; False after ``timeout`` seconds."""
+        with urllib.request.urlopen(f"{self._control}/wait-hits?rule={rule}&hits={hits}&timeout={timeout}",
+                                    timeout=timeout + 30) as resp:
+            return json.loads(resp.read())["ok"]
 
 
 def _serve(kwargs: dict) -> None:
-    from urllib.parse import parse_qs, urlsplit
-
     from netmount.dev.testhub import TestHub
+    from netmount.dev.testhub.faults import FaultRules
 
     root = kwargs.pop("root")
     hub = TestHub(Path(root) if root else None, **kwargs).start()
-    faults = _counted_rules(hub)
+    faults = FaultRules(hub)
     hub.faults.append(faults)
 
     class Control(BaseHTTPRequestHandler):
@@ -163,8 +137,8 @@ def _serve(kwargs: dict) -> None:
             elif self.path == "/faults":
                 body = faults.rules()
             elif self.path.startswith("/wait-hits?"):
-                q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                body = {"ok": faults.wait_hits(int(q["rule"]), int(q["n"]), float(q["timeout"]))}
+                q = {k: float(v[0]) for k, v in urllib.parse.parse_qs(self.path.partition("?")[2]).items()}
+                body = {"ok": faults.wait_hits(int(q["rule"]), int(q["hits"]), q["timeout"])}
             else:
                 self.send_error(404)
                 return

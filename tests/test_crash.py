@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cache import STORE_DIR
 from netmount.core.procs import is_running
 from netmount.mounting import mounts
 
@@ -82,32 +83,33 @@ def test_kill_9_mid_download_then_mount_again(fm, fhub, fault_root):
     assert check_cache_blocks(fm.cache_dir, [src]) >= stored
 
 
-def _block_bytes(folder) -> int:
-    """Bytes of block files under ``folder`` (the SQLite files left out)."""
+def _stored_bytes(folder) -> int:
+    """Bytes of the stored objects' files under ``folder`` (the SQLite files left out)."""
     total = 0
     for dirpath, _, filenames in os.walk(folder):
-        total += sum(os.stat(os.path.join(dirpath, n)).st_size for n in filenames if not n.startswith("cache.db"))
+        total += sum(os.stat(os.path.join(dirpath, n)).st_size for n in filenames if n.endswith(".val"))
     return total
 
 
-def _read_settling(mp, src, blocks_dir, step: int = 1 << 20) -> int:
+def _read_settling(mp, src, store_dir, step: int = 1 << 20) -> int:
     """Read every file of ``src`` through ``mp``, ``step`` bytes at a time, checking the bytes;
-    after each read, settle and weigh the block files.  Returns the most they weighed."""
+    after each read, settle and weigh the stored files.  Returns the most they weighed."""
     most = 0
     for name in sorted(p.name for p in src.iterdir()):
         want = (src / name).read_bytes()
         with open(mp / name, "rb") as fh:
             for at in range(0, len(want), step):
                 assert fh.read(step) == want[at:at + step], (name, at)
-                settle(mp)  # at rest: no block being written, every culled one unlinked
-                most = max(most, _block_bytes(blocks_dir))
+                settle(mp)  # at rest: nothing being written, every evicted file removed
+                most = max(most, _stored_bytes(store_dir))
     return most
 
 
 def test_small_cache_stays_under_its_cap_and_evicted_blocks_come_back(tmp_path, fhub, fault_root):
     """24 MB through a 4 MB cache, twice.  Weighed at rest after every MiB read (not sampled
-    while blocks are written: a walk of the folder then is no snapshot): the stored blocks
-    never exceed the cap by more than one block (diskcache culls after each put)."""
+    while blocks are written: a walk of the folder then is no snapshot): the stored files
+    never exceed the cap (the store evicts by bytes in the transaction that stores:
+    cache/index.py)."""
     from faultkit import FaultMounter
 
     src = _big(fault_root)
@@ -123,14 +125,14 @@ def test_small_cache_stays_under_its_cap_and_evicted_blocks_come_back(tmp_path, 
                            "--cache-size", str(cap), env=m.env)
             assert done.returncode == 0, done.stderr
             m.mounted.append(mp)
-            most.append(_read_settling(mp, src, m.cache_dir / "blocks"))
+            most.append(_read_settling(mp, src, m.cache_dir / STORE_DIR))
             fetched.append(fhub.bytes_sent(server="cdn"))
             m.unmount(mp)
     finally:
         m.cleanup()
     total = sum(p.stat().st_size for p in src.iterdir())
     assert fetched[0] >= total and fetched[1] >= total - cap, fetched  # evicted: fetched again
-    assert cap // 2 < min(most) and max(most) <= cap + BLOCK, most  # full, and never over
+    assert cap // 2 < min(most) and max(most) <= cap, most  # full, and never over
     assert check_cache_blocks(m.cache_dir, [src], cache_size=cap) > 0
 
 

@@ -32,7 +32,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from netmount.core.blocks import block_span
 from netmount.core.safetensors import HeaderError, read_header
 from netmount.read.parquet import ParquetError, read_layout
 from netmount.read.policy import (
@@ -60,7 +59,7 @@ class Prefetcher:
                  config: PrefetchConfig | None = None, files=(), resolve=None,
                  on_loader: Callable[[str], None] | None = None) -> None:
         self.reader = reader
-        self.cfg = config or PrefetchConfig(block_size=reader.block_size, head=reader.head.head_bytes)
+        self.cfg = config or PrefetchConfig(block_size=reader.block_size, head=reader.head_bytes)
         if self.cfg.block_size != reader.block_size:
             raise ValueError("PrefetchConfig.block_size must be the reader's block size")
         self.budget, self.connections = budget, connections
@@ -79,6 +78,7 @@ class Prefetcher:
         self._configs: dict[str, RemoteFile] = {}  # folder -> its config.json
         self._weight_maps: dict[str, dict | None] = {}  # folder -> its index's weight_map
         self._unbuilt: dict[str, frozenset[str]] = {}  # folder -> shards opened for their header only
+        self._anchors: dict[str, list[tuple[int, int]]] = {}  # path -> lone tensors fetched exactly
         self._on_loader = on_loader  # told the folder when a loader is first seen there
         self._reads: collections.deque = collections.deque()  # reads not yet decided on
         self._followed = 0  # reads ever followed: ``drain`` sees one that came while it waited
@@ -102,12 +102,20 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._closed = True
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the pump and the heads read ahead; True once none of their threads runs any
+        more (only then may the reader be closed: they read through it), within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:  # (``opened_amid_others`` starts no heads once it is set)
+            self._closed = True
         self._wake.set()
-        self._thread.join(timeout=10)
-        if self._headers is not None:
-            self._headers.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(timeout)
+        with self._lock:
+            pool, heads = self._headers, list(self._heads_reading)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        late = concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic())).not_done
+        return not self._thread.is_alive() and not late
 
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
@@ -117,13 +125,17 @@ class Prefetcher:
         tmap = self.tensor_map(f, offset + size)
         if tmap is None:
             return None
-        near = self.reader.extents.near(f, offset, offset + size, self.cfg.near)
+        near = self._near(f, offset, offset + size)
         folder = _folder(f)
         with self._lock:
             exact, state = exact_read(tmap, self._states.get(f.path, FileState()), self._streams.get(handle),
                                       offset, size, f.size, near_anchor=near,
                                       folder_loading=folder in self._loading_dirs, cfg=self.cfg)
             self._states[f.path] = state
+            if exact is not None and exact.extent is not None:  # a lone tensor: reads around it are exact too
+                anchors = self._anchors.setdefault(f.path, [])
+                anchors.append(exact.extent)
+                del anchors[:-64]
         return exact
 
     def follow(self, handle: int, f: RemoteFile, offset: int, size: int) -> None:
@@ -155,7 +167,7 @@ class Prefetcher:
         at = order.index(path)
         with self._lock:
             todo = [files[p] for p in order[at + 1 : at + 1 + self.cfg.ahead_headers] if p not in self._maps]
-            if not todo:
+            if not todo or self._closed:
                 return
             if self._headers is None:
                 self._headers = concurrent.futures.ThreadPoolExecutor(self.cfg.ahead_headers,
@@ -234,7 +246,7 @@ class Prefetcher:
         folder = _folder(f)
         first_loader = False
         if tmap is not None:
-            near = self.reader.extents.near(f, offset, offset + size, self.cfg.near)
+            near = self._near(f, offset, offset + size)
             with self._lock:
                 wants = tensor_wants(tmap, self._states.get(f.path, FileState()), offset, streak, f.size,
                                      folder_loading=folder in self._loading_dirs, cfg=self.cfg, size=size)
@@ -243,7 +255,6 @@ class Prefetcher:
                     self._loading_dirs.add(folder)
                     first_loader = True
             wanted = merge_wants(window, wants, near_anchor=near, block_size=self.cfg.block_size)
-            wanted = [i for i in wanted if not self._in_extent(f, i)]
         if first_loader and self._on_loader is not None:
             try:
                 self._on_loader(folder)
@@ -259,12 +270,14 @@ class Prefetcher:
                 self._pending[f.path] = (f, wanted)
                 self._pending.move_to_end(f.path)
 
-    def _in_extent(self, f: RemoteFile, i: int) -> bool:
-        """Block ``i`` of ``f`` lies inside an extent in memory or in flight: a lone tensor
-        read exactly, which a thread reading on in it (torch's second) must not fetch again."""
-        lo, hi = block_span(i, self.cfg.block_size, f.size)
-        span = self.reader.extents.covering(f, lo)
-        return span is not None and span[1] >= hi
+    def _near(self, f: RemoteFile, lo: int, hi: int) -> bool:
+        """Whether [lo, hi) lies within ``near`` bytes of a lone tensor of ``f`` fetched
+        exactly (the kernel reads around its ends).  Only those count, so small exact reads
+        never pull more exact reads after them."""
+        margin = self.cfg.near
+        with self._lock:
+            spans = list(self._anchors.get(f.path, ()))
+        return any(lo < e + margin and hi > s - margin for s, e in spans)
 
     def _resolve_siblings(self, f: RemoteFile) -> None:
         """At the first shard read in a folder, look up the data URLs of the others: loaders
@@ -392,7 +405,7 @@ class Prefetcher:
         tmap = None
         try:
             # the first read is within the head tier (else just the length): no block fetched for it
-            head = self.reader.head.head_bytes
+            head = self.reader.head_bytes
             tensors = read_header(lambda a, b: self.reader.read(f, a, b - a, account=False), f.size,
                                   first=min(max(first or head, 8), head) if head else 8)
             tmap = TensorMap([(t.start, t.end) for t in tensors])
