@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -48,6 +49,7 @@ log = logging.getLogger("netmount.reader")
 
 READ_WAIT = 900.0  # seconds a read waits for its pieces: beyond the fetcher's own bounds (retries, stalls)
 ATTEMPTS = 3  # a range the store dropped between lookup and use is fetched again, this often
+PREPARED_FILES = 256  # files whose prepared spans are remembered
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class BlockReader:
         self.counters = counters or Counters()
         self.on_served = on_served  # (file, offset, length) of every range handed to a program
         self.head_bytes = head_bytes if 0 < head_bytes < self.block_size else 0
+        self._prepared: dict[str, Ranges] = {}  # content id -> spans handed to store.prepare
+        self._prepared_lock = threading.Lock()
         self.runs = RunScheduler(fetcher, store, self.counters, max_request_bytes=max_request_bytes,
                                  on_news=on_run_done, workers=workers)
 
@@ -183,16 +187,18 @@ class BlockReader:
         store does not hold and nothing fetches yet — while no more than ``budget`` bytes are
         in flight in all (demand reads included: never held back, they only leave less room).
         ``max_request_bytes`` (at least a block, at most the reader's cap) cuts them into
-        smaller requests, which go out in parallel.  Held blocks among the first wanted are
+        smaller requests, which go out in parallel.  Held blocks among the wanted are
         checked and read into the page cache ahead instead (no network, no budget).
         Returns (blocks started, blocks left for lack of room): call again on the next news."""
         spans = [block_span(i, self.block_size, f.size) for i in dict.fromkeys(indices)]
         if not spans:
             return 0, 0
         held = Ranges(self.store.held(f.content_id))
-        ready = [s for s in spans[:8] if held.contains(*s)]
+        ready = [s for s in spans if held.contains(*s)]
         if ready:
-            self.store.prepare(f.content_id, ready, f.size)
+            self._prepare(f, ready)
+        if len(ready) == len(spans):
+            return 0, 0
         _joined, requests, left = self.runs.claim(f, spans, prefetch=True, budget=budget,
                                                   max_request_bytes=max_request_bytes)
         self.runs.start(f, requests, prefetch=True)
@@ -200,6 +206,20 @@ class BlockReader:
         if started:
             self.counters.add("prefetch_blocks", -(-started // self.block_size))
         return -(-started // self.block_size), -(-left // self.block_size)
+
+    def _prepare(self, f: RemoteFile, spans: list[tuple[int, int]]) -> None:
+        """Ask the store to check held spans ahead of a reader (and read them into the page
+        cache), each span once: the pump asks again after every read."""
+        with self._prepared_lock:
+            done = self._prepared.pop(f.content_id, None) or Ranges()
+            self._prepared[f.content_id] = done  # (most recent last)
+            while len(self._prepared) > PREPARED_FILES:
+                self._prepared.pop(next(iter(self._prepared)))
+            new = [s for s in spans if not done.contains(*s)]
+            for a, b in new:
+                done.add(a, b)
+        if new:
+            self.store.prepare(f.content_id, new, f.size)
 
     def fetch_exact(self, f: RemoteFile, start: int, end: int) -> None:
         """Start fetching [start, end) of ``f`` exactly (widened to pages), less what the
