@@ -261,6 +261,26 @@ class BlockReader:
         if start < end:
             self.extents.fetch(f, start, end, on_done=self._extent_in, anchor=True)
 
+    # -- the interface the prefetcher uses (thin adapters until the reader's rewrite) ------------
+    def fetch_exact(self, f: RemoteFile, start: int, end: int) -> None:
+        """Fetch [start, end) of ``f`` exactly (widened to pages) unless held or coming."""
+        self.prefetch_extent(f, start, end)
+
+    def covered(self, f: RemoteFile, start: int, end: int) -> bool:
+        """Every byte of [start, end) is stored, in memory or being fetched (blocks or extents)."""
+        bs, pos = self.block_size, start
+        known = self.stored.known(f)
+        while pos < end:
+            i = pos // bs
+            if i in known or (f.content_id, i) in self.memory or self.runs.inflight.has(f, i):
+                pos = (i + 1) * bs
+                continue
+            span = self.extents.covering(f, pos)
+            if span is None:
+                return False
+            pos = span[1]
+        return True
+
     def _extent_in(self, f: RemoteFile, start: int, data: bytes) -> None:
         """Whole blocks inside an extent that just came in go to the store as well."""
         bs = self.block_size
