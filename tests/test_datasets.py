@@ -10,7 +10,8 @@ import pytest
 
 from netmount.core import errors
 from netmount.read.parquet import ParquetError, read_layout
-from netmount.read.policy import FileState, PrefetchConfig, Stream, TensorMap, advance, exact_read, tensor_wants
+from netmount.read.policy import FileState, PrefetchConfig, TensorMap, advance, judge, wants
+from netmount.read.reader import ExactRead
 from netmount.remote.hub import RepoSpec, Snapshot, parse_repo_spec, url_path
 
 # -- repo ids --------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_not_parquet_is_a_parquet_error():
 
 BS = 64 << 10
 CFG = PrefetchConfig(block_size=BS, window_max=16 * BS, lookahead=32 * BS, guard=2 * BS, stream_bytes=8 * BS,
-                     max_extent=64 * BS, near=2 * BS, far=8 * BS)
+                     max_extent=64 * BS, near=2 * BS)
 # 6 row groups x 3 columns of 5 blocks each, then a footer
 CHUNKS = [(4 + k * 5 * BS, 4 + (k + 1) * 5 * BS) for k in range(18)]
 SIZE = CHUNKS[-1][1] + BS
@@ -156,21 +157,29 @@ def _maps():
     return TensorMap(ranges), TensorMap(ranges, columnar=True)
 
 
+def _judged(tmap, state, stream, offset, size, folder=False, cfg=CFG):
+    """What the prefetcher does before a read (read/prefetch.py): advance, then ask the policy."""
+    slack = tmap.slack(stream.expected, offset, cfg.block_size) if tmap.columnar and stream else None
+    run, window, streak = advance(stream, offset, size, SIZE, cfg, slack)
+    verdict = judge(tmap, state, run, streak, offset, size, SIZE, folder_loading=folder, cfg=cfg)
+    return verdict, run, window
+
+
 def test_a_column_over_many_row_groups_is_never_a_loader():
     plain, columnar = _maps()
     for tmap, loader in ((plain, True), (columnar, False)):
         state = FileState()
         for g in range(6):  # column 1 of every row group: a jump into a new chunk each time
             start, end = CHUNKS[3 * g + 1]
-            wants = tensor_wants(tmap, state, start + 3 * BS, None, SIZE, folder_loading=False, cfg=CFG)
-            state = wants.state
+            verdict, _, window = _judged(tmap, state, None, start + 3 * BS, BS)
+            state = verdict.state
             if not loader:  # the chunk read, never past it
-                assert all(start // BS <= b <= (end - 1) // BS for b in wants.blocks)
-                assert wants.limit <= end
+                assert all(start // BS <= b <= (end - 1) // BS for b in wants(tmap, verdict, window, SIZE, CFG))
+                assert verdict.window[1] <= end
         assert state.loading is loader
     # another file of the folder being loaded does not make a column read a loader either
-    wants = tensor_wants(columnar, FileState(), CHUNKS[4][0] + 3 * BS, None, SIZE, folder_loading=True, cfg=CFG)
-    assert not wants.state.loading and wants.limit <= CHUNKS[4][1]
+    verdict, _, _ = _judged(columnar, FileState(), None, CHUNKS[4][0] + 3 * BS, BS, folder=True)
+    assert not verdict.state.loading and verdict.window[1] <= CHUNKS[4][1]
 
 
 def test_a_jump_to_a_chunk_fetches_that_chunk_exactly_even_past_the_fourth():
@@ -179,23 +188,36 @@ def test_a_jump_to_a_chunk_fetches_that_chunk_exactly_even_past_the_fourth():
     for g in range(6):
         start, end = CHUNKS[3 * g + 2]
         page = start // 4096 * 4096  # the kernel's read starts on the page holding the chunk's start
-        exact, state = exact_read(columnar, state, stream, page, 128 << 10, SIZE, near_anchor=False,
-                                  folder_loading=True, cfg=CFG)
-        assert exact is not None and exact.extent == (start, end), g
-        stream = Stream(expected=page + (128 << 10))
+        verdict, stream, _ = _judged(columnar, state, stream, page, 128 << 10, folder=True)
+        state = verdict.state
+        assert verdict.exact is not None and verdict.exact.extent == (start, end), g
+
+
+def test_reads_around_a_chunk_fetched_exactly_are_fetched_exactly():
+    """The kernel's readahead past a chunk a column reader pread (up to two windows):
+    exactly its pages, not the blocks of the next chunk (another column)."""
+    _, columnar = _maps()
+    start, end = CHUNKS[4]
+    verdict, stream, _ = _judged(columnar, FileState(), None, start, end - start)
+    assert verdict.exact.extent == (start, end)
+    verdict, _, window = _judged(columnar, verdict.state, stream, end, 128 << 10)
+    assert verdict.exact == ExactRead() and wants(columnar, verdict, window, SIZE, CFG) == []
 
 
 def test_a_full_scan_is_still_a_stream_but_the_first_chunk_alone_is_not():
     plain, columnar = _maps()
-    state, streak = FileState(), 0
+    state, stream = FileState(), None
     limits = {}
     for offset in range(0, 20 * BS, BS):  # sequential from byte 0, through several chunks
-        wants = tensor_wants(columnar, state, offset, streak, SIZE, folder_loading=False, cfg=CFG)
-        state, limits[offset] = wants.state, wants.limit
+        verdict, stream, _ = _judged(columnar, state, stream, offset, BS)
+        state, limits[offset] = verdict.state, verdict.window[1]
     # a run from byte 0 through stream_bytes is not yet a scan: it may be the first columns'
     # chunks (in a safetensors file it is one)
     assert limits[9 * BS] == CHUNKS[1][1]
-    assert tensor_wants(plain, FileState(), 9 * BS, 0, SIZE, folder_loading=False, cfg=CFG).limit == SIZE
+    stream = None
+    for offset in range(0, 10 * BS, BS):
+        verdict, stream, _ = _judged(plain, FileState(), stream, offset, BS)
+    assert verdict.window[1] == SIZE
     # through 3 whole chunks it is: read ahead to the end of the file
     assert limits[19 * BS] == SIZE and not state.loading
 
@@ -211,12 +233,12 @@ def test_a_column_read_is_not_a_sequential_run_but_a_scan_is():
         stream = None
         for g in range(4):  # column 0 of row groups 0..3, each read whole
             start, end = CHUNKS[3 * g]
-            slack = tmap.slack(stream.expected, start, gap_cfg) if stream else None
+            slack = tmap.slack(stream.expected, start, gap_cfg.block_size) if stream else None
             stream, window, streak = advance(stream, start, end - start, SIZE, gap_cfg, slack)
         assert (streak is not None) is runs
     # a scan: chunk after chunk, one read landing a little late
     stream = None
     for offset in [0, BS, 3 * BS, 2 * BS, 4 * BS, 5 * BS + 4, 6 * BS]:
-        slack = columnar.slack(stream.expected, offset, gap_cfg) if stream else None
+        slack = columnar.slack(stream.expected, offset, gap_cfg.block_size) if stream else None
         stream, window, streak = advance(stream, offset, BS, SIZE, gap_cfg, slack)
         assert offset == 0 or streak == 0
