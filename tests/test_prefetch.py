@@ -402,6 +402,6 @@ def test_a_small_shard_read_first_inside_a_tensor_reads_right(caplog):
         assert read(pre, reader, f, start, end - start) == data[start:end]  # the file's first read
         assert pre.drain(10)
     assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
-    assert pre._maps[f.path] is not None
+    assert pre.maps.get(f.content_id).tmap is not None
     pre.close()
     reader.close()
