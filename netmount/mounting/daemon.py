@@ -82,6 +82,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     from netmount.mounting.readahead import ReadaheadSwitch, max_read
     from netmount.mounting.stats import StatsBuilder
     from netmount.read.coverage import Coverage
+    from netmount.read.metadata import TensorMaps
     from netmount.read.prefetch import Prefetcher
     from netmount.read.reader import BlockReader
     from netmount.remote.fetch import RangeFetcher
@@ -101,6 +102,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
     readahead = ReadaheadSwitch(config.mountpoint, config.readahead_kb)
     run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
+    maps = TensorMaps()  # every file's tensor layout, parsed once: for prefetch, stats and views
     reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
                          max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
     # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
@@ -108,7 +110,7 @@ def run(config: DaemonConfig, on_ready=None) -> None:
     prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
                             budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
                             files=snap.files, resolve=fetcher.resolve_ahead,
-                            on_loader=readahead.loader) if config.prefetch else None
+                            on_loader=readahead.loader, maps=maps) if config.prefetch else None
     if prefetcher is not None:
         readahead.header_only = prefetcher.header_only
         readahead.on_amid_others = prefetcher.opened_amid_others
@@ -124,13 +126,14 @@ def run(config: DaemonConfig, on_ready=None) -> None:
         gc.disable()  # tens of thousands of pieces, acyclic (see views/plan.py)
         planned = view_from_bytes(config.view)
         check_view(planned, snap)
-        view = ViewTree(planned, snap, reader, prefetcher)
+        view = ViewTree(planned, snap, reader, prefetcher, maps=maps)
         readahead.header_only = view.header_only  # its files, its index: not the source's
         gc.freeze()  # and kept for the mount's life: no collection walks them again
         gc.enable()
     stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
                          proxy=fetcher.status,
-                         extra=lambda: {**readahead.state(), "max_read_bytes": ops.max_read_bytes}, view=view)
+                         extra=lambda: {**readahead.state(), "max_read_bytes": ops.max_read_bytes}, view=view,
+                         maps=maps)
     def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
         drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
         return b"idle\n" if drained else b"busy\n"
