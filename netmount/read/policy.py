@@ -27,9 +27,10 @@ thread) lists the blocks to fetch ahead.  A file is read in one of three ways:
   wanted from each new tensor read (``loader_blocks``).  A jump into tensor data of a shard
   of a folder being loaded makes that shard loading too.
 
-Header reads within ``head`` are the head tier's (read/head.py), longer ones exactly; the
-kernel reading on past a header likewise (``spill`` of its requests); a run from byte 0 that
-goes on is the program's (cat): blocks, a stream after ``stream_bytes``.  A parquet file
+Header reads within ``head`` are the head tier's (read/head.py), longer ones exactly (in a
+folder a loader reads: blocks, and a speculative window); the kernel reading on past a
+header likewise (``spill`` of its requests); a run from byte 0 that goes on is the
+program's (cat): blocks, a stream after ``stream_bytes``.  A parquet file
 (``TensorMap.columnar``) keeps its own rules (``_columnar``): each jump gets its chunk
 exactly, reads around chunks fetched exactly are fetched exactly, a scan is a stream, and a
 column read is never a loader.
@@ -186,9 +187,10 @@ def judge(tmap: TensorMap, state: FileState, run: Stream, streak: int | None, of
         if i is not None and i not in state.wanted:
             return Verdict(window=(0, file_size), loader=i, state=replace(state, wanted=state.wanted | {i}))
         return Verdict(window=(0, file_size), state=state)
-    if offset < tmap.data:  # a header read
-        limit = max(offset + cfg.block_size, tmap.data + cfg.speculative) if folder_loading else 0
-        return Verdict(ExactRead() if offset + size > cfg.head else None, window=(0, limit), state=state)
+    if offset < tmap.data and folder_loading:  # a header read where a loader is: the first blocks
+        return Verdict(window=(0, max(offset + cfg.block_size, tmap.data + cfg.speculative)), state=state)
+    if offset < tmap.data:  # a header read: the head tier's, else its pages
+        return Verdict(ExactRead() if offset + size > cfg.head else None, state=state)
     if streak == 0:  # a run from byte 0 into the data: the kernel reading on past a header, or cat
         return _from_zero(tmap, state, run, offset, size, file_size, cfg)
     if streak is None:

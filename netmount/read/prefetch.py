@@ -84,8 +84,11 @@ class Prefetcher:
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
         """How this read, if it misses, is to be fetched (None: in blocks)."""
-        tmap = self.tensor_map(f, offset + size, exact=offset == 0) if mapped(f.path) else None
         folder = f.path.rpartition("/")[0]
+        with self._lock:
+            loading = folder in self._loading_dirs
+        # (a header read is fetched exactly, unless a loader reads the folder: ``policy.judge``)
+        tmap = self.tensor_map(f, offset + size, exact=offset == 0 and not loading) if mapped(f.path) else None
         with self._lock:
             last = self._streams.get(f.path)
             slack = tmap.slack(last.expected, offset, self.cfg.block_size) if tmap and tmap.columnar and last else None
