@@ -192,7 +192,7 @@ def judge(tmap: TensorMap, state: FileState, run: Stream, streak: int | None, of
     if offset < tmap.data:  # a header read: the head tier's, else its pages
         return Verdict(ExactRead() if offset + size > cfg.head else None, state=state)
     if streak == 0:  # a run from byte 0 into the data: the kernel reading on past a header, or cat
-        return _from_zero(tmap, state, run, offset, size, file_size, cfg)
+        return _from_zero(tmap, state, run, offset, size, file_size, folder_loading, cfg)
     if streak is None:
         return _jump(tmap, state, offset, size, file_size, cfg)
     return _run(tmap, state, run, streak, offset, size, file_size, cfg)
@@ -229,15 +229,22 @@ def _evidence(tmap: TensorMap, state: FileState, offset: int, size: int, jump: b
 
 
 def _from_zero(tmap: TensorMap, state: FileState, run: Stream, offset: int, size: int, file_size: int,
-               cfg: PrefetchConfig) -> Verdict:
+               folder_loading: bool, cfg: PrefetchConfig) -> Verdict:
     """A run from byte 0 into the data.  Up to ``spill`` of its requests past the header
-    (to a block's end) it is the kernel reading on after a header read: the head tier's,
-    else its pages.  Further on it is the program (cat, a loader iterating in file order):
-    blocks, the window up to the end of the tensor read (or ``guard`` into it, near its
-    start), and to the file's end once it has read ``stream_bytes`` of data: a stream."""
-    zone = -(-(tmap.data + cfg.spill * run.reach) // cfg.block_size) * cfg.block_size
-    if offset < zone:
-        return Verdict(ExactRead() if offset + size > cfg.head else None, state=state)
+    (to a block's end) it may be the kernel reading on after a header read: the head tier's,
+    else its pages (with requests of ``min_split`` or more, a read(2)'s: the rest of their
+    block in one request, or cat waits a round trip per request).  Further on it is the
+    program (cat, a loader iterating in file order): blocks, the window up to the end of the
+    tensor read (or ``guard`` into it, near its start), and to the file's end once it has
+    read ``stream_bytes`` of data: a stream.  In a folder a loader reads, all of it is."""
+    zone = 0 if folder_loading else -(-(tmap.data + cfg.spill * run.reach) // cfg.block_size) * cfg.block_size
+    if offset + size <= cfg.head:
+        return Verdict(state=state)
+    if offset < zone and run.reach < cfg.min_split:
+        return Verdict(ExactRead(), state=state)
+    if offset < zone:  # (requests this long are a read(2)'s, cat's: the rest of the block in one)
+        rest = (offset // PAGE * PAGE, min(zone, -(-(offset + size) // cfg.block_size) * cfg.block_size))
+        return Verdict(ExactRead(extent=rest), state=state)
     if offset - tmap.data >= cfg.stream_bytes:
         return Verdict(window=(zone, file_size), state=state)
     start, end = tmap.ranges[tmap.find(offset)]
