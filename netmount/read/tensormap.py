@@ -45,8 +45,10 @@ class TensorMap:
         readahead a little), but nothing in a columnar file if a whole chunk lies between —
         a column's chunks in consecutive row groups are a few KB to a few MB apart, and
         with a block's slack a column read would pass for a scan whose readahead window
-        fetches the other columns."""
-        a, b = min(expected, offset), max(expected, offset)
+        fetches the other columns.  Reads concurrent in a column (pyarrow's pre-buffering)
+        arrive in order here: each must still be a jump."""
+        # (the kernel reads whole pages: a chunk between counts if it is whole to a page)
+        a, b = min(expected, offset) - PAGE, max(expected, offset) + PAGE
         j = bisect.bisect_left(self.starts, a)
         if self.columnar and j < len(self.ranges) and self.ranges[j][1] <= b:
             return 0
