@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 
 from netmount.core.blocks import PAGE
-from netmount.core.ranges import aligned_within
+from netmount.core.ranges import aligned_within, overlaps
 
 AROUND = 32 << 10  # the smallest read-around of a fault: the smallest readahead (16 KiB) either side
 
@@ -176,7 +176,7 @@ def near_any(tmap: TensorMap, chosen: frozenset[int], lo: int, hi: int, margin: 
     j = max(0, bisect.bisect_right(tmap.starts, lo - margin) - 1)
     while j < len(tmap.ranges) and tmap.ranges[j][0] < hi + margin:
         s, e = tmap.ranges[j]
-        if j in chosen and lo < e + margin and hi > s - margin:
+        if j in chosen and overlaps((lo, hi), (s - margin, e + margin)):
             return True
         j += 1
     return False
