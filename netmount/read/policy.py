@@ -27,10 +27,11 @@ thread) lists the blocks to fetch ahead.  A file is read in one of three ways:
   wanted from each new tensor read (``loader_blocks``).  A jump into tensor data of a shard
   of a folder being loaded makes that shard loading too.
 
-Header reads within ``head`` are the head tier's (read/head.py), longer ones exactly (in a
-folder a loader reads: blocks, and a speculative window); the kernel reading on past a
-header likewise (``spill`` of its requests); a run from byte 0 that goes on is the
-program's (cat): blocks, a stream after ``stream_bytes``.  A parquet file
+Header reads within ``head`` are the head tier's (read/head.py), longer ones exactly if
+the requests are small, else in blocks (in a folder a loader reads: blocks, and a
+speculative window); the kernel reading on past a header likewise (``spill`` of its
+requests); a run from byte 0 that goes on is the program's (cat): blocks, a stream after
+``stream_bytes``.  A parquet file
 (``TensorMap.columnar``) keeps its own rules (``_columnar``): each jump gets its chunk
 exactly, reads around chunks fetched exactly are fetched exactly, a scan is a stream, and a
 column read is never a loader.
@@ -189,8 +190,8 @@ def judge(tmap: TensorMap, state: FileState, run: Stream, streak: int | None, of
         return Verdict(window=(0, file_size), state=state)
     if offset < tmap.data and folder_loading:  # a header read where a loader is: the first blocks
         return Verdict(window=(0, max(offset + cfg.block_size, tmap.data + cfg.speculative)), state=state)
-    if offset < tmap.data:  # a header read: the head tier's, else its pages
-        return Verdict(ExactRead() if offset + size > cfg.head else None, state=state)
+    if offset < tmap.data:  # a header read: the head tier's, else as the kernel reading on past it
+        return Verdict(_early(offset, size, run, cfg), state=state)
     if streak == 0:  # a run from byte 0 into the data: the kernel reading on past a header, or cat
         return _from_zero(tmap, state, run, offset, size, file_size, folder_loading, cfg)
     if streak is None:
@@ -228,23 +229,25 @@ def _evidence(tmap: TensorMap, state: FileState, offset: int, size: int, jump: b
                    order=order)
 
 
+def _early(offset: int, size: int, run: Stream, cfg: PrefetchConfig) -> ExactRead | None:
+    """A read of the header, or of the kernel reading on past it: the head tier's within
+    ``head``, else its pages — but in requests of ``min_split`` or more (a read(2)'s, cat's,
+    or a large readahead's) its blocks: cat would wait a round trip per request and leave
+    its first block unstored (the head tier's bytes are kept in memory only)."""
+    return ExactRead() if offset + size > cfg.head and run.reach < cfg.min_split else None
+
+
 def _from_zero(tmap: TensorMap, state: FileState, run: Stream, offset: int, size: int, file_size: int,
                folder_loading: bool, cfg: PrefetchConfig) -> Verdict:
     """A run from byte 0 into the data.  Up to ``spill`` of its requests past the header
-    (to a block's end) it may be the kernel reading on after a header read: the head tier's,
-    else its pages (with requests of ``min_split`` or more, a read(2)'s: the rest of their
-    block in one request, or cat waits a round trip per request).  Further on it is the
+    (to a block's end) it may be the kernel reading on after a header read (``_early``), with
+    no window.  Further on it is the
     program (cat, a loader iterating in file order): blocks, the window up to the end of the
     tensor read (or ``guard`` into it, near its start), and to the file's end once it has
     read ``stream_bytes`` of data: a stream.  In a folder a loader reads, all of it is."""
     zone = 0 if folder_loading else -(-(tmap.data + cfg.spill * run.reach) // cfg.block_size) * cfg.block_size
-    if offset + size <= cfg.head:
-        return Verdict(state=state)
-    if offset < zone and run.reach < cfg.min_split:
-        return Verdict(ExactRead(), state=state)
-    if offset < zone:  # (requests this long are a read(2)'s, cat's: the rest of the block in one)
-        rest = (offset // PAGE * PAGE, min(zone, -(-(offset + size) // cfg.block_size) * cfg.block_size))
-        return Verdict(ExactRead(extent=rest), state=state)
+    if offset < zone:
+        return Verdict(_early(offset, size, run, cfg), state=state)
     if offset - tmap.data >= cfg.stream_bytes:
         return Verdict(window=(zone, file_size), state=state)
     start, end = tmap.ranges[tmap.find(offset)]

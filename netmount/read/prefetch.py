@@ -85,10 +85,7 @@ class Prefetcher:
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
         """How this read, if it misses, is to be fetched (None: in blocks)."""
         folder = f.path.rpartition("/")[0]
-        with self._lock:
-            loading = folder in self._loading_dirs
-        # (a header read is fetched exactly, unless a loader reads the folder: ``policy.judge``)
-        tmap = self.tensor_map(f, offset + size, exact=offset == 0 and not loading) if mapped(f.path) else None
+        tmap = self.tensor_map(f, offset + size, header_read=offset == 0) if mapped(f.path) else None
         with self._lock:
             last = self._streams.get(f.path)
             slack = tmap.slack(last.expected, offset, self.cfg.block_size) if tmap and tmap.columnar and last else None
@@ -174,13 +171,13 @@ class Prefetcher:
         return self.pump.drain(time.monotonic() + timeout, heads)
 
     # -- layouts ---------------------------------------------------------------------------------
-    def tensor_map(self, f: RemoteFile, first: int | None = None, exact: bool = False) -> TensorMap | None:
+    def tensor_map(self, f: RemoteFile, first: int | None = None, header_read: bool = False) -> TensorMap | None:
         """The tensor layout of a safetensors file (or the column chunks of a parquet one),
         read once (through the reader, not counted as served); None if it is not one or does
-        not parse.  ``first``: the end of the program's read that asks; ``exact``: that read
-        starts at the file's start (a header read): the header is read from what it reads, so
-        nothing more is fetched for it than that read needs anyway (its pages, past the head);
-        else (or None: no read waits) from the head."""
+        not parse.  ``first``: the end of the program's read that asks; ``header_read``: that
+        read starts at the file's start (a header read): the header is read from what it reads, so
+        nothing more is fetched for it than that read needs anyway (the head, or its blocks:
+        ``policy._early``); else (or None: no read waits) from the head."""
         if not mapped(f.path):
             return None
         known = self.maps.get(f.content_id)
@@ -190,9 +187,9 @@ class Prefetcher:
         # the program's first read of the file (usually the header's, as large as the mount's
         # readahead): the header from what it reads anyway — the head, or its first block(s)
         n = min(max(first or head, 8), head) if head else 8
+        if header_read and first is not None and first > n:  # (a header read past the head: in blocks)
+            n = first
         how = EXACT if f.path.endswith(".parquet") else None  # (the footer exactly: pyarrow reads it next)
-        if exact and first is not None and first > n:  # (the policy has that read fetched exactly too)
-            how, n = EXACT, first
 
         def read(a: int, b: int) -> bytes:
             return self.reader.read(f, a, b - a, account=False, exact=how)
