@@ -7,34 +7,38 @@ thread) lists the blocks to fetch ahead.  A file is read in one of three ways:
 
 - **Partial** (the default): reads are bounded by tensors.  A read that jumps somewhere is
   for one tensor (``tensormap.fault_for``: the kernel reads around a fault, at any
-  readahead from 16 KiB to 1 MiB), and starts a *run* for it (``Stream.target``).  A tensor
-  of at most ``max_extent`` is fetched exactly, at once; a bigger one is fetched as its
-  run(s) go on (one per torch copy thread), its whole blocks in the run's growing window,
-  its two end blocks (which hold other tensors' bytes) only as the pages read.  Every read
-  outside the run's tensor — the kernel's read-around before it, its readahead after it
-  (up to ``spill`` of the run's requests past its end, several windows in flight: traced,
-  4 MiB past a 14.7 MiB expert at 1 MiB) — is fetched as exactly the pages asked, never a
-  block, a window or a neighbouring tensor.  So one DeepSeek-V3 expert costs its bytes and
-  the pages the kernel asked around it, at any readahead: issue 20 measured 32.6 and 46.3 MB
-  for a 14.7 MB expert when the first half of a 1 MiB read-around (starting 1 MiB inside the
-  tensor before) wanted that whole tensor, and the readahead past the end the next one.
-  A run that goes on past ``spill`` is the program's: it is then for the tensor it is in.
+  readahead from 16 KiB to 1 MiB), and starts a *run* for it (``Stream.target``; where
+  small tensors are dense the run may be for any that starts in the read-around, up to
+  the last: ``tensormap.last_for``).  A tensor of at most ``max_extent`` is fetched exactly,
+  at once; a bigger one as its run(s) go on (one per torch copy thread), its whole blocks
+  in the run's growing window, its two end blocks (which hold other tensors' bytes) only as
+  the pages read — a read that straddles into its whole blocks starts them first
+  (``Verdict.first``) and joins them.  Every read outside the run's tensors — the kernel's
+  read-around before them, its readahead after them (up to ``spill`` of the run's requests
+  past the end, several windows in flight: traced, 4 MiB past a 14.7 MB expert at 1 MiB)
+  — is fetched as exactly the pages asked, never a block, a window or a neighbouring
+  tensor.  So one DeepSeek-V3 expert costs its bytes and the pages the kernel asked around
+  it, at any readahead.  Issue 20 measured 32.6 and 46.3 MB for a 14.7 MB expert: traced,
+  the first half of a 1 MiB read-around (starting 1 MiB inside the tensor before) wanted
+  that whole tensor in blocks, and the kernel's readahead past the end wanted the next one
+  (the old rules also judged each read against the handle's runs as they were before the
+  reads still in flight: a window of the kernel's readahead looked like a jump).  A run
+  that goes on past ``spill`` is the program's: it is then for the tensor it is in.
 - **Stream**: a run from byte 0 through ``stream_bytes`` of data (``cat``, ``cp``, a loader
   iterating in file order), or a run that went ``spill`` past its tensor and through 3
-  whole tensors: blocks, with the window up to the file's end.  (A run from byte 0 is the
-  kernel reading on past a header for ``spill`` of its requests: those are pages.)
+  whole tensors: blocks, with the window up to the file's end.
 - **Loader** (``loader.py``): once a file is being loaded, blocks, and the rest of the file
   wanted from each new tensor read (``loader_blocks``).  A jump into tensor data of a shard
   of a folder being loaded makes that shard loading too.
 
-Header reads within ``head`` are the head tier's (read/head.py), longer ones exactly if
-the requests are small, else in blocks (in a folder a loader reads: blocks, and a
-speculative window); the kernel reading on past a header likewise (``spill`` of its
-requests); a run from byte 0 that goes on is the program's (cat): blocks, a stream after
-``stream_bytes``.  A parquet file
-(``TensorMap.columnar``) keeps its own rules (``_columnar``): each jump gets its chunk
-exactly, reads around chunks fetched exactly are fetched exactly, a scan is a stream, and a
-column read is never a loader.
+Near the start (``_early``): reads within ``head`` are the head tier's (read/head.py); past
+it, a header read or the kernel reading on after one (``spill`` of its requests) is fetched
+as its pages, or in blocks when its requests are ``min_split`` or longer (cat's, a large
+readahead's: cat cannot be told from the kernel reading on there); in a folder a loader
+reads, blocks and a speculative window.  A run from byte 0 that goes on is cat's: blocks, a
+stream after ``stream_bytes``.  A parquet file (``TensorMap.columnar``) keeps its own rules
+(``_columnar``): each jump gets its chunk exactly, reads around chunks fetched exactly are
+fetched exactly, a scan is a stream, and a column read is never a loader.
 
 **Readahead** (issue 11; the mechanism is mounting/readahead.py's): the mount's kernel
 readahead is small (32 KiB) until a loader is seen, large (1 MiB) in a loading folder: the
