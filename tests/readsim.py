@@ -135,6 +135,8 @@ class Sim:
         self.verdicts.append(verdict)
         end = min(offset + size, self.size)
         self._blocks(verdict.first)  # started before the read
+        for a, b in verdict.pieces:
+            self._exactly(a, b)
         if not self.held.contains(offset, end):  # a miss: the reader
             if verdict.exact is None and end <= self.cfg.head < self.cfg.block_size:  # the head tier
                 self._exactly(self.head, self.cfg.head if self.head else end)

@@ -101,6 +101,25 @@ TMAP, SIZE = layout()
 R = TMAP.ranges
 
 
+def now(verdict: Verdict, bs: int = BS) -> list[tuple[int, int]]:
+    """What a verdict has fetched exactly now, with the read: its extent, the blocks it
+    starts first and its pieces (a tensor fetched exactly: ``policy._fetch``)."""
+    got = Ranges([verdict.exact.extent] if verdict.exact and verdict.exact.extent else [])
+    for b in verdict.first:
+        got.add(b * bs, (b + 1) * bs)
+    for a, b in verdict.pieces:
+        got.add(a, b)
+    return list(got)
+
+
+def seen(verdict: Verdict) -> tuple:
+    """A verdict as the tables write it: ExactRead(extent) for a tensor fetched exactly now,
+    ExactRead() for the read's pages, None for its blocks."""
+    if verdict.exact is None:
+        return None, now(verdict)
+    return ExactRead(now(verdict)[0] if now(verdict) else None), now(verdict)[1:]
+
+
 def judged(tmap, state, stream, offset, size, file_size, folder=False, cfg=CFG) -> tuple[Verdict, Stream]:
     """What the prefetcher does before a read: advance the handle's runs, ask the policy."""
     run, _, streak = advance(stream, offset, size, file_size, cfg)
@@ -120,8 +139,10 @@ AFTER_3 = Stream(R[3][0] + 2 * MB, 0, R[3][0] - 64 * KB, target=3, reach=128 * K
      128 * KB, False, ExactRead(R[2]), 2),
     ("a jump into the middle of a small tensor (torch's second thread first): the tensor", FileState(), None,
      R[4][0] + 4 * MB, 64 * KB, False, ExactRead(R[4]), 4),
-    ("the same, once the tensor is fetched exactly: its pages (joined)", FileState(extents=frozenset({4})),
-     None, R[4][0] + 4 * MB, 64 * KB, False, ExactRead(), 4),
+    ("the same, once the tensor is fetched exactly: in its whole blocks, those blocks (coming)",
+     FileState(extents=frozenset({4})), None, R[4][0] + 4 * MB, 64 * KB, False, None, 4),
+    ("... at its ends, its pages (joined)", FileState(extents=frozenset({4})), None, R[4][0], 64 * KB, False,
+     ExactRead(), 4),
     ("a first look at a tensor's tail (a loader's?): its pages, not the tensor", FileState(), None,
      R[4][1] - 256 * KB, 128 * KB, False, ExactRead(), 4),
     ("a jump to a tensor over max_extent: its pages (its first block holds another's bytes)", FileState(),
@@ -144,7 +165,7 @@ AFTER_3 = Stream(R[3][0] + 2 * MB, 0, R[3][0] - 64 * KB, target=3, reach=128 * K
 ])
 def test_judge(name, state, stream, offset, size, folder, exact, target):
     verdict, _ = judged(TMAP, state, stream, offset, size, SIZE, folder)
-    assert (verdict.exact, verdict.target) == (exact, target), name
+    assert (seen(verdict), verdict.target) == ((exact, []), target), name
 
 
 # A run that read a tensor to its end goes on: the kernel's readahead (a few of the run's
@@ -174,7 +195,7 @@ def test_reading_on_past_the_runs_tensor(name, stream, offset, exact, target, wi
     stream = Stream(offset, 0, stream.streak, target=stream.target, reach=stream.reach)  # (continuing)
     verdict = judge(ON_MAP, FileState(), stream, stream.streak, offset, 128 * KB, ON_SIZE, folder_loading=False,
                     cfg=CFG)
-    assert (verdict.exact, verdict.target, verdict.window) == (exact, target, window), name
+    assert (seen(verdict), verdict.target, verdict.window) == ((exact, []), target, window), name
 
 
 # The kernel's read around an mmap fault at page P is [P - R, P + R) for a readahead of R
@@ -212,9 +233,9 @@ def test_a_jump_finds_the_faulting_tensor_whatever_the_readahead(r, form, what, 
     offset, size = read_around(fault, r, form)
     verdict, _ = judged(ODD_MAP, FileState(), None, offset, size, ODD_SIZE)
     if want is None:
-        assert verdict.exact == ExactRead() and verdict.state.extents == frozenset(), what
+        assert seen(verdict) == (ExactRead(), []) and verdict.state.extents == frozenset(), what
     else:
-        assert verdict.exact == ExactRead(ODD_RANGES[want]) and verdict.state.extents == {want}, what
+        assert seen(verdict) == (ExactRead(ODD_RANGES[want]), []) and verdict.state.extents == {want}, what
 
 
 def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_tensor():
@@ -224,7 +245,7 @@ def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_te
     small = tmap.ranges[-1]
     offset = small[0] // 4096 * 4096 - 128 * KB
     verdict, _ = judged(tmap, FileState(), None, offset, size - offset, size)
-    assert verdict.exact == ExactRead(small) and verdict.state.extents == {2}
+    assert seen(verdict) == (ExactRead(small), []) and verdict.state.extents == {2}
 
 
 # -- reads bounded by tensors: the kernel's requests for each way of reading one tensor --------------

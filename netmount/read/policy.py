@@ -53,6 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from netmount.core.blocks import PAGE, block_range
+from netmount.core.ranges import aligned_within
 from netmount.core.settings import DEFAULT_BLOCK_SIZE
 from netmount.read.loader import loader_blocks, loader_seen
 from netmount.read.reader import ExactRead
@@ -173,6 +174,7 @@ class Verdict:
     loader: int | None = None  # a loader read this tensor: the rest of the file, from it
     span: tuple[int, int] | None = None  # (parquet) a chunk jumped into: its blocks
     first: tuple[int, ...] = ()  # blocks to start before the read (which joins them)
+    pieces: tuple[tuple[int, int], ...] = ()  # ranges to fetch exactly, now (a tensor's tail)
     state: FileState = FileState()
 
 
@@ -275,8 +277,7 @@ def _jump(tmap: TensorMap, state: FileState, offset: int, size: int, file_size: 
     bound = max(i, last_for(tmap, offset, size, file_size, cfg.min_split))
     if i in state.extents or end - start > cfg.max_extent:
         return _within(tmap, i, bound, state, offset, size, file_size, cfg)
-    return Verdict(ExactRead(extent=(start, end)), bound, first=_first(tmap, i, bound, offset, size, file_size, cfg),
-                   state=_fetched_exactly(state, i))
+    return _fetch(tmap, i, start, bound, state, offset, size, file_size, cfg)
 
 
 def _run(tmap: TensorMap, state: FileState, run: Stream, streak: int, offset: int, size: int,
@@ -310,17 +311,33 @@ def _tensor(tmap: TensorMap, k: int, target: int, streak: int, state: FileState,
         return Verdict(ExactRead(), target, state=state)
     if k in state.extents or ke - ks > cfg.max_extent:
         return _within(tmap, k, target, state, offset, size, file_size, cfg)
-    rest = (max(ks, offset // PAGE * PAGE), ke)
-    return Verdict(ExactRead(extent=rest), target, first=_first(tmap, k, target, offset, size, file_size, cfg),
-                   state=_fetched_exactly(state, k))
+    return _fetch(tmap, k, max(ks, offset // PAGE * PAGE), target, state, offset, size, file_size, cfg)
+
+
+def _fetch(tmap: TensorMap, k: int, a: int, target: int, state: FileState, offset: int, size: int,
+           file_size: int, cfg: PrefetchConfig) -> Verdict:
+    """Tensor ``k`` from ``a`` on, exactly, now: its whole blocks as blocks (in parallel,
+    started before the read, which joins them), the piece before them as the read's extent,
+    the piece after them exactly too (``pieces``).  A tensor in one or two blocks: one extent."""
+    end, bs = tmap.ranges[k][1], cfg.block_size
+    lo, hi = aligned_within(a, end, bs)
+    hi = end if end == file_size and lo < end else hi
+    first = _first(tmap, k, target, offset, size, file_size, cfg)
+    if lo >= hi:
+        return Verdict(ExactRead(extent=(a, end)), target, first=first, state=_fetched_exactly(state, k))
+    blocks = (*range(lo // bs, -(-hi // bs)), *first)
+    return Verdict(ExactRead(extent=(a, lo) if a < lo else None), target, first=blocks,
+                   pieces=((hi, end),) if hi < end else (), state=_fetched_exactly(state, k))
 
 
 def _within(tmap: TensorMap, i: int, target: int, state: FileState, offset: int, size: int, file_size: int,
             cfg: PrefetchConfig) -> Verdict:
-    """A read in (or around) tensor ``i`` of a run bounded by ``target``: a big tensor's
-    whole blocks in blocks (and the window within them), anything else exactly."""
+    """A read in (or around) tensor ``i`` of a run bounded by ``target``: the whole blocks
+    of a big tensor, or of one fetched exactly (``_fetch``), in blocks (and the window within
+    them), anything else exactly."""
     start, end = tmap.ranges[i]
-    lo, hi = tmap.whole_blocks(i, cfg.block_size, file_size) if end - start > cfg.max_extent else (0, 0)
+    big = end - start > cfg.max_extent or i in state.extents  # (its whole blocks come as blocks)
+    lo, hi = tmap.whole_blocks(i, cfg.block_size, file_size) if big else (0, 0)
     if lo <= offset and min(offset + size, file_size) <= hi:
         return Verdict(None, target, (lo, hi), state=state)
     return Verdict(ExactRead(), target, (lo, hi), first=_first(tmap, i, target, offset, size, file_size, cfg),
@@ -378,7 +395,7 @@ def wants(tmap: TensorMap | None, verdict: Verdict, window: list[int], file_size
     tensor it read), then the sequential window's blocks that start within the verdict's
     span (whole blocks of the run's tensor, for a partial read)."""
     lo, hi = verdict.window
-    out = [b for b in window if lo <= b * cfg.block_size < hi]
+    out = [*verdict.first, *(b for b in window if lo <= b * cfg.block_size < hi)]  # (first: what did not fit)
     if verdict.span is not None:
         out = [*block_range(verdict.span[0], verdict.span[1] - verdict.span[0], file_size, cfg.block_size), *out]
     if tmap is not None and verdict.loader is not None:

@@ -101,8 +101,11 @@ class Prefetcher:
             first_loader = verdict.state.loading and folder not in self._loading_dirs
             if first_loader:
                 self._loading_dirs.add(folder)
-        if verdict.first:  # (whole blocks of the tensor this read straddles into: the read joins them)
-            self.reader.prefetch(f, list(verdict.first), self.pump.budget)
+        for a, b in verdict.pieces:
+            self.reader.fetch_exact(f, a, b)
+        if verdict.first:  # (whole blocks of the tensor read: the read joins them; the pump gets the rest)
+            per_request = len(verdict.first) * self.cfg.block_size // max(1, self.pump.connections)
+            self.reader.prefetch(f, list(verdict.first), self.pump.budget, max_request_bytes=per_request)
         if first_loader and self._on_loader is not None:
             try:
                 self._on_loader(folder)
