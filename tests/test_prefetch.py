@@ -40,7 +40,9 @@ def tensor_ranges(data: bytes) -> list[tuple[int, int]]:
 
 
 class CountingFetch(MemoryFetcher):
-    """The in-memory fetcher, also tracking how many bytes are being fetched at once."""
+    """The in-memory fetcher, also tracking how many bytes prefetch is fetching at once (the
+    budget's: a read's own bytes, and the exact pieces of a tensor a read starts, are never
+    held back)."""
 
     def __init__(self, contents):
         super().__init__(contents, workers=32)
@@ -49,14 +51,15 @@ class CountingFetch(MemoryFetcher):
         self._count = threading.Lock()
 
     def fetch(self, f, start, end, on_part, **kw):
+        n = end - start if kw.get("prefetch") else 0
         with self._count:
-            self.now += end - start
+            self.now += n
             self.peak = max(self.peak, self.now)
         fut = super().fetch(f, start, end, on_part, **kw)
 
         def done(_):
             with self._count:
-                self.now -= end - start
+                self.now -= n
 
         fut.add_done_callback(done)
         return fut

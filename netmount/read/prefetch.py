@@ -14,7 +14,10 @@ tensor depends on it).  Runs are kept per file, not per handle: the kernel's rea
 follows the page cache, which all handles share (a read on a new handle that starts where
 another's run ended is that run's readahead, not a jump).  ``follow`` hands the verdict to
 the pump's thread (``pump.py``), which turns it into blocks (``policy.wants``, plus a
-loader's next shards: ``ahead``).
+loader's next shards: ``ahead``).  A tensor the policy fetches exactly at a read is started
+in ``plan``: its whole blocks (within the budget; the pump starts what did not fit) and its
+end pieces exactly (``reader.fetch_exact``: like the read's own bytes, not held back by the
+budget; at most two per tensor a program starts reading).
 
 Layouts come from the shared ``TensorMaps`` (``metadata.py``), read through the reader
 (not counted as served); a folder's order and header-only shards from ``Folders``.  A file
