@@ -1,264 +1,328 @@
-"""Blocks on disk, on ``diskcache.Cache`` (SQLite index + one file per block).
+"""Blocks and pieces on disk: one file per object, a SQLite index (``index.py``), fds for
+replies (``fds.py``), and an in-memory map of what is held (``known.py``, ``held.py``).
 
-Keys are TEXT ``f"{content_id}:{block_size}:{index:012d}"``:
-- the block size is part of the key, so a remount with another block size never sees
-  blocks cut to a different size (they age out by eviction);
-- text keys sort as strings in diskcache's ``Cache(key, raw)`` index, so the blocks of one
-  content are one contiguous key range (``content_id`` may not contain ``:``). We add a
-  covering index ``(key, size)``, so ``cached_bytes`` and ``cached_indices`` are one
-  index-range scan that never touches the table. Measured with 100k blocks in the cache
-  (50k of one content, 2.5k each of 20 others, stored in random order): cached_bytes
-  2.7 ms for the 50k-block content (25 ms without the covering index), 0.14 ms for a
-  2.5k-block one; cached_indices 15 ms / 0.7 ms; about 5 us for a content with nothing
-  cached. The SQL goes through ``Cache._sql``, diskcache 5.x's per-thread connection.
+Reading: ``segments`` looks the range up in the content's map (loaded from the index once
+per content, then kept up to date by this process's puts and evictions) and
+answers with fds from the ``FdCache``: no SQL, no lock across I/O, no copy.  Each object
+is checked once per process, on first use: its file read whole and its CRC32C
+(``google_crc32c``, hardware: ~0.05 ms per MiB here, against zlib's CRC-32 at ~0.3)
+compared with the row's; an object this process wrote itself counts as checked (its
+bytes were in hand when the CRC was taken).  A bad object (torn by a power loss, changed
+by hand) or a vanished one (evicted by another process, ``rm``'ed by a user) is forgotten,
+its row deleted, and the answer is a miss: the caller fetches again, and the next put
+stores it again.
 
-Values are stored as raw ``bytes``, each in its own file (``disk_min_file_size=0``), so
-the ``size`` column is the block length (a value kept inside the DB records size 0) and
-``volume()`` is exact. A block is never readable half-written: diskcache writes the
-value file under a fresh random name and closes it *before* the transaction inserting
-the row that points to it commits. A process killed mid-``put`` leaves at most an orphan
-file that no row refers to (``diskcache.Cache.check(fix=True)`` reclaims those); a put that
-fails while writing (ENOSPC) removes its file. Files are not fsync'ed, so after a power
-loss a committed row could point at a truncated file: the CRC-32 of every block is kept
-in the row's ``tag`` (4 GB/s, about 1 ms per 4 MiB), and a mismatch is a miss and the
-entry is deleted.
-
-Eviction is diskcache's ``least-recently-stored`` (FIFO), deliberately not
-``least-recently-used``: LRU turns every cache hit into a write transaction (an
-``UPDATE access_time`` under SQLite's single writer lock, shared with other processes'
-puts), putting disk writes and lock waits on the hot read path. Checkpoint loading reads
-blocks in long passes, where store order is close to use order; repeated hot reads are
-absorbed by the reader's in-memory LRU and the kernel page cache. The price: a block
-stored long ago but still read often (a safetensors header) is evicted first and
-refetched once.
-The size limit is diskcache's: block files plus the SQLite file, culled ``CULL_LIMIT``
-rows at a time after each put, so the stored block bytes stay below ``size_limit`` plus
-one block; on disk, for a moment, also the blocks being written by concurrent puts and
-the culled files not yet unlinked.
-
-Verified marks (``netmount verify``): one row per content and block size, key
-``f"{content_id}:{block_size};verified"`` (outside every content's block range, so the
-``cached_*`` scans never see it), value 1 (kept in the row: size 0), tag the content's
-*fingerprint* when it was hashed: (block count, newest ``store_time``, newest ``rowid``)
-of its rows.  diskcache culls without telling anyone, so an eviction cannot remove the
-mark; instead ``is_verified`` compares the fingerprint with the rows as they are now, and
-a block evicted (count drops) or stored again (newer ``store_time``) voids the mark.
-``drop`` deletes the blocks of every block size and the marks with them.
+Writing: ``put_ranges`` cuts the ranges at block edges (``pieces.group``), plans each
+block (``pieces.plan``: whole block, or pieces merged with the stored pieces they overlap
+or touch, read back and checked), writes the files, then commits every row in *one*
+transaction, which also evicts.  No file I/O happens inside a transaction, and no lock
+across processes is held across I/O.  Two processes storing the same bytes at once is
+allowed: either wins, and a piece never replaces its whole block or a longer piece.
+Two puts merging pieces of one block at the same moment may leave two overlapping pieces
+(right bytes, counted twice by ``cached_bytes`` until the block fills and replaces them).
 
 Several processes may open one directory: SQLite (WAL) serializes writers, each process
-and thread has its own connection, and a block deleted by another process between
-lookup and read is a miss.
+and thread has its own connection; what another process stores or evicts is seen by
+``held(refresh=True)``, by ``get``, by the ``cached_*`` queries (which read the index), or
+as a miss when a file is gone.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import logging
 import os
 import threading
-import zlib
+import time
+from collections import Counter
 
-import diskcache
+import google_crc32c
+from google_crc32c import value as crc32c
 
-from .store import BlockStore, check_block, check_block_size, check_index
+from . import pieces
+from .fds import FdCache
+from .held import Obj
+from .index import Index, Row, write_file
+from .known import Known
+from .prepare import Preparer
+from .store import (
+    FD_GRACE,
+    BlockStore,
+    Segment,
+    check_block,
+    check_block_size,
+    check_content_id,
+    check_index,
+    check_span,
+)
+from .version import ensure_format
 
-# Rows culled per put.  diskcache deletes the culled files only after the transaction
-# commits, so for a moment they sit on disk next to the new block: with its default of 10
-# a 4 MiB cache of 256 KiB blocks was seen at 6.9 MiB.  One put adds one row, so 2 keeps up.
-CULL_LIMIT = 2
-
-_COVERING_INDEX = "CREATE INDEX IF NOT EXISTS netmount_key_size ON Cache(key, size)"
-
-
-class _BlockDisk(diskcache.Disk):
-    """diskcache's Disk, but a value file that fails half-way (ENOSPC, EIO) is removed.
-
-    diskcache leaves it behind: no row points to it, so it is never read, but it is never
-    counted or culled either, and on a full disk every failed put would leak more.
-    """
-
-    def _write(self, full_path, iterator, mode, encoding=None):
-        if isinstance(iterator, io.BytesIO):
-            # diskcache wraps a bytes value in BytesIO and writes it line by line: ~4,000
-            # writes per 1 MiB block of binary data, 3.7 ms of CPU (with the GIL) instead of 0.8
-            iterator = (iterator.getvalue(),)
-        try:
-            return super()._write(full_path, iterator, mode, encoding)
-        except FileExistsError:  # not ours (names are 128-bit random; never seen)
-            raise
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(full_path)
-            raise
-
-
-class _PerOSThread:
-    """A ``threading.local`` stand-in keyed by the OS thread.
-
-    diskcache keeps each thread's SQLite connection in a ``threading.local``.  FUSE calls
-    into Python on libfuse's own threads, and ctypes gives every such callback a fresh
-    Python thread state, so a ``threading.local`` starts empty on *every* call: diskcache
-    opened and set up a new connection for each block read (a third of a warm read's
-    time, measured with py-spy).  ``threading.get_ident()`` is the OS thread's id and
-    stays put across callbacks, and it is what sqlite3's same-thread check compares."""
-
-    def __init__(self) -> None:
-        object.__setattr__(self, "_values", {})
-
-    def __getattr__(self, name):
-        try:
-            return self._values[threading.get_ident(), name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name, value) -> None:
-        self._values[threading.get_ident(), name] = value
-
-    def __delattr__(self, name) -> None:
-        try:
-            del self._values[threading.get_ident(), name]
-        except KeyError:
-            raise AttributeError(name) from None
+log = logging.getLogger("cache")
 
 
 class DiskBlockStore(BlockStore):
-    """A persistent, size-capped block store in ``directory`` (created mode 0700).
+    """A persistent, size-capped store in ``directory`` (created mode 0700, format-checked:
+    ``version.py``).  Raises ``OSError``/``sqlite3.Error`` when the directory cannot be
+    opened; wrap it in ``SafeBlockStore`` so that failures *after* opening never fail a read.
+    ``size_limit=None`` keeps the limit stored in the directory (``netmount verify``)."""
 
-    Raises ``OSError``/``sqlite3.Error`` when the directory cannot be opened; wrap the
-    store in ``SafeBlockStore`` so that failures *after* opening never fail a read.
-    """
-
-    def __init__(self, directory, block_size: int, size_limit: int | None, *, timeout: float = 10.0) -> None:
-        """``size_limit=None`` keeps the limit stored in an existing directory (a second
-        process that only reads and checks, like ``netmount verify``)."""
+    def __init__(self, directory, block_size: int, size_limit: int | None, *, timeout: float = 10.0,
+                 max_fds: int = 1024, fd_grace: float = FD_GRACE, clock=time.monotonic,
+                 max_contents: int = 4096, prepare_workers: int = 2, logger: logging.Logger = log) -> None:
         self.block_size = check_block_size(block_size)
         self.directory = os.fspath(directory)
-        # Blocks of gated/private repos: only the owner may read them. An existing
-        # directory keeps the mode its owner gave it.
-        if not os.path.isdir(self.directory):
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
-        limit = {} if size_limit is None else {"size_limit": int(size_limit)}
-        self._cache = diskcache.Cache(
-            self.directory,
-            timeout=timeout,
-            disk=_BlockDisk,
-            **limit,
-            eviction_policy="least-recently-stored",
-            disk_min_file_size=0,  # every block is a file: exact `size`, see module doc
-            cull_limit=CULL_LIMIT,
-            statistics=0,          # statistics would make every get a write transaction
-        )
-        self._cache._local = _PerOSThread()  # diskcache 5.x private: see _PerOSThread
-        self._cache._sql(_COVERING_INDEX)  # diskcache 5.x private API: per-thread execute
-        self._cache.cull(retry=True)  # a reopen with a smaller limit shrinks at once
+        self.log = logger
+        ensure_format(self.directory, logger)
+        if google_crc32c.implementation != "c":
+            logger.warning("google-crc32c has no C extension here: checking blocks will be slow")
+        self._index = Index(self.directory, block_size, size_limit, timeout=timeout)
+        self._fds = FdCache(self.directory, max_fds, grace=fd_grace, clock=clock)
+        self._known = Known(self._index, max_contents)
+        self._lock = threading.Lock()  # counts
+        self._commit_lock = threading.Lock()  # commit + apply, see _write: no file I/O inside
+        self.counts: Counter[str] = Counter()  # checked, checked_bytes, bad, gone
+        self._prepare = Preparer(self._prepare_now, prepare_workers)
+        self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
-    def _key(self, content_id: str, index: int) -> str:
-        return f"{content_id}:{self.block_size}:{index:012d}"
+    def _apply(self, stored: list[Row], removed: list[tuple[str, str]]) -> None:
+        self._known.apply(stored, removed)
+        for _, filename in removed:
+            self._fds.discard(filename)
 
-    def _bounds(self, content_id: str) -> tuple[str, str]:
-        # every key of this content and block size sorts in [prefix + ":", prefix + ";")
-        prefix = f"{content_id}:{self.block_size}"
-        return prefix + ":", prefix + ";"
+    # -- reading ---------------------------------------------------------------------------------
+    def held(self, content_id: str, *, refresh: bool = False) -> list[tuple[int, int]]:
+        return self._known.spans(content_id, refresh)
+
+    def segments(self, content_id: str, offset: int, length: int, size: int) -> list[Segment] | None:
+        end = check_span(offset, length, size)
+        if offset >= end:
+            return []
+        plan = self._known.plan(content_id, offset, end, size)
+        if plan is None:
+            return None
+        out = []
+        for index, obj, a, b in plan:
+            if not obj.checked and self._check(content_id, index, obj) is None:
+                return None
+            fd = self._fds.get(obj.ref)
+            if fd is None:
+                self._lost(content_id, index, obj, "gone")
+                return None
+            out.append(Segment(fd, a - obj.start, b - a))
+        return out
+
+    def read(self, content_id: str, offset: int, length: int, size: int) -> bytes | None:
+        end = check_span(offset, length, size)
+        if offset >= end:
+            return b""
+        plan = self._known.plan(content_id, offset, end, size)
+        if plan is None:
+            return None
+        parts = []
+        for index, obj, a, b in plan:
+            part = self._bytes(content_id, index, obj, a - obj.start, b - obj.start)
+            if part is None:
+                return None
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def get(self, content_id: str, index: int) -> bytes | None:
         check_index(index)
-        key = self._key(content_id, index)
-        data, crc = self._cache.get(key, tag=True)
-        if data is None:
-            return None
-        if type(data) is not bytes or crc != zlib.crc32(data):
-            self._cache.delete(key)  # torn or foreign value: drop it, refetch upstream
+        obj = self._known.whole(content_id, index)
+        if obj is None:  # stored by another process since we looked?
+            row = self._index.row(self._index.key(content_id, index))
+            if row is None:
+                return None
+            obj = Obj(index * self.block_size, row.size, row.filename, True, row.crc)
+            self._known.add(content_id, index, obj)
+        return self._bytes(content_id, index, obj, 0, obj.length)
+
+    def _bytes(self, content_id: str, index: int, obj: Obj, a: int, b: int) -> bytes | None:
+        """Bytes ``[a, b)`` of ``obj``'s file, checked."""
+        if not obj.checked:
+            data = self._check(content_id, index, obj)
+            return data if data is None or (a, b) == (0, obj.length) else data[a:b]
+        fd = self._fds.get(obj.ref)
+        data = os.pread(fd, b - a, a) if fd is not None else b""
+        if len(data) != b - a:
+            self._lost(content_id, index, obj, "gone" if fd is None else "bad")
             return None
         return data
 
-    def put(self, content_id: str, index: int, data: bytes) -> None:
-        data = check_block(self.block_size, content_id, index, data)
-        self._cache.set(self._key(content_id, index), data, tag=zlib.crc32(data))
+    def _check(self, content_id: str, index: int, obj: Obj) -> bytes | None:
+        """Read ``obj`` whole and compare its CRC32C: its bytes, or None (then forgotten)."""
+        fd = self._fds.get(obj.ref)
+        if fd is None:
+            self._lost(content_id, index, obj, "gone")
+            return None
+        data = os.pread(fd, obj.length + 1, 0)  # one more: a longer file is wrong too
+        if len(data) != obj.length or crc32c(data) != obj.crc:
+            self._lost(content_id, index, obj, "bad")
+            return None
+        obj.checked = True
+        with self._lock:
+            self.counts["checked"] += 1
+            self.counts["checked_bytes"] += obj.length
+        return data
 
-    def will_need(self, content_id: str, indices) -> None:
-        """``POSIX_FADV_WILLNEED`` on the blocks' files: the kernel reads them in the
-        background, many at once (a warm reader otherwise waits ~2-3 ms per 1 MiB block
-        file on this disk); the pages are the kernel's, not this process's memory."""
-        wanted = {self._key(content_id, i) for i in indices}
-        if not wanted:
-            return
-        rows = self._cache._sql(
-            "SELECT key, filename FROM Cache WHERE key >= ? AND key <= ? AND filename IS NOT NULL",
-            (min(wanted), max(wanted)),
-        ).fetchall()
-        for key, filename in rows:
-            if key not in wanted:
+    def _lost(self, content_id: str, index: int, obj: Obj, why: str) -> None:
+        """``obj`` is bad or its file is gone: forget it, delete its row; the caller misses."""
+        if why == "bad":
+            self.log.warning("block store: %s [%d, %d) failed its CRC32C check; dropped, fetching it again",
+                             content_id[:16], obj.start, obj.end)
+        with self._lock:
+            self.counts[why] += 1
+        self._known.forget(content_id, index, obj.ref)
+        self._fds.discard(obj.ref)
+        offset = None if obj.whole else obj.start - index * self.block_size
+        self._index.delete(self._index.key(content_id, index, offset), obj.ref)
+
+    def prepare(self, content_id: str, ranges, size: int | None) -> None:
+        self._prepare.submit(content_id, list(ranges), size)
+
+    def _prepare_now(self, content_id: str, ranges, size: int | None) -> None:
+        """On a prepare thread: check the objects in ``ranges`` not checked yet (which reads
+        them into the page cache), and ask the kernel to read the others ahead."""
+        for index, obj in self._known.overlapping(content_id, ranges, size):
+            if not obj.checked:
+                self._check(content_id, index, obj)
                 continue
-            try:
-                fd = os.open(os.path.join(self.directory, filename), os.O_RDONLY)
-            except OSError:  # evicted since: the get will miss and refetch
-                continue
-            try:
+            fd = self._fds.get(obj.ref)
+            if fd is not None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the prepares under way are done (tests, benchmarks); False on timeout."""
+        return self._prepare.drain(timeout)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, content_id: str, index: int, data) -> None:
+        data = check_block(self.block_size, content_id, index, data)
+        start = index * self.block_size
+        w = pieces.BlockWrite(content_id, index, start, start + len(data))
+        w.parts.append((start, data))
+        self._write({(content_id, index): w}, replace=True)
+
+    def put_ranges(self, items) -> None:
+        groups = pieces.group(items, self.block_size)
+        for chunk in self._commits(groups):
+            self._write(chunk, replace=False)
+
+    def _commits(self, groups: dict) -> list[dict]:
+        """``groups`` cut into commits of at most a sixteenth of the size limit (one at least):
+        a commit's files are on disk before its rows evict older ones, so a small cache
+        overshoots its cap by that much per writing thread, not by a whole batch."""
+        most = max(self.block_size, self._index.cache.size_limit // 16)
+        out: list[dict] = [{}]
+        size = 0
+        for key, w in groups.items():
+            if size and size + (w.hi - w.lo) > most:
+                out.append({})
+                size = 0
+            out[-1][key] = w
+            size += w.hi - w.lo
+        return out
+
+    def _write(self, groups: dict, replace: bool) -> None:
+        rows: list[Row] = []
+        consumed: list[tuple[str, str]] = []
+        committed = False
+        try:
+            for (content_id, index), w in groups.items():
+                if w.whole:
+                    if not replace and self._held_whole(content_id, index, w.hi - w.lo):
+                        continue
+                    writes, used = pieces.plan(w, [], None)
+                else:
+                    existing = self._stored_pieces(content_id, index)
+                    if existing is None:
+                        continue  # held whole
+                    writes, used = pieces.plan(w, existing, self._read_piece)
+                for start, data, whole in writes:
+                    offset = None if whole else start - w.lo
+                    rows.append(Row(self._index.key(content_id, index, offset),
+                                    write_file(self.directory, data), len(data), crc32c(data)))
+                consumed += [(self._index.key(content_id, index, p.start - w.lo), p.ref) for p in used]
+            if not rows and not consumed:
+                return
+            # commits applied to the map in the order they were made (two puts of one block
+            # applied the other way round would leave the map naming the file replaced)
+            with self._commit_lock:
+                stored, removed = self._index.commit(rows, consumed)
+                committed = True
+                self._apply(stored, removed)
+        except BaseException:
+            for row in rows if not committed else ():  # no row names them
+                _unlink(os.path.join(self.directory, row.filename))
+            raise
+
+    def _held_whole(self, content_id: str, index: int, length: int) -> bool:
+        obj = self._known.whole(content_id, index)
+        return obj is not None and obj.length == length
+
+    def _stored_pieces(self, content_id: str, index: int) -> list[Obj] | None:
+        """The pieces of a block in the index (None: it is held whole)."""
+        out = []
+        for row in self._index.block_rows(content_id, index, index):
+            _, _, offset = self._index.parse(row.key)
+            if offset is None:
+                return None
+            out.append(Obj(index * self.block_size + offset, row.size, row.filename, False, row.crc))
+        return out
+
+    def _read_piece(self, obj: Obj) -> bytes | None:
+        """A stored piece's bytes for a merge, checked (None: gone or bad)."""
+        try:
+            with open(os.path.join(self.directory, obj.ref), "rb") as fh:
+                data = fh.read(obj.length + 1)
+        except FileNotFoundError:
+            return None
+        return data if len(data) == obj.length and crc32c(data) == obj.crc else None
+
+    # -- what is held ----------------------------------------------------------------------------
     def cached_indices(self, content_id: str) -> list[int]:
-        rows = self._cache._sql(
-            "SELECT CAST(substr(key, -12) AS INTEGER) FROM Cache"
-            " WHERE key >= ? AND key < ? ORDER BY key",
-            self._bounds(content_id),
-        )
-        return [index for (index,) in rows]
+        return self._index.cached_indices(content_id)
 
     def cached_bytes(self, content_id: str) -> int:
-        ((total,),) = self._cache._sql(
-            "SELECT COALESCE(SUM(size), 0) FROM Cache WHERE key >= ? AND key < ?",
-            self._bounds(content_id),
-        ).fetchall()
-        return total
+        return self._index.cached_bytes(content_id)
 
-    def drop(self, content_id: str) -> int:
-        """Delete the blocks of ``content_id`` of every block size, and its marks, in one
-        transaction; returns the bytes deleted."""
-        if not content_id or ":" in content_id:
-            raise ValueError(f"bad content id {content_id!r}")
-        dropped = 0
-        with self._cache.transact(retry=True):
-            rows = self._cache._sql(
-                "SELECT key, size FROM Cache WHERE key >= ? AND key < ?",
-                (content_id + ":", content_id + ";"),
-            ).fetchall()
-            for key, size in rows:
-                if self._cache.delete(key, retry=True):
-                    dropped += size
-        return dropped
-
-    def _mark_key(self, content_id: str) -> str:
-        return f"{content_id}:{self.block_size};verified"
-
-    def fingerprint(self, content_id: str) -> str:
-        ((count, newest, last),) = self._cache._sql(
-            "SELECT COUNT(*), COALESCE(MAX(store_time), 0), COALESCE(MAX(rowid), 0) FROM Cache"
-            " WHERE key >= ? AND key < ?",
-            self._bounds(content_id),
-        ).fetchall()
-        return f"{count}/{newest!r}/{last}"
-
-    def mark_verified(self, content_id: str, fingerprint) -> bool:
-        if not fingerprint:
-            return False
-        with self._cache.transact(retry=True):
-            if self.fingerprint(content_id) != fingerprint:
-                return False  # a block changed while it was being hashed
-            self._cache.set(self._mark_key(content_id), 1, tag=fingerprint, retry=True)
-        return True
-
-    def is_verified(self, content_id: str) -> bool:
-        value, tag = self._cache.get(self._mark_key(content_id), tag=True)
-        return value == 1 and tag == self.fingerprint(content_id)
+    def cached_ranges(self, content_id: str) -> list[tuple[int, int]]:
+        return self._index.cached_ranges(content_id)
 
     def volume(self) -> int:
-        """Bytes of stored blocks (kept by diskcache's triggers; the SQLite file is extra)."""
-        ((total,),) = self._cache._sql("SELECT value FROM Settings WHERE key = 'size'").fetchall()
-        return total
+        """Bytes of stored object files (the SQLite file is extra)."""
+        return self._index.volume()
+
+    def drop(self, content_id: str) -> int:
+        """Delete every object of ``content_id`` of every block size, and its marks, in one
+        transaction; returns the bytes deleted."""
+        check_content_id(content_id)
+        with self._commit_lock:
+            dropped, removed = self._index.drop(content_id)
+            self._known.forget(content_id)
+            self._apply([], removed)
+        return dropped
+
+    def fingerprint(self, content_id: str) -> str:
+        return self._index.fingerprint(content_id)
+
+    def mark_verified(self, content_id: str, fingerprint) -> bool:
+        return self._index.mark_verified(content_id, fingerprint)
+
+    def is_verified(self, content_id: str) -> bool:
+        return self._index.is_verified(content_id)
+
+    def fd_counts(self) -> dict:
+        return self._fds.counts()
 
     def close(self) -> None:
-        """Close this thread's connection (diskcache keeps one per thread)."""
-        self._cache.close()
+        """Stop the prepare threads, close every fd and this thread's connection."""
+        self._prepare.close()
+        self._fds.close()
+        self._index.close()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -14,7 +14,7 @@ class SafeBlockStore(BlockStore):
     """Wraps any store: an exception in a call is logged and turned into a miss / no-op / 0.
 
     Disk full, an unwritable or vanished directory, a corrupted database: the origin can
-    always serve the bytes again, so the read goes on without the cache. The first
+    always serve the bytes again, so the read goes on without the cache.  The first
     failure of each kind (operation, exception type) is a warning with its traceback,
     the rest are debug lines, so a dead disk does not flood the log; ``failures``
     counts them all for stats.
@@ -39,6 +39,13 @@ class SafeBlockStore(BlockStore):
             inner = fallback()
         return cls(inner, logger)
 
+    def _try(self, op: str, default, *args, **kwargs):
+        try:
+            return getattr(self.inner, op)(*args, **kwargs)
+        except Exception as exc:
+            self._failed(op, exc)
+            return default
+
     def _failed(self, op: str, exc: Exception) -> None:
         kind = f"{op}:{type(exc).__name__}"
         with self._lock:
@@ -51,76 +58,59 @@ class SafeBlockStore(BlockStore):
         else:
             self.log.debug("block cache %s failed: %s: %s", op, type(exc).__name__, exc)
 
-    def get(self, content_id: str, index: int) -> bytes | None:
-        try:
-            return self.inner.get(content_id, index)
-        except Exception as exc:
-            self._failed("get", exc)
-            return None
+    # writing: no-ops on failure
+    def put(self, content_id, index, data) -> None:
+        self._try("put", None, content_id, index, data)
 
-    def put(self, content_id: str, index: int, data: bytes) -> None:
-        try:
-            self.inner.put(content_id, index, data)
-        except Exception as exc:
-            self._failed("put", exc)
+    def put_range(self, content_id, offset, data, size) -> None:
+        self._try("put_range", None, content_id, offset, data, size)
 
-    def cached_indices(self, content_id: str) -> list[int]:
-        try:
-            return self.inner.cached_indices(content_id)
-        except Exception as exc:
-            self._failed("cached_indices", exc)
-            return []
+    def put_ranges(self, items) -> None:
+        self._try("put_ranges", None, items)
 
-    def cached_bytes(self, content_id: str) -> int:
-        try:
-            return self.inner.cached_bytes(content_id)
-        except Exception as exc:
-            self._failed("cached_bytes", exc)
-            return 0
+    def prepare(self, content_id, ranges, size) -> None:
+        self._try("prepare", None, content_id, ranges, size)
+
+    def will_need(self, content_id, indices) -> None:
+        self._try("will_need", None, content_id, indices)
+
+    # reading: misses on failure
+    def held(self, content_id, *, refresh=False) -> list[tuple[int, int]]:
+        return self._try("held", [], content_id, refresh=refresh)
+
+    def segments(self, content_id, offset, length, size):
+        return self._try("segments", None, content_id, offset, length, size)
+
+    def read(self, content_id, offset, length, size) -> bytes | None:
+        return self._try("read", None, content_id, offset, length, size)
+
+    def get(self, content_id, index) -> bytes | None:
+        return self._try("get", None, content_id, index)
+
+    # what is held: nothing on failure
+    def cached_indices(self, content_id) -> list[int]:
+        return self._try("cached_indices", [], content_id)
+
+    def cached_bytes(self, content_id) -> int:
+        return self._try("cached_bytes", 0, content_id)
+
+    def cached_ranges(self, content_id) -> list[tuple[int, int]]:
+        return self._try("cached_ranges", [], content_id)
 
     def volume(self) -> int:
-        try:
-            return self.inner.volume()
-        except Exception as exc:
-            self._failed("volume", exc)
-            return 0
+        return self._try("volume", 0)
 
-    def will_need(self, content_id: str, indices) -> None:
-        try:
-            self.inner.will_need(content_id, indices)
-        except Exception as exc:
-            self._failed("will_need", exc)
+    def drop(self, content_id) -> int:
+        return self._try("drop", 0, content_id)
 
-    def drop(self, content_id: str) -> int:
-        try:
-            return self.inner.drop(content_id)
-        except Exception as exc:
-            self._failed("drop", exc)
-            return 0
+    def fingerprint(self, content_id):
+        return self._try("fingerprint", None, content_id)
 
-    def fingerprint(self, content_id: str):
-        try:
-            return self.inner.fingerprint(content_id)
-        except Exception as exc:
-            self._failed("fingerprint", exc)
-            return None
+    def mark_verified(self, content_id, fingerprint) -> bool:
+        return self._try("mark_verified", False, content_id, fingerprint)
 
-    def mark_verified(self, content_id: str, fingerprint) -> bool:
-        try:
-            return self.inner.mark_verified(content_id, fingerprint)
-        except Exception as exc:
-            self._failed("mark_verified", exc)
-            return False
-
-    def is_verified(self, content_id: str) -> bool:
-        try:
-            return self.inner.is_verified(content_id)
-        except Exception as exc:
-            self._failed("is_verified", exc)
-            return False
+    def is_verified(self, content_id) -> bool:
+        return self._try("is_verified", False, content_id)
 
     def close(self) -> None:
-        try:
-            self.inner.close()
-        except Exception as exc:
-            self._failed("close", exc)
+        self._try("close", None)

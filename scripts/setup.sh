@@ -38,6 +38,16 @@ if command -v nginx >/dev/null 2>&1 && ! nginx -V 2>&1 | grep -q -- '--with-http
   say "warning: $(command -v nginx) lacks the slice module that netmount cache-proxy needs"
 fi
 
+# pip, its output less one line of noise (a configured index that is not there); its exit
+# status kept, so a failed install stops here with pip's own error
+pip_q() { "$venv/bin/python" -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+# pip shows what a build backend warns, and setuptools warns on every editable install of this
+# flat layout (its meta path finder strategy, setuptools/command/editable_wheel.py) an
+# eleven-line "Editable installation. ... Please be careful with folders in your working
+# directory" block: information, nothing to act on.  This filter drops that one warning, by the
+# start of its message, in pip and in the build backend; every other warning and error shows.
+EDITABLE_QUIET="ignore:Editable installation"
+
 stamp="$venv/.netmount-installed"
 want="$(cat "$here/setup.cfg" "$here/scripts/constraints.txt" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -48,16 +58,14 @@ else
     python3 -m venv "$venv"
   fi
   say "installing torch==2.13.0 (CPU build) and netmount[test] into $venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  pip_q install -q --upgrade pip || say "could not upgrade pip: going on with the venv's own"
   # The CPU build, from a wheel or index pip already knows, else from PyTorch's CPU index:
   # plain `pip install torch` on Linux pulls gigabytes of CUDA libraries a CPU run never uses.
   if ! "$venv/bin/python" -m pip install -q "torch==2.13.0+cpu" >/dev/null 2>&1; then
     say "torch 2.13.0+cpu is not on the configured indexes: using PyTorch's CPU index"
-    "$venv/bin/python" -m pip install -q --extra-index-url https://download.pytorch.org/whl/cpu \
-      "torch==2.13.0+cpu" 2>&1 | grep -v '^WARNING: Location' || true
+    pip_q install -q --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0+cpu"
   fi
-  "$venv/bin/python" -m pip install -q -c "$here/scripts/constraints.txt" -e "$here[test]" 2>&1 \
-    | grep -v '^WARNING: Location' || true
+  PYTHONWARNINGS="$EDITABLE_QUIET" pip_q install -q -c "$here/scripts/constraints.txt" -e "$here[test]"
   "$venv/bin/python" -c "import torch, transformers, netmount.mounting.fs" \
     || { say "installation failed"; exit 1; }
   echo "$want" > "$stamp"

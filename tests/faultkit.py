@@ -90,23 +90,23 @@ def content_id(path: Path, rel: str) -> str:
 
 def check_cache_blocks(cache_dir: Path, repo_dirs, block_size: int = BLOCK,
                        cache_size: int = CACHE_SIZE) -> int:
-    """Every block stored under ``cache_dir`` equals the source bytes it claims to be;
-    returns how many blocks were checked.  Call with no daemon using the cache."""
-    from cache import DiskBlockStore
+    """Every byte stored under ``cache_dir`` (whole blocks and pieces) equals the source
+    bytes it claims to be; returns how many whole blocks were checked.  Call with no daemon
+    using the cache."""
+    from cache import open_disk_store
 
     sources = {}
     for repo_dir in repo_dirs:
         for rel, path in source_files(repo_dir):
             sources[content_id(path, rel)] = path.read_bytes()
-    checked = 0
-    with DiskBlockStore(cache_dir / "blocks", block_size, cache_size) as store:
+    with open_disk_store(cache_dir, block_size, cache_size) as store:
         for cid, data in sources.items():
-            for i in store.cached_indices(cid):
-                block = store.get(cid, i)
-                assert block is not None, (cid, i)
-                assert block == data[i * block_size:(i + 1) * block_size], f"wrong block {cid[:12]}:{i}"
-                checked += 1
-    return checked
+            for a, b in store.cached_ranges(cid):
+                for lo in range(a, b, block_size):
+                    got = store.read(cid, lo, min(b, lo + block_size) - lo, len(data))
+                    assert got is not None, (cid, lo)
+                    assert got == data[lo:lo + len(got)], f"wrong bytes {cid[:12]} at {lo}"
+        return sum(len(store.cached_indices(cid)) for cid in sources)
 
 
 class FaultMounter(Mounter):

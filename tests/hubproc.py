@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,6 +106,13 @@ class HubProcess:
         """The rules with their ``hits`` counts."""
         return self._get("faults")
 
+    def wait_hits(self, rule: int, hits: int = 1, timeout: float = 30.0) -> bool:
+        """Wait (no polling: the hub answers when it happens) until fault rule ``rule`` has
+        fired ``hits`` times; False after ``timeout`` seconds."""
+        with urllib.request.urlopen(f"{self._control}/wait-hits?rule={rule}&hits={hits}&timeout={timeout}",
+                                    timeout=timeout + 30) as resp:
+            return json.loads(resp.read())["ok"]
+
 
 def _serve(kwargs: dict) -> None:
     from netmount.dev.testhub import TestHub
@@ -128,6 +136,9 @@ def _serve(kwargs: dict) -> None:
                 body = {"sha": hub.commit_sha(self.path.split("=", 1)[1])}
             elif self.path == "/faults":
                 body = faults.rules()
+            elif self.path.startswith("/wait-hits?"):
+                q = {k: float(v[0]) for k, v in urllib.parse.parse_qs(self.path.partition("?")[2]).items()}
+                body = {"ok": faults.wait_hits(int(q["rule"]), int(q["hits"]), q["timeout"])}
             else:
                 self.send_error(404)
                 return

@@ -61,9 +61,11 @@ def test_fetcher_urls_name_the_dataset():
     from netmount.remote.fetch import RangeFetcher
 
     f = RangeFetcher("http://hub", "org/name", "a" * 40, proxy="http://proxy", repo_type="dataset")
-    assert f._resolve_url("data/x 1.parquet") == f"http://hub/datasets/org/name/resolve/{'a' * 40}/data/x%201.parquet"
+    assert (f.resolver.resolve_url(f.repo, "data/x 1.parquet")
+            == f"http://hub/datasets/org/name/resolve/{'a' * 40}/data/x%201.parquet")
     model = RangeFetcher("http://hub", "org/name", "a" * 40)
-    assert model._resolve_url("m.safetensors") == f"http://hub/org/name/resolve/{'a' * 40}/m.safetensors"
+    assert (model.resolver.resolve_url(model.repo, "m.safetensors")
+            == f"http://hub/org/name/resolve/{'a' * 40}/m.safetensors")
 
 
 # -- the footer reader, against pyarrow ---------------------------------------------------------

@@ -172,8 +172,11 @@ def _run_child(plan: dict, plan_file: Path) -> tuple[list[dict], str]:
         return [{"error": why, "stderr": done.stderr[-3000:]}], done.stderr
     return json.loads(done.stdout), done.stderr
 
-@pytest.mark.parametrize("block", ["64K", "1M", "4M"])
-def test_random_reads_match_the_source(tmp_path, diff_repo, diff_hub, block):
+@pytest.mark.parametrize("block, replies", [("64K", "fd"), ("1M", "fd"), ("4M", "fd"), ("1M", "copied")])
+def test_random_reads_match_the_source(tmp_path, diff_repo, diff_hub, block, replies):
+    """``replies``: "fd" answers reads with stored files' descriptors (libfuse's read_buf,
+    the default), "copied" with bytes (``NETMOUNT_FD_REPLIES=0``: what a libfuse whose structs
+    do not match gets)."""
     seed = int(os.environ.get("NETMOUNT_DIFF_SEED") or random.SystemRandom().randrange(1 << 32))
     rng = random.Random(seed)
     bsize = {"64K": 64 << 10, "1M": 1 << 20, "4M": 4 << 20}[block]
@@ -187,14 +190,14 @@ def test_random_reads_match_the_source(tmp_path, diff_repo, diff_hub, block):
     try:
         for phase, reads in (("cold", cold), ("warm", warm)):
             mp = mounter.mount(REPO, "--block-size", block, "--cache-dir", str(cache_dir),
-                               name=f"mnt-{block}")
+                               name=f"mnt-{block}", env={"NETMOUNT_FD_REPLIES": "1" if replies == "fd" else "0"})
             failures, _ = _run_child({"mount": str(mp), "sources": sources, "reads": reads},
                                      tmp_path / f"plan-{phase}.json")
             pids = daemon_pids(mp)
             mounter.unmount(mp)
             wait_gone(pids)  # the daemon has closed the cache before the warm mount opens it
             errors = _error_lines(cache_dir)
-            where = f"seed {seed} (NETMOUNT_DIFF_SEED={seed}), block size {block}, {phase} cache"
+            where = f"seed {seed} (NETMOUNT_DIFF_SEED={seed}), block size {block}, {replies} replies, {phase} cache"
             assert not failures, (f"{len(failures)} of {len(reads)} reads failed at {where}:\n"
                                   + "\n".join(json.dumps(f) for f in failures[:12])
                                   + "\ndaemon log:\n" + "\n".join(errors[:12]))

@@ -188,7 +188,7 @@ def test_signed_urls_are_reused_then_resolved_again_once_expired(fm, fhub, fault
 def test_expiry_margin():
     from urllib.parse import urlencode
 
-    from netmount.remote.fetch import _expiry
+    from netmount.remote.resolver import expiry as _expiry
 
     url = "http://cdn/blobs/x?" + urlencode({"Expires": 1000, "Signature": "s"})
     assert _expiry(url, now=0) == 1000 - 30  # long-lived: 30 s early

@@ -8,22 +8,14 @@ import time as _time
 
 import pytest
 
+from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError
 from netmount.dev.testhub import TestHub
 from netmount.remote.contract import fetch_bytes, pieces
-from netmount.remote.fetch import (
-    PAGE,
-    SPLIT_MAX,
-    SPLIT_PIECE,
-    RangeFetcher,
-    _check_status,
-    _Fatal,
-    _Pieces,
-    _Retry,
-    _retry_after,
-    split_cuts,
-)
+from netmount.remote.fetch import RangeFetcher
 from netmount.remote.hub import RemoteFile
+from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Pieces, split_cuts
+from netmount.remote.ranged import Fatal, Retry, check_status, retry_after
 
 from conftest import write_plain_repo
 
@@ -96,7 +88,6 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
 
 def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
     from netmount.dev.testhub.faults import FaultRules
-    from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
 
     write_plain_repo(tmp_path)
     data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
@@ -146,6 +137,44 @@ def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces
     assert len(ranges) == SPLIT_MAX  # the split is still there: the pieces are put back together
 
 
+def test_one_fetcher_serves_files_of_two_repos(tmp_path):
+    """--hf-cache's fetcher (issue 22): no repo of its own, every file names its repo and
+    commit.  Two repos with the same id and paths but different bytes (a model and a dataset
+    ``tests/plain``): each file gets its own repo's bytes, each (repo, path) is resolved once."""
+    import os
+    import shutil
+
+    from netmount.remote.hub import RepoRef
+
+    model = write_plain_repo(tmp_path)
+    dataset = tmp_path / "datasets" / "tests" / "plain"
+    shutil.copytree(model, dataset)
+    (dataset / "data.bin").write_bytes(os.urandom(3 * M + 5))
+    (dataset / "config.json").write_text('{"kind": "dataset"}')
+    with TestHub(tmp_path) as hub:
+        refs = {"model": RepoRef("tests/plain", "model", hub.commit_sha("tests/plain")),
+                "dataset": RepoRef("tests/plain", "dataset", hub.commit_sha("tests/plain", "dataset"))}
+        folders = {"model": model, "dataset": dataset}
+        fetcher = RangeFetcher(hub.url).start()  # no repo of its own
+        try:
+            for _round in range(2):
+                for kind, ref in refs.items():
+                    for path, lfs in (("data.bin", True), ("config.json", False)):
+                        want = (folders[kind] / path).read_bytes()
+                        f = RemoteFile(path, len(want), f"{kind}-{path}", lfs=lfs, repo=ref)
+                        end = min(len(want), M + 17)
+                        assert fetch_bytes(fetcher, f, 0, end).result(timeout=60) == want[:end], (kind, path)
+            with pytest.raises(FetchError, match="names no repo"):
+                fetcher.fetch(data_bin(10), 0, 10, lambda o, d: None)
+        finally:
+            fetcher.close()
+        heads = [r.path for r in hub.requests("hub", "HEAD")]
+    assert sorted(heads) == sorted(["/tests/plain/resolve/%s/data.bin" % refs["model"].sha,
+                                    "/tests/plain/resolve/%s/config.json" % refs["model"].sha,
+                                    "/datasets/tests/plain/resolve/%s/data.bin" % refs["dataset"].sha,
+                                    "/datasets/tests/plain/resolve/%s/config.json" % refs["dataset"].sha])
+
+
 class _SkewedTime:
     """A module's ``time`` whose wall clock the test moves forward (``time.time`` plus an
     offset; ``monotonic`` and the rest are the real ones): a URL's life passes at once."""
@@ -165,10 +194,10 @@ def test_a_signed_url_is_reused_while_valid_and_resolved_again_before_it_expires
     over (by the fetcher's clock) the next request resolves again first, so it never meets
     the CDN's 403.  The fetcher and the hub share one fake wall clock (same process)."""
     import netmount.dev.testhub.server as hub_server
-    import netmount.remote.fetch as fetch_module
+    import netmount.remote.resolver as resolver_module
 
     clock = _SkewedTime()
-    monkeypatch.setattr(fetch_module, "time", clock)
+    monkeypatch.setattr(resolver_module, "time", clock)
     monkeypatch.setattr(hub_server, "time", clock)
     write_plain_repo(tmp_path)
     data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
@@ -234,7 +263,7 @@ def test_split_cuts_cover_the_range_and_respect_the_limits(start, end, part):
 def test_pieces_assembles_cut_pieces_and_hands_out_each_once(start, end, part, cuts):
     src = bytes(range(256)) * (-(-end // 256))
     out = []
-    sink = _Pieces(start, end, part, lambda o, d: out.append((o, d)))
+    sink = Pieces(start, end, part, lambda o, d: out.append((o, d)))
     segs = [s for a, b in zip(cuts, cuts[1:]) for s in sink.segments(a, b)]
     assert [a for a, _ in segs] == sorted({a for a, _ in segs})
     for lo, hi in reversed(segs):  # in any order
@@ -247,20 +276,20 @@ def test_pieces_assembles_cut_pieces_and_hands_out_each_once(start, end, part, c
     assert len(assembled) == len(set(assembled))  # a piece put together goes out once
 
 
-def test_check_status():
+def testcheck_status():
     for status in (200, 206, 302):
-        _check_status(status, {})
+        check_status(status, {})
     for status in (408, 429, 500, 502, 503, 504):
-        with pytest.raises(_Retry):
-            _check_status(status, {})
-    with pytest.raises(_Retry) as retry:
-        _check_status(503, {"Retry-After": "7"})
+        with pytest.raises(Retry):
+            check_status(status, {})
+    with pytest.raises(Retry) as retry:
+        check_status(503, {"Retry-After": "7"})
     assert retry.value.after == 7.0
     for status in (400, 401, 403, 404, 410, 416, 451):
-        with pytest.raises(_Fatal):
-            _check_status(status, {})
-    with pytest.raises(_Fatal, match=r"HTTP 401 \(GatedRepo\)"):
-        _check_status(401, {"X-Error-Code": "GatedRepo"})
+        with pytest.raises(Fatal):
+            check_status(status, {})
+    with pytest.raises(Fatal, match=r"HTTP 401 \(GatedRepo\)"):
+        check_status(401, {"X-Error-Code": "GatedRepo"})
 
 
 @pytest.mark.parametrize("value, want", [
@@ -268,12 +297,13 @@ def test_check_status():
     ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("-1", None), ("soon", None),
 ])
 def test_retry_after(value, want):
-    assert _retry_after(value) == want
+    assert retry_after(value) == want
 
 
 def test_expiry():
     """A signed URL is used until a margin before its ``Expires=`` (see also test_faults)."""
-    from netmount.remote.fetch import EXPIRY_MARGIN, _expiry
+    from netmount.remote.resolver import EXPIRY_MARGIN
+    from netmount.remote.resolver import expiry as _expiry
 
     assert _expiry("http://cdn/x?expires=500&sig=1", now=0) == 500 - EXPIRY_MARGIN  # lower case too
     assert _expiry("http://cdn/x?Expires=100", now=90) == 100 - 10 / 4  # short-lived: a quarter
@@ -290,12 +320,12 @@ def test_a_bad_range_is_refused_before_any_request():
 def test_a_session_that_cannot_be_opened_fails_every_fetch(monkeypatch):
     """start() does not wait for the session (aiohttp is imported on the loop thread): if it
     cannot be opened, a request gets FetchError (EIO), never a wait or another exception."""
-    from netmount.remote import fetch as fetch_module
+    from netmount.remote import client
 
     def broken() -> None:
         raise ImportError("no aiohttp here")
 
-    monkeypatch.setattr(fetch_module, "import_client", broken)
+    monkeypatch.setattr(client, "import_client", broken)
     fetcher = RangeFetcher("http://127.0.0.1:9", "org/x", "a" * 40).start()
     try:
         run = fetcher.fetch(data_bin(10), 0, 10, lambda offset, data: None)

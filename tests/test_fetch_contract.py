@@ -19,10 +19,11 @@ import pytest
 
 from netmount.core.errors import FetchError
 from netmount.remote.contract import fetch_bytes, pieces
-from netmount.remote.hub import RemoteFile
+from netmount.remote.hub import RemoteFile, RepoRef
 
 K, M = 1 << 10, 1 << 20
 REPO = "tests/contract"
+OTHER = "tests/contract-other"  # the same paths, other bytes: files name their repo (issue 22)
 SIZES = {
     "model-00002-of-00010.safetensors": 1_139_104,  # the EIO file of issue 10
     "big.bin": 9 * M + 4321,  # full blocks and a short last one at 64K, 1M and 4M
@@ -34,13 +35,13 @@ WAIT = 60  # seconds: only a bound for a hung test, never a timing assert
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("contractroot")
-    repo = root / REPO
-    repo.mkdir(parents=True)
-    out = {}
-    for path, size in SIZES.items():
-        data = os.urandom(size)
-        (repo / path).write_bytes(data)
-        out[path] = data
+    out: dict[str, dict[str, bytes]] = {}
+    for name in (REPO, OTHER):
+        (root / name).mkdir(parents=True)
+        out[name] = {}
+        for path, size in SIZES.items():
+            out[name][path] = os.urandom(size)
+            (root / name / path).write_bytes(out[name][path])
     return root, out
 
 
@@ -59,10 +60,11 @@ def testhub(sources):
 class MemoryBackend:
     """``MemoryFetcher`` and its faults on demand."""
 
-    def __init__(self, src: dict[str, bytes]):
+    def __init__(self, sources: dict[str, dict[str, bytes]]):
         from netmount.remote.memory import MemoryFetcher
 
-        self.fetcher = MemoryFetcher(src)
+        self.other = RepoRef(OTHER, "model", "b" * 40)
+        self.fetcher = MemoryFetcher({**sources[REPO], **{(self.other, p): d for p, d in sources[OTHER].items()}})
 
     def fail(self, how: str) -> None:
         self.fetcher.fail(1, after_pieces=0 if how == "at once" else 1)
@@ -85,6 +87,7 @@ class RealBackend:
 
         self.hub = hub
         hub.rules.clear()
+        self.other = RepoRef(OTHER, "model", hub.commit_sha(OTHER))
         self.fetcher = RangeFetcher(hub.url, REPO, hub.commit_sha(REPO), connections=8,
                                     max_retries=2, backoff=0.01).start()
 
@@ -97,7 +100,7 @@ class RealBackend:
     def retry_midway(self) -> None:
         # half the body, then silence until the client gives up: the pieces of that half
         # are surely delivered before the retry (a reset could lose them in the socket)
-        self.fetcher.timeout = 1.0
+        self.fetcher.settings.timeout = 1.0
         self.hub.rules.add("stall", server=None, times=1)
 
     def retried(self) -> bool:
@@ -114,8 +117,8 @@ def backend(request, sources):
         b = MemoryBackend(sources[1])
     else:
         b = RealBackend(request.getfixturevalue("testhub"))
-    b.src = sources[1]
-    b.files = {p: RemoteFile(p, len(d), f"cid-{p}", lfs=p.endswith(".bin")) for p, d in sources[1].items()}
+    b.src = sources[1][REPO]
+    b.files = {p: RemoteFile(p, len(d), f"cid-{p}", lfs=p.endswith(".bin")) for p, d in b.src.items()}
     yield b
     b.close()
 
@@ -223,6 +226,15 @@ def test_a_retry_midway_delivers_pieces_again_with_the_same_bytes(backend, prefe
 def test_fetch_bytes_is_the_source(backend, path, start, end):
     got = fetch_bytes(backend.fetcher, backend.files[path], start, end).result(timeout=WAIT)
     assert type(got) is bytes and got == backend.src[path][start:end]
+
+
+@pytest.mark.parametrize("path", sorted(SIZES))
+def test_a_file_of_another_repo_is_that_repos(backend, sources, path):
+    """One fetcher, files of two repos (the same paths): each gets its own repo's bytes."""
+    theirs = sources[1][OTHER][path]
+    other = RemoteFile(path, len(theirs), f"other-{path}", lfs=path.endswith(".bin"), repo=backend.other)
+    for f, want in ((other, theirs), (backend.files[path], backend.src[path]), (other, theirs)):
+        assert fetch_bytes(backend.fetcher, f, 0, f.size).result(timeout=WAIT) == want
 
 
 def test_fetch_bytes_fails_when_the_fetch_is_cancelled():

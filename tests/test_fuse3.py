@@ -13,7 +13,7 @@ import os
 import pytest
 
 from netmount.core import errors
-from netmount.mounting import lifecycle, readahead
+from netmount.mounting import libfuse, readahead
 
 from conftest import run_cli
 
@@ -78,9 +78,9 @@ def test_readahead_that_cannot_be_set_says_why(tmp_path, monkeypatch):
 
 def test_missing_libfuse3_is_one_line_with_the_apt_line(monkeypatch):
     monkeypatch.delenv("FUSE_LIBRARY_PATH", raising=False)
-    monkeypatch.setattr(lifecycle, "LIBFUSE", "netmount-no-such-libfuse")
+    monkeypatch.setattr(libfuse, "LIBFUSE", "netmount-no-such-libfuse")
     with pytest.raises(errors.FuseUnavailable) as exc:
-        lifecycle.libfuse3_path()  # the last of check_fuse's checks, and the FUSE face's first
+        libfuse.libfuse3_path()  # the last of check_fuse's checks, and the FUSE face's first
     assert str(exc.value) == "libfuse3 not found: apt-get install fuse3 libfuse3-3"
 
 

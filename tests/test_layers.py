@@ -5,19 +5,26 @@ dependencies).  The rules, from DESIGN.md:
 
 - ``cache/`` is a library of its own: it imports nothing of ``netmount``.
 - Only the FUSE face (``netmount/mounting/fs.py``) imports the FUSE binding (``fuse``, ``mfusepy``).
-- Only the fetcher (``netmount/remote/fetch.py``) and the test hub (``netmount/dev/testhub/``)
-  import ``aiohttp``.
+- Only the fetcher's HTTP client (``netmount/remote/client.py``) and the test hub
+  (``netmount/dev/testhub/``) import ``aiohttp``.
 - Only ``netmount/__main__.py`` imports the CLI (``netmount.commands.cli``).
 - Layers: core 0, remote 1, read 2, views 2, mounting 3, proxy 3, dev 4, commands 5.  A module imports
   its own package and lower ranks only (calls go down).  ``netmount/__init__.py``, the lazy
   public API, is exempt; importing it (``import netmount``) counts as importing the top.
 - ``netmount/dev/testhub/`` is a server that runs on its own: of netmount it imports only
   itself and ``core``.
+- No import cycle between netmount modules (every import counts, lazy ones included; an
+  import names the module it loads, not its parent packages).
+
+And sizes (issue 20): no class over ``MAX_CLASS`` lines and no function over ``MAX_FUNCTION``
+in ``netmount/``, outside the template modules (``TEMPLATES``); ``OVERSIZE`` lists, by
+name, the offenders that were there when the rule came, to be emptied as they are split.
 """
 
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +34,22 @@ RANKS = {"core": 0, "remote": 1, "read": 2, "views": 2, "mounting": 3, "proxy": 
 TOP = 6  # ``netmount`` itself (the public API) and ``netmount/__main__.py``
 FUSE_BINDINGS = {"fuse", "mfusepy"}
 FUSE_FACE = "netmount/mounting/fs.py"
-AIOHTTP_USERS = ("netmount/remote/fetch.py", "netmount/dev/testhub/")
+AIOHTTP_USERS = ("netmount/remote/client.py", "netmount/dev/testhub/")
 CLI = "netmount.commands.cli"
 CLI_USERS = ("netmount/__main__.py",)
 TESTHUB = "netmount/dev/testhub/"
+
+MAX_CLASS, MAX_FUNCTION = 250, 50  # lines, docstrings included
+TEMPLATES = ("netmount/proxy/nginx_config.py",)  # a config file written as one f-string
+# Offenders when the size rule came (issue 20), each to leave this list when it is split;
+# nothing new may join it.
+OVERSIZE = {
+    "netmount/commands/warm.py:execute",  # the warm command's body
+    "netmount/dev/demo.py:run_demo",  # the demo's script
+    "netmount/dev/testhub/server.py:HubServer",  # the test hub's routes
+    "netmount/dev/testhub/server.py:HubServer.model_info",
+    "netmount/mounting/stats.py:build_stats",  # stats.json, one key after another
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,7 @@ def violations(imports: list[Import]) -> list[str]:
         if top in FUSE_BINDINGS and rel != FUSE_FACE:
             bad(f"only {FUSE_FACE} (the FUSE face) may import the FUSE binding")
         if top == "aiohttp" and not _under(rel, AIOHTTP_USERS):
-            bad("only netmount/remote/fetch.py and netmount/dev/testhub/ may import aiohttp")
+            bad("only netmount/remote/client.py and netmount/dev/testhub/ may import aiohttp")
         if (mod == CLI or mod.startswith(CLI + ".")) and rel not in CLI_USERS:
             bad("only netmount/__main__.py may import the CLI")
         if not rel.startswith("netmount/") or rel == "netmount/__init__.py":
@@ -122,6 +141,76 @@ def violations(imports: list[Import]) -> list[str]:
     return out
 
 
+def module_of(name: str, modules: set[str]) -> str | None:
+    """The module an import of ``name`` loads: ``name`` itself, or for ``from m import x`` of
+    a name in ``m``, the longest known prefix of it; None if it is not one of ours."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def cycles(files: list[str], imports: list[Import]) -> list[str]:
+    """One line per import cycle between the modules of ``files`` (each a strongly connected
+    set of two or more modules), naming every import that closes it."""
+    names = {module_name(rel) for rel in files}
+    edges: dict[str, dict[str, Import]] = defaultdict(dict)
+    for imp in imports:
+        target = module_of(imp.module, names)
+        source = module_name(imp.file)
+        if target is not None and target != source:
+            edges[source].setdefault(target, imp)
+    out = []
+    for group in _strongly_connected(sorted(names), edges):
+        where = sorted(f"{imp.file}:{imp.line} imports {t}" for s in group for t, imp in edges[s].items()
+                       if t in group)
+        out.append(f"import cycle between {', '.join(sorted(group))}: " + "; ".join(where))
+    return sorted(out)
+
+
+def _strongly_connected(nodes: list[str], edges) -> list[set[str]]:
+    """Tarjan's algorithm, iterative: the groups of two or more nodes that reach each other."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups = []
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.add(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    groups.append(group)
+    return groups
+
+
 def scan(root: Path) -> tuple[list[str], list[Import]]:
     """The modules under ``root``'s netmount/ and cache/, and all their imports."""
     files = sorted(p for d in ("netmount", "cache") for p in (root / d).rglob("*.py"))
@@ -133,14 +222,65 @@ def scan(root: Path) -> tuple[list[str], list[Import]]:
     return modules, imports
 
 
+def oversize(root: Path) -> list[str]:
+    """``file:Qualified.name (N lines)`` of every class over ``MAX_CLASS`` and function over
+    ``MAX_FUNCTION`` lines in ``root``'s netmount/, templates left out."""
+    out = []
+    for path in sorted((root / "netmount").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in TEMPLATES:
+            continue
+        out.extend(_oversize_in(rel, ast.parse(path.read_text(), filename=rel), ""))
+    return out
+
+
+def _oversize_in(rel: str, node: ast.AST, prefix: str) -> list[str]:
+    out = []
+    for child in ast.iter_child_nodes(node):
+        is_class = isinstance(child, ast.ClassDef)
+        if is_class or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = prefix + child.name
+            lines = child.end_lineno - child.lineno + 1
+            if lines > (MAX_CLASS if is_class else MAX_FUNCTION):
+                out.append(f"{rel}:{name} ({lines} lines)")
+            out.extend(_oversize_in(rel, child, name + "."))
+        else:
+            out.extend(_oversize_in(rel, child, prefix))
+    return out
+
+
+def test_no_class_or_function_is_too_big():
+    found = oversize(ROOT)
+    new = [f for f in found if f.rpartition(" (")[0] not in OVERSIZE]
+    assert not new, (f"over {MAX_CLASS} lines a class, {MAX_FUNCTION} a function "
+                     f"(split it along its seams):\n" + "\n".join(new))
+    gone = OVERSIZE - {f.rpartition(" (")[0] for f in found}
+    assert not gone, f"no longer too big: take them off OVERSIZE in tests/test_layers.py: {sorted(gone)}"
+
+
+def test_the_size_check_sees_nested_functions_and_methods(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION))
+    method = "\n".join(f"        y{i} = {i}" for i in range(MAX_FUNCTION - 1))
+    inner = "\n".join(f"            z{i} = {i}" for i in range(MAX_FUNCTION))
+    src = (f"def big():\n{body}\n\n\ndef small():\n    return 1\n\n\n"
+           f"class C:\n    def m(self):\n{method}\n\n    def n(self):\n        def inner():\n{inner}\n")
+    (tmp_path / "netmount" / "core").mkdir(parents=True)
+    (tmp_path / "netmount" / "core" / "x.py").write_text(src)
+    (tmp_path / "netmount" / "proxy").mkdir()
+    (tmp_path / TEMPLATES[0]).write_text(f"def render():\n{body}\n")  # a template: never flagged
+    assert oversize(tmp_path) == [f"netmount/core/x.py:big ({MAX_FUNCTION + 1} lines)",  # m: just fits
+                                  f"netmount/core/x.py:C.n ({MAX_FUNCTION + 2} lines)",  # with inner
+                                  f"netmount/core/x.py:C.n.inner ({MAX_FUNCTION + 1} lines)"]
+
+
 def test_the_code_keeps_the_layers():
     modules, imports = scan(ROOT)
     assert len(modules) > 20 and len(imports) > 100, (len(modules), len(imports))
     # the scan sees what it must judge: lazy imports inside functions, and the FUSE binding
     seen = {(i.file, i.module) for i in imports}
     assert ("netmount/mounting/fs.py", "mfusepy") in seen  # imported inside _bind_libfuse3()
-    assert ("netmount/mounting/daemon.py", "netmount.remote.fetch.RangeFetcher") in seen  # inside run()
-    problems = violations(imports)
+    assert ("netmount/mounting/daemon.py", "netmount.mounting.owner.Daemon") in seen  # inside run()
+    problems = violations(imports) + cycles(modules, imports)
     assert not problems, "layering rules broken:\n" + "\n".join(problems)
 
 
@@ -158,6 +298,9 @@ SYNTHETIC = {
     "netmount/__init__.py": "from netmount.commands import tensorlist\n",  # exempt from ranks
     "netmount/__main__.py": "from netmount.commands.cli import main\n",  # fine
     "netmount/extra/thing.py": "from netmount.core import units\n",  # a package in no layer
+    # a cycle through a lazy import: mounting.lifecycle -> mounting.stats -> mounting.lifecycle
+    "netmount/mounting/lifecycle.py": "from netmount.mounting.stats import read_stats\n",
+    "netmount/mounting/stats.py": "def f():\n    from netmount.mounting import lifecycle\n",
 }
 
 
@@ -183,3 +326,17 @@ def test_the_checker_flags_violations(tmp_path):
     for where, what in expected:
         assert any(v.startswith(where) and what in v for v in found), (where, what, found)
     assert len(found) == len(expected), "\n".join(found)
+    (cycle,) = cycles(modules, imports)  # and only that one: down the layers is no cycle
+    assert cycle.startswith("import cycle between netmount.mounting.lifecycle, netmount.mounting.stats:")
+    assert "netmount/mounting/stats.py:2 imports netmount.mounting.lifecycle" in cycle, cycle
+    assert "netmount/mounting/lifecycle.py:1 imports netmount.mounting.stats" in cycle, cycle
+
+
+def test_the_cycle_finder_sees_long_cycles_and_only_cycles():
+    imps = [Import(f"netmount/core/{a}.py", 1, f"netmount.core.{b}")
+            for a, b in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d"), ("d", "e"), ("e", "d"), ("f", "a")]]
+    files = [f"netmount/core/{n}.py" for n in "abcdef"]
+    found = cycles(files, imps)
+    assert len(found) == 2, found
+    assert found[0].startswith("import cycle between netmount.core.a, netmount.core.b, netmount.core.c:")
+    assert found[1].startswith("import cycle between netmount.core.d, netmount.core.e:")

@@ -73,7 +73,7 @@ def test_stats_lists_the_tensors_the_prefetcher_parsed_and_parses_only_local_byt
     f = remote("m.safetensors", data)
     store = MemoryBlockStore(4096)
     maps = TensorMaps()
-    stats = HeaderCache(store, None, maps)
+    stats = HeaderCache(store, maps)
     assert stats.tensors(f) is None  # nothing local: not known (and not fetched)
     maps.layout(f.content_id, f.path, f.size, lambda a, b: data[a:b], 64)  # the prefetcher read it
     assert [n for n, _, _ in stats.tensors(f)] == ["t0", "t1"]

@@ -14,7 +14,7 @@ from cache import MemoryBlockStore
 from netmount.read.policy import PrefetchConfig
 from netmount.read.prefetch import Prefetcher
 from netmount.read.reader import BlockReader
-from netmount.remote.fetch import SPLIT_MAX, SPLIT_PIECE
+from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE
 
 from fakes import MemoryFetcher, make_bytes, remote, spans
 
@@ -49,12 +49,14 @@ class CountingFetch(MemoryFetcher):
         self.now = 0
         self.peak = 0
         self._count = threading.Lock()
+        self.asked = threading.Event()  # a fetch was asked for
 
     def fetch(self, f, start, end, on_part, **kw):
         n = end - start if kw.get("prefetch") else 0
         with self._count:
             self.now += n
             self.peak = max(self.peak, self.now)
+        self.asked.set()
         fut = super().fetch(f, start, end, on_part, **kw)
 
         def done(_):
@@ -68,8 +70,7 @@ class CountingFetch(MemoryFetcher):
 def make(files: dict[str, bytes], budget=8 * BS, listing=(), on_loader=None, **kw):
     fetch = CountingFetch(files)
     run_done = threading.Event()
-    reader = BlockReader(MemoryBlockStore(BS), fetch, max_request_bytes=4 * BS, memory_bytes=1 << 30,
-                         on_run_done=run_done.set)
+    reader = BlockReader(MemoryBlockStore(BS), fetch, max_request_bytes=4 * BS, on_run_done=run_done.set)
     cfg = PrefetchConfig(block_size=BS, window_max=16 * BS, lookahead=32 * BS, **kw)
     pre = Prefetcher(reader, run_done, budget=budget, connections=4, config=cfg, files=listing,
                      on_loader=on_loader)
@@ -87,6 +88,14 @@ def calls(fetch):
     return spans(fetch)
 
 
+def held_blocks(reader, f) -> set[int]:
+    """Blocks of ``f`` the store holds whole."""
+    out = set()
+    for s, e in reader.store.held(f.content_id):
+        out.update(range(-(-s // BS), (e - 1) // BS + 1 if e == f.size else e // BS))
+    return out
+
+
 # -- in-flight budget ------------------------------------------------------------------------
 
 def test_inflight_bytes_never_exceed_the_budget_and_everything_wanted_still_arrives():
@@ -102,10 +111,10 @@ def test_inflight_bytes_never_exceed_the_budget_and_everything_wanted_still_arri
         pre.follow(1, f, end - 4096, 4096)
     assert pre.drain(10)
     assert fetch.peak <= 6 * BS, fetch.peak
-    assert reader.runs.inflight.max_bytes <= 6 * BS
+    assert reader.runs.inflight.max_net <= 6 * BS
     # the budget paced the downloads but dropped nothing: the rest of the file (a loader's
     # want) arrived in full although it is 10x the budget
-    have = reader.stored.known(f)
+    have = held_blocks(reader, f)
     missing = [i for i in range(ranges[0][0] // BS, (len(data) - 1) // BS + 1) if i not in have]
     assert not missing, missing
     assert len(fetch.calls) > 6  # many runs, each started when room was made
@@ -118,12 +127,13 @@ def test_budget_counts_demand_reads_already_in_flight():
     f = remote("plain.bin", data)
     fetch, reader, pre = make({f.path: data}, budget=4 * BS)
     fetch.hold()
-    futures = reader.runs.ensure(f, range(40, 44))  # a demand read of 4 blocks, still downloading
+    demand = threading.Thread(target=reader.read, args=(f, 40 * BS, 4 * BS))  # 4 blocks, still downloading
+    demand.start()
+    assert fetch.asked.wait(10) and reader.covered(f, 40 * BS, 44 * BS)
     started, left = reader.prefetch(f, range(0, 8), 4 * BS)
     assert (started, left) == (0, 8)  # no room while the demand read fills the budget
     fetch.release()
-    for fut in futures.values():
-        fut.result()
+    demand.join()
     assert reader.drain(10)
     started, left = reader.prefetch(f, range(0, 8), 4 * BS)
     assert (started, left) == (4, 4)
@@ -193,7 +203,7 @@ def test_a_loader_gets_the_whole_shard_it_reads_and_stays_inside_the_files():
     assert pre.drain(10)
     assert {p for p, _, _ in calls(fetch)} == {f1.path}
     assert all(0 <= s < e <= len(shard1) for _, s, e in calls(fetch))
-    assert set(range((len(shard1) - 1) // BS + 1)) <= reader.stored.known(f1)  # the rest, before it too
+    assert set(range((len(shard1) - 1) // BS + 1)) <= held_blocks(reader, f1)  # the rest, before it too
     pre.close()
     reader.close()
 
@@ -214,7 +224,7 @@ def test_a_loader_gets_the_tensors_before_the_one_it_reads_too():
     read(pre, reader, f, start + BS, 100)
     assert pre.drain(10)
     behind = set(range((start - 16 * BS) // BS, start // BS))  # lookahead 32 blocks: 16 behind
-    assert behind <= reader.stored.known(f)  # (their order is tests/test_policy.py's)
+    assert behind <= held_blocks(reader, f)  # (their order is tests/test_policy.py's)
     assert all(0 <= s < e <= len(data) for _, s, e in calls(fetch))
     pre.close()
     reader.close()
@@ -242,12 +252,12 @@ def test_a_loader_goes_ahead_into_the_next_shards_a_speculative_window_until_it_
         got = [(s, e) for p, s, e in calls(fetch) if p == f.path]
         data0 = tensor_ranges(shards[f.path])[0][0]
         assert got and max(e for _, e in got) <= (data0 // BS + 3) * BS, got  # header + 2 blocks, at most
-        assert data0 // BS + 1 in reader.stored.known(f)
+        assert data0 // BS + 1 in held_blocks(reader, f)
     # the program reads tensor data of shard 2: now all of it comes
     start, end = tensor_ranges(shards[f2.path])[2]
     read(pre, reader, f2, end - 1000, 1000, handle=2)
     assert pre.drain(10)
-    assert set(range((len(shards[f2.path]) - 1) // BS + 1)) <= reader.stored.known(f2)
+    assert set(range((len(shards[f2.path]) - 1) // BS + 1)) <= held_blocks(reader, f2)
     assert max(e for p, s, e in calls(fetch) if p == f3.path) <= 8 * BS  # shard 3 still only its window
     assert all(0 <= s < e <= len(shards[p]) for p, s, e in calls(fetch))
     pre.close()
@@ -350,14 +360,17 @@ def test_a_header_read_fetches_the_head_not_the_first_block():
     assert results == [data[: 128 << 10]] * 4
     assert reader.read(f, 8, n) == data[8 : 8 + n]
     assert calls(fetch) == [(f.path, 0, 128 << 10)]  # one request, 128 KiB, for a header of ~200 B
-    # past the head, the block path as usual (and block 0 whole when a read needs it)
+    # past the head, the block path as usual (and block 0's rest when a read needs it: the
+    # head is held, never fetched twice)
     assert reader.read(f, (1 << 20) + 5, 100) == data[(1 << 20) + 5 : (1 << 20) + 105]
     assert reader.read(f, 100_000, 100_000) == data[100_000:200_000]
-    assert calls(fetch)[1:] == [(f.path, 1 << 20, 2 << 20), (f.path, 0, 1 << 20)]
-    # once block 0 is stored, header reads come from it: no more head requests
-    reader.head._heads.clear()
-    assert reader.read(f, 0, 4096) == data[:4096]
+    assert calls(fetch)[1:] == [(f.path, 1 << 20, 2 << 20), (f.path, 128 << 10, 1 << 20)]
+    # block 0 is held whole now: header reads come from the store, a new reader's too
+    assert reader.drain(10)
+    again = BlockReader(reader.store, fetch)
+    assert again.read(f, 0, 4096) == data[:4096]
     assert len(fetch.calls) == 3
+    again.close()
     reader.close()
 
 

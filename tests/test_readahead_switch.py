@@ -43,7 +43,7 @@ def test_a_loaders_folder_opens_large_others_small(sysfs):
     sw = switch()
     sw.opening(1, "m/model-1.safetensors")
     assert kb_now(sysfs) == SMALL and sw.switches == 0
-    sw.loader("m")
+    sw.news.loader("m")
     sw.opening(2, "m/model-2.safetensors")
     assert kb_now(sysfs) == 1024
     sw.opening(3, "other/model.safetensors")
@@ -112,9 +112,8 @@ def test_by_default_the_third_shard_open_at_once_opens_large(sysfs):
 def test_a_shard_opened_for_its_header_only_stays_small(sysfs):
     """DeepSeek-V3's MTP shard: transformers opens it with the others, and in a folder
     already loading, but reads only its header: its fault must cost the small read-around."""
-    sw = switch(shards_open=2)
     asked = []
-    sw.header_only = lambda path: asked.append(path) or path.endswith("mtp.safetensors")
+    sw = switch(shards_open=2, header_only=lambda path: asked.append(path) or path.endswith("mtp.safetensors"))
     sw.opening(1, "m/a.safetensors")
     sw.opening(2, "m/b.safetensors")
     assert asked == []  # not asked while the open is small anyway
@@ -122,7 +121,7 @@ def test_a_shard_opened_for_its_header_only_stays_small(sysfs):
     assert kb_now(sysfs) == SMALL
     sw.opening(4, "m/c.safetensors")
     assert kb_now(sysfs) == 1024
-    sw.loader("m")
+    sw.news.loader("m")
     sw.opening(5, "m/mtp.safetensors")
     assert kb_now(sysfs) == SMALL
     sw.opening(6, "m/config.json")
@@ -132,7 +131,7 @@ def test_a_shard_opened_for_its_header_only_stays_small(sysfs):
 def test_back_to_small_when_the_load_is_over(sysfs):
     clock = Clock()
     sw = switch(clock, idle=30.0)
-    sw.loader("m")
+    sw.news.loader("m")
     sw.opening(1, "m/a.safetensors")
     assert kb_now(sysfs) == 1024
     clock.now += 1000  # a long read of an open large file: still loading
@@ -153,7 +152,7 @@ def test_back_to_small_when_the_load_is_over(sysfs):
 def test_a_fixed_readahead_never_switches(sysfs):
     sw = ReadaheadSwitch("/mnt", 512, clock=Clock())
     assert sw.start() == 512 << 10 and kb_now(sysfs) == 512
-    sw.loader("m")
+    sw.news.loader("m")
     sw.opening(1, "m/a.safetensors")
     assert kb_now(sysfs) == 512 and sw.state()["read_ahead_mode"] == "fixed"
     assert readahead.max_read(512) == 512 << 10 and readahead.max_read(1024) is None
@@ -169,7 +168,7 @@ def test_not_permitted_says_why_and_works_as_today(tmp_path, monkeypatch, caplog
     monkeypatch.setattr(readahead, "bdi_path", lambda mp: (str(tmp_path / "no-bdi" / "read_ahead_kb"), None))
     sw = ReadaheadSwitch("/mnt", None, clock=Clock())
     assert sw.start() is None
-    sw.loader("m")
+    sw.news.loader("m")
     for n in range(3):
         sw.opening(n, f"m/{n}.safetensors")
     state = sw.state()
@@ -183,10 +182,9 @@ def test_a_shard_opened_amid_others_is_told_once_per_open(sysfs, fixed):
     """For the prefetcher's headers ahead: a shard opened while two other shards of its folder
     are open, switching or not (a fixed readahead still wants its headers early); one other
     open shard is a person reading shard after shard."""
-    sw = ReadaheadSwitch("/mnt", fixed, clock=Clock())
-    sw.start()
     told = []
-    sw.on_amid_others = told.append
+    sw = ReadaheadSwitch("/mnt", fixed, clock=Clock(), on_amid_others=told.append)
+    sw.start()
     sw.opening(1, "m/a.safetensors")
     sw.opening(2, "m/config.json")
     sw.opening(3, "n/a.safetensors")  # another folder
@@ -202,14 +200,43 @@ def test_a_shard_opened_amid_others_is_told_once_per_open(sysfs, fixed):
 def test_shards_whose_tensors_were_read_do_not_count_as_opened_together(sysfs):
     """A person reading one tensor per shard keeps the last ones mapped (or their releases
     come late) while opening the next: those shards had tensor data read, a loader's had not."""
-    sw = switch(shards_open=2)
     read = {"m/a.safetensors", "m/b.safetensors"}
-    sw.data_read = read.__contains__
     told = []
-    sw.on_amid_others = told.append
+    sw = switch(shards_open=2, data_read=read.__contains__, on_amid_others=told.append)
     for n, p in enumerate(["m/a.safetensors", "m/b.safetensors", "m/c.safetensors"]):
         sw.opening(n, p)
     assert kb_now(sysfs) == SMALL and told == [] and sw.state()["read_ahead_large_opens"] == 0
     read.clear()  # as a loader: opened, headers only
     sw.opening(7, "m/d.safetensors")
     assert kb_now(sysfs) == 1024 and told == ["m/d.safetensors"]
+
+
+def test_no_lock_is_held_while_the_prefetcher_is_asked(sysfs):
+    """``header_only`` may read config.json and the index over the network, ``data_read``
+    takes the prefetcher's lock: the switch asks both with its own lock free, so every FUSE
+    read (``reading``), other opens and the stats go on meanwhile."""
+    import threading
+
+    from conftest import within
+
+    asked, release = threading.Event(), threading.Event()
+
+    def header_only(path: str) -> bool:  # a slow Hub: blocks until the test lets it go
+        asked.set()
+        assert release.wait(60)
+        return False
+
+    sw = switch(shards_open=2, header_only=header_only,
+                data_read=lambda p: sw.state() is None)  # calls back in: a held lock would deadlock
+    within(30, sw.opening, 1, "m/a.safetensors")
+    within(30, sw.opening, 2, "m/b.safetensors")
+    opener = threading.Thread(target=sw.opening, args=(3, "m/c.safetensors"))
+    opener.start()
+    assert asked.wait(60)
+    within(30, sw.reading, 1, 0, 128 << 10)
+    within(30, sw.opening, 4, "n/config.json")
+    within(30, sw.released, 4)
+    assert within(30, sw.state)["read_ahead_large_opens"] == 0
+    release.set()
+    opener.join(60)
+    assert not opener.is_alive() and kb_now(sysfs) == 1024 and sw.state()["read_ahead_large_opens"] == 1

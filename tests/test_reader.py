@@ -1,37 +1,48 @@
-"""BlockReader over an in-memory store and the in-memory fetcher: exact bytes,
-single-flight, coalescing, write-behind, streaming, lifting.  No timing: stalls are made
-with ``MemoryFetcher.hold`` and completion is awaited with ``reader.drain``."""
+"""BlockReader over an in-memory store and the in-memory fetcher: exact bytes, every fetched
+byte stored, single-flight, coalescing, write-behind, streaming, budgets.  No timing: stalls
+are made with ``MemoryFetcher.hold`` (or a store that waits on an event) and completion is
+awaited with ``reader.drain``."""
 
 import random
 import threading
-import time
 
 import pytest
 
 from cache import MemoryBlockStore
+from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError
-from netmount.read.reader import BlockReader
+from netmount.core.ranges import Ranges
+from netmount.read.reader import BlockReader, ExactRead, cut, join
 
 from fakes import MemoryFetcher, make_bytes, remote, spans
 
 BS = 64 * 1024
 
 
-def setup(size=10 * BS + 123, **kw):
+def setup(size=10 * BS + 123, path="a.bin", store=None, **kw):
     data = make_bytes(size, seed=size)
-    f = remote("a.bin", data)
-    fetch = MemoryFetcher({"a.bin": data})
-    reader = BlockReader(MemoryBlockStore(BS), fetch, **kw)
+    f = remote(path, data)
+    fetch = MemoryFetcher({path: data})
+    reader = BlockReader(store or MemoryBlockStore(BS), fetch, **kw)
     return data, f, fetch, reader
 
 
-def test_random_ranges_are_exact():
+def held(reader, f) -> list[tuple[int, int]]:
+    return list(reader.store.held(f.content_id))
+
+
+def fetched(fetch) -> Ranges:
+    return Ranges((s, e) for _, s, e in spans(fetch))
+
+
+def test_random_ranges_are_exact_in_blocks_and_exactly():
     data, f, fetch, reader = setup()
     rnd = random.Random(1)
     for _ in range(300):
         off = rnd.randrange(0, len(data) + 10)
         size = rnd.choice([0, 1, 4096, BS, 3 * BS + 7, rnd.randrange(1, len(data))])
-        assert reader.read(f, off, size) == data[off : off + size]
+        exact = rnd.choice([None, ExactRead(), ExactRead((max(0, off - 5000), min(len(data), off + 9000)))])
+        assert reader.read(f, off, size, exact=exact) == data[off : off + size]
     reader.close()
 
 
@@ -48,12 +59,14 @@ def test_every_block_edge_and_the_end_of_file_at_any_block_size(bs):
             reader.close()
 
 
-def test_second_read_hits_cache_without_fetching():
+def test_second_read_is_answered_by_the_store_without_fetching():
     data, f, fetch, reader = setup()
     assert reader.read(f, 0, len(data)) == data
+    assert reader.drain(10)
     n = len(fetch.calls)
-    assert reader.read(f, 5, len(data)) == data[5:]
-    assert len(fetch.calls) == n
+    segs = reader.reply(f, 5, len(data))
+    assert join(segs) == data[5:] and len(fetch.calls) == n
+    assert reader.counters.get("cache_hits") == 1
     reader.close()
 
 
@@ -64,13 +77,41 @@ def test_adjacent_missing_blocks_are_one_request_capped_by_max_request_bytes():
     reader.close()
 
 
-def test_holes_are_fetched_as_separate_runs_only():
+def test_held_bytes_are_never_fetched_again_blocks_or_pieces():
     data, f, fetch, reader = setup(size=10 * BS)
     reader.read(f, 2 * BS, BS)
-    reader.read(f, 5 * BS, BS)
+    reader.read(f, 5 * BS + 100, 300, exact=ExactRead())  # one page, exactly
+    assert reader.drain(10)
     fetch.calls.clear()
     assert reader.read(f, 0, len(data)) == data
-    assert sorted((s, e) for _, s, e in spans(fetch)) == [(0, 2 * BS), (3 * BS, 5 * BS), (6 * BS, 10 * BS)]
+    got = sorted((s, e) for _, s, e in spans(fetch))
+    assert got == [(0, 2 * BS), (3 * BS, 5 * BS), (5 * BS + PAGE, 10 * BS)], got
+    reader.close()
+
+
+def test_every_fetched_byte_is_stored_exact_head_and_blocks_and_a_new_reader_fetches_none():
+    data, f, fetch, reader = setup(size=40 * BS, path="m.safetensors", head_bytes=32 << 10)
+    reader.read(f, 0, 4000)  # a header read: its pages, not block 0
+    reader.read(f, 10 * BS + 5000, 100, exact=ExactRead((10 * BS, 13 * BS + 77)))  # a lone tensor
+    reader.read(f, 30 * BS, 2 * BS)  # blocks
+    assert reader.drain(10)
+    assert held(reader, f) == [(0, PAGE), (10 * BS, 13 * BS + PAGE), (30 * BS, 32 * BS)]
+    assert fetched(fetch) == Ranges(held(reader, f))
+    before = len(fetch.calls)
+    again = BlockReader(reader.store, fetch, head_bytes=32 << 10)  # a remount on the same cache
+    for lo, n in [(0, 4000), (10 * BS, 3 * BS + 77), (30 * BS, 2 * BS)]:
+        assert again.read(f, lo, n) == data[lo:lo + n]
+    assert len(fetch.calls) == before
+    again.close()
+    reader.close()
+
+
+def test_a_longer_header_fetches_the_rest_of_the_head_at_once():
+    data, f, fetch, reader = setup(size=40 * BS, path="m.safetensors", head_bytes=32 << 10)
+    assert reader.read(f, 0, 8) == data[:8]
+    assert reader.read(f, 8, 9000) == data[8:9008]  # past the first page: the rest of the head
+    assert reader.read(f, 20000, 5000) == data[20000:25000]  # within it: no fetch
+    assert [(s, e) for _, s, e in spans(fetch)] == [(0, PAGE), (PAGE, 32 << 10)]
     reader.close()
 
 
@@ -95,317 +136,205 @@ def test_concurrent_readers_of_one_block_cause_one_fetch():
     reader.close()
 
 
-def test_failed_fetch_raises_and_caches_nothing_then_recovers():
+def test_many_threads_random_reads_fetch_each_byte_once():
+    data, f, fetch, reader = setup(size=40 * BS + 99, max_request_bytes=4 * BS)
+    errors = []
+
+    def go(seed):
+        rnd = random.Random(seed)
+        for _ in range(100):
+            a, n = rnd.randrange(len(data)), rnd.randrange(1, 5 * BS)
+            exact = ExactRead() if rnd.random() < 0.3 else None
+            if reader.read(f, a, n, exact=exact) != data[a:a + n]:
+                errors.append((a, n))
+
+    threads = [threading.Thread(target=go, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert reader.drain(10)
+    assert sum(e - s for _, s, e in spans(fetch)) == fetched(fetch).total  # no byte twice
+    reader.close()
+
+
+def test_failed_fetch_raises_and_stores_nothing_then_recovers():
     data, f, fetch, reader = setup()
     fetch.fail()
     with pytest.raises(FetchError):
         reader.read(f, 0, 10)
     assert reader.drain(10)
-    assert reader.store.get(f.content_id, 0) is None
+    assert held(reader, f) == []
     assert reader.read(f, 0, 10) == data[:10]
     reader.close()
 
 
-def test_a_run_failing_midway_keeps_the_blocks_that_came_and_fails_the_rest():
+def test_a_run_failing_midway_keeps_the_pieces_that_came_and_fails_the_rest():
     data, f, fetch, reader = setup(size=8 * BS, max_request_bytes=8 * BS)
     fetch.fail(after_pieces=3)
     with pytest.raises(FetchError):
         reader.read(f, 0, 8 * BS)
     assert reader.drain(10)
-    assert reader.store.cached_indices(f.content_id) == [0, 1, 2]  # their bytes were right
-    assert reader.runs.inflight.bytes() == 0
+    assert held(reader, f) == [(0, 3 * BS)]  # their bytes were right
+    assert reader.runs.inflight.net == 0 and reader.runs.inflight.landed == 0
     assert reader.read(f, 0, 8 * BS) == data
     reader.close()
 
 
 def test_a_retry_midway_delivers_pieces_twice_and_the_reader_takes_them_once():
-    data, f, fetch, reader = setup(size=6 * BS, max_request_bytes=6 * BS)
+    data, f, fetch, reader = setup(size=8 * BS, max_request_bytes=8 * BS)
     fetch.retry_midway()
-    assert reader.read(f, 0, 6 * BS) == data
-    reader.close()
-    assert reader.store.cached_indices(f.content_id) == list(range(6))
-
-
-def test_wrong_length_block_in_store_is_refetched_not_served():
-    data, f, fetch, reader = setup()
-    reader.store.put(f.content_id, 3, b"short")
-    assert reader.read(f, 3 * BS, BS) == data[3 * BS : 4 * BS]
-    assert spans(fetch) == [("a.bin", 3 * BS, 4 * BS)]
-    reader.close()
-
-
-def test_last_short_block_and_eof():
-    data, f, fetch, reader = setup(size=3 * BS + 5)
-    assert reader.read(f, 3 * BS, BS) == data[3 * BS :]
-    assert reader.read(f, len(data), 10) == b""
-    assert spans(fetch) == [("a.bin", 3 * BS, 3 * BS + 5)]
-    reader.close()
-
-
-class RecordingStore(MemoryBlockStore):
-    """A memory store that records its gets and puts and can hold puts back."""
-
-    def __init__(self, bs):
-        super().__init__(bs)
-        self.gets: list[int] = []
-        self.advised: list[int] = []
-        self.put_gate = threading.Event()
-        self.put_gate.set()
-
-    def get(self, content_id, index):
-        self.gets.append(index)
-        return super().get(content_id, index)
-
-    def put(self, content_id, index, data):
-        assert self.put_gate.wait(10)
-        super().put(content_id, index, data)
-
-    def will_need(self, content_id, indices):
-        self.advised.extend(indices)
-
-
-def test_waiters_of_a_run_wake_before_its_blocks_are_stored():
-    data = make_bytes(8 * BS, 11)
-    f = remote("a.bin", data)
-    store = RecordingStore(BS)
-    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), max_request_bytes=8 * BS)
-    store.put_gate.clear()  # the disk is slow: puts wait
-    try:
-        assert reader.read(f, 0, len(data)) == data  # returns although nothing is stored yet
-        assert store.cached_indices(f.content_id) == []
-        assert not reader.drain(0)  # still in flight until stored
-    finally:
-        store.put_gate.set()
+    assert reader.read(f, 0, 8 * BS) == data
     assert reader.drain(10)
-    assert store.cached_indices(f.content_id) == list(range(8))
+    assert held(reader, f) == [(0, 8 * BS)]
+    assert reader.runs.inflight.landed == 0
     reader.close()
 
 
-def test_prefetch_of_stored_blocks_reads_them_into_memory_without_fetching():
-    data = make_bytes(40 * BS, 12)
-    f = remote("a.bin", data)
-    store = RecordingStore(BS)
-    for i in range(40):
-        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
-    fetch = MemoryFetcher({"a.bin": data})
-    reader = BlockReader(store, fetch, memory_bytes=32 * BS)  # lifts 32 // 4 = 8 blocks ahead
-    assert reader.stored.lift_blocks == 8
-    assert reader.prefetch(f, range(10, 40), budget=64 * BS) == (0, 0)  # nothing to download
-    assert reader.drain(10)  # the lifts under way
-    assert sorted(store.gets) == list(range(10, 18))  # the first 8 wanted, read once each
-    assert sorted(store.advised) == list(range(18, 40))  # the rest: a hint to the store
-    store.gets.clear()
-    assert reader.read(f, 10 * BS, 8 * BS) == data[10 * BS : 18 * BS]
-    assert store.gets == [] and fetch.calls == []  # served from memory
-    reader.close()
-
-
-def test_a_lifted_block_that_vanished_from_the_store_is_fetched():
-    data = make_bytes(4 * BS, 13)
-    f = remote("a.bin", data)
-    store = RecordingStore(BS)
-    for i in range(4):
-        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
-    fetch = MemoryFetcher({"a.bin": data})
-    reader = BlockReader(store, fetch)
-    reader.stored.known(f)  # the reader believes all 4 are stored...
-    store.get = lambda content_id, index: None  # ...but another process evicted them
-    reader.prefetch(f, range(4), budget=64 * BS)
-    assert reader.read(f, 0, 4 * BS) == data
-    assert fetch.fetched_bytes() == 4 * BS
-    reader.close()
-
-
-def test_a_block_is_served_when_its_bytes_arrive_not_when_its_whole_request_ends():
-    data = make_bytes(4 * BS, 14)
-    f = remote("a.bin", data)
-    fetch = MemoryFetcher({"a.bin": data})
-    fetch.hold(after_pieces=1)
-    store = RecordingStore(BS)
-    reader = BlockReader(store, fetch, max_request_bytes=4 * BS)
-    try:
-        futures = reader.runs.ensure(f, range(4))  # one request of 4 blocks
-        assert len(fetch.calls) == 1
-        assert futures[0].result(timeout=10) == data[:BS]  # the request is still running
-        assert not futures[1].done()
-        assert reader.read(f, 100, 1000) == data[100:1100]
-    finally:
-        fetch.release()
-    assert reader.read(f, 0, 4 * BS) == data
+def test_a_read_is_answered_when_its_piece_arrives_not_when_its_request_ends():
+    data, f, fetch, reader = setup(size=8 * BS, max_request_bytes=8 * BS)
+    fetch.hold(after_pieces=1)  # the first block comes, then the body stalls
+    assert reader.prefetch(f, range(8), budget=100 * BS) == (8, 0)  # one request for all
+    assert reader.read(f, 0, 100) == data[:100]  # answered by the first piece
+    assert not reader.drain(0)
+    fetch.release()
     assert reader.drain(10)
-    assert store.cached_indices(f.content_id) == [0, 1, 2, 3]
+    assert spans(fetch) == [("a.bin", 0, 8 * BS)]
     reader.close()
 
 
-def test_run_done_news_reaches_the_listener_after_the_blocks_are_stored():
-    data = make_bytes(4 * BS, 15)
-    f = remote("a.bin", data)
-    store = MemoryBlockStore(BS)
-    seen = []
-    reader = BlockReader(store, MemoryFetcher({"a.bin": data}),
-                         on_run_done=lambda: seen.append(store.cached_indices(f.content_id)))
-    reader.read(f, 0, 4 * BS)
-    assert reader.drain(10)
-    assert seen[-1] == [0, 1, 2, 3]  # the run's own news: after every block is stored
-    assert len(seen) == 1 + 4  # and one as each block landed (room in the budget)
-    reader.close()
-
-
-def test_landed_blocks_leave_the_budget_before_they_are_stored():
-    """A slow store must not idle the network: a landed block's bytes no longer count against
-    the prefetch budget, though it stays in flight (single-flight) until stored; more than one
-    budget of landed-but-unstored bytes counts again (memory stays bounded)."""
-    data = make_bytes(8 * BS, 17)
-    f = remote("a.bin", data)
+def test_a_reader_answers_from_landed_bytes_before_they_are_stored():
     gate = threading.Event()
+    store = SlowStore(BS, gate)
+    data, f, fetch, reader = setup(store=store)
+    assert reader.read(f, 0, 3 * BS) == data[:3 * BS]  # the store has not written a byte yet
+    assert not reader.drain(0)  # not settled: the writes are pending
+    assert reader.covered(f, 0, 3 * BS) and held(reader, f) == []
+    gate.set()
+    assert reader.drain(10)
+    assert held(reader, f) == [(0, 3 * BS)]
+    reader.close()
 
-    class SlowStore(MemoryBlockStore):
-        def put(self, content_id, index, block):
-            gate.wait(10)
-            super().put(content_id, index, block)
 
-    reader = BlockReader(SlowStore(BS), MemoryFetcher({"a.bin": data}), workers=4)
-    inflight = reader.runs.inflight
-    try:
-        assert reader.prefetch(f, [0, 1], budget=2 * BS) == (2, 0)
-        deadline = time.monotonic() + 10
-        while inflight.bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert inflight.bytes() == 0 and inflight.has(f, 0) and inflight.has(f, 1)  # landed, not stored
-        assert reader.prefetch(f, [2, 3], budget=2 * BS) == (2, 0)  # room again while the store waits
-        while inflight.bytes() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        # 4 blocks landed and unstored: 2 over the budget of 2, so no room is left
-        assert reader.prefetch(f, [4], budget=2 * BS) == (0, 1)
-        gate.set()
-        assert reader.drain(10)
-        assert reader.prefetch(f, [4], budget=2 * BS) == (1, 0)
-        assert reader.drain(10)
-        assert reader.read(f, 0, 5 * BS) == data[: 5 * BS]
-    finally:
-        gate.set()
-        reader.close()
+def test_news_reaches_the_listener_when_pieces_land_and_when_they_are_stored():
+    news = threading.Event()
+    data, f, fetch, reader = setup(on_run_done=news.set)
+    reader.read(f, 0, BS)
+    assert reader.drain(10) and news.is_set()
+    reader.close()
 
 
 def test_a_failed_run_also_sends_its_news():
-    data = make_bytes(4 * BS, 16)
-    f = remote("a.bin", data)
-    fetch = MemoryFetcher({"a.bin": data})
-    done = threading.Event()
-    reader = BlockReader(MemoryBlockStore(BS), fetch, on_run_done=done.set)
+    news = threading.Event()
+    data, f, fetch, reader = setup(on_run_done=news.set)
     fetch.fail()
     with pytest.raises(FetchError):
-        reader.read(f, 0, 10)
-    assert done.wait(10)
+        reader.read(f, 0, BS)
+    assert news.is_set()
     reader.close()
 
 
-def test_each_tier_counts_its_own_hits():
-    data = make_bytes(4 * BS, 17)
-    f = remote("a.bin", data)
-    store = MemoryBlockStore(BS)
-    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), memory_bytes=2 * BS)
-    reader.read(f, 0, 4 * BS)  # cold: every block misses the store
-    assert reader.counters.get("store_misses") == 4 and reader.counters.get("store_hits") == 0
+def test_prefetch_takes_only_what_fits_the_budget_and_never_held_bytes():
+    data, f, fetch, reader = setup(size=20 * BS)
+    reader.read(f, 3 * BS, BS)
     assert reader.drain(10)
-    reader.read(f, 3 * BS, 10)  # the last block read is still in memory
-    assert reader.counters.get("memory_hits") >= 1
-    reader.read(f, 0, 10)  # block 0 left memory (2 blocks of room): from the store
-    assert reader.counters.get("store_hits") == 1
+    fetch.calls.clear()
+    fetch.hold()
+    started, left = reader.prefetch(f, range(0, 10), budget=4 * BS)
+    assert (started, left) == (4, 5)  # blocks 0-2, 4 (3 is held), then the budget is full
+    fetch.release()
+    assert reader.drain(10)
+    assert fetched(fetch) == Ranges([(0, 3 * BS), (4 * BS, 5 * BS)])
+    assert reader.prefetch(f, range(0, 10), budget=100 * BS) == (5, 0)
+    assert reader.drain(10)
+    assert held(reader, f) == [(0, 10 * BS)]
+    reader.close()
+
+
+def test_prefetch_joins_demand_and_demand_joins_prefetch():
+    data, f, fetch, reader = setup(size=20 * BS)
+    fetch.hold()
+    reader.prefetch(f, range(0, 4), budget=100 * BS)
+    out = []
+    t = threading.Thread(target=lambda: out.append(reader.read(f, BS, 2 * BS)))
+    t.start()
+    fetch.release()
+    t.join()
+    assert out == [data[BS:3 * BS]]
+    assert spans(fetch) == [("a.bin", 0, 4 * BS)]
+    reader.close()
+
+
+def test_fetch_exact_and_covered():
+    data, f, fetch, reader = setup(size=20 * BS)
+    fetch.hold()
+    reader.fetch_exact(f, 5000, 70000)
+    assert reader.covered(f, PAGE, 70000) and not reader.covered(f, 0, 70000 + PAGE)
+    fetch.release()
+    assert reader.drain(10)
+    assert held(reader, f) == [(PAGE, 18 * PAGE)]
+    reader.fetch_exact(f, 5000, 70000)  # held: nothing more
+    assert len(fetch.calls) == 1
+    reader.close()
+
+
+def test_a_range_the_store_drops_between_lookup_and_use_is_fetched_again():
+    data, f, fetch, reader = setup(size=4 * BS)
+    reader.read(f, 0, 4 * BS)
+    assert reader.drain(10)
+    reader.store.drop(f.content_id)  # as verify does, or an eviction by another daemon
+    reader.forget(f)
+    assert reader.read(f, BS, BS) == data[BS:2 * BS]
+    assert spans(fetch)[-1] == ("a.bin", BS, 2 * BS)
     reader.close()
 
 
 def test_a_cancelled_fetch_fails_its_readers_instead_of_leaving_them_waiting():
-    """A fetcher shutting down may cancel its futures (the daemon's SIGTERM path)."""
-    import concurrent.futures
+    data, f, fetch, reader = setup()
 
-    data = make_bytes(2 * BS, 18)
-    f = remote("a.bin", data)
+    class Cancelling:
+        def fetch(self, *a, **k):
+            import concurrent.futures
 
-    class Cancelling(MemoryFetcher):
-        def fetch(self, file, start, end, on_part, **kw):
             fut = concurrent.futures.Future()
             fut.cancel()
             return fut
 
-    reader = BlockReader(MemoryBlockStore(BS), Cancelling({"a.bin": data}))
+    reader.runs.fetcher = Cancelling()
     with pytest.raises(FetchError):
         reader.read(f, 0, 10)
     assert reader.drain(10)
     reader.close()
 
 
-# -- exact reads (a lone tensor's pages) join bytes already held ------------------------------
-def test_an_exact_read_fetches_only_what_no_extent_or_block_holds():
-    """The kernel's read around a fault straddles a tensor whose extent or blocks are already
-    coming: only the rest is fetched, and the bytes are right whatever held them."""
-    from netmount.read.reader import ExactRead
-
-    data, f, fetch, reader = setup(size=12 * BS)
-    tensor = (3 * BS + 5000, 7 * BS + 300)
-    reader.prefetch_extent(f, *tensor)  # the lone tensor, exactly (pages)
-    reader.prefetch(f, [9], budget=1 << 30)  # and a block further on, in flight or in
+def test_read_local_never_fetches():
+    data, f, fetch, reader = setup()
+    assert reader.read_local(f, 0, 10) is None and not fetch.calls
+    reader.read(f, 0, 10)
     assert reader.drain(10)
-    before = len(fetch.calls)
-    lo, hi = 3 * BS - 20000, 3 * BS + 30000  # straddles the tensor's start
-    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
-    new = [(a, b) for _, a, b, _ in fetch.calls[before:]]
-    assert new == [(lo // 4096 * 4096, (3 * BS + 5000) // 4096 * 4096)], new  # the pages before it only
-    lo, hi = 7 * BS - 1000, 9 * BS + 777  # the tensor's end, a gap nothing holds, into block 9
-    before = len(fetch.calls)
-    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
-    new = [(a, b) for _, a, b, _ in fetch.calls[before:]]
-    assert new == [(-(-(7 * BS + 300) // 4096) * 4096, 9 * BS)], new
-    lo, hi = 9 * BS + 10, 9 * BS + 5000  # held wholly by a block: nothing fetched
-    before = len(fetch.calls)
-    assert reader.read(f, lo, hi - lo, exact=ExactRead()) == data[lo:hi]
-    assert len(fetch.calls) == before
+    assert reader.read_local(f, 0, 10) == data[:10]
     reader.close()
 
 
-def test_random_exact_reads_over_mixed_extents_and_blocks_are_exact():
-    from netmount.read.reader import ExactRead
+def test_cut_and_join_of_segments():
+    from cache import Segment
 
-    data, f, fetch, reader = setup(size=16 * BS + 999)
-    rnd = random.Random(7)
-    for _ in range(40):
-        a = rnd.randrange(0, len(data) - 1)
-        reader.prefetch_extent(f, a, min(len(data), a + rnd.randrange(1, 3 * BS)))
-        reader.prefetch(f, [rnd.randrange(0, 17)], budget=1 << 30)
-        off = rnd.randrange(0, len(data))
-        size = rnd.randrange(1, 4 * BS)
-        assert reader.read(f, off, size, exact=ExactRead()) == data[off : off + size]
-    reader.close()
+    a, b = make_bytes(100, 1), make_bytes(50, 2)
+    segs = [Segment(-1, 10, 40, a), Segment(-1, 0, 50, b)]
+    whole = a[10:50] + b
+    for skip in range(0, 90, 7):
+        for n in (0, 1, 30, 89):
+            assert join(cut(segs, skip, n)) == whole[skip:skip + n]
 
 
-def test_a_reader_takes_over_a_lift_no_disk_thread_has_started():
-    """A warm read does not queue behind the disk pool: a block whose lift is still waiting
-    for a disk thread is read on the reader's own thread (and the lift is dropped)."""
-    data = make_bytes(4 * BS, 15)
-    f = remote("a.bin", data)
-    store = RecordingStore(BS)
-    for i in range(4):
-        store.put(f.content_id, i, data[i * BS : (i + 1) * BS])
-    stuck, reached = threading.Event(), threading.Event()
-    plain_get = store.get
+class SlowStore(MemoryBlockStore):
+    """A memory store whose writes wait for ``gate``: write-behind made visible."""
 
-    def get(content_id, index):  # the one disk thread hangs on block 0
-        if index == 0 and threading.current_thread().name.startswith("netmount-disk"):
-            reached.set()
-            assert stuck.wait(30)
-        return plain_get(content_id, index)
+    def __init__(self, block_size, gate):
+        super().__init__(block_size)
+        self.gate = gate
 
-    store.get = get
-    reader = BlockReader(store, MemoryFetcher({"a.bin": data}), disk_workers=1)
-    reader.prefetch(f, [0, 1, 2], budget=64 * BS)  # block 0 on the disk thread, 1 and 2 queued
-    assert reached.wait(30)
-    done = []
-    t = threading.Thread(target=lambda: done.append(reader.read(f, BS, 2 * BS)), daemon=True)
-    t.start()
-    t.join(30)  # a deadline, not a timing: without the take-over it waits for block 0 forever
-    stuck.set()
-    assert done == [data[BS : 3 * BS]]
-    assert reader.drain(10)
-    assert reader.read(f, 0, 4 * BS) == data
-    assert reader.counters.get("lift_waits") == 0
-    reader.close()
+    def put_ranges(self, items):
+        self.gate.wait(30)
+        super().put_ranges(items)

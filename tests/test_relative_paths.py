@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import netmount
+from cache import STORE_DIR
 
 from conftest import require_fuse
 from faultkit import daemon_pids, wait_gone
@@ -37,7 +38,7 @@ def test_cli_mount_with_relative_cache_dir_and_mountpoint(hub, hub_root, tmp_pat
         done = _cli(tmp_path, env, "unmount", "mnt")
         assert done.returncode == 0, done.stderr
         wait_gone(pids)
-        assert any((tmp_path / "c" / "blocks").iterdir()), "the blocks were cached under ./c"
+        assert any((tmp_path / "c" / STORE_DIR).iterdir()), "the blocks were cached under ./c"
     finally:
         subprocess.run(["fusermount", "-uz", str(tmp_path / "mnt")], capture_output=True)
 

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from cache import STORE_DIR
 from netmount.mounting import mounts
 
 from conftest import run_cli, sha256_file
@@ -99,7 +100,7 @@ def test_token_flag_stays_out_of_the_daemon(fm, fhub, fault_root, tmp_path):
 def test_cache_dir_is_private(fm):
     mp = fm.mount("faults/model")
     (mp / "weights.bin").read_bytes()
-    for d in (fm.cache_dir, fm.cache_dir / "blocks", fm.cache_dir / "logs"):
+    for d in (fm.cache_dir, fm.cache_dir / STORE_DIR, fm.cache_dir / "logs"):
         assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
 
 

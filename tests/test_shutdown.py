@@ -4,7 +4,8 @@ The hub stalls a range answer (headers and half the body, then nothing for an ho
 the daemon's fetch timeout is ten minutes, so the read is stuck for as long as the test
 could wait.  SIGTERM to the daemon, or ``netmount unmount``, must end the daemon anyway,
 and the blocked reader must get EIO — not hang, not get wrong bytes.  The bounds are the
-waits below, far under the fetch timeout: no timing is asserted.
+waits below, far under the fetch timeout: no timing is asserted, and nothing is polled (the
+hub says when the stalled request reached it, a pidfd when a daemon exits).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from netmount.core.procs import is_running, wait_exit
+from netmount.mounting.mounts import find_mount
 
 from conftest import run_cli
 from faultkit import FaultMounter, daemon_pids, fault_root, fhub  # noqa: F401  (fixtures)
@@ -43,7 +46,7 @@ def stalled(tmp_path, fhub):  # noqa: F811
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids = daemon_pids(mp)
     try:
-        _wait_for(lambda: fhub.faults()[0]["hits"] >= 1, "the stalled request to reach the hub")
+        assert fhub.wait_hits(0, 1, WAIT), "the stalled request never reached the hub"
         assert reader.poll() is None, "the read should be blocked on the stalled request"
         yield m, mp, reader
     finally:
@@ -51,7 +54,7 @@ def stalled(tmp_path, fhub):  # noqa: F811
             # a read the daemon has taken cannot be killed (the kernel waits for the
             # answer): kill the daemon first, which aborts the FUSE connection
             for pid in pids:
-                if not _gone(pid):
+                if is_running(pid):
                     os.kill(pid, signal.SIGKILL)
             reader.kill()
         reader.wait(timeout=WAIT)
@@ -59,20 +62,9 @@ def stalled(tmp_path, fhub):  # noqa: F811
         m.cleanup()
 
 
-def _wait_for(condition, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+def _exits(pid: int) -> None:
+    """The daemon exits (a pidfd wakes us), having unmounted on its way out."""
+    assert wait_exit(pid, WAIT), f"daemon {pid} still running {WAIT:g} s after it was told to stop"
 
 
 def _reader_result(reader) -> str:
@@ -89,8 +81,8 @@ def test_sigterm_ends_a_daemon_blocked_in_a_read(stalled):
     (pid,) = daemon_pids(mp)
     os.kill(pid, signal.SIGTERM)
     assert _reader_result(reader) == "errno EIO"
-    _wait_for(lambda: _gone(pid), "the daemon to exit")
-    _wait_for(lambda: not os.path.ismount(mp), "the mount to go")
+    _exits(pid)
+    assert find_mount(str(mp)) is None
     log = "\n".join(p.read_text() for p in (m.cache_dir / "logs").glob("*.log"))
     assert "SIGTERM" in log, log[-2000:]
     m.mounted.clear()
@@ -102,8 +94,8 @@ def test_unmount_ends_a_daemon_blocked_in_a_read(stalled):
     done = run_cli("unmount", str(mp), timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert _reader_result(reader) == "errno EIO"
-    _wait_for(lambda: _gone(pid), "the daemon to exit")
-    assert not os.path.ismount(mp)
+    _exits(pid)
+    assert find_mount(str(mp)) is None
     m.mounted.clear()
 
 
@@ -117,8 +109,8 @@ def test_sigterm_ends_an_idle_daemon(tmp_path, fhub):  # noqa: F811
         assert (mp / "config.json").read_bytes() == b'{"fault": true}'
         (pid,) = daemon_pids(mp)
         os.kill(pid, signal.SIGTERM)
-        _wait_for(lambda: _gone(pid), "the daemon to exit")
-        _wait_for(lambda: not os.path.ismount(mp), "the mount to go")
+        _exits(pid)
+        assert find_mount(str(mp)) is None
         m.mounted.clear()
     finally:
         m.cleanup()
@@ -137,8 +129,8 @@ def test_unmount_of_a_busy_mount_stops_its_daemon(tmp_path, fhub):  # noqa: F811
             assert len(os.pread(fd, 10, 0)) == 10
             done = run_cli("unmount", str(mp), timeout=WAIT)
             assert done.returncode == 0, done.stderr
-            _wait_for(lambda: _gone(pid), "the daemon to exit")
-            assert not os.path.ismount(mp)
+            _exits(pid)
+            assert find_mount(str(mp)) is None
             with pytest.raises(OSError):
                 os.pread(fd, 10, 2 << 20)
         finally:
@@ -148,4 +140,48 @@ def test_unmount_of_a_busy_mount_stops_its_daemon(tmp_path, fhub):  # noqa: F811
                 pass
         m.mounted.clear()
     finally:
+        m.cleanup()
+
+
+SEQUENTIAL = """
+import sys
+with open(sys.argv[1], "rb", buffering=0) as fh:
+    fh.read(1 << 20)
+    print("started", flush=True)
+    try:
+        while fh.read(1 << 20):
+            pass
+        print("done")
+    except OSError as exc:
+        print("errno %d" % exc.errno)
+"""
+
+
+def test_a_daemon_stopped_amid_prefetch_closes_in_order(tmp_path, fhub):  # noqa: F811
+    """SIGTERM while a stream's reads and the prefetch ahead of them are in flight (the CDN
+    slowed): the daemon aborts its fetches, stops the prefetcher, drains and closes, within
+    the bounds of closing.py — nothing logs a failure of a part used after it closed."""
+    fhub.clear_faults()
+    m = FaultMounter(tmp_path, fhub)
+    reader = None
+    try:
+        mp = m.mount("faults/big")
+        (pid,) = daemon_pids(mp)
+        fhub.add_fault("slow", path_contains="/blobs/", rate=256 << 10)
+        reader = subprocess.Popen([sys.executable, "-c", SEQUENTIAL, str(mp / "shard-1.bin")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert reader.stdout.readline() == "started\n"
+        assert fhub.wait_hits(0, 2, WAIT)
+        os.kill(pid, signal.SIGTERM)
+        _exits(pid)
+        out, err = reader.communicate(timeout=WAIT)
+        assert out.strip() in ("done", "errno 5"), (out, err)  # all of it, or EIO: never a hang
+        log = "\n".join(p.read_text() for p in (m.cache_dir / "logs").glob("*.log"))
+        closing = log[log.index("; closing"):]
+        assert "Traceback" not in closing and "did not end" not in closing and "ERROR" not in closing, closing
+        m.mounted.clear()
+    finally:
+        if reader is not None and reader.poll() is None:
+            reader.kill()
+        fhub.clear_faults()
         m.cleanup()

@@ -66,7 +66,7 @@ def test_stats_json_agrees_with_the_server_byte_log(mounter, hub, hub_root):
     assert stats["requests"] == len(hub.log)
     for key in ("mountpoint", "repo", "revision", "block_size", "bytes_served", "bytes_fetched",
                 "requests", "retries", "errors", "cache_hits", "cache_misses", "cached_bytes",
-                "files", "tensors", "amplification", "download_rate", "download_rate_avg"):
+                "files", "tensors", "amplification", "download_rate", "download_rate_avg", "serve_rate"):
         assert key in stats, key
     assert stats["mountpoint"] == str(mp) and stats["repo"] == "tests/big"
     assert stats["revision"] == hub.commit_sha("tests/big")
@@ -78,12 +78,14 @@ def test_stats_json_agrees_with_the_server_byte_log(mounter, hub, hub_root):
                   + hub.bytes_sent(server="cdn", path_contains=sha256_file(src.parent / f["path"])))
         assert abs(f["fetched_bytes"] - sent_f) <= stats["block_size"], f
         runs_bytes = sum(min((b + 1) * BLOCK, f["size"]) - a * BLOCK for a, b in f["cached_runs"])
-        assert runs_bytes == f["cached_bytes"], f
+        assert runs_bytes <= sum(e - s for s, e in f["cached_ranges"]) == f["cached_bytes"], f
     model = by_path["model.safetensors"]
     cached_blocks = {i for a, b in model["cached_runs"] for i in range(a, b + 1)}
-    # the tensor's whole blocks are cached; its two edge blocks hold other tensors' bytes
-    # too, and a lone tensor's reads fetch only its own (kept in memory, netmount/extents.py)
+    # the tensor's whole blocks are cached, and its two edge blocks' parts that hold it (a
+    # lone tensor's reads fetch only its own bytes, stored as pieces of those blocks)
     assert set(range(-(-t.start // BLOCK), t.end // BLOCK)) <= cached_blocks
+    held = model["cached_ranges"]
+    assert any(s <= t.start and t.end <= e for s, e in held), (held, t)
     assert stats["cached_bytes"] == sum(f["cached_bytes"] for f in stats["files"])
     assert stats["errors"] == 0 and stats["retries"] == 0
 
@@ -197,12 +199,37 @@ def test_render_views_from_a_stats_dict():
          "bytes_served": 10, "bytes_read": 8, "bytes_fetched": 16, "amplification": 2.0,
          "cache_hits": 3, "cache_misses": 1, "cached_bytes": 16, "total_bytes": 40,
          "requests": 2, "retries": 0, "errors": 0, "download_rate": 0, "download_rate_avg": 1024,
+         "serve_rate": 3 << 20,
          "files": [{"path": "x" * 50, "size": 40, "cached_bytes": 16, "cached_runs": [[0, 3]]},
                    {"path": "empty", "size": 0, "cached_bytes": 0, "cached_runs": []}]}
     table = render_table([s])
     assert "o/n@aaaaaaaaaaaa on /m" in table and "75.0% block hits" in table
     assert "amplification 2.00" in table and "16 B of 40 B (40.0%)" in table
+    assert "serving 3 MiB/s now; fetching 0 B/s now, 1 KiB/s on average" in table
     assert render_table([]) == "no live netmount mounts"
     lines = render_map(s, 60).splitlines()
     assert len(lines) == 3 and all(len(line) <= 60 for line in lines[1:])
     assert lines[1].startswith("…") and lines[1].endswith(" 40.0%")
+
+
+def test_serve_rate_is_what_the_daemon_served_lately():
+    """``serve_rate`` comes from the meter over ``bytes_served`` (the mount's pace as programs see
+    it), beside ``download_rate`` over ``bytes_fetched``."""
+    from types import SimpleNamespace
+
+    from netmount.mounting.stats import build_stats
+
+    class Meter:
+        def __init__(self, value):
+            self.value = value
+
+        def rate(self):
+            return self.value
+
+    counters = SimpleNamespace(snapshot=lambda: {"bytes_served": 10, "bytes_fetched": 4}, per_file=lambda: {},
+                               started=0.0)
+    snap = SimpleNamespace(files=[], name="o/n", sha="a" * 40, revision="main", endpoint="http://x")
+    config = SimpleNamespace(mountpoint="/m", block_size=4)
+    out = build_stats(config, snap, counters, store=None, rate=Meter(2.4), served=Meter(1234.6))
+    assert out["serve_rate"] == 1235 and out["download_rate"] == 2
+    assert build_stats(config, snap, counters, store=None)["serve_rate"] == 0

@@ -326,6 +326,44 @@ def test_cdn_rejects_bad_and_expired_signatures(root, hub):
         assert status == 403 and b"expired" in body
 
 
+def test_cdn_base_redirects_lfs_files_by_name_to_an_external_file_server(root, tmp_path):
+    """``cdn_base`` (the benchmark's nginx CDN): LFS files of folder repos redirect to
+    ``<base>/<org>/<name>/<path>``, signed as usual; a server serving ``root`` by name answers
+    them, and huggingface_hub follows the redirect to the right bytes."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_static("/cdn", root)  # a plain file server with ranges, as nginx's alias
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    files = f"http://127.0.0.1:{runner.addresses[0][1]}/cdn"
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with TestHub(root, cdn_base=files + "/") as hub:
+            url = _cdn_url(hub, "org/tiny", "sub/weights.bin")
+            assert url.startswith(f"{files}/org/tiny/sub/weights.bin?Expires=") and "Signature=" in url
+            data = (root / "org/tiny/model.safetensors").read_bytes()
+            status, _, body = _get(_cdn_url(hub, "org/tiny", "model.safetensors"), {"Range": "bytes=100-199"})
+            assert status == 206 and body == data[100:200]
+            got = hf_hub_download("org/tiny", "model.safetensors", endpoint=hub.url, cache_dir=tmp_path)
+            assert Path(got).read_bytes() == data
+            assert hub.requests(server="cdn") == []  # the built-in CDN served nothing
+            status, _, body = _get(f"{hub.url}/org/tiny/resolve/main/config.json")  # small: no redirect
+            assert status == 200 and body == (root / "org/tiny/config.json").read_bytes()
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def test_fault_hook_answers_instead_of_handler(hub):
     from aiohttp import web
 

@@ -19,9 +19,10 @@ from netmount.core.units import format_size
 COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cache_proxy", "commands.verify"]
 
 
-def _add_mount(sub) -> None:
+def _add_mount(sub, hf_cache: bool = False) -> None:
     p = sub.add_parser("mount", help="mount a Hub model, dataset or space repo read-only (lazy, block-cached)")
-    p.add_argument("repo", help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional")
+    p.add_argument("repo", nargs="?" if hf_cache else None,
+                   help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional")
     p.add_argument("mountpoint", help="an existing empty directory")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
     p.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
@@ -49,7 +50,37 @@ def _add_mount(sub) -> None:
                    help="keep only these routed experts, renumbered (e.g. 0-31, 0,5,9); config rewritten")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
+    if hf_cache:
+        add_hf_cache_options(p)
     p.set_defaults(func=cmd_mount)
+
+
+def add_hf_cache_options(p) -> None:
+    """``netmount mount --hf-cache MOUNTPOINT [--repo ID[@REV]]... [--refs-ttl DURATION]``
+    (issue 22).  Not in the parser users get until the daemon serves it (``build_parser``'s
+    ``hf_cache``); ``hf_cache_request`` checks what was given."""
+    g = p.add_argument_group("hf-cache", "the whole Hub in huggingface_hub's cache layout, any repo by id")
+    g.add_argument("--hf-cache", action="store_true",
+                   help="mount the Hub as a read-only Hugging Face cache: set HF_HUB_CACHE=MOUNTPOINT and "
+                        "HF_HUB_OFFLINE=1, and load by repo id (give MOUNTPOINT alone)")
+    g.add_argument("--repo", dest="repo_specs", action="append", default=[], metavar="ID[@REV]",
+                   help="a repo to list from the start and keep (repeatable); others appear on first use")
+    g.add_argument("--refs-ttl", metavar="DURATION",
+                   help="how long refs/<branch> is trusted before the Hub is asked again (default 10m; "
+                        "600, 90s, 1h; 0: every lookup)")
+
+
+def hf_cache_request(args):
+    """The checked ``HfCacheOptions`` of a parsed ``netmount mount --hf-cache``, or None for a
+    plain mount (which must name its repo and take no --hf-cache option)."""
+    from netmount.mounting.hfcache.options import check_hf_cache, check_plain
+
+    if not args.hf_cache:
+        check_plain(repo=args.repo, repos=args.repo_specs, refs_ttl=args.refs_ttl)
+        return None
+    return check_hf_cache(repos=args.repo_specs, refs_ttl=args.refs_ttl,
+                          given={"REPO": args.repo, "--revision": args.revision, "--reshard": args.reshard,
+                                 "--only": args.only, "--experts": args.experts})
 
 
 def cmd_mount(args) -> int:
@@ -87,6 +118,11 @@ def cmd_unmount(args) -> int:
     return 0
 
 
+# What `netmount --help` says first: what netmount is for, in one line.
+ABOUT = ("netmount: Hugging Face repos as lazy, read-only local files (FUSE): "
+         "only the bytes programs read cross the network")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line too (the full usage is one ``--help`` away)."""
 
@@ -94,13 +130,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(modules: list[str] | tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+class _TopParser(_Parser):
+    """The top-level parser: its help starts with ``ABOUT``, before the usage."""
+
+    def format_help(self) -> str:
+        return f"{ABOUT}\n\n{super().format_help()}"
+
+
+def build_parser(modules: list[str] | tuple[str, ...] | None = None, hf_cache: bool = False) -> argparse.ArgumentParser:
     """The whole CLI; given ``modules`` (of COMMAND_MODULES), only their subcommands besides
-    mount and unmount."""
-    parser = _Parser(prog="netmount", description=__doc__.splitlines()[0])
+    mount and unmount.  ``hf_cache``: with ``mount --hf-cache`` (issue 22, phase 2 turns it on)."""
+    parser = _TopParser(prog="netmount")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_mount(sub)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_mount(sub, hf_cache)
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount a netmount mount")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_unmount)

@@ -35,8 +35,9 @@ def render_summary(s: dict) -> str:
                    f" ({_pct(s['cached_bytes'], s.get('total_bytes', 0))}),"
                    f" {s.get('verified_files', 0)} files verified"),
         ("http", f"{s['requests']} requests, {s['retries']} retries, {s['errors']} errors"),
-        ("rate", f"now {format_size(s.get('download_rate', 0))}/s,"
-                 f" average {format_size(s.get('download_rate_avg', 0))}/s"),
+        ("rate", f"serving {format_size(s.get('serve_rate', 0))}/s now; fetching"
+                 f" {format_size(s.get('download_rate', 0))}/s now,"
+                 f" {format_size(s.get('download_rate_avg', 0))}/s on average"),
     ]
     if s.get("view_files") is not None:
         sources = {p for f in s["view_files"] for p in f.get("sources", ())}

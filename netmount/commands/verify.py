@@ -8,13 +8,16 @@ LFS sha256 of the content, or for regular files the git blob sha1 (sha1 of
 ``content_id`` and ``lfs`` per file.
 
 Where the work runs:
-- Hashing runs *here*, in the CLI process, reading the block store directly (its directory
-  and block size are in ``stats.json``; ``DiskBlockStore`` is made for several processes
-  on one directory).  It never touches the network, costs the daemon nothing, and runs
-  block by block (bounded memory: one block per worker), a few files at once, at disk
-  speed.  A daemon on its memory fallback has no store to read: that is an error.
+- Hashing runs *here*, in the CLI process, reading the block store directly (the cache
+  directory and block size are in ``stats.json``; ``cache.open_store`` opens it as the
+  daemon does, and the store is made for several processes on one directory).  It never
+  touches the network, costs the daemon nothing, and runs block by block (bounded memory:
+  one block per worker; each block's CRC32C checked as it is read), a few files at once,
+  at disk speed.  A file is hashed when every byte of it is stored (``cached_bytes`` equals
+  its size: pieces that cover a block are merged into it).  A daemon on its memory fallback
+  has no store to read: that is an error.
 - Dropping a wrong file runs in the daemons: opening ``<mount>/.netmount/drop/<path>``
-  deletes its blocks from the store and forgets it in every in-memory tier
+  deletes its blocks and pieces from the store and forgets it in every in-memory tier
   (``mounting/drop.py``), in this mount and in every other live mount on the same cache
   directory holding that content.  The kernel's page cache for the file (kept across
   opens: ``keep_cache``) is dropped here with ``POSIX_FADV_DONTNEED`` on the mounted file
@@ -23,8 +26,8 @@ Where the work runs:
   (as ``netmount prefetch`` does: the daemon's one read path), waits for the daemon to
   store them, then hashes.  Without it a partial file is reported, never fetched.
 
-A file found right is marked in the store (``cache/disk.py``: the mark is voided when any
-of its blocks is evicted or stored again), shown as ``verified`` in ``netmount stats``.
+A file found right is marked in the store (``cache/index.py``: the mark is voided when any
+of its objects is evicted or stored again), shown as ``verified`` in ``netmount stats``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -141,15 +145,17 @@ def verify(mountpoint, paths: Iterable[str] = (), match: Iterable[str] = (), fet
     bs = stats["block_size"]
     if not stats.get("cache_dir"):
         raise errors.MountpointError(f"{mp}: the mount runs without its disk cache; nothing to verify")
+    if os.path.exists(os.path.join(stats["cache_dir"], "cache.db")):  # an older daemon names its store
+        raise errors.MountpointError(f"{mp}: its daemon is an older netmount; unmount and mount it again to verify")
     if fetch and stats.get("view_files") is not None:
         raise errors.BadInput(f"{mp} shows a view (--reshard/--only/--experts), not the repo's files: "
                               f"fetch with `netmount prefetch {mp}`, or verify on a plain mount of the same cache")
     if fetch:
         _fetch_missing(mp, stats, files, progress)
-    from cache import DiskBlockStore
+    from cache import open_store
 
-    try:
-        store = DiskBlockStore(stats["cache_dir"], bs, None)
+    try:  # no limit given: the daemon's stays; failures after opening are misses (partial)
+        store = open_store(stats["cache_dir"], bs, None, logging.getLogger("netmount.verify"), fallback_bytes=None)
     except Exception as exc:
         raise errors.MountpointError(f"{mp}: cannot open its block cache: {exc}") from None
     try:
@@ -281,9 +287,9 @@ def _check(store, r: dict, bs: int, advance: Callable[[int], None]) -> None:
     fingerprint = store.fingerprint(cid)  # before reading: a block changed since voids the mark
     h = hashlib.sha256() if r["lfs"] else hashlib.sha1(b"blob %d\0" % size)
     for i in range(block_count(size, bs)):
-        data = store.get(cid, i)
         lo, hi = block_span(i, bs, size)
-        if data is None or len(data) != hi - lo:  # evicted since we looked
+        data = store.read(cid, lo, hi - lo, size)
+        if data is None:  # evicted since we looked
             r["cached_bytes"] = min(store.cached_bytes(cid), size)
             r["status"] = "partial"
             return

@@ -1,4 +1,6 @@
-"""The mount daemon: wires store, fetcher, reader and filesystem, and serves until unmounted.
+"""The mount daemon's program: its configuration, its protocol with the parent, its logging.
+
+``run`` serves until unmounted; ``owner.Daemon`` builds and closes the parts.
 
 Runs in-process for ``--foreground``, or as ``python -m netmount.mounting.daemon`` started by
 ``lifecycle.mount``.  The parent sends the whole configuration (token included) as JSON
@@ -15,14 +17,12 @@ import os
 import sys
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from netmount.core import settings
 from netmount.core.units import parse_size
 from netmount.remote.hub import Snapshot
 
 log = logging.getLogger("netmount.daemon")
-IDLE_WAIT = 60.0  # seconds an open of /.netmount/idle waits for the daemon to settle
 
 
 @dataclass
@@ -73,111 +73,21 @@ def setup_logging(log_file: str, debug: bool) -> None:
 
 
 def run(config: DaemonConfig, on_ready=None) -> None:
-    """Serve the mount in this thread until it is unmounted."""
+    """Serve the mount in this thread until it is unmounted: ``owner.Daemon`` builds every
+    part, and closes them in a fixed order, each wait bounded, however serving ends."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
     # and aiohttp alone costs it ~0.2 s of start-up
-    from cache import DiskBlockStore, MemoryBlockStore, SafeBlockStore
-    from netmount.core.counters import Counters
-    from netmount.mounting.fs import IDLE_FILE, STATS_FILE, NetmountFS, serve
-    from netmount.mounting.readahead import ReadaheadSwitch, max_read
-    from netmount.mounting.stats import StatsBuilder
-    from netmount.read.coverage import Coverage
-    from netmount.read.metadata import TensorMaps
-    from netmount.read.prefetch import Prefetcher
-    from netmount.read.reader import BlockReader
-    from netmount.remote.fetch import RangeFetcher
+    from netmount.mounting.owner import Daemon
 
-    snap = config.snapshot
-    counters = Counters()
-    # An unusable cache dir (full, read-only, corrupt) degrades to a small memory cache:
-    # reads keep working from the network.
-    store = SafeBlockStore.open(
-        lambda: DiskBlockStore(Path(config.cache_dir) / "blocks", config.block_size, config.cache_size),
-        logging.getLogger("netmount.cache"),
-        lambda: MemoryBlockStore(config.block_size, 256 << 20),
-    )
-    fetcher = RangeFetcher(snap.endpoint, snap.repo_id, snap.sha, config.token,
-                           connections=config.connections, counters=counters,
-                           proxy=config.cache_proxy, repo_type=snap.repo_type).start()
-    coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
-    readahead = ReadaheadSwitch(config.mountpoint, config.readahead_kb)
-    run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
-    maps = TensorMaps()  # every file's tensor layout, parsed once: for prefetch, stats and views
-    reader = BlockReader(store, fetcher, counters=counters, on_served=coverage.record,
-                         max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
-    # prefetch spreads what it wants over the connections it may use, and keeps as many bytes
-    # in flight as those carry at once: more would only queue (and sit in memory)
-    prefetcher = Prefetcher(reader, run_done, connections=fetcher.prefetch_connections,
-                            budget=fetcher.prefetch_connections * settings.MAX_REQUEST_BYTES,
-                            files=snap.files, resolve=fetcher.resolve_ahead,
-                            on_loader=readahead.loader, maps=maps) if config.prefetch else None
-    if prefetcher is not None:
-        readahead.header_only = prefetcher.header_only
-        readahead.on_amid_others = prefetcher.opened_amid_others
-        readahead.data_read = prefetcher.data_read
-    view = None
-    if config.view is not None:
-        import gc
-
-        from netmount.mounting.viewfs import ViewTree
-        from netmount.mounting.viewsetup import check_view
-        from netmount.views.model import view_from_bytes
-
-        gc.disable()  # tens of thousands of pieces, acyclic (see views/plan.py)
-        planned = view_from_bytes(config.view)
-        check_view(planned, snap)
-        view = ViewTree(planned, snap, reader, prefetcher, maps=maps)
-        readahead.header_only = view.header_only  # its files, its index: not the source's
-        gc.freeze()  # and kept for the mount's life: no collection walks them again
-        gc.enable()
-    stats = StatsBuilder(config, snap, counters, store, coverage, head=reader.local_head,
-                         proxy=fetcher.status,
-                         extra=lambda: {**readahead.state(), "max_read_bytes": ops.max_read_bytes}, view=view,
-                         maps=maps)
-    def idle() -> bytes:  # for tests and ``netmount prefetch``: no polling of stats
-        drained = prefetcher.drain(IDLE_WAIT) if prefetcher is not None else reader.drain(IDLE_WAIT)
-        return b"idle\n" if drained else b"busy\n"
-
-    def stats_json() -> bytes:
-        return (json.dumps(stats(), separators=(",", ":")) + "\n").encode()
-
-    def mounted() -> int | None:
-        """At FUSE INIT (the mount is live): set its readahead, say ready; the readahead goes
-        into the INIT reply too (fs.py)."""
-        reply = readahead.start()
-        if on_ready:
-            on_ready()
-        return reply
-
-    from netmount.mounting.drop import make_drop
-
-    drop = make_drop(store, reader, lambda: reader.drain(IDLE_WAIT), stats.forget)  # /.netmount/drop/<path>
-    ops = NetmountFS(snap, reader, {STATS_FILE: stats_json, IDLE_FILE: idle}, mounted, prefetcher,
-                     on_drop=drop, view=view, on_open=readahead.opening,
-                     on_release=readahead.released, on_read=readahead.reading)
-    log.info("mounting %s@%s (%d files%s) on %s", snap.name, snap.sha, len(snap.files),
-             f", a view of {len(view.files) + len(view.passthrough)}" if view else "", config.mountpoint)
-    try:
-        # SIGTERM/SIGHUP: fail the requests in flight, and any later one, first (a read
-        # blocked on a stalled server gets EIO now and frees its FUSE worker), then the
-        # FUSE loop ends; fetcher.close() below stops its loop once nothing reads any more
-        serve(ops, config.mountpoint, allow_other=config.allow_other, on_stop=fetcher.abort,
-              max_read=max_read(config.readahead_kb))
-    finally:
-        log.info("unmounted %s; closing", config.mountpoint)
-        if prefetcher is not None:
-            prefetcher.close()
-        stats.close()
-        reader.close()
-        fetcher.close()
-        store.close()
+    with Daemon(config, on_ready) as daemon:
+        daemon.serve()
 
 
 def _preload() -> None:
     """Import everything ``run`` imports (libfuse3's binding, the cache, the reader) before the
     configuration arrives; aiohttp (~0.3 s of CPU) on a thread of its own meanwhile, which
     the way to a live mount does not wait for: RangeFetcher opens its session on its loop
-    thread, importing aiohttp there (remote/fetch.py), and the kernel mount goes on beside
+    thread, importing aiohttp there (remote/client.py), and the kernel mount goes on beside
     it.  A failure here is ``run``'s (or the fetcher's) to report.
 
     Cyclic GC is off meanwhile (imports make few garbage cycles; its ~70 collections cost
@@ -186,21 +96,15 @@ def _preload() -> None:
 
     gc.disable()
     try:
-        import cache  # noqa: F401
-        import netmount.mounting.drop  # noqa: F401
-        import netmount.mounting.fs  # noqa: F401
-        import netmount.mounting.readahead  # noqa: F401
-        import netmount.mounting.stats  # noqa: F401
+        import netmount.mounting.owner  # noqa: F401  (the cache, fs, reader, prefetch, fetcher)
         import netmount.mounting.viewfs  # noqa: F401
         import netmount.mounting.viewsetup  # noqa: F401
-        import netmount.read.prefetch  # noqa: F401
-        import netmount.remote.fetch  # noqa: F401
     except Exception:  # run() imports them again, and reports
         pass
 
     def http_client() -> None:
         try:
-            from netmount.remote.fetch import import_client
+            from netmount.remote.client import import_client
 
             import_client()
         except Exception:  # the fetcher imports it again, and logs

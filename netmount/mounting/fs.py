@@ -12,9 +12,10 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
-A view mount (``--reshard``/``--only``/``--experts``) shows the view's files instead of
-the repo's (``viewfs.py`` serves them); ``drop/`` keeps naming the repo's files, which is
-what ``netmount verify`` checks and what the cache holds.
+What a path is comes from a namespace (``namespace.py``): the repo's files, or for a view
+mount (``--reshard``/``--only``/``--experts``) the view's (``viewfs.py`` serves them);
+``drop/`` keeps naming the repo's files, which is what ``netmount verify`` checks and what
+the cache holds.
 
 libfuse3, not libfuse2: it negotiates ``max_pages``, so a read request carries up to 1 MiB
 where libfuse2 caps every request at 128 KiB (each request costs the daemon ~0.4 ms).  How
@@ -34,10 +35,23 @@ import threading
 import time
 from typing import Callable
 
+from cache import Segment
 from netmount.core.blocks import PAGE
 from netmount.core.errors import FetchError, FuseUnavailable
-from netmount.mounting.lifecycle import APT_FUSE, libfuse3_path
-from netmount.read.reader import BlockReader
+from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
+from netmount.mounting.namespace import (
+    DIR,
+    Namespace,
+    Node,
+    NotAFolder,
+    NotFound,
+    Unavailable,
+    data_node,
+    plain_namespace,
+    view_namespace,
+)
+from netmount.mounting.replies import FUSE_CAP_SPLICE_MOVE, FUSE_CAP_SPLICE_WRITE, Replies
+from netmount.read.reader import BlockReader, join
 from netmount.remote.hub import RemoteFile, Snapshot
 
 log = logging.getLogger("netmount.fs")
@@ -73,6 +87,10 @@ STATS_FILE = CONTROL_DIR + "/stats.json"
 IDLE_FILE = CONTROL_DIR + "/idle"  # opening it waits until the daemon has nothing in flight
 RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
 DROP_DIR = CONTROL_DIR + "/drop"  # opening drop/<path> drops that file's cached bytes (``netmount verify``)
+# FUSE requests the kernel may have queued in the background (readahead) before it stops
+# reading ahead: its defaults (12, 3/4 of it) cut async readahead short; mountpoint-s3
+# measured +29% sequential throughput at 64 (REFERENCES.md)
+MAX_BACKGROUND, CONGESTION_THRESHOLD = 64, 48
 
 
 class NetmountFS(Operations):
@@ -90,6 +108,8 @@ class NetmountFS(Operations):
         on_open: Callable[[int, str | None], None] | None = None,
         on_release: Callable[[int], None] | None = None,
         on_read: Callable[[int, int, int], None] | None = None,
+        replies: Replies | None = None,
+        namespace: Namespace | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
@@ -100,15 +120,12 @@ class NetmountFS(Operations):
         self.on_open, self.on_release = on_open, on_release
         self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.view = view  # a viewfs.ViewTree, or None: the repo as it is
-        self.sources: dict[str, RemoteFile] = {"/" + f.path: f for f in snapshot.files}  # drop/ names these
-        shown = snapshot.files if view is None else [*view.passthrough, *view.files.values()]
-        self.files: dict = {"/" + f.path: f for f in shown}  # RemoteFile, or a view's ViewFile
-        self.dirs: dict[str, set[str]] = {"/": set()}
-        for f in shown:
-            parts = f.path.split("/")
-            for depth in range(len(parts)):
-                parent = "/" + "/".join(parts[:depth])
-                self.dirs.setdefault(parent.rstrip("/") or "/", set()).add(parts[depth])
+        self.sources = plain_namespace(snapshot)  # drop/ names these
+        # what the mount shows: the repo, a view of it, or the namespace given
+        self.tree = namespace or (plain_namespace(snapshot) if view is None else view_namespace(view))
+        # read and statfs look a file up by path here (a RemoteFile, or a view's ViewFile); a
+        # namespace whose files are not known up front (--hf-cache) has none to give
+        self.files: dict = getattr(self.tree, "files", {})
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mtime_ns = time.time_ns()
         self._handles = itertools.count(1)
@@ -117,6 +134,10 @@ class NetmountFS(Operations):
         self._max_lock = threading.Lock()
         self.max_read_bytes = 0  # the largest read request the kernel sent (stats.json)
         self.max_read: int | None = None  # the cap on read requests, when below libfuse3's 1 MiB
+        self._open: dict[int, tuple[object, bool]] = {}  # handle -> (file, raw) of an open repo/view file
+        self.replies = replies if replies is not None and replies.layout else None
+        if self.replies is None:
+            self.read_buf = None  # mfusepy registers only what is set: libfuse then calls ``read``
 
     # -- lifecycle -------------------------------------------------------------------------
     def init_with_config(self, conn, config):
@@ -130,8 +151,14 @@ class NetmountFS(Operations):
                 conn.max_read = self.max_read  # libfuse3 wants the mount option repeated here
             if readahead:
                 conn.max_readahead = max(conn.max_readahead, readahead)
-            log.info("FUSE init: libfuse %d.%d, requests up to %d bytes, readahead %d bytes",
-                     *LIBFUSE_VERSION, conn.max_write, conn.max_readahead)
+            conn.max_background, conn.congestion_threshold = MAX_BACKGROUND, CONGESTION_THRESHOLD
+            splice = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE
+            if self.replies is not None and conn.capable & splice == splice:
+                conn.want |= splice  # fd replies are spliced into /dev/fuse, not copied
+            log.info("FUSE init: libfuse %d.%d, requests up to %d bytes, readahead %d bytes, "
+                     "replies %s", *LIBFUSE_VERSION, conn.max_write, conn.max_readahead,
+                     f"from fds ({self.replies.layout}{', spliced' if conn.want & splice == splice else ''})"
+                     if self.replies is not None else "copied")
 
     def _split(self, path: str) -> tuple[str, bool]:
         """A path under ``/.netmount/raw`` -> (the repo path, True); others -> (path, False)."""
@@ -155,37 +182,37 @@ class NetmountFS(Operations):
         return None
 
     # -- metadata --------------------------------------------------------------------------
-    def getattr(self, path, fh=None):
+    def _node(self, path: str) -> Node:
+        """What ``path`` is: a control file, under ``drop/`` the repo's tree again (its files
+        as empty control files), else the namespace's answer (through ``raw/`` too)."""
         target = self._drop_target(path)
-        path, _raw = self._split(path)
+        if target is not None:
+            return DIR if _ask(self.sources.lookup, target).kind == "dir" else _CONTROL
+        if path == CONTROL_DIR:
+            return DIR
+        if path in self.controls:
+            return _CONTROL
+        return _ask(self.tree.lookup, self._split(path)[0])
+
+    def getattr(self, path, fh=None):
+        node = self._node(path)
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_nlink": 1,
                 "st_atime": self.mtime_ns, "st_mtime": self.mtime_ns, "st_ctime": self.mtime_ns}
-        if target is not None:  # the repo's tree again, its files as empty control files
-            if target in self.sources:
-                return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
-            if target == "/" or any(p.startswith(target + "/") for p in self.sources):
-                return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
-            raise FuseOSError(errno.ENOENT)
-        f = self.files.get(path)
-        if f is not None:
-            cached = min(self._cached_bytes(f), f.size)
-            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": f.size,
-                    "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
-        if path in self.dirs or path == CONTROL_DIR:
+        if node.kind == "dir":
             return {**base, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
-        if path in self.controls:
-            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": 0}
-        raise FuseOSError(errno.ENOENT)
+        if node.kind == "data":
+            return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": node.size}
+        f = node.file
+        cached = min(self._cached_bytes(f), f.size)
+        return {**base, "st_mode": stat.S_IFREG | 0o444, "st_size": f.size,
+                "st_blocks": (cached + 511) // 512, "st_blksize": 1 << 20}
 
     def readdir(self, path, fh):
         path, _raw = self._split(path)
-        children = self.dirs.get(path)
-        if children is None:
-            if path == CONTROL_DIR:
-                extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
-                return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
-            raise FuseOSError(errno.ENOENT)
-        return [".", "..", *sorted(children)]
+        if path == CONTROL_DIR:
+            extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
+            return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
+        return [".", "..", *_ask(self.tree.children, path)]
 
     def statfs(self, path):
         total = sum(f.size for f in self.files.values())
@@ -196,67 +223,90 @@ class NetmountFS(Operations):
     def access(self, path, amode):
         if amode & os.W_OK:
             raise FuseOSError(errno.EROFS)
-        path, _raw = self._split(path)
-        self.getattr(path)
+        self._node(path)
         return 0
 
     # -- data ------------------------------------------------------------------------------
     def open(self, path, fi):
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise FuseOSError(errno.EROFS)
-        target = self._drop_target(path)
-        if path in self.controls or (target is not None and target in self.sources):
-            fi.fh = next(self._handles)
-            fi.direct_io = 1  # fresh content at every open
-            content = self.controls[path]() if target is None else self.on_drop(self.sources[target])
-            with self._control_lock:
-                self._control[fi.fh] = content
-            return 0
-        path, raw = self._split(path)
-        if path not in self.files:
-            raise FuseOSError(errno.EISDIR if path in self.dirs else errno.ENOENT)
+        node = self._node(path)
+        if node.kind == "dir":
+            raise FuseOSError(errno.EISDIR)
         fi.fh = next(self._handles)  # the prefetch policy keeps sequential state per handle
-        if raw and not isinstance(self.files[path], RemoteFile):
+        if node.kind == "data":
+            self._open_data(path, node, fi)
+            return 0
+        raw = self._split(path)[1]
+        self._open[fi.fh] = (node.file, raw)
+        if raw and not isinstance(node.file, RemoteFile):
             fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
         else:
             fi.keep_cache = 1
         if self.on_open is not None:
-            self.on_open(fi.fh, None if raw else self.files[path].path)
+            self.on_open(fi.fh, None if raw else node.file.path)
         return 0
 
+    def _open_data(self, path: str, node: Node, fi) -> None:
+        """A file read whole from memory: a control file, its content made now (``drop/<p>``
+        drops ``p``'s cached bytes), or a namespace's synthesized file."""
+        if node is _CONTROL:
+            target = self._drop_target(path)
+            content = self.controls[path]() if target is None else self.on_drop(self.sources.lookup(target).file)
+        else:
+            content = node.data
+        if node.fresh:
+            fi.direct_io = 1  # fresh content at every open
+        else:
+            fi.keep_cache = 1
+        with self._control_lock:
+            self._control[fi.fh] = content
+
     def read(self, path, size, offset, fi):
+        """The bytes (libfuse copies them): when fd replies are not usable (``replies.py``)."""
+        return join(self._reply(size, offset, fi))
+
+    def read_buf(self, path, bufpp, size, offset, fi):
+        """The reply as (fd, offset) buffers of stored files where the store holds the bytes:
+        libfuse copies or splices them in C (``replies.py``)."""
+        self.replies.fill(bufpp, self._reply(size, offset, fi))
+        return 0
+
+    def _reply(self, size: int, offset: int, fi) -> list[Segment]:
         if size > self.max_read_bytes:
             with self._max_lock:
                 self.max_read_bytes = max(self.max_read_bytes, size)
-        path, raw = self._split(path)
-        f = self.files.get(path)
-        if f is None:
+        opened = self._open.get(fi.fh)
+        if opened is None:
             with self._control_lock:
                 content = self._control.get(fi.fh)
             if content is None:
                 raise FuseOSError(errno.EBADF)
-            return content[offset : offset + size]
+            piece = content[offset : offset + size]
+            return [Segment(-1, 0, len(piece), piece)]
+        f, raw = opened
         # the daemon's prefetch sees the program's reads, not the raw mirror's (``netmount prefetch``)
         policy = None if raw else self.prefetcher
         try:
             if not isinstance(f, RemoteFile):  # a view's file: cut into pieces (viewfs.py)
-                data = self.view.read(f, offset, size, fi.fh, prefetch=not raw)
+                segs = self.view.reply(f, offset, size, fi.fh, prefetch=not raw)
             else:
                 exact = policy.plan(fi.fh, f, offset, size) if policy is not None else None
-                data = self.reader.read(f, offset, size, exact=exact)
+                segs = self.reader.reply(f, offset, size, exact=exact)
                 if policy is not None:
-                    policy.follow(fi.fh, f, offset, len(data))
+                    policy.follow(fi.fh, f, offset, sum(s.length for s in segs))
             if self.on_read is not None and not raw:
-                self.on_read(fi.fh, offset, len(data))
-            return data
+                self.on_read(fi.fh, offset, sum(s.length for s in segs))
+            return segs
         except FetchError as exc:
-            log.error("read %s [%d, +%d) failed: %s", path, offset, size, exc)
+            log.error("read %s [%d, +%d) failed: %s", f.path, offset, size, exc)
             raise FuseOSError(errno.EIO)
         except Exception:
-            log.exception("read %s [%d, +%d) failed unexpectedly", path, offset, size)
+            log.exception("read %s [%d, +%d) failed unexpectedly", f.path, offset, size)
             raise FuseOSError(errno.EIO)
 
     def release(self, path, fi):
+        self._open.pop(fi.fh, None)
         with self._control_lock:
             self._control.pop(fi.fh, None)
         if self.prefetcher is not None:
@@ -275,6 +325,18 @@ class NetmountFS(Operations):
             return self.reader.store.cached_bytes(f.content_id)
         except Exception:
             return 0
+
+
+_CONTROL = data_node(b"", fresh=True)  # a control file: its content is made at open
+_ERRNO = {NotFound: errno.ENOENT, NotAFolder: errno.ENOTDIR, Unavailable: errno.EIO}
+
+
+def _ask(question, path: str):
+    """A namespace's answer to ``question(path)``, its exceptions as the FUSE errors they mean."""
+    try:
+        return question(path)
+    except (NotFound, NotAFolder, Unavailable) as exc:
+        raise FuseOSError(_ERRNO[type(exc)]) from None
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
@@ -329,6 +391,7 @@ class _FUSE(FUSE):
 
 
 STOP_GRACE = 3.0  # seconds a stopping daemon still answers programs that hold files open
+STOP_WAKE = 60.0  # seconds the FUSE loop's thread is signalled after that, to leave libfuse
 
 
 class _Stopper:
@@ -405,11 +468,12 @@ class _Stopper:
         log.info("files are still open after %g s: ending the FUSE loop", STOP_GRACE)
         _libfuse.fuse_exit(self.fuse)
         # the loop's thread waits in sem_wait(), which only a signal (or a worker that
-        # finishes a request) wakes: send it one until it has left libfuse
-        while True:
+        # finishes a request) wakes: send it one until it has left libfuse (bounded)
+        for _try in range(int(STOP_WAKE / 0.2)):
             with self._lock:
                 if self._ended.is_set():
                     return
                 signal.pthread_kill(self._loop_thread, sig)
             if self._ended.wait(0.2):
                 return
+        log.error("the FUSE loop did not end %g s after it was told to", STOP_WAKE)

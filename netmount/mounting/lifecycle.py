@@ -24,9 +24,11 @@ from netmount.core import errors, procs, settings
 from netmount.core.units import parse_size
 from netmount.mounting import mounts
 from netmount.mounting.daemon import DaemonConfig
+from netmount.mounting.libfuse import APT_FUSE, libfuse3_path
 from netmount.remote import hub
 
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount (and to exit)
 
 
 class Mount:
@@ -56,9 +58,9 @@ class Mount:
         mounts.unmount_retrying(self.path)
         if self.process is not None:
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                _kill(self.process)
         if self._owns_dir:
             shutil.rmtree(self.path, ignore_errors=True)
             self._owns_dir = False
@@ -86,21 +88,6 @@ def check_cache_size(value: int | str) -> int:
 
 FUSE_DEVICE = "/dev/fuse"
 _CONTAINER_HINT = "in a container run with --device /dev/fuse --cap-add SYS_ADMIN"
-APT_FUSE = "apt-get install fuse3 libfuse3-3"
-LIBFUSE = "fuse3"  # the library name ctypes looks up: libfuse3.so.3
-
-
-def libfuse3_path() -> str:
-    """Where libfuse3 is (``$FUSE_LIBRARY_PATH`` if set); ``FuseUnavailable`` if it is not installed.
-
-    The FUSE face binds libfuse3, not libfuse2: only libfuse3 negotiates requests over 128 KiB.
-    """
-    import ctypes.util
-
-    path = os.environ.get("FUSE_LIBRARY_PATH") or ctypes.util.find_library(LIBFUSE)
-    if not path:
-        raise errors.FuseUnavailable(f"libfuse3 not found: {APT_FUSE}")
-    return path
 
 
 def check_fuse() -> None:
@@ -187,21 +174,16 @@ def mount(
     headers are read and the view planned here, before the daemon gets its configuration.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
-    # The daemon starts first: its imports (aiohttp, libfuse3's binding, the cache: ~0.7 s of
-    # CPU) then run on the other core while this process checks its input and asks the Hub;
-    # it waits for its configuration on stdin and is killed if anything below fails.
+    args = dict(locals())  # the parameters, as given, for ``_mount``
+    # The daemon starts first: its imports (~0.7 s of CPU) run on the other core while this process
+    # checks its input and asks the Hub; it waits for its configuration, killed if anything fails.
     proc = None if foreground else start_daemon()
     try:
         from netmount.views.model import no_gc
 
-        # cyclic GC off until the mount is live: huggingface_hub's imports make ~80 collections
-        # (~0.09 s) and few garbage cycles; with ``foreground`` this thread serves the mount
+        # cyclic GC off until the mount is live (huggingface_hub's imports: ~80 collections, ~0.09 s)
         with contextlib.nullcontext() if foreground else no_gc():
-            return _mount(proc, repo, mountpoint, revision=revision, endpoint=endpoint, token=token,
-                          cache_dir=cache_dir, cache_size=cache_size, block_size=block_size,
-                          connections=connections, readahead=readahead, allow_other=allow_other,
-                          foreground=foreground, debug=debug, cache_proxy=cache_proxy, reshard=reshard,
-                          only=only, experts=experts, repo_type=repo_type)
+            return _mount(proc, **args)
     except BaseException:
         if proc is not None:
             _stop(proc)
@@ -288,10 +270,18 @@ def start_daemon() -> subprocess.Popen:
                               start_new_session=True)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL, and reap it (bounded: a process in uninterruptible sleep may take a while)."""
+    proc.kill()
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Kill a daemon that will not mount, and close our ends of its pipes."""
-    proc.kill()
-    proc.wait()
+    _kill(proc)
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None and not pipe.closed:
             try:
@@ -351,9 +341,6 @@ def _last_fuse_line(log_file: str) -> str:
 
 def _slug(path: str) -> str:
     return path.strip("/").replace("/", "_") or "root"
-
-
-STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and unmount
 
 
 def unmount(mountpoint: str | os.PathLike, *, stop_daemon: bool = False) -> None:

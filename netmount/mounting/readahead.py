@@ -12,7 +12,7 @@ The decision (``ReadaheadSwitch.opening``): a file opens with ``large_kb`` (1 Mi
 largest request, 8x fewer requests than 128 KiB) when its folder is being loaded, else with
 ``small_kb`` (32 KiB: a page fault in a 2 KiB tensor must not cost 1 MiB, nor the kernel's
 128 KiB either side of it; measured 16/32/64/128 KiB on the partial patterns, BENCHMARKS.md).  A folder is
-being loaded once the prefetch policy saw a loader there (``loader(folder)``, the
+being loaded once the prefetch policy saw a loader there (``LoaderNews``, told by the
 prefetcher's ``on_loader``: the shards a loader opens after that open large), once a program
 read ``stream_bytes`` (8 MiB) of one of its files front to back (``reading``: a stream, or a
 loader that goes shard by shard, which the policy may take for a stream), or — when
@@ -126,23 +126,49 @@ def max_read(fixed_kb: int | None) -> int | None:
     return None if kb >= LARGE_KB else kb << 10
 
 
+class LoaderNews:
+    """The prefetch policy's news "a loader reads folder F", kept for the readahead switch.
+
+    Built before both: the switch asks the prefetcher (``header_only``, ``data_read``) and
+    tells it (``on_amid_others``), so the prefetcher is built first, and its listener
+    ``on_loader`` is this object's ``loader``, not the switch's.  Its lock is a leaf: the
+    switch reads it before taking its own."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # folder -> when a loader was last seen there
+
+    def loader(self, folder: str) -> None:
+        with self._lock:
+            self._seen[folder] = self.clock()
+
+    def seen(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seen)
+
+
 class ReadaheadSwitch:
     """Per-open readahead for one mount (see the module docstring).  ``fixed_kb``: None
-    switches between ``small_kb`` and ``large_kb``; 0 leaves the kernel's; else that value."""
+    switches between ``small_kb`` and ``large_kb``; 0 leaves the kernel's; else that value.
 
-    def __init__(self, mountpoint: str, fixed_kb: int | None = None, *, small_kb: int = SMALL_KB,
+    What it asks and tells, given at construction: ``news`` (loaders seen by the policy),
+    ``header_only(path)`` (a loader opens this shard for its header only: it may read the
+    index and config.json, so it is called with no lock held), ``data_read(path)`` (a program
+    read tensor data of this shard) and ``on_amid_others(path)`` (a shard opened amid
+    others: the prefetcher reads the next headers ahead).  Its own lock guards only its own
+    state and the sysfs write; nothing else is called under it."""
+
+    def __init__(self, mountpoint: str, fixed_kb: int | None = None, *, news: LoaderNews | None = None,
+                 header_only: Callable[[str], bool] | None = None, data_read: Callable[[str], bool] | None = None,
+                 on_amid_others: Callable[[str], None] | None = None, small_kb: int = SMALL_KB,
                  large_kb: int = LARGE_KB, idle: float = IDLE, shards_open: int = SHARDS_OPEN,
                  stream_bytes: int = STREAM_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
         self.mountpoint, self.fixed_kb = mountpoint, fixed_kb
         self.small_kb, self.large_kb, self.idle, self.clock = small_kb, large_kb, idle, clock
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
-        # shard path -> a loader opens it for its header only (set by the daemon: the prefetcher's)
-        self.header_only: Callable[[str], bool] | None = None
-        # shard path -> a program read its tensor data (the prefetcher's): such a shard open
-        # is a person's, not one of a loader's opens before it reads (``_shards_open``)
-        self.data_read: Callable[[str], bool] | None = None
-        # told (outside the lock) of a shard opened while ``AMID`` others of its folder are open
-        self.on_amid_others: Callable[[str], None] | None = None
+        self.news = news if news is not None else LoaderNews(clock)
+        self.header_only, self.data_read, self.on_amid_others = header_only, data_read, on_amid_others
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
@@ -183,37 +209,75 @@ class ReadaheadSwitch:
         log.info("readahead of %s: %d KiB", self.mountpoint, kb)
         return kb << 10
 
-    def loader(self, folder: str) -> None:
-        """The prefetch policy saw a loader in ``folder``: its files open large from now on."""
-        with self._lock:
-            self._loading[folder] = self.clock()
-
     def opening(self, handle: int, path: str | None) -> None:
         """A FUSE OPEN of repo file ``path`` (no leading slash; None: read without prefetch,
-        the raw mirror), before its reply: set the readahead this open will copy."""
-        amid = False
+        the raw mirror), before its reply: set the readahead this open will copy.
+
+        Decided in steps, with what others know asked between them and no lock held
+        (``header_only`` may read over the network): a concurrent open may decide on state a
+        moment old, which costs requests or bytes, never correctness (the bdi holds one value
+        anyway)."""
+        told = self.news.seen()
+        together = self._shards_open(path) if path is not None else 0
         with self._lock:
-            switch = self.switching and self._path is not None
-            now = self.clock()
-            large = switch and path is not None and self._wants_large(path, now)
+            large = self._wants_large(path, self.clock(), told, together)
+        if large and self.header_only is not None and self.header_only(path):
+            large = False  # a shard a loader opens for its header only (the MTP layer's)
+        self._set(handle, path, large)
+        if path is not None and path.endswith(".safetensors") and together >= AMID:
+            self._tell_amid(path)
+
+    def _shards_open(self, path: str) -> int:
+        """How many other shards of ``path``'s folder are open of which no tensor data was read:
+        a loader opens every shard before it reads any; a person who read a tensor still has its
+        shard mapped (or its release not yet sent: FUSE releases arrive late) when opening the
+        next.  ``data_read`` is asked outside the lock (it takes the prefetcher's)."""
+        if not path.endswith(".safetensors"):
+            return 0
+        folder = path.rpartition("/")[0]
+        with self._lock:
+            others = {p for fo, p, _ in self._open.values()
+                      if fo == folder and p != path and p.endswith(".safetensors")}
+        if self.data_read is not None:
+            others = {p for p in others if not self.data_read(p)}
+        return len(others)
+
+    def _wants_large(self, path: str | None, now: float, told: dict[str, float], together: int) -> bool:
+        """A file of a folder being loaded; or a shard opened while ``shards_open`` other
+        shards of its folder are open (transformers opens every shard before it reads any)."""
+        if not self.switching or self._path is None or path is None:
+            return False
+        folder = path.rpartition("/")[0]
+        if folder in told:
+            self._loading[folder] = max(self._loading.get(folder, told[folder]), told[folder])
+        if self._active(folder, now):
+            return True
+        return 0 < self.shards_open <= together and path.endswith(".safetensors")
+
+    def _set(self, handle: int, path: str | None, large: bool) -> None:
+        """Record the open, and write the value it wants (under the lock: two opens never
+        interleave their writes; sysfs, not the network)."""
+        with self._lock:
             if path is not None:
                 folder = path.rpartition("/")[0]
-                amid = path.endswith(".safetensors") and len(self._shards_open(folder, path)) >= AMID
                 self._open[handle] = (folder, path, large)
                 if large:
-                    self._loading[folder] = now
+                    self._loading[folder] = self.clock()
                     self.large_opens += 1
             want = self.large_kb if large else self.small_kb
-            if switch and want != self.kb:  # under the lock: two opens never interleave their writes
-                kb, why = write_kb(self._path, want)
-                if kb is None:
-                    log.warning("readahead of %s: %s; switching stops", self.mountpoint, why)
-                    self._path, self.note = None, why
-                else:
-                    self.kb = kb
-                    self.switches += 1
-                    log.debug("readahead of %s: %d KiB (open of %s)", self.mountpoint, kb, path)
-        if amid and self.on_amid_others is not None:
+            if not (self.switching and self._path is not None) or want == self.kb:
+                return
+            kb, why = write_kb(self._path, want)
+            if kb is None:
+                log.warning("readahead of %s: %s; switching stops", self.mountpoint, why)
+                self._path, self.note = None, why
+            else:
+                self.kb = kb
+                self.switches += 1
+                log.debug("readahead of %s: %d KiB (open of %s)", self.mountpoint, kb, path)
+
+    def _tell_amid(self, path: str) -> None:
+        if self.on_amid_others is not None:
             try:
                 self.on_amid_others(path)
             except Exception:
@@ -241,27 +305,6 @@ class ReadaheadSwitch:
             if large:
                 self._loading[folder] = self.clock()
 
-    def _wants_large(self, path: str, now: float) -> bool:
-        """A file of a folder being loaded; or a shard opened while ``shards_open`` other
-        shards of its folder are open (transformers opens every shard before it reads any);
-        never a shard a loader opens for its header only."""
-        folder = path.rpartition("/")[0]
-        if self._active(folder, now):
-            large = True
-        elif self.shards_open <= 0 or not path.endswith(".safetensors"):
-            return False
-        else:
-            large = len(self._shards_open(folder, path)) >= self.shards_open
-        # header_only reads the index and config.json once per folder (a loader has read both)
-        return large and not (self.header_only is not None and self.header_only(path))
-
-    def _shards_open(self, folder: str, path: str) -> set[str]:
-        """The other shards of ``folder`` open now of which no tensor data was read: a loader
-        opens every shard before it reads any; a person who read a tensor still has its shard
-        mapped (or its release not yet sent: FUSE releases arrive late) when opening the next."""
-        return {p for fo, p, _ in self._open.values() if fo == folder and p != path and p.endswith(".safetensors")
-                and not (self.data_read is not None and self.data_read(p))}
-
     def _active(self, folder: str, now: float) -> bool:
         """Loading: seen by the policy or by opens, within ``idle`` or with a large file open."""
         last = self._loading.get(folder)
@@ -271,8 +314,11 @@ class ReadaheadSwitch:
 
     def state(self) -> dict:
         """For stats.json."""
+        told = self.news.seen()
         with self._lock:
             now = self.clock()
+            for folder, when in told.items():
+                self._loading[folder] = max(self._loading.get(folder, when), when)
             loading = sorted(f for f in self._loading if self._active(f, now))
             return {"read_ahead_kb": self.kb, "read_ahead_note": self.note,
                     "read_ahead_mode": ("switching" if self.switching and self._path is not None

@@ -2,16 +2,16 @@
 
 The daemon side (``StatsBuilder``) runs every time the control file is opened, so it must
 stay cheap and must never cause network traffic: tensors are listed only for safetensors
-files whose header was parsed already (the prefetcher's, on a program's read) or is local
-(its blocks stored, or the reader's head); the header of any other file is not known yet.
-The client side (``read_stats``) is what ``netmount stats`` and ``netmount prefetch`` call;
+files whose header was parsed already (the prefetcher's, on a program's read) or whose
+header bytes the store holds; the header of any other file is not known yet.  The client
+side (``read_stats``) is what ``netmount stats`` and ``netmount prefetch`` call;
 ``wait_idle`` waits (no polling) until the daemon has nothing in flight, so the numbers read
 next are settled.
 
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
-download_rate download_rate_avg amplification files[{path size cached_bytes fetched_bytes
-served_bytes read_bytes cached_runs}] tensors[{name file nbytes touched_bytes}]``.
+download_rate download_rate_avg serve_rate amplification files[{path size cached_bytes fetched_bytes
+served_bytes read_bytes cached_runs cached_ranges}] tensors[{name file nbytes touched_bytes}]``.
 ``proxy`` is None without ``--cache-proxy``, else ``{url state retry_in last_error requests bytes hits
 misses bypass fallbacks skipped}``: ``state`` is the breaker's (closed = in use, open =
 backing off for ``retry_in`` more seconds, probing), hits/misses/bypass count the proxy's ``X-Cache-Status``, fallbacks
@@ -20,12 +20,17 @@ it was backed off.
 On a view mount also ``view_files`` (what the mount shows: ``path size cached_bytes
 served_bytes read_bytes cached_runs sources``, runs in blocks of the view file) and
 ``view_bytes``; ``files`` stay the repo's files and ``tensors`` are the view's.
+``download_rate`` and ``serve_rate`` are bytes per second fetched and served to programs over the
+last 5 s (what the daemon moves now: the link's pace, and the mount's as programs see it).
 ``amplification`` is bytes fetched / distinct bytes programs read (None before any read);
 ``cached_runs`` are ``[first, last]`` block index runs (inclusive) of the cached blocks.
-For ``netmount verify``: ``cache_dir`` (the block store's directory, None on the memory
-fallback), ``cache_size``, ``verified_files``, and per file ``content_id`` (the listing's
-LFS sha256, else its git blob sha1), ``lfs`` and ``verified`` (all blocks cached and
-hashed right since any of them last changed: ``cache/disk.py``).
+``cached_bytes`` count every byte the store holds, pieces of blocks included (what ``du``
+shows); ``cached_runs`` only whole blocks; ``cached_ranges`` are the held ``[start, end)``
+byte ranges, pieces included (they add up to ``cached_bytes``).
+For ``netmount verify``: ``cache_dir`` (the cache directory whose ``store-vN`` holds the
+blocks, None on the memory fallback), ``cache_size``, ``verified_files``, and per file
+``content_id`` (the listing's LFS sha256, else its git blob sha1), ``lfs`` and ``verified``
+(every byte stored and hashed right since any of it last changed: ``cache/index.py``).
 From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daemon set last,
 or None) with ``read_ahead_note`` (why not, or None), ``read_ahead_mode`` (switching, fixed,
 kernel), ``read_ahead_switches``, ``read_ahead_large_opens``, ``read_ahead_loading`` (folders
@@ -43,15 +48,17 @@ import threading
 import time
 
 from netmount.core import errors
-from netmount.core.blocks import block_range, block_span, coalesce, slice_blocks
+from netmount.core.blocks import coalesce
+from netmount.core.ranges import Ranges
 from netmount.mounting import mounts
 from netmount.read.metadata import NotLocal, TensorMaps
 
 log = logging.getLogger("netmount.stats")
 
 STATS_FILE = os.path.join(".netmount", "stats.json")
-TIER_COUNTERS = ("memory_hits", "store_hits", "store_misses", "head_hits", "extent_hits",
-                 "lift_waits")  # lift_waits: reads that waited on a disk thread already reading their block
+# how reads were answered: from the store alone, waiting on bytes already being fetched
+# (joined), or fetching (read/reader.py)
+TIER_COUNTERS = ("cache_hits", "joined_reads", "cache_misses")
 IDLE_FILE = os.path.join(".netmount", "idle")  # its open returns once nothing is in flight
 
 
@@ -91,13 +98,12 @@ class RateMeter:
 class HeaderCache:
     """Tensor names of safetensors files for stats.json, from the daemon's one cache of
     layouts (``read/metadata.py``, shared with the prefetcher and views); never fetches: a
-    header nobody parsed yet is parsed from local bytes (the block store, the reader's head
-    in memory), and looked for again next time when they are not local."""
+    header nobody parsed yet is parsed from the bytes the store holds, and looked for again
+    next time when they are not held."""
 
-    def __init__(self, store, head=None, maps: TensorMaps | None = None) -> None:
+    def __init__(self, store, maps: TensorMaps | None = None) -> None:
         self.store = store
         self.block_size = store.block_size
-        self.head = head  # f -> the reader's in-memory head of f (a header read), or None
         self.maps = maps if maps is not None else TensorMaps()
 
     def tensors(self, f) -> list[tuple[str, int, int]] | None:
@@ -111,19 +117,15 @@ class HeaderCache:
         self.maps.forget(f.content_id)
 
     def _local(self, f, start: int, end: int) -> bytes:
-        blocks: dict[int, bytes] = {}
-        for i in block_range(start, end - start, f.size, self.block_size):
-            data = self.store.get(f.content_id, i)
-            lo, hi = block_span(i, self.block_size, f.size)
-            if data is None or len(data) != hi - lo:
-                head = self.head(f) if self.head is not None else None
-                if head is not None and start < len(head) and not blocks:
-                    # a header read kept only the head: maybe short, and read_header then
-                    # asks for the rest of a longer header (and gets NotLocal past it)
-                    return head[start:end]
-                raise NotLocal
-            blocks[i] = data
-        return slice_blocks(blocks, start, end - start, f.size, self.block_size)
+        """The held bytes from ``start`` on, up to ``end`` (read_header takes a short first
+        read: a header fetched on its own is held without the rest of its block)."""
+        held = Ranges(self.store.held(f.content_id)).intersect(start, end)
+        data = None
+        if held and held[0][0] == start:
+            data = self.store.read(f.content_id, start, held[0][1] - start, f.size)
+        if data is None:
+            raise NotLocal
+        return data
 
 
 class StatsBuilder:
@@ -136,14 +138,16 @@ class StatsBuilder:
         self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
-        self.headers = HeaderCache(store, head, maps)
+        self.headers = HeaderCache(store, maps)
         self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
+        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
         self._lock = threading.Lock()  # one build at a time
 
     def __call__(self) -> dict:
         with self._lock:
             out = build_stats(self.config, self.snap, self.counters, self.store,
                               coverage=self.coverage, headers=self.headers, rate=self.rate,
+                              served=self.served,
                               proxy=self.proxy() if self.proxy is not None else None)
             if self.extra is not None:
                 out.update(self.extra())
@@ -158,10 +162,11 @@ class StatsBuilder:
 
     def close(self) -> None:
         self.rate.close()
+        self.served.close()
 
 
 def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,
-                proxy=None) -> dict:
+                served=None, proxy=None) -> dict:
     values = counters.snapshot()
     per_file = counters.per_file()
     files, tensors = [], []
@@ -170,8 +175,9 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         try:
             cached = min(store.cached_bytes(f.content_id), f.size)
             runs = coalesce(store.cached_indices(f.content_id)) if cached else []
+            ranges = store.cached_ranges(f.content_id) if cached else []
         except Exception:
-            cached, runs = 0, []
+            cached, runs, ranges = 0, [], []
         verified = cached == f.size and _is_verified(store, f.content_id)
         verified_total += verified
         read = coverage.covered_bytes(f.path) if coverage is not None else 0
@@ -185,6 +191,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
             "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
             "read_bytes": read,
             "cached_runs": [list(r) for r in runs],
+            "cached_ranges": [list(r) for r in ranges],
             "content_id": f.content_id,
             "lfs": f.lfs,
             "verified": verified,
@@ -215,7 +222,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "cache_hits": values.get("cache_hits", 0),
         "cache_misses": values.get("cache_misses", 0),
         "prefetch_blocks": values.get("prefetch_blocks", 0),
-        # where served reads were found, tier by tier (read/tiers.py, head.py, extents.py)
+        # how served reads were answered (read/reader.py)
         "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
         "cached_bytes": cached_total,
         "verified_files": verified_total,
@@ -224,6 +231,7 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
+        "serve_rate": round(served.rate()) if served is not None else 0,
         "amplification": round(fetched / read_total, 4) if read_total else None,
         "proxy": proxy,
         "files": files,
@@ -251,11 +259,11 @@ def _is_verified(store, content_id: str) -> bool:
 
 
 def _disk_dir(store) -> str | None:
-    """The block store's directory, or None when the daemon runs on its memory fallback
-    (``netmount verify`` reads the blocks from there)."""
+    """The cache directory holding the disk store (``<cache_dir>/store-vN``), or None when
+    the daemon runs on its memory fallback (``netmount verify`` opens the store there)."""
     inner = getattr(store, "inner", store)
     directory = getattr(inner, "directory", None)
-    return os.fspath(directory) if directory is not None else None
+    return os.path.dirname(os.path.abspath(directory)) if directory is not None else None
 
 
 # -- client side ----------------------------------------------------------------------------

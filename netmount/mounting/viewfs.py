@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import threading
 
-from netmount.core.blocks import block_range, coalesce
+from cache import Segment
+from netmount.core.blocks import coalesce
+from netmount.core.ranges import Ranges
 from netmount.read.coverage import Coverage
 from netmount.read.metadata import Folders, TensorMaps
-from netmount.read.reader import ExactRead
+from netmount.read.reader import ExactRead, cut, join
 from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.views.model import View, ViewFile
 
@@ -66,47 +68,54 @@ class ViewTree:
         return self.reader.read(f, 0, f.size, account=False) if f is not None and f.size <= 64 << 20 else None
 
     def read(self, vf: ViewFile, offset: int, size: int, handle: int | None, prefetch: bool = True) -> bytes:
+        return join(self.reply(vf, offset, size, handle, prefetch))
+
+    def reply(self, vf: ViewFile, offset: int, size: int, handle: int | None,
+              prefetch: bool = True) -> list[Segment]:
+        """The segments of [offset, offset + size) of ``vf``: synthesized bytes from memory,
+        source bytes as the reader answers them (stored files' fds, or fetched bytes)."""
         policy = self.prefetcher if prefetch and handle is not None else None
         pieces = vf.cut(offset, size)
         header_read = policy is not None and bool(pieces) and pieces[0][0].data is not None
-        out = []
+        out: list[Segment] = []
         for piece, lo, n in pieces:
             if piece.data is not None:
-                out.append(piece.data[lo:lo + n])
+                out.append(Segment(-1, lo, n, piece.data))
                 continue
             f = self.sources[piece.source]
             at = piece.offset + lo
             if header_read:  # the read-around of a header: exactly these bytes, no prefetch
-                out.append(self.reader.read(f, at, n, exact=EXACT))
+                out.extend(self.reader.reply(f, at, n, exact=EXACT))
                 continue
             if policy is None:
-                out.append(self._whole_blocks(f, at, n))
+                out.extend(self._whole_blocks(f, at, n))
                 continue
             key = (handle, f.path)
             with self._lock:
                 self._handles.setdefault(handle, set()).add(key)
             exact = policy.plan(key, f, at, n)
-            data = self.reader.read(f, at, n, exact=exact)
-            policy.follow(key, f, at, len(data))
-            out.append(data)
-        data = b"".join(out)
-        if data:
-            self.coverage.record(vf, offset, len(data))
+            segs = self.reader.reply(f, at, n, exact=exact)
+            policy.follow(key, f, at, sum(s.length for s in segs))
+            out.extend(segs)
+        got = sum(s.length for s in out)
+        if got:
+            self.coverage.record(vf, offset, got)
             with self._lock:
-                self._served[vf.path] = self._served.get(vf.path, 0) + len(data)
-        return data
+                self._served[vf.path] = self._served.get(vf.path, 0) + got
+        return out
 
-    def _whole_blocks(self, f: RemoteFile, at: int, n: int) -> bytes:
-        """``[at, at + n)`` of ``f``, read as the whole blocks that hold it: a raw read (``netmount
-        prefetch``) is asked to cache, and a short read near a file's start would otherwise be
-        a header read that the reader's head tier serves from memory, never storing it."""
+    def _whole_blocks(self, f: RemoteFile, at: int, n: int) -> list[Segment]:
+        """``[at, at + n)`` of ``f``, fetched as the whole blocks that hold it: a raw read
+        (``netmount prefetch``) is asked to cache whole blocks, and a short read near a file's
+        start would otherwise fetch only the head of its first block."""
         bs = self.reader.block_size
         lo, hi = at // bs * bs, min(-(-(at + n) // bs) * bs, f.size)
-        data = self.reader.read(f, lo, hi - lo, account=False)[at - lo:at - lo + n]
-        self.reader.counters.add("bytes_served", len(data), path=f.path)
+        segs = cut(self.reader.reply(f, lo, hi - lo, account=False), at - lo, n)
+        got = sum(s.length for s in segs)
+        self.reader.counters.add("bytes_served", got, path=f.path)
         if self.reader.on_served is not None:
-            self.reader.on_served(f, at, len(data))
-        return data
+            self.reader.on_served(f, at, got)
+        return segs
 
     def release(self, handle: int) -> None:
         with self._lock:
@@ -117,7 +126,7 @@ class ViewTree:
 
     # -- what is local ---------------------------------------------------------------------------
     def cached_bytes(self, vf: ViewFile, known: dict | None = None) -> int:
-        """Bytes of ``vf`` whose source blocks are stored (synthesized bytes always are)."""
+        """Bytes of ``vf`` whose source bytes are stored (synthesized bytes always are)."""
         return sum(hi - lo for lo, hi in self._local_spans(vf, known))
 
     def cached_runs(self, vf: ViewFile, block_size: int, known: dict | None = None) -> list[list[int]]:
@@ -134,7 +143,6 @@ class ViewTree:
 
     def _local_spans(self, vf: ViewFile, known: dict | None) -> list[tuple[int, int]]:
         """Maximal ``[lo, hi)`` spans of ``vf`` that are local, in order."""
-        bs = self.reader.block_size
         spans: list[tuple[int, int]] = []
 
         def add(lo: int, hi: int) -> None:
@@ -150,16 +158,11 @@ class ViewTree:
             f = self.sources[p.source]
             have = known.get(f.path) if known is not None else None
             if have is None:
-                have = self.reader.stored.known(f)
+                have = Ranges(self.reader.store.held(f.content_id))
                 if known is not None:
                     known[f.path] = have
-            if not have:
-                continue
-            for i in block_range(p.offset, p.length, f.size, bs):
-                if i in have:
-                    lo = max(i * bs, p.offset)
-                    hi = min((i + 1) * bs, p.offset + p.length, f.size)
-                    add(start + lo - p.offset, start + hi - p.offset)
+            for lo, hi in have.intersect(p.offset, p.offset + p.length):
+                add(start + lo - p.offset, start + hi - p.offset)
         return spans
 
     # -- for stats.json --------------------------------------------------------------------------

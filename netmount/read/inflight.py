@@ -1,129 +1,195 @@
-"""The blocks being downloaded: one future each (single-flight), their bytes counted (the
+"""Byte ranges being fetched: one ``Piece`` each (single-flight), their bytes counted (the
 budget), and a way to wait until there are none (``drain``).
 
-A block is *in flight* from the moment a reader or prefetch claims it until it is stored
-(or has failed) — not merely until its bytes arrive: a block whose waiters have been woken
-but that is not yet on disk must neither be fetched again nor be missed by a prefetch that
-looks in the store meanwhile.  Blocks that came inside an extent and wait to be written
-count as *writing* (no bytes of budget, but ``drain`` waits for them too).
+A piece is *in flight* from the moment a reader or prefetch claims it until its bytes are
+in the store (or it failed) — not merely until they arrive: a range whose waiters have been
+woken but that is not yet on disk must neither be fetched again nor be missed by a reader
+that looks in the store meanwhile.  A piece's bytes stay on the piece (``data``) from the
+moment they land, so a reader that waited on it answers from them whatever the store does.
+
+Claims are atomic: the gaps of a wanted range are computed and registered under one lock,
+against both the pieces in flight and what the store holds (``held``, read under that lock:
+the store marks bytes held *before* their piece leaves here, so a range is always either in
+flight or held once fetched — never neither, which would fetch it twice).
+
+Budget: bytes claimed and not yet landed are ``net`` (on the network); landed and not yet
+stored are ``landed`` (in memory).  Prefetch claims only while ``net`` — plus ``landed``
+beyond one budget, so a slow disk cannot let memory grow without bound — stays within its
+budget; demand reads always claim.
 """
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
-from netmount.core.blocks import block_span
-from netmount.read.tiers import BlockMemory
-from netmount.remote.hub import RemoteFile
+from netmount.core.ranges import Interval, Ranges
 
-Futures = dict[int, concurrent.futures.Future]
+
+class Piece:
+    """``[start, end)`` of one content, fetched by one request; ``future`` gives its bytes."""
+
+    __slots__ = ("cid", "start", "end", "future", "data", "prefetch")
+
+    def __init__(self, cid: str, start: int, end: int, prefetch: bool) -> None:
+        self.cid, self.start, self.end, self.prefetch = cid, start, end, prefetch
+        self.future: concurrent.futures.Future = concurrent.futures.Future()
+        self.data: bytes | None = None
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __repr__(self) -> str:
+        return f"Piece({self.cid[:8]}, {self.start}, {self.end})"
+
+
+class Request:
+    """One ranged request: ``[start, end)`` of one content, delivered as ``pieces``."""
+
+    __slots__ = ("start", "end", "pieces")
+
+    def __init__(self, start: int, end: int, pieces: list[Piece]) -> None:
+        self.start, self.end, self.pieces = start, end, pieces
+
+
+Planner = Callable[[str, list[Interval], bool], list[tuple[int, int, list[tuple[int, int]]]]]
 
 
 class InFlight:
-    def __init__(self, memory: BlockMemory, block_size: int) -> None:
-        self.memory = memory
-        self.block_size = block_size
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._blocks: dict[tuple[str, int], concurrent.futures.Future] = {}
-        self._bytes = 0  # on the network
-        self._landed: set[tuple[str, int]] = set()  # arrived, not stored yet
-        self._landed_bytes = 0
-        self._writing = 0
-        self.max_bytes = 0  # the most ever in flight at once (stats, tests)
+        self._pieces: dict[str, list[Piece]] = {}  # content id -> pieces sorted by start, disjoint
+        self._starts: dict[str, list[int]] = {}  # the same pieces' starts (bisect)
+        self.net = 0  # bytes claimed, not landed
+        self.landed = 0  # bytes landed, not stored
+        self._busy = 0  # other work drain waits for (writes queued, lifts)
+        self.max_net = 0
 
-    def has(self, f: RemoteFile, i: int) -> bool:
+    # -- looking --------------------------------------------------------------------------
+    def overlapping(self, cid: str, start: int, end: int) -> list[Piece]:
         with self._lock:
-            return (f.content_id, i) in self._blocks
+            return self._overlapping(cid, start, end)
 
-    def bytes(self) -> int:
+    def _overlapping(self, cid: str, start: int, end: int) -> list[Piece]:
+        pieces = self._pieces.get(cid)
+        if not pieces:
+            return []
+        starts = self._starts[cid]
+        k = max(0, bisect.bisect_right(starts, start) - 1)
+        out = []
+        while k < len(pieces) and pieces[k].start < end:
+            if pieces[k].end > start:
+                out.append(pieces[k])
+            k += 1
+        return out
+
+    def spans(self, cid: str) -> Ranges:
         with self._lock:
-            return self._bytes
+            return Ranges((p.start, p.end) for p in self._pieces.get(cid, ()))
 
-    def claim(self, f: RemoteFile, indices: Iterable[int]) -> tuple[Futures, list[int]]:
-        """Futures for blocks of ``f`` — joined if in flight, done if in memory, else new — and
-        the blocks newly claimed, which the caller must start."""
-        futures: Futures = {}
-        owned: list[int] = []
+    def empty(self) -> bool:
         with self._lock:
-            for i in sorted(set(indices)):
-                fut = self._claim(f, i)
-                if fut is None:
-                    fut = self._blocks[(f.content_id, i)]
-                    owned.append(i)
-                futures[i] = fut
-        return futures, owned
+            return not self._pieces and not self._busy
 
-    def claim_within(self, f: RemoteFile, indices: Iterable[int], budget: int,
-                     skip: frozenset[int]) -> tuple[Futures, int]:
-        """Claim those of ``indices`` (in order) not in ``skip``, not in memory and not in
-        flight while all bytes in flight stay within ``budget``; returns the new futures and
-        how many blocks were wanted in all.  A block over the whole budget is claimed alone
-        when nothing else is in flight (it could never start otherwise)."""
-        futures: Futures = {}
+    # -- claiming ----------------------------------------------------------------------------
+    def claim(self, cid: str, wanted: Iterable[Interval], held: Callable[[], Ranges], plan: Planner, *,
+              prefetch: bool = False, budget: int | None = None) -> tuple[list[Piece], list[Request], int]:
+        """Pieces in flight that overlap ``wanted`` (to join), and new requests for its gaps —
+        not held (``held()``, called under the lock), not in flight — cut by ``plan(cid, gaps,
+        prefetch)`` into ``(start, end, [(piece_start, piece_end), ...])``.  With a ``budget``
+        (prefetch), the wanted intervals are taken in order and claiming stops at the first
+        whose gaps do not fit (one over the whole budget goes alone when nothing is in
+        flight).  Returns (joined, new requests, bytes of gaps left for lack of room)."""
         with self._lock:
-            todo = [i for i in dict.fromkeys(indices) if i not in skip
-                    and (f.content_id, i) not in self._blocks and (f.content_id, i) not in self.memory]
-            room = budget - self._bytes - max(0, self._landed_bytes - budget)
-            for i in todo:  # in order: stop at the first that does not fit
-                lo, hi = block_span(i, self.block_size, f.size)
-                if hi - lo > room and (futures or self._bytes or self._landed_bytes):
-                    break
-                room -= hi - lo
-                self._claim(f, i)
-                futures[i] = self._blocks[(f.content_id, i)]
-        return futures, len(todo)
+            have = held()
+            joined: list[Piece] = []
+            per_want: list[list[Interval]] = []
+            for a, b in wanted:
+                ours = self._overlapping(cid, a, b)
+                joined.extend(ours)
+                busy = Ranges((p.start, p.end) for p in ours)
+                per_want.append([g for s, e in have.missing(a, b) for g in busy.missing(s, e)])
+            gaps, left = self._within(per_want, budget)
+            requests = []
+            for start, end, cuts in plan(cid, gaps, prefetch) if gaps else ():
+                pieces = [Piece(cid, s, e, prefetch) for s, e in cuts]
+                for p in pieces:
+                    self._add(p)
+                requests.append(Request(start, end, pieces))
+            self.net += sum(e - s for s, e in gaps)
+            self.max_net = max(self.max_net, self.net)
+        return list(dict.fromkeys(joined)), requests, left
 
-    def _claim(self, f: RemoteFile, i: int) -> concurrent.futures.Future | None:
-        key = (f.content_id, i)
-        fut = self._blocks.get(key)
-        if fut is not None:
-            return fut
-        data = self.memory.get(key)  # delivered blocks are in memory before they leave here
-        if data is not None:
-            fut = concurrent.futures.Future()
-            fut.set_result(data)
-            return fut
-        self._blocks[key] = concurrent.futures.Future()
-        lo, hi = block_span(i, self.block_size, f.size)
-        self._bytes += hi - lo
-        self.max_bytes = max(self.max_bytes, self._bytes)
-        return None
+    def _within(self, per_want: list[list[Interval]], budget: int | None) -> tuple[list[Interval], int]:
+        """The gaps to claim, in order, and the bytes left out for lack of room."""
+        if budget is None:
+            return [g for gaps in per_want for g in gaps], 0
+        room = budget - self.net - max(0, self.landed - budget)
+        taken: list[Interval] = []
+        for n, gaps in enumerate(per_want):
+            size = sum(e - s for s, e in gaps)
+            if size > room and (taken or self.net or self.landed):
+                return taken, sum(e - s for rest in per_want[n:] for s, e in rest)
+            room -= size
+            taken.extend(gaps)
+        return taken, 0
 
-    def landed(self, f: RemoteFile, i: int) -> None:
-        """Block ``i``'s bytes arrived (they are in memory): off the network's budget."""
-        key = (f.content_id, i)
+    def _add(self, p: Piece) -> None:
+        pieces = self._pieces.setdefault(p.cid, [])
+        starts = self._starts.setdefault(p.cid, [])
+        k = bisect.bisect_left(starts, p.start)
+        pieces.insert(k, p)
+        starts.insert(k, p.start)
+
+    # -- news -------------------------------------------------------------------------------
+    def land(self, p: Piece, data: bytes) -> bool:
+        """``p``'s bytes arrived: to its waiters, and from the network's budget to memory's.
+        False if it had landed already (a retry delivers pieces again) or failed."""
         with self._changed:
-            if key in self._blocks and key not in self._landed:
-                lo, hi = block_span(i, self.block_size, f.size)
-                self._landed.add(key)
-                self._bytes -= hi - lo
-                self._landed_bytes += hi - lo
-                self._changed.notify_all()
-
-    def release(self, f: RemoteFile, indices: Iterable[int]) -> None:
-        """These blocks are stored, or failed: no longer in flight."""
-        with self._changed:
-            for i in indices:
-                key = (f.content_id, i)
-                if self._blocks.pop(key, None) is not None:
-                    lo, hi = block_span(i, self.block_size, f.size)
-                    if key in self._landed:
-                        self._landed.discard(key)
-                        self._landed_bytes -= hi - lo
-                    else:
-                        self._bytes -= hi - lo
+            if p.data is not None or p.future.done():
+                return False
+            p.data = data
+            self.net -= len(p)
+            self.landed += len(p)
             self._changed.notify_all()
+        p.future.set_result(data)
+        return True
 
-    def writing(self, n: int) -> None:
-        """``n`` more (or, negative, fewer) blocks from extents wait to be written."""
+    def release(self, pieces: Iterable[Piece], error: BaseException | None = None) -> None:
+        """These pieces are stored (their bytes held by the store) or failed (``error`` goes
+        to their waiters): no longer in flight."""
+        failed = []
         with self._changed:
-            self._writing += n
+            for p in pieces:
+                group = self._pieces.get(p.cid)
+                if group is None or p not in group:
+                    continue
+                k = group.index(p)
+                del group[k]
+                del self._starts[p.cid][k]
+                if not group:
+                    del self._pieces[p.cid]
+                    del self._starts[p.cid]
+                if p.data is not None:
+                    self.landed -= len(p)
+                else:
+                    self.net -= len(p)
+                    failed.append(p)
+            self._changed.notify_all()
+        for p in failed:
+            if not p.future.done():
+                p.future.set_exception(error or RuntimeError("released before its bytes came"))
+
+    def busy(self, n: int) -> None:
+        """``n`` more (or, negative, fewer) jobs that ``drain`` must wait for."""
+        with self._changed:
+            self._busy += n
             self._changed.notify_all()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until nothing is in flight or waiting to be written; False on timeout."""
+        """Wait until nothing is in flight and no job is pending; False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._blocks and not self._writing, timeout)
+            return self._changed.wait_for(lambda: not self._pieces and not self._busy, timeout)

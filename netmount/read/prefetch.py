@@ -73,16 +73,19 @@ class Prefetcher:
         self._closed = False
         self.pump = Pump(reader, run_done, self._decide, budget=budget, connections=connections)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop deciding and reading ahead; waits (at most ``timeout``) for reads in progress."""
-        self._closed = True
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the pump and the heads read ahead; True once none of their threads runs any
+        more (only then may the reader be closed: they read through it), within ``timeout``."""
         deadline = time.monotonic() + timeout
-        self.pump.close(timeout)
+        with self._lock:  # (``opened_amid_others`` starts no heads once it is set)
+            self._closed = True
+        pumped = self.pump.close(timeout)
         with self._lock:
             pool, heads = self._headers, list(self._heads_reading)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-            concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic()))
+        late = concurrent.futures.wait(heads, max(0.0, deadline - time.monotonic())).not_done
+        return pumped and not late
 
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:

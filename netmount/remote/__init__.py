@@ -1,1 +1,2 @@
-"""Talking to the Hub: metadata (hub) and verified range fetches (fetch, the only aiohttp user)."""
+"""Talking to the Hub: metadata (hub) and verified range fetches (fetch: client, the only
+aiohttp user, with pieces, ranged, resolver and proxy_route)."""

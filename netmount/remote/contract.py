@@ -8,7 +8,8 @@ on demand, for unit tests of everything above it).
     fetcher.fetch(file, start, end, on_part, part_size=0, prefetch=False) -> Future[int]
 
 - The bytes ``[start, end)`` of ``file`` (``0 <= start < end <= file.size``, else
-  ``FetchError`` at once) are handed to ``on_part(offset, data)`` in *pieces*: piece ``k``
+  ``FetchError`` at once) — of the repo and commit the file names (``file.repo``; one
+  fetcher serves files of many repos) — are handed to ``on_part(offset, data)`` in *pieces*: piece ``k``
   is ``[start + k * part_size, min(end, start + (k + 1) * part_size))``, and with
   ``part_size`` 0 (or at least ``end - start``) the whole range is one piece.  A piece is
   never joined with another and never split: a reader that asks for block-sized pieces of

@@ -18,15 +18,6 @@ from typing import NamedTuple
 
 from netmount.core import errors
 
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    size: int
-    content_id: str  # LFS sha256, else the git blob oid: the cache key, shared across revisions
-    lfs: bool = False
-
-
 REPO_TYPES = ("model", "dataset", "space")
 _PREFIXES = {"models": "model", "datasets": "dataset", "spaces": "space"}  # as the Hub's URLs spell them
 
@@ -36,8 +27,34 @@ def url_path(repo_id: str, repo_type: str = "model") -> str:
     return repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
 
 
+@dataclass(frozen=True)
+class RepoRef:
+    """A repo at one commit: where a file's bytes are (``/{url_path}/resolve/{sha}/{path}``).
+    One fetcher serves files of any number of repos on its endpoint (``--hf-cache``)."""
+
+    repo_id: str
+    repo_type: str = "model"
+    sha: str = ""
+
+    @property
+    def url_path(self) -> str:
+        return url_path(self.repo_id, self.repo_type)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    content_id: str  # LFS sha256, else the git blob oid: the cache key, shared across revisions
+    lfs: bool = False
+    repo: RepoRef | None = None  # the repo and commit it is in (a Snapshot's files: the snapshot's)
+
+
 @dataclass
 class Snapshot:
+    """A repo pinned to a commit, and its files; each file names this repo and commit
+    (``RemoteFile.repo``, one shared ``RepoRef``: set here for files that name none)."""
+
     repo_id: str
     revision: str  # as asked ("main", a tag, a sha)
     sha: str  # the pinned commit every URL uses
@@ -45,19 +62,39 @@ class Snapshot:
     files: list[RemoteFile]
     repo_type: str = "model"  # "model", "dataset" or "space", as huggingface_hub spells it
 
+    def __post_init__(self) -> None:
+        ref = self.ref
+        self.files = [f if f.repo is not None else dataclasses.replace(f, repo=ref) for f in self.files]
+
+    @property
+    def ref(self) -> RepoRef:
+        return RepoRef(self.repo_id, self.repo_type, self.sha)
+
     @property
     def name(self) -> str:
         """How users name the repo (``datasets/org/name``; a model is just ``org/name``)."""
         return url_path(self.repo_id, self.repo_type)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        """Compact: a file of this snapshot's repo and commit does not repeat them."""
+        data = {k: getattr(self, k) for k in ("repo_id", "revision", "sha", "endpoint", "repo_type")}
+        ref = self.ref
+        data["files"] = [_file_json(f, ref) for f in self.files]
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> "Snapshot":
         data = json.loads(text)
-        data["files"] = [RemoteFile(**f) for f in data["files"]]
+        data["files"] = [RemoteFile(**{**f, "repo": RepoRef(**f["repo"])} if "repo" in f else f)
+                         for f in data["files"]]
         return cls(**data)
+
+
+def _file_json(f: RemoteFile, ref: RepoRef) -> dict:
+    out = {"path": f.path, "size": f.size, "content_id": f.content_id, "lfs": f.lfs}
+    if f.repo is not None and f.repo != ref:
+        out["repo"] = dataclasses.asdict(f.repo)
+    return out
 
 
 class RepoSpec(NamedTuple):

@@ -23,8 +23,10 @@ from netmount.remote.hub import RemoteFile
 
 
 class MemoryFetcher:
-    def __init__(self, contents: dict[str, bytes], *, workers: int = 8) -> None:
-        self.contents = contents  # path -> the file's bytes
+    def __init__(self, contents: dict, *, workers: int = 8) -> None:
+        # path -> the file's bytes; or (RepoRef, path) -> the bytes of a file that names that
+        # repo (a file whose repo has no entry of its own is looked up by path alone)
+        self.contents = contents
         self.calls: list[tuple[str, int, int, bool]] = []
         self._lock = threading.Lock()
         self._fail: list[int] = []  # per failing fetch to come: pieces delivered first
@@ -67,7 +69,8 @@ class MemoryFetcher:
         return self._pool.submit(self._serve, file, start, end, on_part, part_size, fail, midway)
 
     def _serve(self, file, start, end, on_part, part_size, fail, midway) -> int:
-        body = self.contents[file.path]
+        body = self.contents.get((file.repo, file.path))
+        body = self.contents[file.path] if body is None else body
         if len(body) != file.size:
             raise FetchError(f"{file.path}: the source has {len(body)} bytes, the listing {file.size}")
         cuts = pieces(start, end, part_size)

@@ -7,7 +7,9 @@
 ``root/<org>/<name>/`` is revision ``main`` of model repo ``org/name`` (``root/datasets/<org>/<name>/``
 of dataset ``datasets/org/name``, ``root/spaces/...`` of a space); a ``.gated`` file at
 its top gates it.  ``synthetic_deepseek=True`` adds a 688 GB ``deepseek-ai/DeepSeek-V3``
-whose bytes are generated on demand (see ``synthetic``).
+whose bytes are generated on demand (see ``synthetic``); ``synthetic_repos=True`` a million
+small repos ``synthetic/repo-{n}`` (and gated ``synthetic/gated-{n}``) made on demand, two of
+their files shared by all (see ``family``).
 """
 
 from . import synthetic

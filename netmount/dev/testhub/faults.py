@@ -88,6 +88,7 @@ class FaultRules:
     def __init__(self, server) -> None:
         self.server = server
         self._lock = threading.Lock()  # rules are set from a control thread, read on the loop
+        self._fired = threading.Condition(self._lock)  # a rule fired (``wait_hits``)
         self._rules: list[dict] = []
 
     # ---- the rule list (any thread) -----------------------------------------------------
@@ -122,6 +123,13 @@ class FaultRules:
         with self._lock:
             return [dict(r) for r in self._rules]
 
+    def wait_hits(self, index: int, hits: int, timeout: float) -> bool:
+        """Wait until rule ``index`` has fired ``hits`` times: the event a test waits for (a
+        request it stalls or slows has reached the hub); False after ``timeout`` seconds."""
+        with self._fired:
+            return self._fired.wait_for(
+                lambda: index < len(self._rules) and self._rules[index]["hits"] >= hits, timeout)
+
     # ---- the hook (the server's loop) ---------------------------------------------------
 
     async def __call__(self, request: web.Request, rec) -> web.StreamResponse | None:
@@ -154,6 +162,7 @@ class FaultRules:
                 if rule["seen"] <= rule["skip"]:
                     continue
                 rule["hits"] += 1
+                self._fired.notify_all()
                 return dict(rule)
         return None
 

@@ -36,13 +36,15 @@ class TestHub(HubServer):
         url_ttl: float = 3600.0,
         tokens: Iterable[str] = (),
         synthetic_deepseek: bool = False,
+        synthetic_repos: bool = False,
         gate_api: bool = False,
         latency_ms: float = 0.0,
         conn_mbps: float = 0.0,
+        cdn_base: str = "",
     ) -> None:
         super().__init__(root, page_size=page_size, url_ttl=url_ttl, tokens=tokens,
-                         synthetic_deepseek=synthetic_deepseek, gate_api=gate_api,
-                         wan=Wan(latency_ms, conn_mbps))
+                         synthetic_deepseek=synthetic_deepseek, synthetic_repos=synthetic_repos, gate_api=gate_api,
+                         wan=Wan(latency_ms, conn_mbps), cdn_base=cdn_base)
         self.host, self.port, self.cdn_port = host, port, cdn_port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

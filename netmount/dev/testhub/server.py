@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import ranges, synthetic
+from . import family, ranges, synthetic
 from .records import RequestRecord
 from .repo import Entry, FolderRepo, Hasher, Repo, Snapshot, SyntheticRepo
 from .wan import Wan
@@ -75,10 +75,13 @@ class HubServer:
         url_ttl: float = 3600.0,
         tokens: Iterable[str] = (),
         synthetic_deepseek: bool = False,
+        synthetic_repos: bool = False,
         gate_api: bool = False,
         wan: Wan | None = None,
+        cdn_base: str = "",
     ) -> None:
         self.root = Path(root) if root is not None else None
+        self.cdn_base = cdn_base.rstrip("/")  # see external_location
         self.wan = wan or Wan()  # latency and per-connection bandwidth (wan.py); off by default
         self.page_size = page_size
         self.url_ttl = url_ttl
@@ -92,6 +95,7 @@ class HubServer:
         self._url_clock_skew = 0.0  # added to the clock that signs and checks data URLs
         self._hasher = Hasher()
         self._synthetic = SyntheticRepo() if synthetic_deepseek else None
+        self.synthetic_repos = synthetic_repos  # the synthetic/repo-{n} family (family.py)
         self._blobs: dict[str, tuple[Repo, Entry]] = {}  # sha256 -> where the CDN finds it
         self._inflight = 0
 
@@ -103,6 +107,8 @@ class HubServer:
         ``datasets`` or ``spaces``)."""
         if repo_type == "model" and self._synthetic is not None and repo_id == synthetic.REPO_ID:
             return self._synthetic
+        if repo_type == "model" and self.synthetic_repos and repo_id.startswith(family.ORG + "/"):
+            return family.family_repo(repo_id)
         org, _, name = repo_id.partition("/")
         if self.root is None or not org or not name or "/" in name or "." in (org[0], name[0]):
             return None
@@ -312,7 +318,7 @@ class HubServer:
         if not entry.lfs:
             return await self.send_content(request, repo, entry, {**common, "ETag": f'"{entry.oid}"'})
         self._blobs[entry.sha256] = (repo, entry)
-        location = self.cdn_location(entry.sha256)
+        location = self.external_location(repo, entry) or self.cdn_location(entry.sha256)
         headers = {
             **common,
             "Location": location,
@@ -353,6 +359,16 @@ class HubServer:
         expires = math.ceil(now + self.url_ttl) if self.url_ttl > 0 else math.floor(now + self.url_ttl)
         path = f"/blobs/{sha256}"
         return f"{self.cdn_url}{path}?Expires={expires}&Signature={self._signature(path, str(expires))}"
+
+    def external_location(self, repo: Repo, entry: Entry) -> str | None:
+        """With ``cdn_base``, a folder repo's LFS file by name under that base (``<base>/<org>/
+        <name>/<path>``, datasets under ``datasets/``), signed like ours: what a benchmark points
+        at an nginx serving ``root`` so the CDN side runs at C speed.  None without it."""
+        if not self.cdn_base or not isinstance(repo, FolderRepo) or self.root is None:
+            return None
+        rel = os.path.relpath(repo.folder, self.root).replace(os.sep, "/")
+        signed = self.cdn_location(entry.sha256)
+        return f"{self.cdn_base}/{quote(rel)}/{quote(entry.path)}?{signed.partition('?')[2]}"
 
     async def cdn_blob(self, request: web.Request) -> web.StreamResponse:
         expires = request.query.get("Expires", "")
