@@ -9,9 +9,9 @@ flight: traced, 4 MiB past a tensor at 1 MiB); a pread reads from its first page
 ``max_read`` pieces, then on.  Pages the kernel holds are never asked again.
 
 ``Sim`` runs the requests through the policy as the prefetcher does (``advance``, ``judge``,
-``wants``) and fetches as the reader does: ``ExactRead`` — its tensor exactly first, then the
-read's pages not held; ``None`` — the read's blocks not wholly held, whole; wanted blocks
-not wholly held, whole.  ``sent`` counts every byte each fetch asks (twice if asked twice).
+``wants``) and fetches as the reader does (read/shape.py): ``ExactRead`` — its extent first,
+then the read's pages; ``None`` — the read's blocks (a header read within ``head``: from
+byte 0, then the rest of the head); wanted blocks — each time less what is held or coming.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Sim:
         self.sent = 0
         self.fetches: list[tuple[int, int]] = []
         self.verdicts: list[Verdict] = []
-        self.head = 0  # how much of the head the head tier holds (read/head.py)
+        self.head = 0  # how much of the head is held (read/shape.py)
 
     def _fetch(self, lo: int, hi: int) -> None:
         lo, hi = max(0, lo), min(self.size, hi)
@@ -118,9 +118,8 @@ class Sim:
     def _blocks(self, indices) -> None:
         bs = self.cfg.block_size
         for i in indices:
-            lo, hi = i * bs, min(self.size, (i + 1) * bs)
-            if not self.held.contains(lo, hi):
-                self._fetch(lo, hi)
+            for a, b in self.held.missing(i * bs, min(self.size, (i + 1) * bs)):
+                self._fetch(a, b)
 
     def _exactly(self, lo: int, hi: int) -> None:
         for a, b in self.held.missing(*pages(lo, hi, self.size)):
@@ -138,7 +137,7 @@ class Sim:
         for a, b in verdict.pieces:
             self._exactly(a, b)
         if not self.held.contains(offset, end):  # a miss: the reader
-            if verdict.exact is None and end <= self.cfg.head < self.cfg.block_size:  # the head tier
+            if verdict.exact is None and end <= self.cfg.head < self.cfg.block_size:  # the head
                 self._exactly(self.head, self.cfg.head if self.head else end)
                 self.head = max(self.head, pages(0, end, self.size)[1] if not self.head else self.cfg.head)
             elif verdict.exact is None:

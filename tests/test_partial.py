@@ -20,7 +20,7 @@ REPO = "deepseek-ai/DeepSeek-V3"
 PAGE = 4096
 WINDOW = 128 << 10  # what the kernel reads around a tensor's edge, at most (a fault's read-around, readahead after)
 AROUND = 2 * SMALL_KB << 10  # one fault's read-around at the mount's small readahead: that much either side
-HEAD = 128 << 10  # the head tier's most (read/head.py): a header read fetches no block
+HEAD = 128 << 10  # the head's most (read/shape.py): a header read fetches no block
 MB = 1 << 20
 SHARDS = ["model-00010-of-000163.safetensors", "model-00011-of-000163.safetensors",
           "model-00012-of-000163.safetensors"]
@@ -93,7 +93,7 @@ def test_a_lone_small_tensor_costs_its_pages_and_the_header_block(mounter, ds):
     got = fetched(mounter, mp)[shard]
     n = nbytes(headers[shard][1], name)
     assert headers[shard][0] < HEAD
-    # the header from the head tier (a 70 KB one: the first read's 32 KiB, then the rest of
+    # the header from the head (a 70 KB one: the first read's 32 KiB, then the rest of
     # the head), the norm's pages (and one it may straddle) and the read-around of its fault
     assert got <= HEAD + (-(-n // PAGE) + 1) * PAGE + AROUND, got
 
@@ -151,7 +151,7 @@ def test_a_transformers_load_fetches_each_shard_once(mounter, hub, tiny_model):
     assert set(sizes) <= set(got)  # every shard (the MTP shard's header, at least)
     assert sum(got[p] for p in sizes) <= 1.05 * sum(sizes.values())
     for p, n in sizes.items():
-        # no shard twice; a shard under a block may repeat the head tier's first 128 KiB and a
+        # no shard twice; a shard under a block may repeat the head's first 128 KiB and a
         # first fault's read-around, fetched exactly before its block
         assert got[p] <= n + 2 * WINDOW, (p, got[p], n)
 

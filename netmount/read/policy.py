@@ -31,7 +31,7 @@ thread) lists the blocks to fetch ahead.  A file is read in one of three ways:
   wanted from each new tensor read (``loader_blocks``).  A jump into tensor data of a shard
   of a folder being loaded makes that shard loading too.
 
-Near the start (``_early``): reads within ``head`` are the head tier's (read/head.py); past
+Near the start (``_early``): reads within ``head`` are the head's (read/shape.py); past
 it, a header read or the kernel reading on after one (``spill`` of its requests) is fetched
 as its pages, or in blocks when its requests are ``min_split`` or longer (cat's, a large
 readahead's: cat cannot be told from the kernel reading on there); in a folder a loader
@@ -78,7 +78,7 @@ class PrefetchConfig:
     stream_bytes: int = 2 << 20  # this much tensor data read in one run from byte 0: a stream
     runs: int = 4  # sequential runs kept per file (threads reading one mmap at once)
     min_split: int = 128 << 10  # max_read's floor (readahead.max_read): shorter reads are never pieces
-    head: int = 128 << 10  # reads within a file's first bytes this far are the head tier's (read/head.py)
+    head: int = 128 << 10  # reads within a file's first bytes this far fetch its head (read/shape.py)
     max_extent: int = 16 << 20  # a tensor up to this size is fetched exactly at its first read
     near: int = 512 << 10  # (parquet) reads this close to a chunk fetched exactly: the kernel reading around it
     spill: int = 8  # the kernel reads on at most this many of a run's requests past its tensor
@@ -196,7 +196,7 @@ def judge(tmap: TensorMap, state: FileState, run: Stream, streak: int | None, of
         return Verdict(window=(0, file_size), state=state)
     if offset < tmap.data and folder_loading:  # a header read where a loader is: the first blocks
         return Verdict(window=(0, max(offset + cfg.block_size, tmap.data + cfg.speculative)), state=state)
-    if offset < tmap.data:  # a header read: the head tier's, else as the kernel reading on past it
+    if offset < tmap.data:  # a header read: the head, else as the kernel reading on past it
         return Verdict(_early(offset, size, run, cfg), state=state)
     if streak == 0:  # a run from byte 0 into the data: the kernel reading on past a header, or cat
         return _from_zero(tmap, state, run, offset, size, file_size, folder_loading, cfg)
@@ -236,10 +236,10 @@ def _evidence(tmap: TensorMap, state: FileState, offset: int, size: int, jump: b
 
 
 def _early(offset: int, size: int, run: Stream, cfg: PrefetchConfig) -> ExactRead | None:
-    """A read of the header, or of the kernel reading on past it: the head tier's within
-    ``head``, else its pages — but in requests of ``min_split`` or more (a read(2)'s, cat's,
-    or a large readahead's) its blocks: cat would wait a round trip per request and leave
-    its first block unstored (the head tier's bytes are kept in memory only)."""
+    """A read of the header, or of the kernel reading on past it: the head's within
+    ``head`` (read/shape.py), else its pages — but in requests of ``min_split`` or more (a
+    read(2)'s, cat's, or a large readahead's) its blocks: cat would wait a round trip per
+    request."""
     return ExactRead() if offset + size > cfg.head and run.reach < cfg.min_split else None
 
 
