@@ -247,10 +247,10 @@ def _from_zero(tmap: TensorMap, state: FileState, run: Stream, offset: int, size
                folder_loading: bool, cfg: PrefetchConfig) -> Verdict:
     """A run from byte 0 into the data.  Up to ``spill`` of its requests past the header
     (to a block's end) it may be the kernel reading on after a header read (``_early``), with
-    no window.  Further on it is the
-    program (cat, a loader iterating in file order): blocks, the window up to the end of the
-    tensor read (or ``guard`` into it, near its start), and to the file's end once it has
-    read ``stream_bytes`` of data: a stream.  In a folder a loader reads, all of it is."""
+    no window.  Further on it is the program (cat, a loader iterating in file order): blocks,
+    the window up to the end of the tensor read (or ``guard`` into it, near its start), and
+    to the file's end once it has read ``stream_bytes`` of data: a stream.  In a folder a
+    loader reads, all of it is the program's."""
     zone = 0 if folder_loading else -(-(tmap.data + cfg.spill * run.reach) // cfg.block_size) * cfg.block_size
     if offset < zone:
         return Verdict(_early(offset, size, run, cfg), state=state)
