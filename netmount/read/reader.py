@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cache import BlockStore, Segment
-from netmount.core.blocks import block_span
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
 from netmount.core.ranges import Ranges
@@ -190,14 +189,14 @@ class BlockReader:
         smaller requests, which go out in parallel.  Held blocks among the wanted are
         checked and read into the page cache ahead instead (no network, no budget).
         Returns (blocks started, blocks left for lack of room): call again on the next news."""
-        spans = [block_span(i, self.block_size, f.size) for i in dict.fromkeys(indices)]
+        spans = block_runs(indices, self.block_size, f.size)
         if not spans:
             return 0, 0
         held = Ranges(self.store.held(f.content_id))
-        ready = [s for s in spans if held.contains(*s)]
+        ready = [r for a, b in spans for r in held.intersect(a, b)]
         if ready:
             self._prepare(f, ready)
-        if len(ready) == len(spans):
+        if sum(b - a for a, b in ready) == sum(b - a for a, b in spans):
             return 0, 0
         _joined, requests, left = self.runs.claim(f, spans, prefetch=True, budget=budget,
                                                   max_request_bytes=max_request_bytes)
@@ -215,7 +214,7 @@ class BlockReader:
             self._prepared[f.content_id] = done  # (most recent last)
             while len(self._prepared) > PREPARED_FILES:
                 self._prepared.pop(next(iter(self._prepared)))
-            new = [s for s in spans if not done.contains(*s)]
+            new = [g for a, b in spans for g in done.missing(a, b)]
             for a, b in new:
                 done.add(a, b)
         if new:
@@ -232,6 +231,23 @@ class BlockReader:
         """Every byte of [start, end) is held by the store or being fetched."""
         held = Ranges(self.store.held(f.content_id))
         return held.contains(start, end) or self._coming(f, held, start, end)
+
+
+def block_runs(indices: Iterable[int], block_size: int, size: int) -> list[tuple[int, int]]:
+    """Byte spans of ``indices`` (in the order given, each once) with consecutive blocks
+    joined: the pump hands the rest of a file after every read, so per-call work must grow
+    with the runs, not the blocks."""
+    runs: list[list[int]] = []
+    seen = set()
+    for i in indices:
+        if i in seen or not 0 <= i * block_size < size:
+            continue
+        seen.add(i)
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a * block_size, min(size, b * block_size)) for a, b in runs]
 
 
 def wait(p: Piece) -> bytes:
