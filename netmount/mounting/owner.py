@@ -66,6 +66,7 @@ class Daemon:
         # reads keep working from the network.
         self.store = open_store(config.cache_dir, config.block_size, config.cache_size,
                                 logging.getLogger("netmount.cache"), fallback_bytes=FALLBACK_MEMORY)
+        self._seed()
         self.fetcher = RangeFetcher(snap.endpoint, token=config.token, connections=config.connections,
                                     counters=self.counters, proxy=config.cache_proxy).start()
         self.coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
@@ -86,6 +87,15 @@ class Daemon:
                               self._mounted, self.prefetcher, on_drop=drop, view=self.view,
                               on_open=ra.opening, on_release=ra.released, on_read=ra.reading,
                               replies=self._replies())
+
+    def _seed(self) -> None:
+        """Store what the parent fetched for a view (headers, index, config): every byte that
+        crossed the network lands in the store, whoever fetched it."""
+        by_path = {f.path: f for f in self.snap.files}
+        items = [(by_path[p].content_id, offset, data, by_path[p].size)
+                 for p, offset, data in self.config.seed if p in by_path and data]
+        if items:
+            self.store.put_ranges(items)
 
     def _prefetcher(self, run_done: threading.Event) -> Prefetcher:
         """Prefetch spreads what it wants over the connections it may use, and keeps as many
