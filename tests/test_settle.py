@@ -105,9 +105,13 @@ def test_prefetch_decided_after_a_read_under_way_is_waited_for():
         ok = pre.drain(10)
         settled.append((ok, set(store.cached_indices(f.content_id))))
 
+    waiting = threading.Event()  # the drain has looked at prefetch (nothing to do) and waits on the read
+    wait_none = reader.reading.wait_none
+    reader.reading.wait_none = lambda timeout=None: waiting.set() or wait_none(timeout)
     with reader.reading:  # the request the drain must wait for
         waiter = threading.Thread(target=drain)
         waiter.start()
+        assert waiting.wait(10)
         for _, end in tensors[:4]:  # a loader: into tensor after tensor
             pre.follow(1, f, end - 4096, 4096)
     waiter.join(20)
