@@ -13,9 +13,7 @@ import os
 
 import pytest
 
-from netmount.mounting.stats import wait_idle as _idle
-
-from conftest import Mounter
+from conftest import Mounter, settle
 
 pytestmark = pytest.mark.fuse
 DSV3, MINILM = "once/tiny-dsv3", "once/tiny-minilm"
@@ -37,10 +35,6 @@ def once_hub(once_root):
 
     with HubProcess(once_root) as server:
         yield server
-
-
-def wait_idle(mp) -> None:
-    assert _idle(mp), f"{mp} did not settle"
 
 
 def _causal(path):
@@ -100,7 +94,7 @@ def test_a_load_after_a_remount_fetches_nothing_and_du_is_the_size(tmp_path, onc
     try:
         mp = mounter.mount(repo, name="first")
         ref = load(mp)
-        wait_idle(mp)
+        settle(mp)
         stats = mounter.stats(mp)
         held = {f["path"]: f["cached_bytes"] for f in stats["files"]}
         assert 0 < stats["bytes_fetched"] == _sent(once_hub) == sum(held.values())  # each byte stored, once
@@ -113,7 +107,7 @@ def test_a_load_after_a_remount_fetches_nothing_and_du_is_the_size(tmp_path, onc
             assert os.stat(mp / name).st_blocks == -(-size // 512), name
         again = load(mp)
         assert torch.equal(again[0], ref[0]) and again[1] == ref[1]
-        wait_idle(mp)
+        settle(mp)
         assert _sent(once_hub) == 0, [(r.server, r.path, r.range) for r in once_hub.log]
     finally:
         mounter.cleanup()
@@ -126,13 +120,13 @@ def test_a_plain_mount_after_a_layer_view_fetches_nothing_for_the_same_load(tmp_
     try:
         view = mounter.mount(DSV3, "--reshard", "layer", name="view")
         ref = _causal(view)
-        wait_idle(view)
+        settle(view)
         mounter.unmount(view)
         once_hub.reset_log()
         plain = mounter.mount(DSV3, name="plain")
         again = _causal(plain)
         assert torch.equal(again[0], ref[0]) and again[1] == ref[1]
-        wait_idle(plain)
+        settle(plain)
         cdn = once_hub.requests(server="cdn", method="GET")
         assert cdn == [] and _sent(once_hub) == 0, [(r.server, r.path, r.range) for r in once_hub.log]
     finally:
