@@ -166,50 +166,36 @@ class StatsBuilder:
 
 
 def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,
-                served=None, proxy=None) -> dict:
-    values = counters.snapshot()
-    per_file = counters.per_file()
-    files, tensors = [], []
-    cached_total = read_total = verified_total = 0
-    for f in snap.files:
-        try:
-            cached = min(store.cached_bytes(f.content_id), f.size)
-            runs = coalesce(store.cached_indices(f.content_id)) if cached else []
-            ranges = store.cached_ranges(f.content_id) if cached else []
-        except Exception:
-            cached, runs, ranges = 0, [], []
-        verified = cached == f.size and _is_verified(store, f.content_id)
-        verified_total += verified
-        read = coverage.covered_bytes(f.path) if coverage is not None else 0
-        cached_total += cached
-        read_total += read
-        files.append({
-            "path": f.path,
-            "size": f.size,
-            "cached_bytes": cached,
-            "fetched_bytes": per_file.get(f.path, {}).get("bytes_fetched", 0),
-            "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
-            "read_bytes": read,
-            "cached_runs": [list(r) for r in runs],
-            "cached_ranges": [list(r) for r in ranges],
-            "content_id": f.content_id,
-            "lfs": f.lfs,
-            "verified": verified,
-        })
-        known = headers.tensors(f) if headers is not None else None
-        if known:
-            touched = (coverage.touched(f.path, [(s, e) for _, s, e in known])
-                       if coverage is not None else [0] * len(known))
-            tensors.extend({"name": name, "file": f.path, "nbytes": e - s, "touched_bytes": t}
-                           for (name, s, e), t in zip(known, touched))
-    uptime = max(time.time() - counters.started, 1e-9)
-    fetched = values.get("bytes_fetched", 0)
+                served=None, proxy=None, name=None, per_file=None) -> dict:
+    """stats.json of one snapshot: a plain or view mount's, or one snapshot of an hf-cache mount
+    (``name(f)``: a file's path in the mount, default its repo path; ``per_file``: the fetched
+    and served bytes by that path, default the counters')."""
+    name = name or (lambda f: f.path)
+    per_file = counters.per_file() if per_file is None else per_file
+    files = [file_record(f, name(f), store, coverage, per_file.get(name(f), {})) for f in snap.files]
+    tensors = [t for f in snap.files for t in tensor_records(f, name(f), headers, coverage)]
+    read_total = sum(r["read_bytes"] for r in files)
     return {
         "mountpoint": config.mountpoint,
         "repo": snap.name,
         "revision": snap.sha,
         "requested_revision": snap.revision,
         "endpoint": snap.endpoint,
+        **mount_numbers(config, counters, store, read_total, rate=rate, served=served, proxy=proxy),
+        "cached_bytes": sum(r["cached_bytes"] for r in files),
+        "verified_files": sum(r["verified"] for r in files),
+        "total_bytes": sum(f.size for f in snap.files),
+        "files": files,
+        "tensors": tensors,
+    }
+
+
+def mount_numbers(config, counters, store, read_total: int, *, rate=None, served=None, proxy=None) -> dict:
+    """What every mount publishes about itself: its daemon, traffic, rates and cache."""
+    values = counters.snapshot()
+    uptime = max(time.time() - counters.started, 1e-9)
+    fetched = values.get("bytes_fetched", 0)
+    return {
         "block_size": config.block_size,
         "pid": os.getpid(),
         "uptime_s": round(uptime, 3),
@@ -224,19 +210,49 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "prefetch_blocks": values.get("prefetch_blocks", 0),
         # how served reads were answered (read/reader.py)
         "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
-        "cached_bytes": cached_total,
-        "verified_files": verified_total,
         "cache_dir": _disk_dir(store),
         "cache_size": getattr(config, "cache_size", None),
-        "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
         "serve_rate": round(served.rate()) if served is not None else 0,
         "amplification": round(fetched / read_total, 4) if read_total else None,
         "proxy": proxy,
-        "files": files,
-        "tensors": tensors,
     }
+
+
+def file_record(f, path: str, store, coverage, counted: dict) -> dict:
+    """One file of ``files``: ``path`` as the mount shows it, what the store holds of its
+    content, and ``counted`` (its ``bytes_fetched`` and ``bytes_served``)."""
+    try:
+        cached = min(store.cached_bytes(f.content_id), f.size)
+        runs = coalesce(store.cached_indices(f.content_id)) if cached else []
+        ranges = store.cached_ranges(f.content_id) if cached else []
+    except Exception:
+        cached, runs, ranges = 0, [], []
+    return {
+        "path": path,
+        "size": f.size,
+        "cached_bytes": cached,
+        "fetched_bytes": counted.get("bytes_fetched", 0),
+        "served_bytes": counted.get("bytes_served", 0),
+        "read_bytes": coverage.covered_bytes(path) if coverage is not None else 0,
+        "cached_runs": [list(r) for r in runs],
+        "cached_ranges": [list(r) for r in ranges],
+        "content_id": f.content_id,
+        "lfs": f.lfs,
+        "verified": cached == f.size and _is_verified(store, f.content_id),
+    }
+
+
+def tensor_records(f, path: str, headers, coverage) -> list[dict]:
+    """The tensors of ``f`` whose header is known (never fetched for this), with the bytes of
+    each that programs read."""
+    known = headers.tensors(f) if headers is not None else None
+    if not known:
+        return []
+    touched = coverage.touched(path, [(s, e) for _, s, e in known]) if coverage is not None else [0] * len(known)
+    return [{"name": name, "file": path, "nbytes": e - s, "touched_bytes": t}
+            for (name, s, e), t in zip(known, touched)]
 
 
 def add_view(out: dict, view, block_size: int) -> None:
