@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from netmount.mounting.hfcache.resolution import hub_resolver  # noqa: F401  (the daemon's, for the tests)
 from netmount.mounting.namespace import Namespace
-from netmount.remote.hub import resolve_snapshot
 
 _PRELUDE = '''
 import json, sys, time
@@ -91,11 +91,6 @@ def run_hf(script: str, args: dict, *, cache: Path, endpoint: str, home: Path, o
                           timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def hub_resolver(endpoint: str, token: str | None):
-    """What the daemon gives the --hf-cache namespace: the mount's endpoint and token, any repo."""
-    return lambda key, revision: resolve_snapshot(key.repo_id, revision, endpoint, token, key.repo_type)
 
 
 def materialize(ns: Namespace, dest: Path, content, markers: dict[str, list[str]] | None = None,

@@ -12,6 +12,9 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
+Control folders (``control_dirs``; an hf-cache mount's ``/.netmount/stats/``): any name in one
+opens as a control file whose content is made from the name (``{folder}@{sha}.json``: one
+snapshot's stats).
 What a path is comes from a namespace (``namespace.py``): the repo's files, for a view
 mount (``--reshard``/``--only``/``--experts``) the view's (``viewfs.py`` serves them), for
 ``--hf-cache`` the Hub in huggingface_hub's cache layout (no snapshot: ``snapshot`` is None).
@@ -89,6 +92,7 @@ STATS_FILE = CONTROL_DIR + "/stats.json"
 IDLE_FILE = CONTROL_DIR + "/idle"  # opening it waits until the daemon has nothing in flight
 RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
 DROP_DIR = CONTROL_DIR + "/drop"  # opening drop/<path> drops that file's cached bytes (``netmount verify``)
+STATS_DIR = CONTROL_DIR + "/stats"  # an hf-cache mount's stats/{folder}@{sha}.json: one snapshot's
 # FUSE requests the kernel may have queued in the background (readahead) before it stops
 # reading ahead: its defaults (12, 3/4 of it) cut async readahead short; mountpoint-s3
 # measured +29% sequential throughput at 64 (REFERENCES.md)
@@ -112,9 +116,11 @@ class NetmountFS(Operations):
         on_read: Callable[[int, int, int], None] | None = None,
         replies: Replies | None = None,
         namespace: Namespace | None = None,
+        control_dirs: dict[str, Callable[[str], bytes]] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
+        self.control_dirs = control_dirs or {}  # hidden control folders: path -> (name -> what it reads)
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
         # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
@@ -193,9 +199,9 @@ class NetmountFS(Operations):
             if kind == "data":  # (an hf-cache refs/main: nothing cached to drop)
                 raise FuseOSError(errno.ENOENT)
             return DIR if kind == "dir" else _CONTROL
-        if path == CONTROL_DIR:
+        if path == CONTROL_DIR or path in self.control_dirs:
             return DIR
-        if path in self.controls:
+        if path in self.controls or path.rpartition("/")[0] in self.control_dirs:
             return _CONTROL
         return _ask(self.tree.lookup, self._split(path)[0])
 
@@ -216,7 +222,10 @@ class NetmountFS(Operations):
         path, _raw = self._split(path)
         if path == CONTROL_DIR:
             extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
-            return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
+            names = [p.rpartition("/")[2] for p in [*self.controls, *self.control_dirs]]
+            return [".", "..", *sorted(names), *extra]
+        if path in self.control_dirs:
+            return [".", ".."]  # any name opens: nothing to list
         return [".", "..", *_ask(self.tree.children, path)]
 
     def statfs(self, path):
@@ -257,7 +266,13 @@ class NetmountFS(Operations):
         drops ``p``'s cached bytes), or a namespace's synthesized file."""
         if node is _CONTROL:
             target = self._drop_target(path)
-            content = self.controls[path]() if target is None else self.on_drop(self.sources.lookup(target).file)
+            if target is not None:
+                content = self.on_drop(self.sources.lookup(target).file)
+            elif path in self.controls:
+                content = self.controls[path]()
+            else:
+                parent, _, name = path.rpartition("/")
+                content = _ask(self.control_dirs[parent], name)
         else:
             content = node.data
         if node.fresh:
