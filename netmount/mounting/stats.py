@@ -295,24 +295,55 @@ def _mount_path(mountpoint: str | os.PathLike) -> str:
     return path
 
 
-def read_stats(mountpoint: str | os.PathLike) -> dict:
-    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one."""
-    path = _mount_path(mountpoint)
+def locate(target: str | os.PathLike) -> tuple[str, str]:
+    """(the netmount mountpoint, the path inside it: "" for the mountpoint itself) of a path in a
+    live mount; ``NotAMount`` (or the dead mount's error) for any other path."""
+    path = os.path.abspath(os.fspath(target))
+    if mounts.find_mount(path) is not None:
+        return path, ""
+    for candidate in (path, os.path.realpath(path)):
+        under = [e.mountpoint for e in mounts.list_mounts() if candidate.startswith(e.mountpoint.rstrip("/") + "/")]
+        if under:
+            mp = max(under, key=len)
+            return mp, os.path.relpath(candidate, mp)
+    return _mount_path(path), ""  # raises: no mount holds it
+
+
+def read_stats(target: str | os.PathLike) -> dict:
+    """The stats of the netmount mount at ``target``; ``NotAMount`` if it is not one.  A path
+    inside an hf-cache mount's snapshot (``models--org--name/snapshots/{sha}[/...]``) gets that
+    snapshot's stats, a plain mount's shape: ``root`` is the snapshot's folder in the mount,
+    ``scope`` the path below it named (""), ``mountpoint`` the mount's."""
+    mountpoint, inside = locate(target)
+    if not inside:
+        return _read_json(mountpoint, STATS_FILE, "stats")
+    parts = inside.split("/")
+    hf_cache = os.path.isdir(os.path.join(mountpoint, ".netmount", "stats"))  # (only an hf-cache mount has it)
+    if len(parts) < 3 or parts[1] != "snapshots" or not hf_cache:
+        raise errors.BadInput(f"{os.path.abspath(target)}: not a mountpoint, nor in a snapshot of an --hf-cache "
+                              f"mount (models--org--name/snapshots/<sha>): name the mountpoint {mountpoint}")
+    scoped = os.path.join(".netmount", "stats", f"{parts[0]}@{parts[2]}.json")
+    out = _read_json(mountpoint, scoped, "snapshot's stats")
+    out["scope"] = "/".join(parts[3:])
+    return out
+
+
+def _read_json(mountpoint: str, control: str, what: str) -> dict:
     try:
-        with open(os.path.join(path, STATS_FILE), "rb") as fh:
+        with open(os.path.join(mountpoint, control), "rb") as fh:
             return json.loads(fh.read())
     except OSError as exc:
-        raise errors.MountpointError(f"{path}: cannot read its stats: {exc.strerror or exc}") from None
+        raise errors.MountpointError(f"{mountpoint}: cannot read its {what}: {exc.strerror or exc}") from None
     except ValueError:
-        raise errors.MountpointError(f"{path}: its stats file is not valid JSON") from None
+        raise errors.MountpointError(f"{mountpoint}: its {what} file is not valid JSON") from None
 
 
-def wait_idle(mountpoint: str | os.PathLike) -> bool:
-    """Block until the daemon at ``mountpoint`` has nothing in flight (prefetch decided and
-    fetched, every downloaded block stored); True then, False if it was still busy when the
-    daemon gave up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``: the wait
-    happens in the daemon, on its own events.  Errors as ``read_stats``."""
-    path = _mount_path(mountpoint)
+def wait_idle(target: str | os.PathLike) -> bool:
+    """Block until the daemon serving ``target`` (a mountpoint or a path in one) has nothing in
+    flight (prefetch decided and fetched, every downloaded block stored); True then, False if it
+    was still busy when the daemon gave up waiting (``daemon.IDLE_WAIT``).  One open of
+    ``/.netmount/idle``: the wait happens in the daemon, on its own events.  Errors as ``read_stats``."""
+    path = locate(target)[0]
     try:
         with open(os.path.join(path, IDLE_FILE), "rb") as fh:
             answer = fh.read()
