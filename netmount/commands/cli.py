@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 from netmount.core import errors, settings
@@ -83,9 +84,16 @@ def hf_cache_request(args):
                                  "--only": args.only, "--experts": args.experts})
 
 
+# Offline mode is for the programs that read a mount (HF_HUB_CACHE on an --hf-cache mount): a
+# node's environment may set it for every job, and `netmount mount` must ask the Hub all the same
+OFFLINE_MODE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def cmd_mount(args) -> int:
     from netmount.mounting.lifecycle import mount
 
+    for name in OFFLINE_MODE:  # before huggingface_hub is imported: it reads them once
+        os.environ.pop(name, None)
     wanted = hf_cache_request(args)
     if args.token:
         print("netmount: warning: --token is visible to other users in `ps`; "

@@ -355,8 +355,8 @@ def _ask(question, path: str):
     """A namespace's answer to ``question(path)``, its exceptions as the FUSE errors they mean."""
     try:
         return question(path)
-    except (NotFound, NotAFolder, Unavailable) as exc:
-        raise FuseOSError(_ERRNO[type(exc)]) from None
+    except (NotFound, NotAFolder, Unavailable) as exc:  # (or a subclass: an hf-cache RepoMissing)
+        raise FuseOSError(next(code for kind, code in _ERRNO.items() if isinstance(exc, kind))) from None
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
