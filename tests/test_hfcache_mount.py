@@ -34,13 +34,13 @@ from netmount.dev.testhub import family
 from netmount.mounting.hfcache import RepoKey
 from netmount.mounting.stats import read_stats, wait_idle
 
-from conftest import run_cli, within
+from conftest import run_cli, within, write_big_safetensors
 from hfcache_checks import OFFLINE_HUB, ONLINE, READ, SENTENCE_BY_ID, SENTENCE_MODEL, TRANSFORMERS_BY_ID, run_hf
 from hubproc import HubProcess
 
 pytestmark = pytest.mark.fuse
 
-MODEL, SENTENCES, MOVING = "tests/tiny-dsv3", "tests/tiny-sentences", "org/moving"
+MODEL, SENTENCES, MOVING, BIG = "tests/tiny-dsv3", "tests/tiny-sentences", "org/moving", "tests/big"
 QUICK = 20.0  # seconds: "within seconds", with room for a loaded machine
 
 
@@ -62,6 +62,7 @@ def hfhub(tmp_path_factory, tiny_model, sentence_model):
     shutil.copytree(sentence_model, root / SENTENCES)
     (root / MOVING).mkdir(parents=True)
     (root / MOVING / "config.json").write_text('{"version": 1}\n')
+    write_big_safetensors(root)  # tests/big: one ~40 MB shard
     with HubProcess(root, synthetic_repos=True) as hub:
         hub.root_dir = root
         yield hub
@@ -290,3 +291,50 @@ def test_stats_json_of_a_snapshot_is_one_control_file(hf):
         "config.json", "embed.safetensors", "model.safetensors", "tokenizer.json"))
     with pytest.raises(FileNotFoundError):
         (mp / ".netmount" / "stats" / f"{folder}@{'0' * 40}.json").read_text()
+
+
+def test_partial_reads_stay_partial_and_the_commands_take_a_snapshot_folder(hf, hfhub):
+    """One tensor read through safetensors costs its bytes, the header and the kernel's read
+    around them, as on a plain mount (test_mount.py); ``netmount tensors``, ``prefetch --match``,
+    ``verify`` and ``stats`` take the snapshot folder, globs on paths in it."""
+    from safetensors import safe_open
+
+    mp = hf.mount()
+    sha = sha_of(mp, BIG)
+    folder, src = Path(snapshot(mp, BIG, sha)), hfhub.root_dir / BIG / "model.safetensors"
+    hfhub.reset_log()
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as sf:
+        got = sf.get_tensor("layer.5.weight")
+    with safe_open(str(src), framework="pt") as sf:
+        assert (got == sf.get_tensor("layer.5.weight")).all()
+    start, end = _tensor_span(src, "layer.5.weight")
+    fetched = hfhub.bytes_sent(server="cdn")
+    assert end - start <= fetched <= (128 << 10) + (end - start) + (128 << 10) + (512 << 10), (fetched, end - start)
+
+    done = run_cli("tensors", str(folder), "--match", "layer.6.*", "--json")
+    [record] = json.loads(done.stdout)
+    assert record["url"] == f"{hfhub.url}/{BIG}/resolve/{sha}/model.safetensors", record
+    assert (record["start"], record["end"]) == _tensor_span(src, "layer.6.weight")
+    assert wait_idle(mp)
+    hfhub.reset_log()
+    done = run_cli("prefetch", str(folder), "--match", "layer.6.*", "--quiet")
+    assert done.returncode == 0 and "1 tensors" in done.stdout, done.stdout + done.stderr
+    a, b = _tensor_span(src, "layer.6.weight")
+    mib = 1 << 20  # the mount's block
+    assert hfhub.bytes_sent(server="cdn") <= ((b - 1) // mib - a // mib + 1) * mib  # the tensor's blocks at most
+    shard = next(f for f in read_stats(folder)["files"] if f["path"].endswith("model.safetensors"))
+    assert any(lo <= a and b <= hi for lo, hi in shard["cached_ranges"]), shard["cached_ranges"]
+
+    done = run_cli("verify", str(folder), "--json", "--match", "*.json", "--fetch")
+    assert done.returncode == 0, done.stderr
+    assert [(r["path"], r["status"]) for r in json.loads(done.stdout)] == [
+        (f"{RepoKey('model', BIG).folder}/snapshots/{sha}/config.json", "ok")]
+    stats = json.loads(run_cli("stats", str(folder), "--json").stdout)
+    assert stats["repo"] == BIG and stats["revision"] == sha and len(stats["files"]) == 2
+
+
+def _tensor_span(path: Path, name: str) -> tuple[int, int]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    begin, end = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
+    return 8 + n + begin, 8 + n + end
