@@ -179,31 +179,18 @@ def mount(
     return _with_daemon(foreground, _mount, dict(locals()))
 
 
-def mount_hf_cache(
-    mountpoint: str | os.PathLike | None = None,
-    *,
-    repos: list[str] | tuple[str, ...] = (),
-    refs_ttl: float | str | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    cache_size: int | str = settings.DEFAULT_CACHE_SIZE,
-    block_size: int | str = settings.DEFAULT_BLOCK_SIZE,
-    connections: int = settings.DEFAULT_CONNECTIONS,
-    readahead: int | None = None,
-    allow_other: bool = False,
-    foreground: bool = False,
-    debug: bool = False,
-    cache_proxy: str | None = None,
-) -> Mount:
+def mount_hf_cache(mountpoint: str | os.PathLike | None = None, *, repos: list[str] | tuple[str, ...] = (),
+                   refs_ttl: float | str | None = None, **options) -> Mount:
     """Mount the Hub at ``mountpoint`` (a new temp dir if None) as a read-only Hugging Face
     cache: ``HF_HUB_CACHE=<mountpoint> HF_HUB_OFFLINE=1`` then loads any repo by id, resolved
     on first use (``mounting/hfcache/``).  ``repos`` (``[datasets/|spaces/]org/name[@rev]``)
     are resolved here first — a missing one fails the mount — and listed from the start;
     ``refs_ttl`` (seconds, or ``"10m"``; default 600) is how long ``refs/<branch>`` is trusted.
-    The other options are ``mount``'s.  Returns once the mount is live; ``Mount.snapshot`` is
-    None, ``Mount.pinned`` the repos' snapshots."""
-    return _with_daemon(foreground, _mount_hf_cache, dict(locals()))
+    ``options``: ``mount``'s ``endpoint token cache_dir cache_size block_size connections
+    readahead allow_other foreground debug cache_proxy``, with its defaults.  Returns once the
+    mount is live; ``Mount.snapshot`` is None, ``Mount.pinned`` the repos' snapshots."""
+    args = {"mountpoint": mountpoint, "repos": repos, "refs_ttl": refs_ttl, **options}
+    return _with_daemon(options.get("foreground", False), _mount_hf_cache, args)
 
 
 def _with_daemon(foreground: bool, work, args: dict) -> Mount:
@@ -248,9 +235,10 @@ def _mount(proc: subprocess.Popen | None, repo, mountpoint, *, revision, endpoin
         return _launch(proc, config, Mount(path, snap, None, config.log_file, owns_dir, view), foreground)
 
 
-def _mount_hf_cache(proc: subprocess.Popen | None, mountpoint, *, repos, refs_ttl, endpoint, token, cache_dir,
-                    cache_size, block_size, connections, readahead, allow_other, foreground, debug,
-                    cache_proxy) -> Mount:
+def _mount_hf_cache(proc: subprocess.Popen | None, mountpoint, *, repos, refs_ttl, endpoint=None, token=None,
+                    cache_dir=None, cache_size=settings.DEFAULT_CACHE_SIZE, block_size=settings.DEFAULT_BLOCK_SIZE,
+                    connections=settings.DEFAULT_CONNECTIONS, readahead=None, allow_other=False, foreground=False,
+                    debug=False, cache_proxy=None) -> Mount:
     """``mount_hf_cache``'s work, with the daemon ``proc`` already started (None: ``foreground``)."""
     from netmount.mounting.hfcache.options import check_hf_cache, daemon_spec
 

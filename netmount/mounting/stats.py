@@ -128,20 +128,37 @@ class HeaderCache:
         return data
 
 
-class StatsBuilder:
+class Meters:
+    """What a stats builder keeps between builds: tensor names (the header cache), the download
+    and serving rates, and the lock that makes one build at a time."""
+
+    def __init__(self, counters, store, maps: TensorMaps | None = None) -> None:
+        self.headers = HeaderCache(store, maps)
+        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
+        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
+        self._lock = threading.Lock()  # one build at a time
+
+    def forget(self, f) -> None:
+        """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
+        with self._lock:
+            self.headers.forget(f)
+
+    def close(self) -> None:
+        self.rate.close()
+        self.served.close()
+
+
+class StatsBuilder(Meters):
     """The callable the filesystem runs for each open of the stats file."""
 
     def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None,
                  extra=None, view=None, maps: TensorMaps | None = None) -> None:
+        super().__init__(counters, store, maps)
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
         self.view = view  # a viewfs.ViewTree on a view mount: its files get their own entries
         self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
-        self.headers = HeaderCache(store, maps)
-        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
-        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
-        self._lock = threading.Lock()  # one build at a time
 
     def __call__(self) -> dict:
         with self._lock:
@@ -154,15 +171,6 @@ class StatsBuilder:
             if self.view is not None:
                 add_view(out, self.view, self.config.block_size)
             return out
-
-    def forget(self, f) -> None:
-        """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
-        with self._lock:
-            self.headers.forget(f)
-
-    def close(self) -> None:
-        self.rate.close()
-        self.served.close()
 
 
 def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,

@@ -21,29 +21,25 @@ folder (what ``netmount prefetch``, ``verify`` and ``tensors`` use inside the la
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 
 from netmount.mounting.hfcache.layout import RepoKey, is_commit, parse_folder
 from netmount.mounting.hfcache.listing import name_of, snapshot_folder
 from netmount.mounting.namespace import NotFound
-from netmount.mounting.stats import HeaderCache, RateMeter, build_stats, file_record, mount_numbers, tensor_records
+from netmount.mounting.stats import Meters, build_stats, file_record, mount_numbers, tensor_records
 from netmount.remote.hub import Snapshot, url_path
 
 
-class HubStatsBuilder:
+class HubStatsBuilder(Meters):
     """The callables behind the control files: ``()`` the whole mount, ``snapshot(name)`` one
     commit's.  ``namespace``: the ``HfCacheNamespace``; ``tally``: the ``FileTally``."""
 
     def __init__(self, config, endpoint: str, counters, store, coverage, tally, namespace, *, maps=None,
                  proxy=None, extra=None) -> None:
+        super().__init__(counters, store, maps)
         self.config, self.endpoint, self.counters, self.store = config, endpoint, counters, store
         self.coverage, self.tally, self.namespace = coverage, tally, namespace
         self.proxy, self.extra = proxy, extra
-        self.headers = HeaderCache(store, maps)
-        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
-        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
-        self._lock = threading.Lock()
 
     def __call__(self) -> dict:
         with self._lock:
@@ -77,14 +73,6 @@ class HubStatsBuilder:
                               name=name_of, per_file=self.tally.per_file())
         out.update(mode="hf-cache", root=snapshot_folder(key, sha))
         return out
-
-    def forget(self, f) -> None:
-        with self._lock:
-            self.headers.forget(f)
-
-    def close(self) -> None:
-        self.rate.close()
-        self.served.close()
 
     # -- pieces ----------------------------------------------------------------------------------
     def _proxy(self):
