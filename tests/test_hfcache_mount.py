@@ -338,3 +338,29 @@ def _tensor_span(path: Path, name: str) -> tuple[int, int]:
     n = int.from_bytes(raw[:8], "little")
     begin, end = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
     return 8 + n + begin, 8 + n + end
+
+
+def test_the_python_api_and_bad_input(hfhub, tmp_path, monkeypatch):
+    """``netmount.mount_hf_cache`` as a context manager (a temp mountpoint, removed after); a
+    missing ``--repo`` fails the mount (nothing mounted); per-repo options are one-line errors."""
+    import netmount
+    from netmount.core import errors
+    from netmount.mounting.mounts import find_mount
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with netmount.mount_hf_cache(repos=[MODEL], endpoint=hfhub.url, token=False, cache_dir=tmp_path / "cache") as path:
+        assert os.listdir(path) == [RepoKey("model", MODEL).folder] and find_mount(path)
+    assert not os.path.exists(path)
+    with pytest.raises(errors.RepoNotFound):
+        netmount.mount_hf_cache(repos=["org/missing"], endpoint=hfhub.url, token=False, cache_dir=tmp_path / "cache")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    env = {"HF_ENDPOINT": hfhub.url, "NETMOUNT_CACHE_DIR": str(tmp_path / "cache"), "HF_TOKEN": ""}
+    for argv, says in ((["--repo", "org/missing"], "repository org/missing not found"),
+                       (["--reshard", "layer"], "--reshard does not go with it"),
+                       (["--refs-ttl", "soon"], "invalid --refs-ttl")):
+        done = run_cli("mount", "--hf-cache", str(mp), *argv, env=env)
+        assert done.returncode != 0 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+        assert not find_mount(str(mp)) and os.listdir(mp) == []
+    done = run_cli("mount", "--hf-cache", MODEL, str(mp), env=env)
+    assert done.returncode != 0 and "REPO does not go with it" in done.stderr, done.stderr
