@@ -92,7 +92,6 @@ def shards_to_read(files: dict[str, int], match: list[str], read_small: Callable
 # -- a mount or a local folder ----------------------------------------------------------------
 
 def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[dict]:
-
     target = os.path.abspath(target)
     if os.path.isfile(target):
         root, files = os.path.dirname(target), {os.path.basename(target): os.path.getsize(target)}

@@ -123,8 +123,8 @@ class NetmountFS(Operations):
         self.control_dirs = control_dirs or {}  # hidden control folders: path -> (name -> what it reads)
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
-        # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
-        # kernel copies the mount's readahead into the file after it (readahead.py)
+        # on_open(handle, the file's path in the mount or None for the raw mirror), before the OPEN
+        # reply: the kernel copies the mount's readahead into the file after it (readahead.py)
         self.on_open, self.on_release = on_open, on_release
         self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.view = view  # a viewfs.ViewTree, or None: the repo as it is

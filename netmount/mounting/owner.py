@@ -10,14 +10,14 @@ for any news that travels up (never an attribute set on it afterwards):
 
 The readahead switch and the prefetcher need each other's news: the prefetcher is built
 first, and tells what it sees to ``LoaderNews``, which the switch reads (readahead.py).
+``close`` follows ``closing.py``: stop taking work, abort fetches, stop the prefetcher,
+drain, close pools, with a bound on every wait.  ``<mount>/.netmount/idle`` stays the one
+"settled" answer: the prefetcher's ``drain`` (or the reader's, without prefetch).
 
 An ``--hf-cache`` daemon (``config.hf_cache``) has no snapshot: its namespace (``HubParts``:
 the Hub in huggingface_hub's cache layout, repos resolved on lookup) names the files, and it
 counts per file by path in the mount (the fetcher it gives the reader counts what it
 delivers); one store, one fetcher and one reader serve every repo.
-``close`` follows ``closing.py``: stop taking work, abort fetches, stop the prefetcher,
-drain, close pools, with a bound on every wait.  ``<mount>/.netmount/idle`` stays the one
-"settled" answer: the prefetcher's ``drain`` (or the reader's, without prefetch).
 """
 
 from __future__ import annotations

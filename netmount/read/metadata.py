@@ -177,4 +177,3 @@ class Folders:
         order = loader_order([p for p in self.shards(folder) if p.rpartition("/")[2] not in skip], weight_map)
         with self._lock:
             return self._known.setdefault(folder, (order, skip))
-

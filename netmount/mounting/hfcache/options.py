@@ -83,7 +83,8 @@ def check_plain(*, repo: str | None, repos=(), refs_ttl=None) -> None:
     if refs_ttl is not None:
         raise errors.BadInput("--refs-ttl is an option of --hf-cache")
     if not repo:
-        raise errors.BadInput("give REPO and MOUNTPOINT (or --hf-cache MOUNTPOINT for every repo of the Hub)")
+        raise errors.BadInput("give REPO and MOUNTPOINT, or --hf-cache MOUNTPOINT for every repo of the Hub "
+                              "(see netmount mount --help)")
 
 
 def daemon_spec(options: HfCacheOptions, endpoint: str, pinned) -> dict:
