@@ -364,3 +364,24 @@ def test_the_python_api_and_bad_input(hfhub, tmp_path, monkeypatch):
         assert not find_mount(str(mp)) and os.listdir(mp) == []
     done = run_cli("mount", "--hf-cache", MODEL, str(mp), env=env)
     assert done.returncode != 0 and "REPO does not go with it" in done.stderr, done.stderr
+
+
+def test_verify_drops_wrong_bytes_for_every_repo_that_shares_them(hf, hfhub):
+    """A hub that lies (right status, Content-Range and length, one byte flipped) about a file
+    two repos share: both read the wrong bytes (one fetch, one block cache); ``netmount verify``
+    of one snapshot finds the mismatch and drops the content — the other repo's copy in the
+    kernel's page cache too — so both read right afterwards."""
+    mp = hf.mount()
+    content = family.shared_files()["embed.safetensors"]
+    repos = ("synthetic/repo-21", "synthetic/repo-22")
+    files = [Path(snapshot(mp, r, sha_of(mp, r), "embed.safetensors")) for r in repos]
+    hfhub.set_faults([{"kind": "lie", "path_contains": _sha256(content)}])
+    try:
+        assert [f.read_bytes() == content for f in files] == [False, False]
+        assert wait_idle(mp)
+        done = run_cli("verify", str(files[0].parent), "embed.safetensors", "--json")
+        [record] = json.loads(done.stdout)
+        assert done.returncode == 1 and record["status"] == "mismatch" and record["dropped_bytes"] > 0, done.stdout
+    finally:
+        hfhub.clear_faults()
+    assert [f.read_bytes() == content for f in files] == [True, True]

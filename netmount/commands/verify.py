@@ -317,20 +317,21 @@ def _check(store, r: dict, bs: int, advance: Callable[[int], None]) -> None:
 # -- dropping --------------------------------------------------------------------------------
 
 def drop_everywhere(mp: str, stats: dict, r: dict) -> int:
-    """Drop ``r``'s file in this mount and in every other live mount on the same cache
-    directory that holds the same content; returns the bytes deleted from the store."""
+    """Drop ``r``'s file in this mount and every file of the same content in live mounts on
+    the same cache directory, this one included (an hf-cache mount's twins in other repos);
+    returns the bytes deleted from the store."""
     targets = [(mp, r["path"])]
-    targets += _sharing_mounts(mp, stats, r["content_id"])
+    targets += [t for t in _sharing_mounts(stats, r["content_id"]) if t != (mp, r["path"])]
     dropped = 0
     for where, path in targets:
         try:
             with open(os.path.join(where, ".netmount", "drop", path), "rb") as fh:
                 dropped += json.loads(fh.read()).get("dropped_bytes", 0)
         except (OSError, ValueError) as exc:
-            if where == mp:
+            if (where, path) == targets[0]:
                 raise errors.MountpointError(
                     f"{mp}: cannot drop {path}: {getattr(exc, 'strerror', None) or exc}") from None
-            continue  # another mount went away meanwhile: nothing of it to invalidate
+            continue  # another mount (or file) went away meanwhile: nothing of it to invalidate
         for view in (os.path.join(where, path), os.path.join(where, ".netmount", "raw", path)):
             _drop_page_cache(view)
         for shown in _view_files_of(where, stats if where == mp else None, path):
@@ -350,15 +351,13 @@ def _view_files_of(where: str, stats: dict | None, path: str) -> list[str]:
     return [f["path"] for f in stats.get("view_files") or () if path in f.get("sources", ()) and f["path"] != path]
 
 
-def _sharing_mounts(mp: str, stats: dict, content_id: str) -> list[tuple[str, str]]:
+def _sharing_mounts(stats: dict, content_id: str) -> list[tuple[str, str]]:
     from netmount.mounting import mounts
     from netmount.mounting.stats import read_stats
 
     mine = os.path.realpath(stats["cache_dir"])
     out = []
     for entry in mounts.list_mounts():
-        if os.path.abspath(entry.mountpoint) == mp:
-            continue
         try:
             other = read_stats(entry.mountpoint)
         except errors.NetmountError:
