@@ -48,7 +48,6 @@ OVERSIZE = {
     "netmount/dev/demo.py:run_demo",  # the demo's script
     "netmount/dev/testhub/server.py:HubServer",  # the test hub's routes
     "netmount/dev/testhub/server.py:HubServer.model_info",
-    "netmount/mounting/stats.py:build_stats",  # stats.json, one key after another
 }
 
 

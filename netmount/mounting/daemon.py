@@ -7,6 +7,8 @@ Runs in-process for ``--foreground``, or as ``python -m netmount.mounting.daemon
 on stdin, a planned view's bytes after it (``DaemonConfig.to_bytes``) — nothing secret in
 argv or the environment — and waits for one line on stdout:
 ``ready`` once the kernel has sent FUSE INIT (the mount is live), or ``error: …``.
+An ``--hf-cache`` mount has no snapshot: ``hf_cache`` holds its endpoint, refs TTL and the
+repos pinned (``hfcache/options.daemon_spec``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger("netmount.daemon")
 
 @dataclass
 class DaemonConfig:
-    snapshot: Snapshot
+    snapshot: Snapshot | None  # None: an --hf-cache mount (``hf_cache``)
     mountpoint: str
     cache_dir: str
     cache_size: int = parse_size(settings.DEFAULT_CACHE_SIZE)
@@ -44,11 +46,12 @@ class DaemonConfig:
     # bytes the parent fetched for the view (headers, index, config) as (path, offset, bytes):
     # the daemon stores them, as it stores whatever it fetches itself
     seed: list[tuple[str, int, bytes]] = field(default_factory=list)
+    hf_cache: dict | None = None  # --hf-cache: hfcache.options.daemon_spec, else None
 
     def to_bytes(self) -> bytes:
         """One line of JSON, then the view's bytes and the seed's as they are (not JSON)."""
         data = asdict(self)
-        data["snapshot"] = json.loads(self.snapshot.to_json())
+        data["snapshot"] = json.loads(self.snapshot.to_json()) if self.snapshot is not None else None
         view = data.pop("view")
         seed = data.pop("seed")
         data["view_bytes"] = None if view is None else len(view)
@@ -60,7 +63,8 @@ class DaemonConfig:
     def from_bytes(cls, raw: bytes) -> "DaemonConfig":
         line, _, rest = raw.partition(b"\n")
         data = json.loads(line)
-        data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
+        if data["snapshot"] is not None:
+            data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
         n = data.pop("view_bytes")
         ranges = data.pop("seed_ranges", [])
         if (n or 0) + sum(length for _, _, length in ranges) != len(rest):
