@@ -14,7 +14,7 @@ from netmount.dev.testhub import TestHub
 from netmount.remote.contract import fetch_bytes, pieces
 from netmount.remote.fetch import RangeFetcher
 from netmount.remote.hub import RemoteFile
-from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Pieces, split_cuts
+from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Abandoned, Pieces, split_cuts
 from netmount.remote.ranged import Fatal, Retry, check_status, retry_after
 
 from conftest import write_plain_repo
@@ -260,20 +260,41 @@ def test_split_cuts_cover_the_range_and_respect_the_limits(start, end, part):
     (10, 10 + 3 * M + 5, M, [10, 1000, 2 * M, 3 * M + 15]),
     (0, 5000, 0, [0, 1, 4999, 5000]),
 ])
-def test_pieces_assembles_cut_pieces_and_hands_out_each_once(start, end, part, cuts):
+def test_pieces_are_filled_in_their_own_buffers_and_handed_out_once(start, end, part, cuts):
+    """Sub-requests cut the pieces anywhere and fill their segments in any order, straight
+    into the pieces' buffers; each piece goes out once, when complete, as that very buffer
+    (a bytearray, not a copy); a resumed sub-request starts at its first segment not filled."""
     src = bytes(range(256)) * (-(-end // 256))
     out = []
     sink = Pieces(start, end, part, lambda o, d: out.append((o, d)))
-    segs = [s for a, b in zip(cuts, cuts[1:]) for s in sink.segments(a, b)]
+    subs = list(zip(cuts, cuts[1:]))
+    segs = [s for a, b in subs for s in sink.segments(a, b)]
     assert [a for a, _ in segs] == sorted({a for a, _ in segs})
-    for lo, hi in reversed(segs):  # in any order
-        sink.put(lo, src[lo:hi])
-    for lo, hi in segs[:2]:  # a retried sub-request puts its segments again
-        sink.put(lo, src[lo:hi])
-    assert sorted(set((o, len(d)) for o, d in out)) == [(a, b - a) for a, b in pieces(start, end, part)]
-    assert all(d == src[o : o + len(d)] and type(d) is bytes for o, d in out)
-    assembled = [(o, len(d)) for o, d in out if not any(lo == o and hi - lo == len(d) for lo, hi in segs)]
-    assert len(assembled) == len(set(assembled))  # a piece put together goes out once
+    a0, b0 = subs[0]
+    first = sink.segments(a0, b0)[0]
+    for lo, hi in [first, *reversed(segs[1:])]:  # in any order
+        view = sink.buffer(lo, hi)
+        view[:] = src[lo:hi]
+        sink.filled(lo, hi)
+        if (lo, hi) == first:  # a retry of the first sub-request resumes after what it filled
+            assert sink.first_missing(a0, b0) == (first[1] if first[1] < b0 else b0)
+    assert sink.first_missing(a0, b0) == b0
+    assert sorted((o, len(d)) for o, d in out) == [(a, b - a) for a, b in pieces(start, end, part)]
+    assert all(d == src[o : o + len(d)] and type(d) is bytearray for o, d in out)
+    sink.filled(*first)  # filled again (cannot happen on resume): not handed out twice
+    assert len(out) == len(pieces(start, end, part))
+
+
+def test_pieces_closed_hand_out_nothing_more():
+    out = []
+    sink = Pieces(0, 2 * M, M, lambda o, d: out.append(o))
+    sink.buffer(0, M)[:] = b"a" * M
+    sink.filled(0, M)
+    sink.close()
+    for call in (lambda: sink.buffer(M, 2 * M), lambda: sink.filled(M, 2 * M), lambda: sink.first_missing(0, 2 * M)):
+        with pytest.raises(Abandoned):
+            call()
+    assert out == [0]
 
 
 def testcheck_status():
@@ -315,22 +336,3 @@ def test_a_bad_range_is_refused_before_any_request():
     fetcher = RangeFetcher("http://127.0.0.1:9", "a/b", "0" * 40)  # never started: no request
     with pytest.raises(FetchError):
         fetcher.fetch(data_bin(10), 0, 11, lambda o, d: None)
-
-
-def test_a_session_that_cannot_be_opened_fails_every_fetch(monkeypatch):
-    """start() does not wait for the session (aiohttp is imported on the loop thread): if it
-    cannot be opened, a request gets FetchError (EIO), never a wait or another exception."""
-    from netmount.remote import client
-
-    def broken() -> None:
-        raise ImportError("no aiohttp here")
-
-    monkeypatch.setattr(client, "import_client", broken)
-    fetcher = RangeFetcher("http://127.0.0.1:9", "org/x", "a" * 40).start()
-    try:
-        run = fetcher.fetch(data_bin(10), 0, 10, lambda offset, data: None)
-        with pytest.raises(FetchError, match="no HTTP session"):
-            run.result(timeout=30)
-        fetcher.abort()  # waits for the failed opening, then has nothing to abort
-    finally:
-        fetcher.close()

@@ -58,7 +58,7 @@ def close_parts(parts, waits: Waits = Waits()) -> bool:
     ``store``; None: not built) in the order above.  True if every step ended in time."""
     fetcher, prefetcher, reader = parts.fetcher, parts.prefetcher, parts.reader
     if fetcher is not None:
-        fetcher.abort()  # bounded inside (client.HttpLoop.abort)
+        fetcher.abort()  # bounded inside (RangeFetcher.abort)
     readers_gone = True
     if prefetcher is not None:
         readers_gone = bool(prefetcher.close(waits.prefetcher))
