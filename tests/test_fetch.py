@@ -17,7 +17,7 @@ from netmount.remote.hub import RemoteFile
 from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Abandoned, Pieces, split_cuts
 from netmount.remote.ranged import Fatal, Retry, check_status, retry_after
 
-from conftest import write_plain_repo
+from conftest import within, write_plain_repo
 
 K, M = 1 << 10, 1 << 20
 
@@ -135,6 +135,63 @@ def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces
     assert sorted((o, len(b)) for o, b in seen) == [(start, M), (start + M, 12345)]
     assert all(b == data[o : o + len(b)] for o, b in seen)
     assert len(ranges) == SPLIT_MAX  # the split is still there: the pieces are put back together
+
+
+def test_a_body_cut_mid_piece_resumes_at_the_first_piece_not_delivered(tmp_path):
+    """The answer stalls 60 % into its body (the middle of the third of five pieces): the
+    retry asks only for the rest, from the third piece on, and every piece goes out once."""
+    from netmount.dev.testhub.faults import FaultRules
+
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    start, part = 100 * K, 64 * K
+    end = start + 5 * part
+    with TestHub(tmp_path) as hub:
+        rules = FaultRules(hub)
+        hub.faults.append(rules)
+        rules.add("stall", fraction=0.5, times=1)  # 2.5 pieces, then silence
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), timeout=1.0,
+                               backoff=0.01).start()
+        try:
+            seen = []
+            got = fetcher.fetch(data_bin(len(data)), start, end, lambda o, b: seen.append((o, bytes(b))),
+                                part_size=part, prefetch=True).result(timeout=60)
+        finally:
+            fetcher.close()
+        ranges = [r.range for r in hub.requests("cdn", "GET")]
+    assert got == end - start
+    assert ranges == [f"bytes={start}-{end - 1}", f"bytes={start + 2 * part}-{end - 1}"]
+    assert sorted(o for o, _ in seen) == list(range(start, end, part))  # each once
+    assert all(b == data[o : o + len(b)] for o, b in seen)
+
+
+def test_abort_fails_a_fetch_blocked_in_recv_at_once(tmp_path):
+    """A body that stalls for an hour, a fetch timeout of a minute: ``abort`` cuts the socket
+    the fetch thread is blocked on, and the fetch fails at once, not after the timeout."""
+    import threading
+
+    from netmount.dev.testhub.faults import FaultRules
+
+    write_plain_repo(tmp_path)
+    size = (tmp_path / "tests" / "plain" / "data.bin").stat().st_size
+    with TestHub(tmp_path) as hub:
+        rules = FaultRules(hub)
+        hub.faults.append(rules)
+        rules.add("stall", fraction=0.5)
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), timeout=60.0).start()
+        try:
+            reading = threading.Event()  # a piece came: the thread is in the body, in recv_into
+            run = fetcher.fetch(data_bin(size), 0, 2 * M, lambda o, b: reading.set(), part_size=64 * K,
+                                prefetch=True)
+            assert reading.wait(60)
+            within(5, fetcher.abort)  # the bound only catches a hang: it waits for the fetch to end
+            assert run.done()
+            with pytest.raises(FetchError):
+                run.result()
+            with pytest.raises(FetchError, match="stopping"):  # and every later one at once
+                fetcher.fetch(data_bin(size), 0, 10, lambda o, b: None)
+        finally:
+            fetcher.close()
 
 
 def test_one_fetcher_serves_files_of_two_repos(tmp_path):
