@@ -43,7 +43,8 @@ TRANSPORT_ERRORS = (OSError, http.client.HTTPException)  # a broken, stalled or 
 
 
 class Stalled(TimeoutError):
-    """The whole request took longer than its limit (its socket was cut)."""
+    """No bytes for ``read_timeout``, or the whole request took longer than its limit (its
+    socket was cut by the watchdog)."""
 
 
 class Stopping(ConnectionAbortedError):
@@ -88,7 +89,9 @@ class Links:
         except BaseException as exc:
             self._drop(key, conn)
             if w.expired and isinstance(exc, Exception) and not isinstance(exc, Abandoned):
-                raise Stalled(f"no answer in full after {w.seconds:.1f}s") from None
+                raise Stalled(f"stalled: no answer in full after {w.seconds:.1f}s") from None
+            if type(exc) is TimeoutError:  # the socket's: a wait for the next bytes
+                raise Stalled(f"stalled: no bytes for {read_timeout:g}s") from None
             raise
         else:
             if resp.will_close or not (resp.isclosed() or resp.length == 0):
