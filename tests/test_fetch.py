@@ -393,3 +393,40 @@ def test_a_bad_range_is_refused_before_any_request():
     fetcher = RangeFetcher("http://127.0.0.1:9", "a/b", "0" * 40)  # never started: no request
     with pytest.raises(FetchError):
         fetcher.fetch(data_bin(10), 0, 11, lambda o, d: None)
+
+
+def test_buffers_are_used_again_only_once_nobody_holds_them():
+    from netmount.remote.buffers import Buffers
+
+    pool = Buffers(keep_bytes=3 * K)
+    held = [pool.take(K) for _ in range(3)]
+    assert len({id(b) for b in held}) == 3
+    extra = pool.take(K)  # all three held, the pool full: a new one, not kept
+    assert all(extra is not b for b in held)
+    view = memoryview(held[0])[10:20]  # a view holds its buffer too
+    del held[0]
+    assert all(pool.take(K) is not b for b in (*held, extra))  # still viewed: not handed out
+    freed = id(view.obj)
+    del view
+    assert id(pool.take(K)) == freed  # let go of: used again
+    assert len(pool.take(2 * K)) == 2 * K  # another size: a new buffer
+
+
+def test_pieces_a_consumer_keeps_are_never_written_again(tmp_path):
+    """Buffers are used again, but never one a consumer still holds: pieces kept from a first
+    fetch keep their bytes through many later fetches of other bytes."""
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    f = data_bin(len(data))
+    with TestHub(tmp_path) as hub:
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), connections=2).start()
+        try:
+            kept = []
+            fetcher.fetch(f, 0, 2 * M, lambda o, b: kept.append((o, b)), part_size=256 * K).result(timeout=60)
+            for n in range(8):
+                start = (2 + n % 3) * M
+                fetcher.fetch(f, start, start + M, lambda o, b: None, part_size=256 * K,
+                              prefetch=n % 2 == 0).result(timeout=60)
+        finally:
+            fetcher.close()
+    assert len(kept) == 8 and all(b == data[o : o + len(b)] for o, b in kept)

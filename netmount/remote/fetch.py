@@ -33,6 +33,7 @@ import threading
 from netmount.core import settings
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
+from netmount.remote.buffers import Buffers
 from netmount.remote.contract import OnPart
 from netmount.remote.hub import RemoteFile, RepoRef
 from netmount.remote.lanes import Lanes
@@ -66,6 +67,7 @@ class RangeFetcher:
         self.origin = RangeRequests(self.resolver, self.links, self.settings, self.counters)
         self.proxy = ProxyRoute(proxy, token, self.links, self.settings, self.counters) if proxy else None
         self._lanes = Lanes(connections, self.prefetch_connections)
+        self._buffers = Buffers(connections * settings.MAX_REQUEST_BYTES)  # what can be in flight
         self._closed = False
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class RangeFetcher:
         if self.stopping:
             raise FetchError(f"{file.path} [{start}, {end}): the fetcher is stopping")
         cuts = split_cuts(start, end, part_size, prefetch)
-        run = Run(len(cuts) - 1, Pieces(start, end, part_size, on_part))
+        run = Run(len(cuts) - 1, Pieces(start, end, part_size, on_part, self._buffers))
         for a, b in zip(cuts, cuts[1:]):
             self._lanes.submit(lambda a=a, b=b: self._one(run, ref, file.path, a, b, file.size), prefetch)
         return run.future

@@ -8,7 +8,7 @@ miss then costs a round trip and a quarter of its transfer time.  The contract
 
 No copy after the socket: a sub-request reads its body segment by segment (its range cut at
 piece edges) straight into the buffer of the segment's piece (``buffer``: a view of a
-``bytearray`` of the piece's size, made when first needed).  A piece goes to ``on_part`` —
+``bytearray`` of the piece's size, taken when first needed: ``buffers.py``).  A piece goes to ``on_part`` —
 that very ``bytearray``, never written again — once its segments are all in (``filled``),
 whichever sub-requests filled them.  A try that fails resumes at the first segment not filled
 (``first_missing``), so a retry never reads, nor hands out, a piece twice.  Pure: no I/O.
@@ -50,8 +50,9 @@ class Pieces:
     docstring).  Thread-safe: sub-requests run on several threads.  ``on_part`` is called
     under the lock, so after ``close()`` returns no piece goes out any more."""
 
-    def __init__(self, start: int, end: int, part_size: int, on_part: OnPart) -> None:
-        self.start, self.end, self.on_part = start, end, on_part
+    def __init__(self, start: int, end: int, part_size: int, on_part: OnPart, buffers=None) -> None:
+        """``buffers``: a ``buffers.Buffers`` to take the pieces' buffers from (None: new ones)."""
+        self.start, self.end, self.on_part, self.buffers = start, end, on_part, buffers
         self.size = part_size if 0 < part_size < end - start else end - start
         self._lock = threading.Lock()
         self._bufs: dict[int, bytearray] = {}  # piece start -> its buffer, while it fills
@@ -91,7 +92,7 @@ class Pieces:
                 raise Abandoned
             buf = self._bufs.get(a)
             if buf is None:
-                buf = self._bufs[a] = bytearray(b - a)
+                buf = self._bufs[a] = self.buffers.take(b - a) if self.buffers else bytearray(b - a)
         return memoryview(buf)[lo - a : hi - a]
 
     def filled(self, lo: int, hi: int) -> None:
