@@ -86,6 +86,7 @@ class Lanes:
             except BaseException:  # a job reports its own errors: this is a bug
                 log.exception("a fetch job failed unexpectedly")
             finally:
+                del job  # what it holds (a fetch's pieces) is not kept while this thread waits
                 with self._ready:
                     self._running -= 1
                     self._running_prefetch -= prefetch
