@@ -409,7 +409,7 @@ def test_buffers_are_used_again_only_once_nobody_holds_them():
     freed = id(view.obj)
     del view
     assert id(pool.take(K)) == freed  # let go of: used again
-    assert len(pool.take(2 * K)) == 2 * K  # another size: a new buffer
+    assert len(pool.take(2 * K)) == 2 * K  # another size: a new buffer (the pool is full)
 
 
 def test_pieces_a_consumer_keeps_are_never_written_again(tmp_path):

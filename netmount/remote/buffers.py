@@ -9,8 +9,8 @@ it, and nobody can tell it from a new one.  CPython counts every holder (``sys.g
 containers, frames, memoryviews and ctypes pointers into it alike), so "only the pool holds
 it" is exact, and a buffer taken from here is held by its taker before the lock is let go.
 
-Only buffers of one size (the contract's piece size, the daemon's block) are kept, at most
-``keep_bytes`` of them; other sizes, and a pool whose buffers are all in use, get new ones.
+Only whole pieces of a fetch cut into several come from here (``pieces.Pieces``: the daemon's
+block size), at most ``keep_bytes`` of them; when all are in use, a new buffer is made.
 """
 
 from __future__ import annotations
@@ -26,23 +26,22 @@ class Buffers:
     def __init__(self, keep_bytes: int) -> None:
         self.keep_bytes = keep_bytes
         self._lock = threading.Lock()
-        self._size = 0  # the size kept (the first piece size asked for)
-        self._pool: collections.deque[bytearray] = collections.deque()
+        self._pools: dict[int, collections.deque[bytearray]] = {}  # size -> its buffers
+        self._kept = 0  # bytes in all pools
 
     def take(self, size: int) -> bytearray:
-        """A ``bytearray`` of ``size`` bytes nobody else holds (its old bytes still in it)."""
+        """A ``bytearray`` of ``size`` bytes nobody else holds (its old bytes still in it).
+        Ask only for sizes that come again (a fetch's whole pieces): each size asked for
+        keeps buffers, up to ``keep_bytes`` in all."""
         with self._lock:
-            if not self._size:
-                self._size = size
-            if size != self._size:
-                return bytearray(size)
-            pool = self._pool
+            pool = self._pools.setdefault(size, collections.deque())
             for _ in range(len(pool)):  # oldest first: the likeliest to be free
                 buf = pool[0]
                 pool.rotate(-1)
                 if sys.getrefcount(buf) == FREE:
                     return buf
             buf = bytearray(size)
-            if (len(pool) + 1) * size <= self.keep_bytes:
+            if self._kept + size <= self.keep_bytes:
                 pool.append(buf)
+                self._kept += size
             return buf

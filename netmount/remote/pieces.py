@@ -54,6 +54,7 @@ class Pieces:
         """``buffers``: a ``buffers.Buffers`` to take the pieces' buffers from (None: new ones)."""
         self.start, self.end, self.on_part, self.buffers = start, end, on_part, buffers
         self.size = part_size if 0 < part_size < end - start else end - start
+        self._pooled = self.size if buffers is not None and self.size < end - start else 0  # sizes that come again
         self._lock = threading.Lock()
         self._bufs: dict[int, bytearray] = {}  # piece start -> its buffer, while it fills
         self._have: dict[int, int] = {}  # piece start -> bytes of it filled
@@ -92,7 +93,7 @@ class Pieces:
                 raise Abandoned
             buf = self._bufs.get(a)
             if buf is None:
-                buf = self._bufs[a] = self.buffers.take(b - a) if self.buffers else bytearray(b - a)
+                buf = self._bufs[a] = self.buffers.take(b - a) if b - a == self._pooled else bytearray(b - a)
         return memoryview(buf)[lo - a : hi - a]
 
     def filled(self, lo: int, hi: int) -> None:
