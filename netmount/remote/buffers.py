@@ -9,8 +9,10 @@ it, and nobody can tell it from a new one.  CPython counts every holder (``sys.g
 containers, frames, memoryviews and ctypes pointers into it alike), so "only the pool holds
 it" is exact, and a buffer taken from here is held by its taker before the lock is let go.
 
-Only whole pieces of a fetch cut into several come from here (``pieces.Pieces``: the daemon's
-block size), at most ``keep_bytes`` of them; when all are in use, a new buffer is made.
+Only pieces of the contract's ``part_size`` come from here (``pieces.Pieces``: the daemon's
+block size).  A new buffer is made only when every kept one is in use, so the pool never
+holds more than were ever in use at once — which the read path's budget bounds (bytes in
+flight and landed, not stored yet) — and ``keep_bytes`` is only a safety net.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ FREE = 3  # getrefcount of a buffer only the pool holds: the deque, ``take``'s l
 
 
 class Buffers:
-    def __init__(self, keep_bytes: int) -> None:
+    def __init__(self, keep_bytes: int = 256 << 20) -> None:
         self.keep_bytes = keep_bytes
         self._lock = threading.Lock()
         self._pools: dict[int, collections.deque[bytearray]] = {}  # size -> its buffers

@@ -67,7 +67,7 @@ class RangeFetcher:
         self.origin = RangeRequests(self.resolver, self.links, self.settings, self.counters)
         self.proxy = ProxyRoute(proxy, token, self.links, self.settings, self.counters) if proxy else None
         self._lanes = Lanes(connections, self.prefetch_connections)
-        self._buffers = Buffers(connections * settings.MAX_REQUEST_BYTES)  # what can be in flight
+        self._buffers = Buffers()
         self._closed = False
 
     # -- lifetime ----------------------------------------------------------------------------

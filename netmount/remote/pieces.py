@@ -54,7 +54,7 @@ class Pieces:
         """``buffers``: a ``buffers.Buffers`` to take the pieces' buffers from (None: new ones)."""
         self.start, self.end, self.on_part, self.buffers = start, end, on_part, buffers
         self.size = part_size if 0 < part_size < end - start else end - start
-        self._pooled = self.size if buffers is not None and self.size < end - start else 0  # sizes that come again
+        self._pooled = part_size if buffers is not None else 0  # the one size that comes again
         self._lock = threading.Lock()
         self._bufs: dict[int, bytearray] = {}  # piece start -> its buffer, while it fills
         self._have: dict[int, int] = {}  # piece start -> bytes of it filled
