@@ -79,7 +79,7 @@ class Links:
             try:
                 resp = self._exchange(conn, method, target, headers, read_timeout)
             except ConnectionError:
-                if not reused or self.stopping.is_set():
+                if not reused or self.stopping.is_set() or w.expired:  # cut by us: not the server
                     raise
                 self._drop(key, conn)  # closed by the server while idle: once more, on a new one
                 conn, _ = self._take(key, connect_timeout)
