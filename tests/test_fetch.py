@@ -428,3 +428,43 @@ def test_pieces_a_consumer_keeps_are_never_written_again(tmp_path):
         finally:
             fetcher.close()
     assert len(kept) == 8 and all(b == data[o : o + len(b)] for o, b in kept)
+
+
+def test_lanes_run_a_demand_job_at_once_beside_a_full_set_of_prefetch_jobs():
+    """Prefetch jobs run on at most ``prefetch_threads`` threads, the others wait queued; a
+    demand job queued after them runs at once on a free thread."""
+    import threading
+
+    from netmount.remote.lanes import Lanes
+
+    lanes = Lanes(3, 2)
+    lanes.start()
+    gate, cond = threading.Event(), threading.Condition()
+    running, peak = [], [0]
+
+    def job(name):
+        def run():
+            with cond:
+                running.append(name)
+                peak[0] = max(peak[0], sum(n.startswith("p") for n in running))
+                cond.notify_all()
+            gate.wait(60)
+            with cond:
+                running.remove(name)
+        return run
+
+    try:
+        for n in range(5):
+            lanes.submit(job(f"p{n}"), prefetch=True)
+        with cond:
+            assert cond.wait_for(lambda: len(running) == 2, 60)
+        lanes.submit(job("demand"))
+        with cond:
+            assert cond.wait_for(lambda: "demand" in running, 60)  # while two prefetch jobs hold theirs
+            assert sorted(running) == ["demand", "p0", "p1"]
+        gate.set()
+        assert lanes.idle(60)
+        assert peak[0] == 2
+    finally:
+        gate.set()
+        assert lanes.close(60)
