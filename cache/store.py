@@ -153,17 +153,18 @@ class BlockStore(abc.ABC):
 
 
 def join_segments(segments: list[Segment]) -> bytes | None:
-    """The bytes of ``segments``, read with ``pread`` (None if a file came up short)."""
+    """The bytes of ``segments`` in one ``bytes``, stored files read with ``pread`` (None if a
+    file came up short); a memory segment may hold any bytes-like object."""
     parts = []
     for s in segments:
         if s.data is not None:
-            parts.append(s.data[s.pos : s.pos + s.length])
+            parts.append(memoryview(s.data)[s.pos : s.pos + s.length])
             continue
         part = os.pread(s.fd, s.length, s.pos)
         if len(part) != s.length:
             return None
         parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
 
 def check_content_id(content_id) -> str:

@@ -142,6 +142,7 @@ def test_put_takes_any_bytes_like_as_handed_over(make, kind):
     store.put_range("c", BS + 10, memoryview(bytearray(b"s" * 8)).cast("I"), 3 * BS)  # 2 four-byte items
     assert bytes(store.get("c", 0)) == b"q" * BS
     assert store.read("c", BS, 18, 3 * BS) == b"q" * 10 + b"s" * 8
+    assert type(store.read("c", 0, 5, 3 * BS)) is bytes
     assert bytes(store.get("c", 2)) == b"r" * 10
     if kind == "memory":
         assert store.get("c", 0) is buf  # kept, not copied

@@ -18,7 +18,7 @@ Threads, not an event loop (issue 21): a body is read with ``readinto`` straight
 buffer handed to ``on_part``, in C with the GIL released; aiohttp spent about twice the CPU
 per byte in callbacks on its loop (``links.py`` has the numbers).  The resolver's HEADs run on
 the same threads (a thread resolves what it needs; one resolve per file), so the daemon has
-no event loop and no aiohttp to import (~0.3 s of CPU at start).
+no event loop and no aiohttp to import (0.1-0.3 s of CPU at start, measured here).
 
 Connections: ``prefetch`` requests run on at most ``prefetch_connections`` of the threads, so a
 read that waits never queues behind a full set of multi-MiB prefetch requests.
