@@ -136,7 +136,7 @@ def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces
 
 
 def test_a_body_cut_mid_piece_resumes_at_the_first_piece_not_delivered(tmp_path):
-    """The answer stalls 60 % into its body (the middle of the third of five pieces): the
+    """The answer stalls halfway into its body (the middle of the third of five pieces): the
     retry asks only for the rest, from the third piece on, and every piece goes out once."""
     from netmount.dev.testhub.faults import FaultRules
 
