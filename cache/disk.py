@@ -29,11 +29,12 @@ as a miss when a file is gone.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import google_crc32c
 
@@ -58,6 +59,9 @@ from .version import ensure_format
 
 log = logging.getLogger("cache")
 
+CHECK_WAIT = 30.0  # seconds a read waits for another thread's check of the same object
+ADVISED = 4096  # checked objects remembered as advised to the kernel (each is advised once)
+
 
 class DiskBlockStore(BlockStore):
     """A persistent, size-capped store in ``directory`` (created mode 0700, format-checked:
@@ -67,7 +71,7 @@ class DiskBlockStore(BlockStore):
 
     def __init__(self, directory, block_size: int, size_limit: int | None, *, timeout: float = 10.0,
                  max_fds: int = 1024, fd_grace: float = FD_GRACE, clock=time.monotonic,
-                 max_contents: int = 4096, prepare_workers: int = 2, logger: logging.Logger = log) -> None:
+                 max_contents: int = 4096, prepare_workers: int = 4, logger: logging.Logger = log) -> None:
         self.block_size = check_block_size(block_size)
         self.directory = os.fspath(directory)
         self.log = logger
@@ -80,6 +84,8 @@ class DiskBlockStore(BlockStore):
         self._lock = threading.Lock()  # counts
         self._commit_lock = threading.Lock()  # commit + apply, see _write: no file I/O inside
         self.counts: Counter[str] = Counter()  # checked, checked_bytes, bad, gone
+        self._checking: dict[str, concurrent.futures.Future] = {}  # file name -> its check under way
+        self._advised: OrderedDict[str, None] = OrderedDict()  # checked files advised to the kernel
         self._prepare = Preparer(self._prepare_now, prepare_workers)
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
@@ -101,7 +107,7 @@ class DiskBlockStore(BlockStore):
             return None
         out = []
         for index, obj, a, b in plan:
-            if not obj.checked and self._check(content_id, index, obj) is None:
+            if not obj.checked and self._check(content_id, index, obj, want_bytes=False) is None:
                 return None
             fd = self._fds.get(obj.ref)
             if fd is None:
@@ -148,8 +154,37 @@ class DiskBlockStore(BlockStore):
             return None
         return data
 
-    def _check(self, content_id: str, index: int, obj: Obj) -> bytes | None:
-        """Read ``obj`` whole and compare its CRC32C: its bytes, or None (then forgotten)."""
+    def _check(self, content_id: str, index: int, obj: Obj, want_bytes: bool = True) -> bytes | bool | None:
+        """Read ``obj`` whole and compare its CRC32C: its bytes (True without ``want_bytes``),
+        or None (then forgotten).
+        Once per object however many threads ask at once: a thread that finds another one
+        checking it (a ``prepare`` thread ahead of the reader, say) waits for that check
+        instead of reading the file a second time."""
+        with self._lock:
+            running = self._checking.get(obj.ref)
+            mine = running is None
+            if mine:
+                running = self._checking[obj.ref] = concurrent.futures.Future()
+        if not mine:
+            try:
+                ok = running.result(CHECK_WAIT)
+            except concurrent.futures.TimeoutError:
+                ok = None  # a stuck disk thread: check it here
+            if ok is not None:
+                if not ok:
+                    return None
+                return self._bytes(content_id, index, obj, 0, obj.length) if want_bytes else True
+        data = None
+        try:
+            data = self._check_now(content_id, index, obj)
+        finally:
+            if mine:
+                with self._lock:
+                    self._checking.pop(obj.ref, None)
+                running.set_result(data is not None)
+        return data
+
+    def _check_now(self, content_id: str, index: int, obj: Obj) -> bytes | None:
         fd = self._fds.get(obj.ref)
         if fd is None:
             self._lost(content_id, index, obj, "gone")
@@ -177,18 +212,28 @@ class DiskBlockStore(BlockStore):
         self._index.delete(self._index.key(content_id, index, offset), obj.ref)
 
     def prepare(self, content_id: str, ranges, size: int | None) -> None:
-        self._prepare.submit(content_id, list(ranges), size)
-
-    def _prepare_now(self, content_id: str, ranges, size: int | None) -> None:
-        """On a prepare thread: check the objects in ``ranges`` not checked yet (which reads
-        them into the page cache), and ask the kernel to read the others ahead."""
+        """Each object of ``ranges`` not checked yet is checked on a prepare thread (which
+        reads it into the page cache), several at once; a checked one is advised to the
+        kernel (``POSIX_FADV_WILLNEED``) once.  Only the map is looked at here."""
         for index, obj in self._known.overlapping(content_id, ranges, size):
-            if not obj.checked:
-                self._check(content_id, index, obj)
-                continue
-            fd = self._fds.get(obj.ref)
-            if fd is not None:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            with self._lock:
+                if obj.ref in self._checking or obj.ref in self._advised:
+                    continue
+                if obj.checked:
+                    self._advised[obj.ref] = None
+                    while len(self._advised) > ADVISED:
+                        self._advised.popitem(last=False)
+            self._prepare.submit(content_id, index, obj)
+
+    def _prepare_now(self, content_id: str, index: int, obj: Obj) -> None:
+        """On a prepare thread: check ``obj`` (reading it into the page cache), or, checked
+        already, ask the kernel to read it ahead."""
+        if not obj.checked:
+            self._check(content_id, index, obj, want_bytes=False)
+            return
+        fd = self._fds.get(obj.ref)
+        if fd is not None:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the prepares under way are done (tests, benchmarks); False on timeout."""

@@ -16,7 +16,7 @@ log = logging.getLogger("cache")
 
 
 class Preparer:
-    def __init__(self, work: Callable[..., None], workers: int = 2, max_pending: int = 64) -> None:
+    def __init__(self, work: Callable[..., None], workers: int = 4, max_pending: int = 256) -> None:
         self._work = work
         self._max_pending = max_pending
         self._lock = threading.Lock()

@@ -49,8 +49,6 @@ OVERSIZE = {
     "netmount/dev/testhub/server.py:HubServer",  # the test hub's routes
     "netmount/dev/testhub/server.py:HubServer.model_info",
     "netmount/mounting/stats.py:build_stats",  # stats.json, one key after another
-    "netmount/read/policy.py:tensor_wants",  # the policy's rows (being rewritten)
-    "netmount/read/prefetch.py:Prefetcher",  # to be split: tensor-map cache + pump
 }
 
 

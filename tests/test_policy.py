@@ -1,27 +1,17 @@
-"""The prefetch policy, as tables: pure functions over explicit state (read/policy.py)."""
+"""The prefetch policy, as tables: pure functions over explicit state (read/policy.py,
+read/tensormap.py, read/loader.py), and the kernel's requests for the ways programs read a
+tensor run through it (readsim.py): reads are bounded by tensors."""
 
 from __future__ import annotations
 
 import pytest
+from readsim import Kernel, Sim
 
-from netmount.read.policy import (
-    FileState,
-    PrefetchConfig,
-    Stream,
-    TensorMap,
-    TensorWants,
-    advance,
-    ahead,
-    exact_read,
-    loader_blocks,
-    loader_order,
-    loader_seen,
-    merge_wants,
-    read_for,
-    speculative_blocks,
-    tensor_wants,
-)
+from netmount.core.ranges import Ranges
+from netmount.read.loader import ahead, loader_blocks, loader_order, loader_seen, speculative_blocks
+from netmount.read.policy import FileState, PrefetchConfig, Stream, Verdict, advance, judge, wants
 from netmount.read.reader import ExactRead
+from netmount.read.tensormap import TensorMap, read_for
 
 KB, MB = 1 << 10, 1 << 20
 BS = 1 * MB
@@ -33,33 +23,37 @@ def test_the_defaults_are_the_production_values():
 
     assert CFG.block_size == DEFAULT_BLOCK_SIZE
     assert (CFG.window_max, CFG.lookahead, CFG.load_tails, CFG.load_run) == (64 * MB, 64 * MB, 3, 8)
-    assert (CFG.speculative, CFG.ahead_files) == (MB, 4)
+    assert (CFG.speculative, CFG.ahead_files, CFG.max_extent, CFG.spill) == (MB, 4, 16 * MB, 8)
 
 
 # -- sequential ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("before, offset, size, after, window, streak", [
     # first read of a handle: a jump, no window
-    (None, 0, 128 * KB, Stream(128 * KB, 0, 0, True), [], None),
+    (None, 0, 128 * KB, Stream(128 * KB, 0, 0, reach=128 * KB), [], None),
     # continuing: the window opens at 2 blocks, from where the read ended
-    (Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, Stream(256 * KB, 2 * MB, 0), [0, 1, 2], 0),
+    (Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, Stream(256 * KB, 2 * MB, 0, reach=128 * KB), [0, 1, 2], 0),
     # and doubles
-    (Stream(256 * KB, 2 * MB, 0), 256 * KB, 128 * KB, Stream(384 * KB, 4 * MB, 0), [0, 1, 2, 3, 4], 0),
-    # a little out of order (within a block) still continues
-    (Stream(10 * MB, 2 * MB, 0), 10 * MB + 512 * KB, 128 * KB, Stream(10 * MB + 640 * KB, 4 * MB, 0),
-     list(range(10, 15)), 0),
+    (Stream(256 * KB, 2 * MB, 0), 256 * KB, 128 * KB, Stream(384 * KB, 4 * MB, 0, reach=128 * KB), [0, 1, 2, 3, 4], 0),
+    # a little out of order (within two of the run's requests) still continues
+    (Stream(10 * MB, 2 * MB, 0, reach=256 * KB), 10 * MB + 512 * KB, 128 * KB,
+     Stream(10 * MB + 640 * KB, 4 * MB, 0, reach=256 * KB), list(range(10, 15)), 0),
+    # further, a jump (the run it left is kept)
+    (Stream(10 * MB, 2 * MB, 0, reach=128 * KB), 10 * MB + 512 * KB, 128 * KB,
+     Stream(10 * MB + 640 * KB, 0, 10 * MB + 512 * KB, (Stream(10 * MB, 2 * MB, 0, reach=128 * KB),), reach=128 * KB),
+     [], None),
+    # a window served before the one before it (within the run's span) continues it too
+    (Stream(10 * MB, 2 * MB, 8 * MB), 9 * MB, 128 * KB, Stream(10 * MB, 4 * MB, 8 * MB, reach=128 * KB),
+     list(range(9, 14)), 8 * MB),
     # a jump resets it, and the streak starts at the jump (the run it left is kept)
     (Stream(10 * MB, 8 * MB, 0), 50 * MB, 128 * KB,
-     Stream(50 * MB + 128 * KB, 0, 50 * MB, True, (Stream(10 * MB, 8 * MB, 0),)), [], None),
-    # a near one (within ``far``) too, but the run is not marked far
-    (Stream(10 * MB, 8 * MB, 0), 11 * MB + 4 * KB, 128 * KB,
-     Stream(11 * MB + 132 * KB, 0, 11 * MB + 4 * KB, False, (Stream(10 * MB, 8 * MB, 0),)), [], None),
-    # a read continuing another run of the handle (another thread's) continues that one
-    (Stream(50 * MB, 0, 49 * MB, True, (Stream(10 * MB, 2 * MB, 9 * MB, True),)), 10 * MB, 64 * KB,
-     Stream(10 * MB + 64 * KB, 4 * MB, 9 * MB, True, (Stream(50 * MB, 0, 49 * MB, True),)), list(range(10, 15)),
-     9 * MB),
+     Stream(50 * MB + 128 * KB, 0, 50 * MB, (Stream(10 * MB, 8 * MB, 0),), reach=128 * KB), [], None),
+    # a read continuing another run of the handle (another thread's) continues that one, its target kept
+    (Stream(50 * MB, 0, 49 * MB, (Stream(10 * MB, 2 * MB, 9 * MB, target=3),)), 10 * MB, 64 * KB,
+     Stream(10 * MB + 64 * KB, 4 * MB, 9 * MB, (Stream(50 * MB, 0, 49 * MB),), target=3, reach=64 * KB),
+     list(range(10, 15)), 9 * MB),
     # capped at window_max
-    (Stream(MB, 64 * MB, 0), MB, 4 * KB, Stream(MB + 4 * KB, 64 * MB, 0), list(range(1, 66)), 0),
+    (Stream(MB, 64 * MB, 0), MB, 4 * KB, Stream(MB + 4 * KB, 64 * MB, 0, reach=4 * KB), list(range(1, 66)), 0),
 ])
 def test_advance(before, offset, size, after, window, streak):
     got, blocks, s = advance(before, offset, size, 100 * MB, CFG)
@@ -89,14 +83,14 @@ def test_advance_stops_at_the_end_of_the_file():
     assert blocks == []  # the read reached EOF
 
 
-# -- a file of tensors --------------------------------------------------------------------------
+# -- one read of a file of tensors ----------------------------------------------------------------
 
 DATA = 64 * KB  # where tensor data starts (after the header)
 SIZES = [2 * KB, 3 * MB, 100 * KB, 20 * MB, 8 * MB, 4 * KB, 5 * MB]
 
 
-def layout(sizes=SIZES):
-    ranges, pos = [], DATA
+def layout(sizes=SIZES, data=DATA):
+    ranges, pos = [], data
     for n in sizes:
         ranges.append((pos, pos + n))
         pos += n
@@ -107,44 +101,101 @@ TMAP, SIZE = layout()
 R = TMAP.ranges
 
 
-@pytest.mark.parametrize("name, state, stream, offset, size, near, folder, want, triggered", [
-    ("the header is never exact", FileState(), None, 0, 4 * KB, False, False, None, set()),
-    ("a far jump to a small tensor's start: the tensor", FileState(), None, R[1][0], 4 * KB, False, False,
-     ExactRead(R[1]), {1}),
-    ("a read-around starting just before a small tensor", FileState(), None, R[2][0] - 64 * KB, 128 * KB,
-     False, False, ExactRead(R[2]), {2}),
-    ("a read ending shortly before a tensor, centred in a big tensor's tail: a fault there, blocks",
-     FileState(), None, R[5][0] - 64 * KB, 60 * KB, False, False, None, set()),
-    ("a tensor over max_extent: blocks", FileState(), None, R[3][0], 4 * KB, False, False, None, set()),
-    ("the middle of a tensor (a loader's first look): blocks", FileState(), None, R[4][0] + 2 * MB, 4 * KB,
-     False, False, None, set()),
-    ("near a lone tensor's extent: its pages exactly", FileState(), None, R[4][0] + 2 * MB, 4 * KB, True,
-     False, ExactRead(), set()),
-    ("a file being loaded: blocks", FileState(loading=True), None, R[1][0], 4 * KB, True, False, None, set()),
-    ("a folder being loaded: blocks", FileState(), None, R[1][0], 4 * KB, False, True, None, set()),
-    ("continuing a run read in blocks: blocks", FileState(), Stream(R[1][0] - MB, 2 * MB, 0), R[1][0],
-     4 * KB, False, False, None, set()),
-    ("a run from byte 0 (a header's read-around) into data: blocks", FileState(),
-     Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, False, False, None, set()),
-    ("a read-around split at the faulting page, first half, after a small tensor", FileState(), None,
-     R[3][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, None, set()),  # tensor 3 is 20 MiB: blocks
-    ("the same, before a small tensor: its extent", FileState(), None,
-     R[6][0] // 4096 * 4096 - 128 * KB, 128 * KB, False, False, ExactRead(R[6]), {6}),
-    ("the same after a near jump (a run read in blocks): blocks", FileState(),
-     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, False), R[5][0] // 4096 * 4096,
-     128 * KB, False, False, None, set()),
-    ("a split read-around's second half, first: the small tensor starting in its first page, not the next",
-     FileState(), None, R[5][0] // 4096 * 4096, 128 * KB, False, False, ExactRead(R[5]), {5}),
-    ("its second half (the run began one far jump ago): the tensor's extent", FileState(),
-     Stream(R[5][0] // 4096 * 4096, 0, R[5][0] // 4096 * 4096 - 128 * KB, True), R[5][0] // 4096 * 4096,
-     128 * KB, False, False, ExactRead(R[5]), {5}),
-    ("an unsplit read-around (max_read 1 MiB) centred on a small tensor's page: it, not the big next one",
-     FileState(), None, R[5][0] // 4096 * 4096 - 128 * KB, 256 * KB, False, False, ExactRead(R[5]), {5}),
+def now(verdict: Verdict, bs: int = BS) -> list[tuple[int, int]]:
+    """What a verdict has fetched exactly now, with the read: its extent, the blocks it
+    starts first and its pieces (a tensor fetched exactly: ``policy._fetch``)."""
+    got = Ranges([verdict.exact.extent] if verdict.exact and verdict.exact.extent else [])
+    for b in verdict.first:
+        got.add(b * bs, (b + 1) * bs)
+    for a, b in verdict.pieces:
+        got.add(a, b)
+    return list(got)
+
+
+def seen(verdict: Verdict) -> tuple:
+    """A verdict as the tables write it: ExactRead(extent) for a tensor fetched exactly now,
+    ExactRead() for the read's pages, None for its blocks."""
+    if verdict.exact is None:
+        return None, now(verdict)
+    return ExactRead(now(verdict)[0] if now(verdict) else None), now(verdict)[1:]
+
+
+def judged(tmap, state, stream, offset, size, file_size, folder=False, cfg=CFG) -> tuple[Verdict, Stream]:
+    """What the prefetcher does before a read: advance the handle's runs, ask the policy."""
+    run, _, streak = advance(stream, offset, size, file_size, cfg)
+    verdict = judge(tmap, state, run, streak, offset, size, file_size, folder_loading=folder, cfg=cfg)
+    return verdict, Stream(**{**run.__dict__, "target": verdict.target})
+
+
+AFTER_3 = Stream(R[3][0] + 2 * MB, 0, R[3][0] - 64 * KB, target=3, reach=128 * KB)  # a run in tensor 3
+
+
+@pytest.mark.parametrize("name, state, stream, offset, size, folder, exact, target", [
+    ("a header read within the head: the head", FileState(), None, 0, 32 * KB, False, None, -1),
+    ("a header read in a large request (a large readahead): its block", FileState(), None, 0, MB, False, None, -1),
+    ("a far jump to a small tensor's start: the tensor", FileState(), None, R[1][0], 4 * KB, False,
+     ExactRead(R[1]), 1),
+    ("a read-around starting just before a small tensor: the tensor", FileState(), None, R[2][0] - 64 * KB,
+     128 * KB, False, ExactRead(R[2]), 2),
+    ("a jump into the middle of a small tensor (torch's second thread first): the tensor", FileState(), None,
+     R[4][0] + 4 * MB, 64 * KB, False, ExactRead(R[4]), 4),
+    ("the same, once the tensor is fetched exactly: in its whole blocks, those blocks (coming)",
+     FileState(extents=frozenset({4})), None, R[4][0] + 4 * MB, 64 * KB, False, None, 4),
+    ("... at its ends, its pages (joined)", FileState(extents=frozenset({4})), None, R[4][0], 64 * KB, False,
+     ExactRead(), 4),
+    ("a first look at a tensor's tail (a loader's?): its pages, not the tensor", FileState(), None,
+     R[4][1] - 256 * KB, 128 * KB, False, ExactRead(), 4),
+    ("a jump to a tensor over max_extent: its pages (its first block holds another's bytes)", FileState(),
+     None, R[3][0], 4 * KB, False, ExactRead(), 3),
+    ("a jump into a big tensor's whole blocks: blocks", FileState(), None, R[3][0] + 5 * MB, 64 * KB, False,
+     None, 3),
+    ("a run on in a big tensor's whole blocks: blocks", FileState(), AFTER_3, AFTER_3.expected, 64 * KB, False,
+     None, 3),
+    ("a run into a big tensor's last block (another's bytes): its pages", FileState(), AFTER_3,
+     R[3][1] - 64 * KB, 64 * KB, False, ExactRead(), 3),
+    ("a file being loaded: blocks", FileState(loading=True, wanted=frozenset({1})), None, R[1][0], 4 * KB,
+     False, None, -1),
+    ("a folder being loaded: blocks", FileState(), None, R[1][0], 4 * KB, True, None, -1),
+    ("a run from byte 0 into data: the kernel reading on past a header, its pages", FileState(),
+     Stream(128 * KB, 0, 0), 128 * KB, 64 * KB, False, ExactRead(), -1),
+    ("... in requests as long as cat's: its block", FileState(),
+     Stream(128 * KB, 0, 0), 128 * KB, 128 * KB, False, None, -1),
+    ("... past spill of its requests (to a block's end), the program's (cat): blocks", FileState(),
+     Stream(2 * MB, 0, 0, reach=128 * KB), 2 * MB, 128 * KB, False, None, -1),
 ])
-def test_exact_read(name, state, stream, offset, size, near, folder, want, triggered):
-    got, new = exact_read(TMAP, state, stream, offset, size, SIZE, near_anchor=near, folder_loading=folder, cfg=CFG)
-    assert got == want, name
-    assert new.triggered == frozenset(triggered), name
+def test_judge(name, state, stream, offset, size, folder, exact, target):
+    verdict, _ = judged(TMAP, state, stream, offset, size, SIZE, folder)
+    assert (seen(verdict), verdict.target) == ((exact, []), target), name
+
+
+# A run that read a tensor to its end goes on: the kernel's readahead (a few of the run's
+# requests), or the program reading on.
+ON_MAP, ON_SIZE = layout([3 * MB, 6 * MB, 40 * MB] + [MB] * 8)
+ON = ON_MAP.ranges
+E0 = ON[0][1]
+
+
+def ran(reach, target=0, streak=ON[0][0] + 4 * KB):
+    return Stream(E0, 0, streak, target=target, reach=reach)
+
+
+@pytest.mark.parametrize("name, stream, offset, exact, target, window", [
+    ("the kernel reading on past the tensor: its pages, never the next tensor",
+     ran(128 * KB), E0, ExactRead(), 0, (0, 0)),
+    ("... up to spill of the run's requests past it", ran(128 * KB), E0 + MB - 4 * KB, ExactRead(), 0, (0, 0)),
+    ("... of 1 MiB requests: 8 MiB (traced: 4 windows in flight)", ran(MB), E0 + 4 * MB, ExactRead(), 0, (0, 0)),
+    ("past that (to a block's end), the program reads on: the rest of the tensor it is in, exactly",
+     ran(128 * KB), 5 * MB, ExactRead((5 * MB, ON[1][1])), 1, (0, 0)),
+    ("... a big one: its whole blocks as the run goes on", ran(128 * KB, 1, ON[1][0]), ON[2][0] + 2 * MB,
+     None, 2, ON_MAP.whole_blocks(2, BS, ON_SIZE)),
+    ("through 3 whole tensors past its tensor: a stream", ran(128 * KB, 3, ON[3][0]), ON[7][0],
+     None, 3, (0, ON_SIZE)),
+])
+def test_reading_on_past_the_runs_tensor(name, stream, offset, exact, target, window):
+    stream = Stream(offset, 0, stream.streak, target=stream.target, reach=stream.reach)  # (continuing)
+    verdict = judge(ON_MAP, FileState(), stream, stream.streak, offset, 128 * KB, ON_SIZE, folder_loading=False,
+                    cfg=CFG)
+    assert (seen(verdict), verdict.target, verdict.window) == ((exact, []), target, window), name
 
 
 # The kernel's read around an mmap fault at page P is [P - R, P + R) for a readahead of R
@@ -155,8 +206,8 @@ def test_exact_read(name, state, stream, offset, size, near, folder, want, trigg
 HEADER = 2600  # an unaligned data start, as in real files
 # a 1920-byte norm shares a page with two big ones; 12 scales of 3584 bytes before a 14 MiB expert weight
 ODD = [3 * MB + 100, 1920, 5 * MB, 100 * KB, 20 * MB, 3 * MB] + [3584] * 12 + [14 * MB, 28]
-ODD_RANGES = [(HEADER + sum(ODD[:k]), HEADER + sum(ODD[: k + 1])) for k in range(len(ODD))]
-ODD_MAP, ODD_SIZE = TensorMap(ODD_RANGES), HEADER + sum(ODD)
+ODD_MAP, ODD_SIZE = layout(ODD, HEADER)
+ODD_RANGES = ODD_MAP.ranges
 
 
 def read_around(fault: int, r: int, form: str) -> tuple[int, int]:
@@ -173,19 +224,18 @@ def read_around(fault: int, r: int, form: str) -> tuple[int, int]:
     ("a norm in the page where a big tensor ends and the next starts: the norm", ODD_RANGES[1][0], 1),
     ("a 100 KiB tensor between big ones: it", ODD_RANGES[3][0], 3),
     ("a 3 MiB tensor: it", ODD_RANGES[5][0], 5),
-    ("a tensor over max_extent: blocks", ODD_RANGES[4][0], None),
-    ("1 MiB into a 5 MiB tensor (a second thread, or a slice): blocks", ODD_RANGES[2][0] + MB, None),
+    ("a tensor over max_extent: its pages", ODD_RANGES[4][0], None),
+    ("1 MiB into a 5 MiB tensor (a second thread, or a slice): it", ODD_RANGES[2][0] + MB, 2),
     ("an expert weight after its dense small scales: it, not a scale", ODD_RANGES[18][0], 18),
     ("the last tensor, 28 bytes (the read-around cut at the end of the file): it", ODD_RANGES[19][0], 19),
 ])
-def test_exact_read_finds_the_faulting_tensor_whatever_the_readahead(r, form, what, fault, want):
+def test_a_jump_finds_the_faulting_tensor_whatever_the_readahead(r, form, what, fault, want):
     offset, size = read_around(fault, r, form)
-    got, new = exact_read(ODD_MAP, FileState(), None, offset, size, ODD_SIZE, near_anchor=False,
-                          folder_loading=False, cfg=CFG)
+    verdict, _ = judged(ODD_MAP, FileState(), None, offset, size, ODD_SIZE)
     if want is None:
-        assert got is None and new.triggered == frozenset(), what
+        assert seen(verdict) == (ExactRead(), []) and verdict.state.extents == frozenset(), what
     else:
-        assert got == ExactRead(ODD_RANGES[want]) and new.triggered == {want}, what
+        assert seen(verdict) == (ExactRead(ODD_RANGES[want]), []) and verdict.state.extents == {want}, what
 
 
 def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_tensor():
@@ -194,58 +244,50 @@ def test_a_read_around_cut_short_by_the_end_of_the_file_is_for_the_small_last_te
     tmap, size = layout([4 * MB, 11 * MB, 28])
     small = tmap.ranges[-1]
     offset = small[0] // 4096 * 4096 - 128 * KB
-    got, new = exact_read(tmap, FileState(), None, offset, size - offset, size, near_anchor=False,
-                          folder_loading=False, cfg=CFG)
-    assert got == ExactRead(small) and new.triggered == {2}
+    verdict, _ = judged(tmap, FileState(), None, offset, size - offset, size)
+    assert seen(verdict) == (ExactRead(small), []) and verdict.state.extents == {2}
 
 
-def blocks(a, b):
-    return list(range(a // BS, (b - 1) // BS + 1))
+# -- reads bounded by tensors: the kernel's requests for each way of reading one tensor --------------
+#
+# One tensor read by a program that opened the file and read its header: with mmap
+# (``safe_open(...).get_tensor`` and a sum: torch's two threads, from its start and its
+# middle), with one thread faulting it in, or with a pread; at a readahead of 16 KiB to 1 MiB
+# (requests up to 1 MiB, or up to 128 KiB: the kernel's cap without root); with the kernel's
+# read-around before it and its readahead after it (1 to 4 windows).  Every byte fetched is
+# the tensor's or one the kernel asked for, and no byte is fetched twice.
+
+EXPERT = layout([3584] * 40 + [14 * MB + 680 * KB] * 3 + [3584] * 40 + [40 * MB, 2 * MB, 3 * MB + 100], 70 * KB)
+PICKS = {"a 3.5 KiB scale": 39, "a 14.7 MB expert weight": 41, "a 40 MB tensor (over max_extent)": 83,
+         "a 2 MiB tensor after a big one": 84, "the last tensor, at the end of the file": 85}
 
 
-def test_a_lone_read_inside_a_big_tensor_wants_that_tensor_in_blocks():
-    offset = R[3][0] + 5 * MB  # well inside the 20 MiB tensor
-    w = tensor_wants(TMAP, FileState(), offset, None, SIZE, folder_loading=False, cfg=CFG)
-    assert w.blocks == blocks(*R[3]) and w.limit == R[3][1]
-    assert w.state == FileState(frozenset({3}), frozenset({3}), False, data_read=True, order=(3,))
-    again = tensor_wants(TMAP, w.state, offset + MB, None, SIZE, folder_loading=False, cfg=CFG)
-    assert again.blocks == []  # wanted once
+@pytest.mark.parametrize("how", ["get_tensor", "one thread", "pread"])
+@pytest.mark.parametrize("r, max_read", [(16 * KB, MB), (32 * KB, MB), (128 * KB, MB), (128 * KB, 128 * KB),
+                                         (MB, MB)])
+@pytest.mark.parametrize("spill", [1, 4])
+@pytest.mark.parametrize("what", list(PICKS))
+def test_one_tensor_costs_the_tensor_and_the_pages_the_kernel_asked(how, r, max_read, spill, what):
+    tmap, size = EXPERT
+    start, end = tmap.ranges[PICKS[what]]
+    kernel = Kernel(size, r, max_read, spill)
+    sim = Sim(tmap, size, CFG)
+    sim.reads(kernel.pread(0, 8), handle=1)  # safe_open: the header, its own handle
+    sim.reads(kernel.pread(8, tmap.data), handle=1)
+    # the kernel reading on past the header: in requests of 128 KiB or more it cannot be told
+    # from cat, whose first block(s) come whole: they cost their blocks
+    header = max(b for a, b in kernel.asked) if sim.stream.reach >= CFG.min_split else tmap.data
+    reads = {"get_tensor": kernel.get_tensor, "one thread": kernel.faults, "pread": kernel.pread}[how](start, end)
+    sim.reads(reads, handle=2)
+    allowed = Ranges(kernel.asked)
+    allowed.add(start, end)
+    allowed.add(0, -(-header // BS) * BS)  # the header's block(s), at most
+    outside = [gap for a, b in sim.fetches for gap in allowed.missing(a, b)]
+    assert not outside, (outside[:4], sim.verdicts[-3:])
+    assert sim.held.contains(start, end)
 
 
-def test_a_read_near_a_tensors_edge_wants_nothing_and_limits_the_window():
-    w = tensor_wants(TMAP, FileState(), R[3][0] + 4 * KB, None, SIZE, folder_loading=False, cfg=CFG)
-    assert w.blocks == [] and w.limit == R[3][0] + 4 * KB + CFG.guard
-
-
-def test_jumps_into_the_tails_of_big_tensors_make_a_loader_which_wants_the_whole_file():
-    state = FileState()
-    for i in (1, 3):  # transformers' first look: the last ~256 KiB of each tensor
-        w = tensor_wants(TMAP, state, R[i][1] - 256 * KB, None, SIZE, folder_loading=False, cfg=CFG, size=128 * KB)
-        state = w.state
-        assert not state.loading
-    w = tensor_wants(TMAP, state, R[4][1] - 256 * KB, None, SIZE, folder_loading=False, cfg=CFG, size=128 * KB)
-    assert w.state.loading and w.limit == SIZE and w.state.tails == frozenset({1, 3, 4})
-    ahead_ = blocks(R[4][0], R[6][1])
-    assert w.blocks[: len(ahead_)] == ahead_
-    behind = w.blocks[len(ahead_):]
-    assert behind == sorted(behind, reverse=True) and max(behind) < ahead_[0]
-    assert sorted(w.blocks) == blocks(DATA, SIZE)  # the rest of the whole file, once each
-
-
-def test_loader_blocks_nearest_first_then_the_rest_of_the_file():
-    sizes = [4 * MB] * 40  # 160 MiB: past the lookahead both ways
-    tmap, size = layout(sizes)
-    got = loader_blocks(tmap, 20, size, CFG)
-    r = tmap.ranges
-    assert got[0] == r[20][0] // BS
-    assert sorted(got) == blocks(DATA, size) and len(got) == len(set(got))
-    # ahead to the lookahead, then half of it behind (nearest first), then the rest after, then before
-    la = got.index(r[20][0] // BS - 1)
-    assert got[:la] == list(range(r[20][0] // BS, got[la - 1] + 1))
-    assert got[la - 1] * BS >= r[20][1] + CFG.lookahead - 4 * MB
-    tail = got[-1]
-    assert tail == DATA // BS
-
+# -- loaders: the evidence, and what they get -------------------------------------------------------
 
 # The patterns of issue 11, as the jumps they make into one file.  ``reads`` are (tensor, where,
 # size): page faults at "start" (a get_tensor's first), "mid" (the second torch thread's) or
@@ -303,7 +345,7 @@ def test_loader_evidence(name, reads, loader):
     tmap, size = layout(BIG)
     state = FileState()
     for offset, n in jumps(tmap, reads):
-        state = tensor_wants(tmap, state, offset, None, size, folder_loading=False, cfg=CFG, size=n).state
+        state = judged(tmap, state, None, offset, n, size)[0].state
     assert state.loading == loader, (name, sorted(state.touched), sorted(state.tails))
 
 
@@ -319,7 +361,7 @@ def test_norms_after_big_tensors_are_no_loader(r):
     state = FileState()
     for i in (3, 7, 11):
         page = tmap.ranges[i][0] // 4096 * 4096
-        state = tensor_wants(tmap, state, page - r, None, size, folder_loading=False, cfg=CFG, size=2 * r).state
+        state = judged(tmap, state, None, page - r, 2 * r, size)[0].state
     assert not state.loading and state.tails == frozenset(), (sorted(state.touched), sorted(state.tails))
     assert state.touched == {3, 7, 11}
 
@@ -361,57 +403,64 @@ def test_read_for(offset, size, want):
     assert read_for(TMAP, offset, size) == want
 
 
-def test_a_sequential_run_does_not_touch_tensors():
-    w = tensor_wants(TMAP, FileState(), R[2][0], R[1][0], SIZE, folder_loading=False, cfg=CFG)
-    assert w.state.touched == frozenset()
 
 
-def test_a_stream_from_byte_zero_gets_no_limit():
-    offset = DATA + CFG.stream_bytes + 4 * KB  # inside tensor 1, streamed from 0
-    w = tensor_wants(TMAP, FileState(), offset, 0, SIZE, folder_loading=False, cfg=CFG)
-    assert w.limit == SIZE and not w.state.loading
+def blocks(a, b):
+    return list(range(a // BS, (b - 1) // BS + 1))
 
 
-def test_the_kernel_reading_on_through_a_header_fetches_no_block():
-    """At a small readahead the kernel reads a long header in several requests, and on a little
-    past it: the head tier serves those (read/head.py); no window may fetch block 0 for them."""
-    w = tensor_wants(TMAP, FileState(), 32 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
-    assert w.limit == 0 and merge_wants([0, 1], w, near_anchor=False, block_size=BS) == []
-    w = tensor_wants(TMAP, FileState(), 96 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
-    assert TMAP.find(96 * KB) is not None and w.limit == 0  # in tensor data, within the head
-    assert merge_wants([0, 1], w, near_anchor=False, block_size=BS) == []
-    # past the head, a run from byte 0 reads on as before (cat)
-    w = tensor_wants(TMAP, FileState(), 160 * KB, 0, SIZE, folder_loading=False, cfg=CFG, size=32 * KB)
-    assert w.limit > 0 and merge_wants([0, 1], w, near_anchor=False, block_size=BS) == [0]
-
-
-def test_a_run_into_one_tensor_across_small_ones_before_it_is_no_stream():
-    """A lone reader's run begins in the read-around before its tensor, here across 12 small
-    scales: that is not 3 whole tensors of a stream; 3 whole tensors of 1 MiB each are."""
-    scales = layout([3 * MB] + [3584] * 12 + [14 * MB])
-    tmap, size = scales
-    start = tmap.ranges[13][0]
-    w = tensor_wants(tmap, FileState(), start + 3 * MB, start // 4096 * 4096 - 32 * KB, size,
-                     folder_loading=False, cfg=CFG, size=64 * KB)
-    assert w.limit == tmap.ranges[13][1]
-    tmap, size = layout([MB] * 8)
+def test_loader_blocks_nearest_first_then_the_rest_of_the_file():
+    sizes = [4 * MB] * 40  # 160 MiB: past the lookahead both ways
+    tmap, size = layout(sizes)
+    got = loader_blocks(tmap, 20, size, CFG)
     r = tmap.ranges
-    w = tensor_wants(tmap, FileState(), r[4][0] + 4 * KB, r[0][0], size, folder_loading=False, cfg=CFG, size=64 * KB)
-    assert w.limit == size
+    assert got[0] == r[20][0] // BS
+    assert sorted(got) == blocks(DATA, size) and len(got) == len(set(got))
+    # ahead to the lookahead, then half of it behind (nearest first), then the rest after, then before
+    la = got.index(r[20][0] // BS - 1)
+    assert got[:la] == list(range(r[20][0] // BS, got[la - 1] + 1))
+    assert got[la - 1] * BS >= r[20][1] + CFG.lookahead - 4 * MB
+    assert got[-1] == DATA // BS
+
+
+def test_jumps_into_the_tails_of_big_tensors_make_a_loader_which_wants_the_whole_file():
+    state = FileState()
+    for i in (1, 3):  # transformers' first look: the last ~256 KiB of each tensor
+        verdict, _ = judged(TMAP, state, None, R[i][1] - 256 * KB, 128 * KB, SIZE)
+        state = verdict.state
+        assert not state.loading and verdict.exact == ExactRead()  # (its pages)
+    verdict, _ = judged(TMAP, state, None, R[4][1] - 256 * KB, 128 * KB, SIZE)
+    assert verdict.state.loading and verdict.state.tails == frozenset({1, 3, 4})
+    assert verdict.exact is None and verdict.loader == 4 and verdict.window == (0, SIZE)
+    got = wants(TMAP, verdict, [], SIZE, CFG)
+    ahead_ = blocks(R[4][0], R[6][1])
+    assert got[: len(ahead_)] == ahead_
+    behind = got[len(ahead_):]
+    assert behind == sorted(behind, reverse=True) and max(behind) < ahead_[0]
+    assert sorted(got) == blocks(DATA, SIZE)  # the rest of the whole file, once each
+    again, _ = judged(TMAP, verdict.state, None, R[4][0] + MB, 4 * KB, SIZE)
+    assert again.loader is None and again.window == (0, SIZE)  # wanted once, from each new tensor
 
 
 def test_a_jump_into_tensor_data_in_a_loading_folder_is_a_loader_read():
-    w = tensor_wants(TMAP, FileState(), R[5][0], None, SIZE, folder_loading=True, cfg=CFG)
-    assert w.state.loading and w.state.data_read and w.blocks[0] == R[5][0] // BS
+    verdict, _ = judged(TMAP, FileState(), None, R[5][0], 4 * KB, SIZE, folder=True)
+    assert verdict.state.loading and verdict.state.data_read and verdict.loader == 5
+    assert wants(TMAP, verdict, [], SIZE, CFG)[0] == R[5][0] // BS
 
 
 def test_a_header_read_in_a_loading_folder_gets_the_speculative_window_only():
-    w = tensor_wants(TMAP, FileState(), 0, None, SIZE, folder_loading=True, cfg=CFG, size=128 * KB)
-    assert not w.state.loading and not w.state.data_read and w.blocks == []
-    assert w.limit == DATA + CFG.speculative
+    verdict, stream = judged(TMAP, FileState(), None, 0, 128 * KB, SIZE, folder=True)
+    assert not verdict.state.loading and not verdict.state.data_read and verdict.loader is None
+    assert verdict.window == (0, DATA + CFG.speculative)
     # the kernel's readahead running on from the header into the data is not the program's
-    w = tensor_wants(TMAP, w.state, 128 * KB, 0, SIZE, folder_loading=True, cfg=CFG, size=128 * KB)
-    assert not w.state.loading and not w.state.data_read
+    verdict, _ = judged(TMAP, verdict.state, stream, 128 * KB, 128 * KB, SIZE, folder=True)
+    assert not verdict.state.loading and not verdict.state.data_read
+
+
+def test_a_sequential_run_does_not_touch_tensors():
+    run = Stream(R[2][0], 0, R[1][0] + 4 * KB, target=2, reach=4 * KB)
+    verdict = judge(TMAP, FileState(), run, run.streak, R[2][0], 4 * KB, SIZE, folder_loading=False, cfg=CFG)
+    assert verdict.state.touched == frozenset()
 
 
 def test_speculative_blocks():
@@ -419,13 +468,6 @@ def test_speculative_blocks():
     tmap, size = layout([100 * KB])
     assert speculative_blocks(tmap, size, CFG) == [0]
     assert speculative_blocks(TensorMap([]), 4 * KB, CFG) == []
-
-
-def test_merge_wants():
-    w = TensorWants([7, 8], 9 * BS, FileState())
-    assert merge_wants([8, 9, 10], w, near_anchor=False, block_size=BS) == [7, 8]
-    assert merge_wants([9, 10], TensorWants([], 100 * BS), near_anchor=False, block_size=BS) == [9, 10]
-    assert merge_wants([9, 10], TensorWants([], 100 * BS), near_anchor=True, block_size=BS) == []
 
 
 def test_loader_order_follows_the_index_keys():
@@ -450,3 +492,27 @@ def test_loader_order_follows_the_index_keys():
 def test_ahead(reached, wanted, want):
     order = [f"s{k}" for k in range(1, 7)]
     assert ahead(order, reached, frozenset(wanted), CFG) == want
+
+
+# -- loads stay loads, streams stay streams (through the kernel's requests) -------------------------
+
+@pytest.mark.parametrize("r", [32 * KB, MB])
+def test_cat_streams_the_whole_file_in_blocks(r):
+    tmap, size = EXPERT
+    kernel = Kernel(size, r, MB, spill=2)
+    sim = Sim(tmap, size, CFG)
+    sim.reads(kernel.pread(0, size))
+    assert sim.held.contains(0, size) and sim.sent == size  # every byte, once
+    stream = [v for v in sim.verdicts if v.window == (CFG.block_size * 2, size) or v.window[1] == size]
+    assert stream and sum(b - a for a, b in sim.fetches if b - a == BS) >= size - 4 * MB  # blocks, the start paged
+
+
+def test_transformers_first_looks_then_the_load_fetch_the_whole_file_in_blocks():
+    tmap, size = layout([8 * MB] * 12)
+    kernel = Kernel(size, 32 * KB, MB)
+    sim = Sim(tmap, size, CFG)
+    sim.reads(kernel.pread(0, 8))
+    for i in (0, 1, 2, 3):  # the last page of each tensor, in key order (transformers 5)
+        sim.reads(kernel.faults(tmap.ranges[i][1] - 1, tmap.ranges[i][1]))
+    assert sim.state.loading
+    assert sim.held.contains(tmap.data, size)  # the loader's want: the rest of the whole file

@@ -40,7 +40,9 @@ def tensor_ranges(data: bytes) -> list[tuple[int, int]]:
 
 
 class CountingFetch(MemoryFetcher):
-    """The in-memory fetcher, also tracking how many bytes are being fetched at once."""
+    """The in-memory fetcher, also tracking how many bytes prefetch is fetching at once (the
+    budget's: a read's own bytes, and the exact pieces of a tensor a read starts, are never
+    held back)."""
 
     def __init__(self, contents):
         super().__init__(contents, workers=32)
@@ -50,15 +52,16 @@ class CountingFetch(MemoryFetcher):
         self.asked = threading.Event()  # a fetch was asked for
 
     def fetch(self, f, start, end, on_part, **kw):
+        n = end - start if kw.get("prefetch") else 0
         with self._count:
-            self.now += end - start
+            self.now += n
             self.peak = max(self.peak, self.now)
         self.asked.set()
         fut = super().fetch(f, start, end, on_part, **kw)
 
         def done(_):
             with self._count:
-                self.now -= end - start
+                self.now -= n
 
         fut.add_done_callback(done)
         return fut
@@ -415,6 +418,6 @@ def test_a_small_shard_read_first_inside_a_tensor_reads_right(caplog):
         assert read(pre, reader, f, start, end - start) == data[start:end]  # the file's first read
         assert pre.drain(10)
     assert not caplog.records, [r.getMessage()[:200] for r in caplog.records]
-    assert pre._maps[f.path] is not None
+    assert pre.maps.get(f.content_id).tmap is not None
     pre.close()
     reader.close()

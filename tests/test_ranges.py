@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from netmount.core.ranges import Ranges
+from netmount.core.ranges import Ranges, aligned_within, overlaps
 
 
 @pytest.mark.parametrize("adds, expect", [
@@ -84,3 +84,18 @@ def _random_ops(rng: random.Random, n: int) -> None:
 def test_random_against_a_set(seed):
     _random_ops(random.Random(seed), 40)
 
+
+
+@pytest.mark.parametrize("start, end, unit, want", [
+    (0, 10, 4, (0, 8)),
+    (1, 10, 4, (4, 8)),
+    (5, 7, 4, (8, 8)),  # no whole unit inside: empty
+    (4, 8, 4, (4, 8)),
+])
+def test_aligned_within(start, end, unit, want):
+    assert aligned_within(start, end, unit) == want
+
+
+@pytest.mark.parametrize("a, b, want", [((0, 5), (5, 9), False), ((0, 6), (5, 9), True), ((3, 4), (0, 9), True)])
+def test_overlaps(a, b, want):
+    assert overlaps(a, b) is want and overlaps(b, a) is want

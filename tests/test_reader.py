@@ -338,3 +338,19 @@ class SlowStore(MemoryBlockStore):
     def put_ranges(self, items):
         self.gate.wait(30)
         super().put_ranges(items)
+
+
+def test_prefetch_takes_a_long_run_up_to_the_budget_cut_at_a_block_edge():
+    data, f, fetch, reader = setup(size=100 * BS)
+    fetch.hold()
+    assert reader.prefetch(f, range(100), budget=10 * BS + 100) == (10, 90)
+    fetch.release()
+    assert reader.drain(10)
+    assert held(reader, f) == [(0, 10 * BS)]
+    reader.close()
+
+
+def test_block_runs_join_consecutive_blocks_in_the_order_given():
+    from netmount.read.reader import block_runs
+
+    assert block_runs([3, 4, 5, 1, 0, 9, 4, 50], 10, 95) == [(30, 60), (10, 20), (0, 10), (90, 95)]

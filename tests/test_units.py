@@ -78,3 +78,17 @@ def test_format_parse_round_trip_random():
         assert abs(back - n) <= n * 0.05, (n, text, back)
         if n < K:
             assert back == n
+
+
+def test_a_daemon_config_round_trips_with_a_view_and_its_seed():
+    from netmount.mounting.daemon import DaemonConfig
+    from netmount.remote.hub import RemoteFile, Snapshot
+
+    snap = Snapshot("org/name", "main", "a" * 40, "http://127.0.0.1:1", [RemoteFile("m.safetensors", 9, "b" * 64)])
+    seed = [("m.safetensors", 0, b"\n\x00head"), ("config.json", 3, b"{}\n")]
+    for view, seeds in ((None, []), (b"view\nbytes", seed), (b"", seed)):
+        config = DaemonConfig(snap, "/mnt", "/cache", view=view, seed=seeds)
+        back = DaemonConfig.from_bytes(config.to_bytes())
+        assert (back.view, back.seed, back.snapshot.files) == (view, seeds, snap.files)
+    with pytest.raises(ValueError):
+        DaemonConfig.from_bytes(DaemonConfig(snap, "/mnt", "/cache", seed=seed).to_bytes()[:-1])

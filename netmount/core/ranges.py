@@ -99,3 +99,15 @@ class Ranges:
 
     def __repr__(self) -> str:
         return f"Ranges({list(self)!r})"
+
+
+def aligned_within(start: int, end: int, unit: int) -> Interval:
+    """The largest ``[a, b)`` inside ``[start, end)`` whose ends are multiples of ``unit``
+    (the whole blocks of a byte range); empty (``a >= b``) when none fits."""
+    a, b = -(-start // unit) * unit, end // unit * unit
+    return (a, b) if a < b else (a, a)
+
+
+def overlaps(a: Interval, b: Interval) -> bool:
+    """Whether two half-open intervals share an integer."""
+    return a[0] < b[1] and b[0] < a[1]

@@ -11,6 +11,8 @@ serves (sharded safetensors, ``model.safetensors.index.json``, ``config.json``,
   That shard is what a lazy mount must not fetch.
 - :func:`build_llama_like` makes a plain Llama of a chosen size for throughput benchmarks,
   streamed shard by shard so memory stays at about one shard.
+- :func:`build_tiny_minilm` is a sentence-embedding model laid out like all-MiniLM-L6-v2 (a
+  BERT in one ``model.safetensors``, sentence-transformers' module files).
 - :func:`cached_model` builds once per parameter set and publishes by atomic rename.
 
 torch/transformers are imported inside the functions: importing this module stays cheap.
@@ -319,9 +321,50 @@ def build_llama_like(
     return out_dir
 
 
+# --------------------------------------------------------------------------- MiniLM
+
+
+def build_tiny_minilm(out_dir: Path, *, seed: int = 0) -> Path:
+    """A sentence-embedding model laid out like ``sentence-transformers/all-MiniLM-L6-v2``: a
+    BERT encoder in one ``model.safetensors``, a WordPiece tokenizer, and sentence-transformers'
+    ``modules.json``, ``sentence_bert_config.json`` and ``1_Pooling/config.json`` (mean pooling),
+    tiny (hidden 32, 2 layers), random weights (``seed``)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator([TOKENIZER_TEXT], trainers.WordPieceTrainer(vocab_size=512, special_tokens=special,
+                                                                          show_progress=False))
+    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                   ("[CLS]", tok.token_to_id("[CLS]")))
+    BertTokenizerFast(tokenizer_object=tok, model_max_length=128).save_pretrained(out_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ], indent=2) + "\n")
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128,
+                                                                   "do_lower_case": False}) + "\n")
+    (out_dir / "1_Pooling").mkdir(exist_ok=True)
+    (out_dir / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
+        "pooling_mode_max_tokens": False}) + "\n")
+    return out_dir
+
+
 # --------------------------------------------------------------------------- cache
 
-BUILDERS = {"tiny-deepseek-v3": build_tiny_deepseek_v3, "llama-like": build_llama_like}
+BUILDERS = {"tiny-deepseek-v3": build_tiny_deepseek_v3, "llama-like": build_llama_like,
+            "tiny-minilm": build_tiny_minilm}
 
 
 def models_cache_root() -> Path:

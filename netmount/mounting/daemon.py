@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from netmount.core import settings
 from netmount.core.units import parse_size
@@ -40,24 +40,36 @@ class DaemonConfig:
     cache_proxy: str | None = None  # netmount cache-proxy URL for file content, or None
     readahead_kb: int | None = None  # None: switched per open (readahead.py); 0: the kernel's; else fixed
     view: bytes | None = None  # a planned view (views.model.view_to_bytes), or None
+    # bytes the parent fetched for the view (headers, index, config) as (path, offset, bytes):
+    # the daemon stores them, as it stores whatever it fetches itself
+    seed: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        """One line of JSON, then the view's bytes as they are (they are not JSON)."""
+        """One line of JSON, then the view's bytes and the seed's as they are (not JSON)."""
         data = asdict(self)
         data["snapshot"] = json.loads(self.snapshot.to_json())
         view = data.pop("view")
+        seed = data.pop("seed")
         data["view_bytes"] = None if view is None else len(view)
-        return json.dumps(data, separators=(",", ":")).encode() + b"\n" + (view or b"")
+        data["seed_ranges"] = [(path, offset, len(chunk)) for path, offset, chunk in seed]
+        return b"".join([json.dumps(data, separators=(",", ":")).encode(), b"\n", view or b"",
+                         *(bytes(chunk) for _, _, chunk in seed)])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "DaemonConfig":
-        line, _, view = raw.partition(b"\n")
+        line, _, rest = raw.partition(b"\n")
         data = json.loads(line)
         data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
         n = data.pop("view_bytes")
-        if (n or 0) != len(view):
-            raise ValueError(f"daemon config: {len(view)} view bytes, expected {n or 0}")
-        return cls(**data, view=None if n is None else view)
+        ranges = data.pop("seed_ranges", [])
+        if (n or 0) + sum(length for _, _, length in ranges) != len(rest):
+            raise ValueError(f"daemon config: {len(rest)} bytes after the line, expected "
+                             f"{(n or 0) + sum(length for _, _, length in ranges)}")
+        view, pos, seed = rest[: n or 0], n or 0, []
+        for path, offset, length in ranges:
+            seed.append((path, offset, rest[pos : pos + length]))
+            pos += length
+        return cls(**data, view=None if n is None else view, seed=seed)
 
 
 def setup_logging(log_file: str, debug: bool) -> None:

@@ -214,15 +214,16 @@ def _mount(proc: subprocess.Popen | None, repo, mountpoint, *, revision, endpoin
         tok = None if token is False else settings.token(token or None)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok, rtype)
         log_file = _log_file(cdir, path)
-        view = None
+        view, fetched = None, []
         if spec is not None:
             from netmount.mounting.viewsetup import build_view
             from netmount.views.model import view_to_bytes
 
-            view = build_view(snap, spec, tok, proxy=proxy)  # seconds, for a big checkpoint
+            view = build_view(snap, spec, tok, proxy=proxy, keep=fetched)  # seconds, for a big checkpoint
         config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
                               allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
-                              view=view_to_bytes(view) if view is not None else None)
+                              view=view_to_bytes(view) if view is not None else None,
+                              seed=[(f.path, offset, data) for f, offset, data in fetched])
         if foreground:
             from netmount.mounting.daemon import run, setup_logging
 

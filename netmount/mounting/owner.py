@@ -3,7 +3,7 @@
 Each part is built once, in this order, given at construction what it calls and a listener
 for any news that travels up (never an attribute set on it afterwards):
 
-    store -> fetcher -> coverage, loader news -> reader (news up: a run finished)
+    store -> fetcher -> coverage, loader news -> reader (news up: a run finished), layouts
       -> prefetcher (news up: a loader seen, to the loader news) -> view
       -> readahead switch (asks the prefetcher or the view; reads the loader news)
       -> stats -> the FUSE operations (their control files call this owner back)
@@ -34,6 +34,7 @@ from netmount.mounting.readahead import LoaderNews, ReadaheadSwitch, max_read
 from netmount.mounting.replies import Replies
 from netmount.mounting.stats import StatsBuilder
 from netmount.read.coverage import Coverage
+from netmount.read.metadata import TensorMaps
 from netmount.read.prefetch import Prefetcher
 from netmount.read.reader import BlockReader
 from netmount.remote.fetch import RangeFetcher
@@ -65,11 +66,13 @@ class Daemon:
         # reads keep working from the network.
         self.store = open_store(config.cache_dir, config.block_size, config.cache_size,
                                 logging.getLogger("netmount.cache"), fallback_bytes=FALLBACK_MEMORY)
+        self._seed()
         self.fetcher = RangeFetcher(snap.endpoint, token=config.token, connections=config.connections,
                                     counters=self.counters, proxy=config.cache_proxy).start()
         self.coverage = Coverage()  # which bytes programs read: amplification, per-tensor touched bytes
         self.news = LoaderNews()  # the prefetcher's "a loader reads folder F", for the readahead switch
         run_done = threading.Event()  # the reader's news to the prefetch pump: a run has finished
+        self.maps = TensorMaps()  # every file's tensor layout, parsed once: for prefetch, stats and views
         self.reader = BlockReader(self.store, self.fetcher, counters=self.counters, on_served=self.coverage.record,
                                   max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
         self.prefetcher = self._prefetcher(run_done) if config.prefetch else None
@@ -77,13 +80,22 @@ class Daemon:
         self.readahead = self._readahead()
         self.stats = StatsBuilder(config, snap, self.counters, self.store, self.coverage,
                                   proxy=self.fetcher.status,
-                                  extra=self._fuse_numbers, view=self.view)
+                                  extra=self._fuse_numbers, view=self.view, maps=self.maps)
         drop = make_drop(self.store, self.reader, lambda: self.reader.drain(IDLE_WAIT), self.stats.forget)
         ra = self.readahead
         self.ops = NetmountFS(snap, self.reader, {STATS_FILE: self._stats_json, IDLE_FILE: self._idle},
                               self._mounted, self.prefetcher, on_drop=drop, view=self.view,
                               on_open=ra.opening, on_release=ra.released, on_read=ra.reading,
                               replies=self._replies())
+
+    def _seed(self) -> None:
+        """Store what the parent fetched for a view (headers, index, config): every byte that
+        crossed the network lands in the store, whoever fetched it."""
+        by_path = {f.path: f for f in self.snap.files}
+        items = [(by_path[p].content_id, offset, data, by_path[p].size)
+                 for p, offset, data in self.config.seed if p in by_path and data]
+        if items:
+            self.store.put_ranges(items)
 
     def _prefetcher(self, run_done: threading.Event) -> Prefetcher:
         """Prefetch spreads what it wants over the connections it may use, and keeps as many
@@ -96,7 +108,7 @@ class Daemon:
 
         return Prefetcher(self.reader, run_done, connections=connections,
                           budget=connections * settings.MAX_REQUEST_BYTES, files=self.snap.files,
-                          resolve=resolve, on_loader=self.news.loader)
+                          resolve=resolve, on_loader=self.news.loader, maps=self.maps)
 
     @staticmethod
     def _replies() -> Replies | None:
@@ -113,7 +125,7 @@ class Daemon:
         try:
             planned = view_from_bytes(self.config.view)
             check_view(planned, self.snap)
-            view = ViewTree(planned, self.snap, self.reader, self.prefetcher)
+            view = ViewTree(planned, self.snap, self.reader, self.prefetcher, maps=self.maps)
             gc.freeze()  # and kept for the mount's life: no collection walks them again
             return view
         finally:

@@ -2,10 +2,11 @@
 
 The daemon side (``StatsBuilder``) runs every time the control file is opened, so it must
 stay cheap and must never cause network traffic: tensors are listed only for safetensors
-files whose header bytes are already in the block store (a program read them); the
-header of any other file is simply not known yet.  The client side (``read_stats``) is
-what ``netmount stats`` and ``netmount prefetch`` call; ``wait_idle`` waits (no polling)
-until the daemon has nothing in flight, so the numbers read next are settled.
+files whose header was parsed already (the prefetcher's, on a program's read) or whose
+header bytes the store holds; the header of any other file is not known yet.  The client
+side (``read_stats``) is what ``netmount stats`` and ``netmount prefetch`` call;
+``wait_idle`` waits (no polling) until the daemon has nothing in flight, so the numbers read
+next are settled.
 
 Keys (all byte counts are integers): ``mountpoint repo revision block_size bytes_served
 bytes_fetched requests retries errors cache_hits cache_misses cached_bytes total_bytes
@@ -49,8 +50,8 @@ import time
 from netmount.core import errors
 from netmount.core.blocks import coalesce
 from netmount.core.ranges import Ranges
-from netmount.core.safetensors import HeaderError, read_header
 from netmount.mounting import mounts
+from netmount.read.metadata import NotLocal, TensorMaps
 
 log = logging.getLogger("netmount.stats")
 
@@ -94,42 +95,26 @@ class RateMeter:
         self._stop.set()
 
 
-class _NotLocal(Exception):
-    pass
-
-
 class HeaderCache:
-    """Tensor ranges of safetensors files whose header is in the block store; never fetches.
+    """Tensor names of safetensors files for stats.json, from the daemon's one cache of
+    layouts (``read/metadata.py``, shared with the prefetcher and views); never fetches: a
+    header nobody parsed yet is parsed from the bytes the store holds, and looked for again
+    next time when they are not held."""
 
-    Headers of a pinned commit never change, so a parsed header (or a corrupt one, logged
-    once) is remembered; a header not yet local is looked for again next time.
-    """
-
-    def __init__(self, store, head=None) -> None:
+    def __init__(self, store, maps: TensorMaps | None = None) -> None:
         self.store = store
         self.block_size = store.block_size
-        self.head = head  # f -> the reader's in-memory head of f (a header read), or None
-        self._known: dict[str, list[tuple[str, int, int]] | None] = {}
+        self.maps = maps if maps is not None else TensorMaps()
 
     def tensors(self, f) -> list[tuple[str, int, int]] | None:
         """``[(name, start, end), ...]`` of ``f``, or None (not safetensors, not local, corrupt)."""
         if not f.path.endswith(".safetensors"):
             return None
-        if f.path in self._known:
-            return self._known[f.path]
-        try:
-            infos = read_header(lambda a, b: self._local(f, a, b), f.size, first=self.block_size)
-        except _NotLocal:
-            return None
-        except HeaderError as exc:
-            log.warning("%s: not listing tensors, bad safetensors header: %s", f.path, exc)
-            infos = None
-        found = None if infos is None else [(t.name, t.start, t.end) for t in infos]
-        self._known[f.path] = found
-        return found
+        layout = self.maps.layout(f.content_id, f.path, f.size, lambda a, b: self._local(f, a, b), self.block_size)
+        return list(layout.names) if layout is not None and layout.names is not None else None
 
     def forget(self, f) -> None:
-        self._known.pop(f.path, None)
+        self.maps.forget(f.content_id)
 
     def _local(self, f, start: int, end: int) -> bytes:
         """The held bytes from ``start`` on, up to ``end`` (read_header takes a short first
@@ -139,7 +124,7 @@ class HeaderCache:
         if held and held[0][0] == start:
             data = self.store.read(f.content_id, start, held[0][1] - start, f.size)
         if data is None:
-            raise _NotLocal
+            raise NotLocal
         return data
 
 
@@ -147,16 +132,16 @@ class StatsBuilder:
     """The callable the filesystem runs for each open of the stats file."""
 
     def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None,
-                 extra=None, view=None) -> None:
+                 extra=None, view=None, maps: TensorMaps | None = None) -> None:
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
         self.view = view  # a viewfs.ViewTree on a view mount: its files get their own entries
         self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
-        self.headers = HeaderCache(store, head)
+        self.headers = HeaderCache(store, maps)
         self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
         self.served = RateMeter(lambda: counters.get("bytes_served")).start()
-        self._lock = threading.Lock()  # one build at a time: the header cache is not shared
+        self._lock = threading.Lock()  # one build at a time
 
     def __call__(self) -> dict:
         with self._lock:

@@ -24,16 +24,14 @@ Per view file this keeps the bytes served and the read coverage (``stats.json``:
 
 from __future__ import annotations
 
-import json
 import threading
 
 from cache import Segment
 from netmount.core.blocks import coalesce
 from netmount.core.ranges import Ranges
-from netmount.core.safetensors import HeaderError, parse_header
 from netmount.read.coverage import Coverage
+from netmount.read.metadata import Folders, TensorMaps
 from netmount.read.reader import ExactRead, cut, join
-from netmount.read.unbuilt import num_layers, unbuilt_shards
 from netmount.remote.hub import RemoteFile, Snapshot
 from netmount.views.model import View, ViewFile
 
@@ -43,7 +41,7 @@ EXACT = ExactRead()  # fetch a miss as its pages, not its blocks
 class ViewTree:
     """A ``View`` bound to the snapshot's files and the reader: what the FUSE face serves."""
 
-    def __init__(self, view: View, snap: Snapshot, reader, prefetcher=None) -> None:
+    def __init__(self, view: View, snap: Snapshot, reader, prefetcher=None, maps: TensorMaps | None = None) -> None:
         self.view, self.reader, self.prefetcher = view, reader, prefetcher
         self.sources: dict[str, RemoteFile] = {f.path: f for f in snap.files}
         self.passthrough = [self.sources[p] for p in view.passthrough]
@@ -52,30 +50,14 @@ class ViewTree:
         self._served: dict[str, int] = {}
         self._handles: dict[int, set] = {}  # open view handle -> its per-source prefetch handles
         self._lock = threading.Lock()
-        self._tensors: dict[str, list[tuple[str, int, int]] | None] = {}
-        self._unbuilt: dict[str, frozenset[str]] = {}  # folder -> its view files opened for their header only
+        self.maps = maps if maps is not None else TensorMaps()  # the daemon's one cache of layouts
+        self.folders = Folders([*self.files, *view.passthrough], self._whole)
 
     def header_only(self, path: str) -> bool:
         """Will a loader open view file ``path`` for its header only (the MTP layer's file of a
         ``--reshard layer`` view)?  From the view's own index and config (``read/unbuilt.py``),
         for the readahead switch, as the prefetcher answers it on a plain mount."""
-        folder, _, name = path.rpartition("/")
-        if not path.endswith(".safetensors"):
-            return False
-        with self._lock:
-            found = self._unbuilt.get(folder)
-        if found is None:
-            prefix = folder + "/" if folder else ""
-            index = next((p for p in self.files if p.startswith(prefix) and "/" not in p[len(prefix):]
-                          and p.endswith(".safetensors.index.json")), None)
-            try:
-                weight_map = json.loads(self._whole(prefix + index)).get("weight_map") if index else None
-                found = unbuilt_shards(weight_map, num_layers(self._whole(prefix + "config.json")))
-            except Exception:  # unreadable: nothing is known, the shard opens as any other
-                found = frozenset()
-            with self._lock:
-                self._unbuilt[folder] = found
-        return name in found
+        return self.folders.header_only(path)
 
     def _whole(self, path: str) -> bytes | None:
         """A small file of the view as it shows it (synthesized, or a passthrough source)."""
@@ -186,17 +168,11 @@ class ViewTree:
     # -- for stats.json --------------------------------------------------------------------------
     def tensors(self, vf: ViewFile) -> list[tuple[str, int, int]] | None:
         """``(name, start, end)`` of a view safetensors file, from its synthesized header."""
-        if vf.path in self._tensors:
-            return self._tensors[vf.path]
-        found = None
         head = vf.pieces[0].data if vf.pieces and vf.path.endswith(".safetensors") else None
-        if head is not None:
-            try:
-                found = [(t.name, t.start, t.end) for t in parse_header(head, None)]
-            except HeaderError:
-                found = None
-        self._tensors[vf.path] = found
-        return found
+        if head is None:
+            return None
+        layout = self.maps.layout("view:" + vf.path, vf.path, vf.size, lambda a, b: head[a:b], len(head))
+        return list(layout.names) if layout is not None and layout.names is not None else None
 
     def stats(self, block_size: int) -> tuple[list[dict], list[dict]]:
         """Per view file (passthrough files included) and per view tensor: sizes, bytes served

@@ -23,7 +23,7 @@ from netmount.views.model import View, ViewSpec
 
 MAX_SMALL = 64 << 20  # a config or index larger than this is not a model's
 # The first read of each shard: DeepSeek-V3's headers (~70 KB) fit, and little tensor data
-# comes with a short header (that data is not kept: the parent has no block cache).
+# comes with a short header (kept: the daemon stores what the parent fetched, ``keep``).
 FIRST_READ = 128 << 10
 # Header reads are small and latency-bound (each file's first request also resolves its
 # CDN URL): many at once, e.g. DeepSeek-V3's 163 in ~6 rounds.
@@ -31,25 +31,28 @@ HEADER_CONNECTIONS = 32
 
 
 def build_view(snap: Snapshot, spec: ViewSpec, token: str | None, *, connections: int = HEADER_CONNECTIONS,
-               proxy: str | None = None) -> View:
-    """Read the small JSON files, then every source header (in parallel), and plan the view."""
+               proxy: str | None = None, keep: list | None = None) -> View:
+    """Read the small JSON files, then every source header (in parallel), and plan the view.
+    ``keep``: a list that gets every range fetched, as ``(file, offset, bytes)``, for the
+    daemon's store (a plain mount of the same repo then fetches none of it again)."""
     from netmount.views.plan import plan_view
 
     if not any(f.path.endswith(".safetensors") for f in snap.files):
         raise errors.BadInput(f"{snap.name} has no safetensors files: nothing to re-shard or select")
     gc.disable()  # ~100k parsed tensors, all acyclic: collections would walk them again and again
     try:
-        headers, small = read_headers(snap, token, connections=connections, proxy=proxy)
+        headers, small = read_headers(snap, token, connections=connections, proxy=proxy, keep=keep)
         return plan_view(spec, list(snap.files), headers, small)
     finally:
         gc.enable()
 
 
 def read_headers(snap: Snapshot, token: str | None, *, connections: int = HEADER_CONNECTIONS,
-                 proxy: str | None = None) -> tuple[dict, dict[str, bytes]]:
+                 proxy: str | None = None, keep: list | None = None) -> tuple[dict, dict[str, bytes]]:
     """The small files the planner reads (whole), then the parsed headers of every source
     shard they name: all requests at once, a second round only for headers longer than the
-    first read; each header is parsed as soon as it is in, while the others travel."""
+    first read; each header is parsed as soon as it is in, while the others travel.
+    ``keep``: as ``build_view``'s."""
     from netmount.core.safetensors import parse_header_full
     from netmount.remote.contract import fetch_bytes
     from netmount.remote.fetch import RangeFetcher
@@ -59,7 +62,11 @@ def read_headers(snap: Snapshot, token: str | None, *, connections: int = HEADER
                            proxy=proxy, repo_type=snap.repo_type).start()
     try:
         def get(f: RemoteFile, start: int, end: int) -> concurrent.futures.Future:
-            return fetch_bytes(fetcher, f, start, end)
+            fut = fetch_bytes(fetcher, f, start, end)
+            if keep is not None:
+                fut.add_done_callback(lambda done: keep.append((f, start, done.result()))
+                                      if not done.cancelled() and done.exception() is None else None)
+            return fut
 
         small_files = [f for f in snap.files if f.path in SMALL_FILES and f.size <= MAX_SMALL]
         pending = {f.path: (f, get(f, 0, f.size)) for f in small_files if f.size}

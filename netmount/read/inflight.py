@@ -96,13 +96,14 @@ class InFlight:
 
     # -- claiming ----------------------------------------------------------------------------
     def claim(self, cid: str, wanted: Iterable[Interval], held: Callable[[], Ranges], plan: Planner, *,
-              prefetch: bool = False, budget: int | None = None) -> tuple[list[Piece], list[Request], int]:
+              prefetch: bool = False, budget: int | None = None,
+              block: int = 1) -> tuple[list[Piece], list[Request], int]:
         """Pieces in flight that overlap ``wanted`` (to join), and new requests for its gaps —
         not held (``held()``, called under the lock), not in flight — cut by ``plan(cid, gaps,
         prefetch)`` into ``(start, end, [(piece_start, piece_end), ...])``.  With a ``budget``
-        (prefetch), the wanted intervals are taken in order and claiming stops at the first
-        whose gaps do not fit (one over the whole budget goes alone when nothing is in
-        flight).  Returns (joined, new requests, bytes of gaps left for lack of room)."""
+        (prefetch), the gaps are taken in order while they fit (``_within``: the first that does
+        not is cut at a ``block`` edge).  Returns (joined, new requests, bytes of gaps left for
+        lack of room)."""
         with self._lock:
             have = held()
             joined: list[Piece] = []
@@ -112,7 +113,7 @@ class InFlight:
                 joined.extend(ours)
                 busy = Ranges((p.start, p.end) for p in ours)
                 per_want.append([g for s, e in have.missing(a, b) for g in busy.missing(s, e)])
-            gaps, left = self._within(per_want, budget)
+            gaps, left = self._within(per_want, budget, block)
             requests = []
             for start, end, cuts in plan(cid, gaps, prefetch) if gaps else ():
                 pieces = [Piece(cid, s, e, prefetch) for s, e in cuts]
@@ -123,18 +124,27 @@ class InFlight:
             self.max_net = max(self.max_net, self.net)
         return list(dict.fromkeys(joined)), requests, left
 
-    def _within(self, per_want: list[list[Interval]], budget: int | None) -> tuple[list[Interval], int]:
-        """The gaps to claim, in order, and the bytes left out for lack of room."""
+    def _within(self, per_want: list[list[Interval]], budget: int | None, block: int) -> tuple[list[Interval], int]:
+        """The gaps to claim, in order, and the bytes left out for lack of room: gaps are
+        taken while they fit, the one that does not is cut at a ``block`` edge to fill the
+        room (a block at least, when nothing else is in flight: it could never start else)."""
+        gaps = [g for want in per_want for g in want]
         if budget is None:
-            return [g for gaps in per_want for g in gaps], 0
+            return gaps, 0
         room = budget - self.net - max(0, self.landed - budget)
         taken: list[Interval] = []
-        for n, gaps in enumerate(per_want):
-            size = sum(e - s for s, e in gaps)
-            if size > room and (taken or self.net or self.landed):
-                return taken, sum(e - s for rest in per_want[n:] for s, e in rest)
-            room -= size
-            taken.extend(gaps)
+        for n, (s, e) in enumerate(gaps):
+            if e - s <= room:
+                taken.append((s, e))
+                room -= e - s
+                continue
+            cut = (s + max(0, room)) // block * block
+            if cut <= s and not (taken or self.net or self.landed):
+                cut = min(e, (s // block + 1) * block)
+            if cut > s:
+                taken.append((s, cut))
+                s = cut
+            return taken, (e - s) + sum(b - a for a, b in gaps[n + 1:])
         return taken, 0
 
     def _add(self, p: Piece) -> None:

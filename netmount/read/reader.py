@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cache import BlockStore, Segment
-from netmount.core.blocks import block_span
 from netmount.core.counters import Counters
 from netmount.core.errors import FetchError
 from netmount.core.ranges import Ranges
@@ -48,6 +48,7 @@ log = logging.getLogger("netmount.reader")
 
 READ_WAIT = 900.0  # seconds a read waits for its pieces: beyond the fetcher's own bounds (retries, stalls)
 ATTEMPTS = 3  # a range the store dropped between lookup and use is fetched again, this often
+PREPARED_FILES = 256  # files whose prepared spans are remembered
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class BlockReader:
         self.counters = counters or Counters()
         self.on_served = on_served  # (file, offset, length) of every range handed to a program
         self.head_bytes = head_bytes if 0 < head_bytes < self.block_size else 0
+        self._prepared: dict[str, Ranges] = {}  # content id -> spans handed to store.prepare
+        self._prepared_lock = threading.Lock()
         self.runs = RunScheduler(fetcher, store, self.counters, max_request_bytes=max_request_bytes,
                                  on_news=on_run_done, workers=workers)
 
@@ -183,16 +186,18 @@ class BlockReader:
         store does not hold and nothing fetches yet — while no more than ``budget`` bytes are
         in flight in all (demand reads included: never held back, they only leave less room).
         ``max_request_bytes`` (at least a block, at most the reader's cap) cuts them into
-        smaller requests, which go out in parallel.  Held blocks among the first wanted are
+        smaller requests, which go out in parallel.  Held blocks among the wanted are
         checked and read into the page cache ahead instead (no network, no budget).
         Returns (blocks started, blocks left for lack of room): call again on the next news."""
-        spans = [block_span(i, self.block_size, f.size) for i in dict.fromkeys(indices)]
+        spans = block_runs(indices, self.block_size, f.size)
         if not spans:
             return 0, 0
         held = Ranges(self.store.held(f.content_id))
-        ready = [s for s in spans[:8] if held.contains(*s)]
+        ready = [r for a, b in spans for r in held.intersect(a, b)]
         if ready:
-            self.store.prepare(f.content_id, ready, f.size)
+            self._prepare(f, ready)
+        if sum(b - a for a, b in ready) == sum(b - a for a, b in spans):
+            return 0, 0
         _joined, requests, left = self.runs.claim(f, spans, prefetch=True, budget=budget,
                                                   max_request_bytes=max_request_bytes)
         self.runs.start(f, requests, prefetch=True)
@@ -200,6 +205,20 @@ class BlockReader:
         if started:
             self.counters.add("prefetch_blocks", -(-started // self.block_size))
         return -(-started // self.block_size), -(-left // self.block_size)
+
+    def _prepare(self, f: RemoteFile, spans: list[tuple[int, int]]) -> None:
+        """Ask the store to check held spans ahead of a reader (and read them into the page
+        cache), each span once: the pump asks again after every read."""
+        with self._prepared_lock:
+            done = self._prepared.pop(f.content_id, None) or Ranges()
+            self._prepared[f.content_id] = done  # (most recent last)
+            while len(self._prepared) > PREPARED_FILES:
+                self._prepared.pop(next(iter(self._prepared)))
+            new = [g for a, b in spans for g in done.missing(a, b)]
+            for a, b in new:
+                done.add(a, b)
+        if new:
+            self.store.prepare(f.content_id, new, f.size)
 
     def fetch_exact(self, f: RemoteFile, start: int, end: int) -> None:
         """Start fetching [start, end) of ``f`` exactly (widened to pages), less what the
@@ -212,6 +231,23 @@ class BlockReader:
         """Every byte of [start, end) is held by the store or being fetched."""
         held = Ranges(self.store.held(f.content_id))
         return held.contains(start, end) or self._coming(f, held, start, end)
+
+
+def block_runs(indices: Iterable[int], block_size: int, size: int) -> list[tuple[int, int]]:
+    """Byte spans of ``indices`` (in the order given, each once) with consecutive blocks
+    joined: the pump hands the rest of a file after every read, so per-call work must grow
+    with the runs, not the blocks."""
+    runs: list[list[int]] = []
+    seen = set()
+    for i in indices:
+        if i in seen or not 0 <= i * block_size < size:
+            continue
+        seen.add(i)
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(a * block_size, min(size, b * block_size)) for a, b in runs]
 
 
 def wait(p: Piece) -> bytes:

@@ -138,7 +138,7 @@ class RunScheduler:
             return [(a, b, pieces(a, b, self.block_size)) for a, b in cut_runs(gaps, cap, self.block_size)]
 
         return self.inflight.claim(f.content_id, wanted, lambda: Ranges(self.store.held(f.content_id)), plan,
-                                   prefetch=prefetch, budget=budget)
+                                   prefetch=prefetch, budget=budget, block=self.block_size)
 
     def start(self, f: RemoteFile, requests: list[Request], *, prefetch: bool = False) -> None:
         for r in requests:
