@@ -60,7 +60,7 @@ def close_parts(parts, waits: Waits = Waits()) -> bool:
     step ended in time."""
     fetcher, prefetcher, reader = parts.fetcher, parts.prefetcher, parts.reader
     if fetcher is not None:
-        fetcher.abort()  # bounded inside (client.HttpLoop.abort)
+        fetcher.abort()  # bounded inside (RangeFetcher.abort)
     if getattr(parts, "hub", None) is not None:
         parts.hub.close()  # returns at once: its resolver threads end after the call each runs
     readers_gone = True

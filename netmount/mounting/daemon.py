@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from dataclasses import asdict, dataclass, field
 
 from netmount.core import settings
@@ -85,14 +84,13 @@ def setup_logging(log_file: str, debug: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted: ``owner.Daemon`` builds every
     part, and closes them in a fixed order, each wait bounded, however serving ends."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
-    # and aiohttp alone costs it ~0.2 s of start-up
+    # and the daemon's parts cost it start-up time
     from netmount.mounting.owner import Daemon
 
     with Daemon(config, on_ready) as daemon:
@@ -100,11 +98,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
 
 def _preload() -> None:
-    """Import everything ``run`` imports (libfuse3's binding, the cache, the reader) before the
-    configuration arrives; aiohttp (~0.3 s of CPU) on a thread of its own meanwhile, which
-    the way to a live mount does not wait for: RangeFetcher opens its session on its loop
-    thread, importing aiohttp there (remote/client.py), and the kernel mount goes on beside
-    it.  A failure here is ``run``'s (or the fetcher's) to report.
+    """Import everything ``run`` imports (libfuse3's binding, the cache, the reader, the
+    fetcher: http.client, no aiohttp) before the configuration arrives.  A failure here is
+    ``run``'s to report.
 
     Cyclic GC is off meanwhile (imports make few garbage cycles; its ~70 collections cost
     ~0.06 s), and what they made is frozen: later collections never walk it again."""
@@ -117,19 +113,9 @@ def _preload() -> None:
         import netmount.mounting.viewsetup  # noqa: F401
     except Exception:  # run() imports them again, and reports
         pass
-
-    def http_client() -> None:
-        try:
-            from netmount.remote.client import import_client
-
-            import_client()
-        except Exception:  # the fetcher imports it again, and logs
-            pass
-        finally:
-            gc.freeze()
-            gc.enable()
-
-    threading.Thread(target=http_client, name="netmount-preload", daemon=True).start()
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _stderr_to(log_file: str) -> None:
