@@ -37,9 +37,9 @@ import time
 from collections import Counter, OrderedDict
 
 import google_crc32c
-from google_crc32c import value as crc32c
 
 from . import pieces
+from .crc import crc32c
 from .fds import FdCache
 from .held import Obj
 from .index import Index, Row, write_file

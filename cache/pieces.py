@@ -18,7 +18,8 @@ from .store import check_range
 
 
 class BlockWrite:
-    """The new bytes of one block: ``parts`` ``[(start, bytes), ...]`` inside ``[lo, hi)``."""
+    """The new bytes of one block: ``parts`` ``[(start, data), ...]`` inside ``[lo, hi)``
+    (bytes-like: the caller's buffers, or views of them, never copies)."""
 
     __slots__ = ("content_id", "index", "lo", "hi", "parts")
 
@@ -44,7 +45,7 @@ def group(items: Iterable, block_size: int) -> dict[tuple[str, int], BlockWrite]
                 w = out[content_id, index] = BlockWrite(content_id, index, lo, hi)
             elif w.hi != hi:
                 raise ValueError(f"{content_id}: two sizes in one put ({w.hi} and {hi} end block {index})")
-            w.parts.append((a, data if (a, b) == (offset, end) else data[a - offset : b - offset]))
+            w.parts.append((a, data if (a, b) == (offset, end) else memoryview(data)[a - offset : b - offset]))
     return out
 
 
@@ -113,7 +114,7 @@ def _join(parts: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
             s0, d0 = out[-1]
             tail = d[s0 + len(d0) - s :]
             if tail:
-                out[-1] = (s0, d0 + tail)
+                out[-1] = (s0, b"".join((d0, tail)))
         else:
             out.append((s, d))
     return out

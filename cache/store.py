@@ -5,7 +5,9 @@ block is the bytes ``[index * block_size, ...)``, and only the last one may be s
 store holds *objects*: whole blocks, and *pieces* (any byte range inside one block: an
 exact tensor's ends, a safetensors header, a parquet footer).  Pieces of one block that
 together cover it are merged into the whole block.  Every byte that was fetched can be
-stored (``put_range``), so nothing fetched is fetched twice.
+stored (``put_range``), so nothing fetched is fetched twice.  What is put is any bytes-like
+object, handed over and never changed by the caller afterwards: a store writes or keeps that
+very buffer, never a copy of it (``as_buffer``).
 
 Reads answer with ``Segment``s: (fd, offset) of stored files, so a FUSE reply can be
 copied or spliced in C (libfuse ``read_buf``) without the bytes entering Python; ``read``
@@ -151,17 +153,18 @@ class BlockStore(abc.ABC):
 
 
 def join_segments(segments: list[Segment]) -> bytes | None:
-    """The bytes of ``segments``, read with ``pread`` (None if a file came up short)."""
+    """The bytes of ``segments`` in one ``bytes``, stored files read with ``pread`` (None if a
+    file came up short); a memory segment may hold any bytes-like object."""
     parts = []
     for s in segments:
         if s.data is not None:
-            parts.append(s.data[s.pos : s.pos + s.length])
+            parts.append(memoryview(s.data)[s.pos : s.pos + s.length])
             continue
         part = os.pread(s.fd, s.length, s.pos)
         if len(part) != s.length:
             return None
         parts.append(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
 
 
 def check_content_id(content_id) -> str:
@@ -170,29 +173,42 @@ def check_content_id(content_id) -> str:
     return content_id
 
 
-def check_block(block_size: int, content_id: str, index: int, data) -> bytes:
-    """Validate a ``put`` and return ``data`` as ``bytes``: an oversized or empty block is a bug.
-
-    ``bytes`` exactly: a ``bytearray``/``memoryview`` could change under us in memory.
-    """
+def check_block(block_size: int, content_id: str, index: int, data):
+    """Validate a ``put``; returns ``data`` as a bytes-like object (``as_buffer``): an
+    oversized or empty block is a bug."""
     check_content_id(content_id)
     check_index(index)
-    data = bytes(data)
+    data = as_buffer(data)
     if not 0 < len(data) <= block_size:
         raise ValueError(f"block {content_id}:{index} has {len(data)} bytes; expected 1..{block_size}")
     return data
 
 
-def check_range(content_id: str, offset: int, data, size: int) -> bytes:
-    """Validate a ``put_range``; returns ``data`` as ``bytes``."""
+def check_range(content_id: str, offset: int, data, size: int):
+    """Validate a ``put_range``; returns ``data`` as a bytes-like object (``as_buffer``)."""
     check_content_id(content_id)
     for name, value in (("offset", offset), ("size", size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    data = bytes(data)
+    data = as_buffer(data)
     if offset + len(data) > size:
         raise ValueError(f"range [{offset}, {offset + len(data)}) ends past the content's {size} bytes")
     return data
+
+
+def as_buffer(data):
+    """``data`` itself if it is ``bytes`` or a ``bytearray``, else a flat byte view of it: never
+    a copy.  The caller hands the buffer over and never changes it afterwards (the fetcher's
+    pieces are written once, by the socket): a store keeps it or writes it as it is."""
+    if isinstance(data, (bytes, bytearray)):
+        return data
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ValueError(f"data must be bytes-like, got {type(data).__name__}") from None
+    if not view.c_contiguous:
+        raise ValueError("data must be a contiguous buffer")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def check_index(index: int) -> None:

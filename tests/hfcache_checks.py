@@ -1,8 +1,9 @@
-"""What stock huggingface_hub and transformers do with a read-only Hugging Face cache, as
-scripts run in a child process (``HF_HUB_CACHE`` is read at import), each printing one JSON
-line.  ``test_hfcache_readonly.py`` runs them on a read-only bind mount of the cache the
---hf-cache namespace describes (written out by ``materialize``); phase 2 of issue 22 runs
-the same scripts on the live mount."""
+"""What stock huggingface_hub, transformers and sentence-transformers do with a read-only
+Hugging Face cache, as scripts run in a child process (``HF_HUB_CACHE`` is read at import),
+each printing one JSON line.  ``test_hfcache_readonly.py`` runs them on a read-only bind mount
+of the cache the --hf-cache namespace describes (written out by ``materialize``),
+``test_hfcache_mount.py`` on the live mount; ``SENTENCE_MODEL`` builds a tiny
+sentence-embedding model with sentence-transformers itself."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from netmount.mounting.hfcache.resolution import hub_resolver  # noqa: F401  (the daemon's, for the tests)
 from netmount.mounting.namespace import Namespace
-from netmount.remote.hub import resolve_snapshot
 
 _PRELUDE = '''
 import json, sys, time
@@ -39,7 +40,8 @@ out = {"download": {f: hf_hub_download(repo, f) for f in args["files"]},
        "by_sha": hf_hub_download(repo, first, revision=args["sha"]),
        "snapshot": snapshot_download(repo),
        "try": try_to_load_from_cache(repo, first),
-       "try_absent": try_to_load_from_cache(repo, "absent.json"),
+       "try_absent": (lambda found: "no-exist" if found is _CACHED_NO_EXIST else found)(
+           try_to_load_from_cache(repo, "absent.json")),
        "try_no_exist": try_to_load_from_cache(repo, args["no_exist"]) is _CACHED_NO_EXIST,
        "tree": sorted(f.path for f in get_cached_repo_tree(repo)),
        "unknown": error_of(lambda: hf_hub_download(args["unknown"], "config.json")),
@@ -78,6 +80,44 @@ print(json.dumps(out))
 '''
 
 
+READ = _PRELUDE + '''
+from huggingface_hub import hf_hub_download
+def read():
+    path = hf_hub_download(args["repo"], args["file"])
+    with open(path) as fh:
+        return [path, fh.read()]
+print(json.dumps(attempt(read)))
+'''
+
+SENTENCE_MODEL = _PRELUDE + '''
+import torch
+from pathlib import Path
+from sentence_transformers import SentenceTransformer, models
+from transformers import BertConfig, BertModel, BertTokenizerFast
+out, work = Path(args["out"]), Path(args["work"])
+vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *args["words"]]
+(work / "vocab.txt").write_text("\\n".join(vocab) + "\\n")
+torch.manual_seed(0)
+config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, max_position_embeddings=64)
+BertModel(config).save_pretrained(work / "bert")
+BertTokenizerFast(vocab_file=str(work / "vocab.txt")).save_pretrained(work / "bert")
+words = models.Transformer(str(work / "bert"), max_seq_length=32)
+pooling = models.Pooling(words.get_embedding_dimension(), "mean")
+SentenceTransformer(modules=[words, pooling], device="cpu").save(str(out))
+print(json.dumps(sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())))
+'''
+
+SENTENCE_BY_ID = _PRELUDE + '''
+import numpy as np
+from sentence_transformers import SentenceTransformer
+texts = ["the quick brown fox", "netmount mounts the hub lazily"]
+by_id, local = SentenceTransformer(args["repo"], device="cpu"), SentenceTransformer(args["local"], device="cpu")
+a, b = by_id.encode(texts), local.encode(texts)
+print(json.dumps({"equal": bool(np.array_equal(a, b)), "shape": list(a.shape)}))
+'''
+
+
 def run_hf(script: str, args: dict, *, cache: Path, endpoint: str, home: Path, offline: bool,
            timeout: float = 300) -> dict:
     """Run ``script`` with ``args`` against ``cache`` (no token, telemetry off, a private
@@ -91,11 +131,6 @@ def run_hf(script: str, args: dict, *, cache: Path, endpoint: str, home: Path, o
                           timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def hub_resolver(endpoint: str, token: str | None):
-    """What the daemon gives the --hf-cache namespace: the mount's endpoint and token, any repo."""
-    return lambda key, revision: resolve_snapshot(key.repo_id, revision, endpoint, token, key.repo_type)
 
 
 def materialize(ns: Namespace, dest: Path, content, markers: dict[str, list[str]] | None = None,

@@ -130,16 +130,25 @@ def test_put_range_rejects_bad_ranges(make, args):
     assert store.volume() == 0
 
 
-def test_put_accepts_buffers_and_stores_bytes(make):
+def test_put_takes_any_bytes_like_as_handed_over(make, kind):
+    """What is put is bytes-like (a fetched piece is the bytearray its socket filled; views of
+    it) and handed over: the caller never changes it afterwards, so a store keeps or writes
+    that very buffer, never a copy of it."""
     store = make()
     buf = bytearray(b"q" * BS)
     store.put("c", 0, buf)
-    store.put_range("c", BS, buf[:10], 3 * BS)
-    buf[0:1] = b"!"  # the caller reusing its buffer must not change what was stored
+    store.put_range("c", BS, memoryview(buf)[:10], 3 * BS)
     store.put("c", 2, memoryview(b"r" * 10))
-    assert store.get("c", 0) == b"q" * BS and type(store.get("c", 0)) is bytes
-    assert store.read("c", BS, 10, 3 * BS) == b"q" * 10
-    assert store.get("c", 2) == b"r" * 10
+    store.put_range("c", BS + 10, memoryview(bytearray(b"s" * 8)).cast("I"), 3 * BS)  # 2 four-byte items
+    assert bytes(store.get("c", 0)) == b"q" * BS
+    assert store.read("c", BS, 18, 3 * BS) == b"q" * 10 + b"s" * 8
+    assert type(store.read("c", 0, 5, 3 * BS)) is bytes
+    assert bytes(store.get("c", 2)) == b"r" * 10
+    if kind == "memory":
+        assert store.get("c", 0) is buf  # kept, not copied
+    for bad in ("text", 7, memoryview(bytearray(16))[::2]):
+        with pytest.raises(ValueError):
+            store.put("c", 1, bad)
 
 
 def test_block_size_isolation(make):

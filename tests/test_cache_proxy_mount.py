@@ -336,7 +336,7 @@ def test_an_error_or_a_stall_falls_back_and_the_proxy_is_tried_again_soon(origin
         s = stats(mp)["proxy"]
         assert stub.hits >= 1 and s["fallbacks"] >= 1 and s["bytes"] == 0
         assert s["state"] in ("open", "probing") and s["retry_in"] < 60  # a fault, not distrust
-        assert {"500": "HTTP 500", "stall": "Timeout on reading"}[mode] in s["last_error"]
+        assert {"500": "HTTP 500", "stall": "stalled: no bytes for 1s"}[mode] in s["last_error"]
     finally:
         stub.close()
 

@@ -14,10 +14,10 @@ from netmount.dev.testhub import TestHub
 from netmount.remote.contract import fetch_bytes, pieces
 from netmount.remote.fetch import RangeFetcher
 from netmount.remote.hub import RemoteFile
-from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Pieces, split_cuts
+from netmount.remote.pieces import SPLIT_MAX, SPLIT_PIECE, Abandoned, Pieces, split_cuts
 from netmount.remote.ranged import Fatal, Retry, check_status, retry_after
 
-from conftest import write_plain_repo
+from conftest import within, write_plain_repo
 
 K, M = 1 << 10, 1 << 20
 
@@ -59,7 +59,8 @@ def test_prefetch_leaves_connections_free_for_reads(tmp_path):
 
 def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_path):
     """``on_part`` gets each piece of a checked 206 as it comes; a body cut midway is
-    retried, the pieces come again, and every piece handed out is the file's own bytes."""
+    retried from the first piece not handed out, and every piece handed out is the file's
+    own bytes, once."""
     from netmount.dev.testhub.faults import FaultRules
 
     write_plain_repo(tmp_path)
@@ -80,10 +81,7 @@ def test_parts_arrive_in_order_with_the_right_bytes_and_a_reset_is_retried(tmp_p
         assert len(hub.requests("cdn", "GET")) == 2 and rules.rules()[0]["hits"] == 1  # reset, retry
     assert got == end - start  # streamed: the count, not the bytes again
     assert all(b == data[o : o + len(b)] for o, b in seen)  # never a wrong byte
-    offsets = [o for o, _ in seen]
-    full = list(range(start, end, part))
-    assert offsets[-len(full):] == full  # the successful try: every piece, in order
-    assert set(offsets) == set(full)  # the reset try handed out a prefix of them, if any
+    assert [o for o, _ in seen] == list(range(start, end, part))  # a prefix, then the rest: in order, once
 
 
 def test_a_waited_for_request_goes_out_in_parallel_pieces_and_a_failed_piece_is_retried(tmp_path):
@@ -135,6 +133,63 @@ def test_a_block_and_a_short_last_block_go_out_split_and_come_back_as_two_pieces
     assert sorted((o, len(b)) for o, b in seen) == [(start, M), (start + M, 12345)]
     assert all(b == data[o : o + len(b)] for o, b in seen)
     assert len(ranges) == SPLIT_MAX  # the split is still there: the pieces are put back together
+
+
+def test_a_body_cut_mid_piece_resumes_at_the_first_piece_not_delivered(tmp_path):
+    """The answer stalls halfway into its body (the middle of the third of five pieces): the
+    retry asks only for the rest, from the third piece on, and every piece goes out once."""
+    from netmount.dev.testhub.faults import FaultRules
+
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    start, part = 100 * K, 64 * K
+    end = start + 5 * part
+    with TestHub(tmp_path) as hub:
+        rules = FaultRules(hub)
+        hub.faults.append(rules)
+        rules.add("stall", fraction=0.5, times=1)  # 2.5 pieces, then silence
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), timeout=1.0,
+                               backoff=0.01).start()
+        try:
+            seen = []
+            got = fetcher.fetch(data_bin(len(data)), start, end, lambda o, b: seen.append((o, bytes(b))),
+                                part_size=part, prefetch=True).result(timeout=60)
+        finally:
+            fetcher.close()
+        ranges = [r.range for r in hub.requests("cdn", "GET")]
+    assert got == end - start
+    assert ranges == [f"bytes={start}-{end - 1}", f"bytes={start + 2 * part}-{end - 1}"]
+    assert sorted(o for o, _ in seen) == list(range(start, end, part))  # each once
+    assert all(b == data[o : o + len(b)] for o, b in seen)
+
+
+def test_abort_fails_a_fetch_blocked_in_recv_at_once(tmp_path):
+    """A body that stalls for an hour, a fetch timeout of a minute: ``abort`` cuts the socket
+    the fetch thread is blocked on, and the fetch fails at once, not after the timeout."""
+    import threading
+
+    from netmount.dev.testhub.faults import FaultRules
+
+    write_plain_repo(tmp_path)
+    size = (tmp_path / "tests" / "plain" / "data.bin").stat().st_size
+    with TestHub(tmp_path) as hub:
+        rules = FaultRules(hub)
+        hub.faults.append(rules)
+        rules.add("stall", fraction=0.5)
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), timeout=60.0).start()
+        try:
+            reading = threading.Event()  # a piece came: the thread is in the body, in recv_into
+            run = fetcher.fetch(data_bin(size), 0, 2 * M, lambda o, b: reading.set(), part_size=64 * K,
+                                prefetch=True)
+            assert reading.wait(60)
+            within(5, fetcher.abort)  # the bound only catches a hang: it waits for the fetch to end
+            assert run.done()
+            with pytest.raises(FetchError):
+                run.result()
+            with pytest.raises(FetchError, match="stopping"):  # and every later one at once
+                fetcher.fetch(data_bin(size), 0, 10, lambda o, b: None)
+        finally:
+            fetcher.close()
 
 
 def test_one_fetcher_serves_files_of_two_repos(tmp_path):
@@ -260,20 +315,41 @@ def test_split_cuts_cover_the_range_and_respect_the_limits(start, end, part):
     (10, 10 + 3 * M + 5, M, [10, 1000, 2 * M, 3 * M + 15]),
     (0, 5000, 0, [0, 1, 4999, 5000]),
 ])
-def test_pieces_assembles_cut_pieces_and_hands_out_each_once(start, end, part, cuts):
+def test_pieces_are_filled_in_their_own_buffers_and_handed_out_once(start, end, part, cuts):
+    """Sub-requests cut the pieces anywhere and fill their segments in any order, straight
+    into the pieces' buffers; each piece goes out once, when complete, as that very buffer
+    (a bytearray, not a copy); a resumed sub-request starts at its first segment not filled."""
     src = bytes(range(256)) * (-(-end // 256))
     out = []
     sink = Pieces(start, end, part, lambda o, d: out.append((o, d)))
-    segs = [s for a, b in zip(cuts, cuts[1:]) for s in sink.segments(a, b)]
+    subs = list(zip(cuts, cuts[1:]))
+    segs = [s for a, b in subs for s in sink.segments(a, b)]
     assert [a for a, _ in segs] == sorted({a for a, _ in segs})
-    for lo, hi in reversed(segs):  # in any order
-        sink.put(lo, src[lo:hi])
-    for lo, hi in segs[:2]:  # a retried sub-request puts its segments again
-        sink.put(lo, src[lo:hi])
-    assert sorted(set((o, len(d)) for o, d in out)) == [(a, b - a) for a, b in pieces(start, end, part)]
-    assert all(d == src[o : o + len(d)] and type(d) is bytes for o, d in out)
-    assembled = [(o, len(d)) for o, d in out if not any(lo == o and hi - lo == len(d) for lo, hi in segs)]
-    assert len(assembled) == len(set(assembled))  # a piece put together goes out once
+    a0, b0 = subs[0]
+    first = sink.segments(a0, b0)[0]
+    for lo, hi in [first, *reversed(segs[1:])]:  # in any order
+        view = sink.buffer(lo, hi)
+        view[:] = src[lo:hi]
+        sink.filled(lo, hi)
+        if (lo, hi) == first:  # a retry of the first sub-request resumes after what it filled
+            assert sink.first_missing(a0, b0) == (first[1] if first[1] < b0 else b0)
+    assert sink.first_missing(a0, b0) == b0
+    assert sorted((o, len(d)) for o, d in out) == [(a, b - a) for a, b in pieces(start, end, part)]
+    assert all(d == src[o : o + len(d)] and type(d) is bytearray for o, d in out)
+    sink.filled(*first)  # filled again (cannot happen on resume): not handed out twice
+    assert len(out) == len(pieces(start, end, part))
+
+
+def test_pieces_closed_hand_out_nothing_more():
+    out = []
+    sink = Pieces(0, 2 * M, M, lambda o, d: out.append(o))
+    sink.buffer(0, M)[:] = b"a" * M
+    sink.filled(0, M)
+    sink.close()
+    for call in (lambda: sink.buffer(M, 2 * M), lambda: sink.filled(M, 2 * M), lambda: sink.first_missing(0, 2 * M)):
+        with pytest.raises(Abandoned):
+            call()
+    assert out == [0]
 
 
 def testcheck_status():
@@ -317,20 +393,78 @@ def test_a_bad_range_is_refused_before_any_request():
         fetcher.fetch(data_bin(10), 0, 11, lambda o, d: None)
 
 
-def test_a_session_that_cannot_be_opened_fails_every_fetch(monkeypatch):
-    """start() does not wait for the session (aiohttp is imported on the loop thread): if it
-    cannot be opened, a request gets FetchError (EIO), never a wait or another exception."""
-    from netmount.remote import client
+def test_buffers_are_used_again_only_once_nobody_holds_them():
+    from netmount.remote.buffers import Buffers
 
-    def broken() -> None:
-        raise ImportError("no aiohttp here")
+    pool = Buffers(keep_bytes=3 * K)
+    held = [pool.take(K) for _ in range(3)]
+    assert len({id(b) for b in held}) == 3
+    extra = pool.take(K)  # all three held, the pool full: a new one, not kept
+    assert all(extra is not b for b in held)
+    view = memoryview(held[0])[10:20]  # a view holds its buffer too
+    del held[0]
+    assert all(pool.take(K) is not b for b in (*held, extra))  # still viewed: not handed out
+    freed = id(view.obj)
+    del view
+    assert id(pool.take(K)) == freed  # let go of: used again
+    assert len(pool.take(2 * K)) == 2 * K  # another size: a new buffer (the pool is full)
 
-    monkeypatch.setattr(client, "import_client", broken)
-    fetcher = RangeFetcher("http://127.0.0.1:9", "org/x", "a" * 40).start()
+
+def test_pieces_a_consumer_keeps_are_never_written_again(tmp_path):
+    """Buffers are used again, but never one a consumer still holds: pieces kept from a first
+    fetch keep their bytes through many later fetches of other bytes."""
+    write_plain_repo(tmp_path)
+    data = (tmp_path / "tests" / "plain" / "data.bin").read_bytes()
+    f = data_bin(len(data))
+    with TestHub(tmp_path) as hub:
+        fetcher = RangeFetcher(hub.url, "tests/plain", hub.commit_sha("tests/plain"), connections=2).start()
+        try:
+            kept = []
+            fetcher.fetch(f, 0, 2 * M, lambda o, b: kept.append((o, b)), part_size=256 * K).result(timeout=60)
+            for n in range(8):
+                start = (2 + n % 3) * M
+                fetcher.fetch(f, start, start + M, lambda o, b: None, part_size=256 * K,
+                              prefetch=n % 2 == 0).result(timeout=60)
+        finally:
+            fetcher.close()
+    assert len(kept) == 8 and all(b == data[o : o + len(b)] for o, b in kept)
+
+
+def test_lanes_run_a_demand_job_at_once_beside_a_full_set_of_prefetch_jobs():
+    """Prefetch jobs run on at most ``prefetch_threads`` threads, the others wait queued; a
+    demand job queued after them runs at once on a free thread."""
+    import threading
+
+    from netmount.remote.lanes import Lanes
+
+    lanes = Lanes(3, 2)
+    lanes.start()
+    gate, cond = threading.Event(), threading.Condition()
+    running, peak = [], [0]
+
+    def job(name):
+        def run():
+            with cond:
+                running.append(name)
+                peak[0] = max(peak[0], sum(n.startswith("p") for n in running))
+                cond.notify_all()
+            gate.wait(60)
+            with cond:
+                running.remove(name)
+        return run
+
     try:
-        run = fetcher.fetch(data_bin(10), 0, 10, lambda offset, data: None)
-        with pytest.raises(FetchError, match="no HTTP session"):
-            run.result(timeout=30)
-        fetcher.abort()  # waits for the failed opening, then has nothing to abort
+        for n in range(5):
+            lanes.submit(job(f"p{n}"), prefetch=True)
+        with cond:
+            assert cond.wait_for(lambda: len(running) == 2, 60)
+        lanes.submit(job("demand"))
+        with cond:
+            assert cond.wait_for(lambda: "demand" in running, 60)  # while two prefetch jobs hold theirs
+            assert sorted(running) == ["demand", "p0", "p1"]
+        gate.set()
+        assert lanes.idle(60)
+        assert peak[0] == 2
     finally:
-        fetcher.close()
+        gate.set()
+        assert lanes.close(60)

@@ -35,8 +35,10 @@ def _editable_install(project: Path, prefix: Path, warnings: str | None) -> subp
     if warnings is not None:
         env["PYTHONWARNINGS"] = warnings
     return subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--prefix", str(prefix), "-e", str(project)],
+        # --ignore-installed: else pip first uninstalls the venv's own netmount, --prefix or not,
+        # and every later test's daemon (``python -P``, cwd /) no longer finds the package
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+         "--no-build-isolation", "--no-index", "--prefix", str(prefix), "-e", str(project)],
         capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -67,3 +69,7 @@ def test_setup_silences_setuptools_editable_notice_and_nothing_else(tmp_path):
     (project / "pyproject.toml").write_text("[build-system\n")
     broken = _editable_install(project, tmp_path / "broken", quiet)
     assert broken.returncode != 0 and "ERROR" in broken.stderr and "TOMLDecodeError" in broken.stderr
+    # and the venv's own installation is untouched: a daemon started the usual way imports it
+    found = subprocess.run([sys.executable, "-P", "-c", "import netmount.mounting.daemon"], cwd="/",
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr

@@ -12,17 +12,12 @@ import pytest
 from netmount.dev.testhub import TestHub
 from netmount.mounting.hfcache import HfCacheNamespace, RepoKey
 from netmount.mounting.hfcache.catalog import Catalog
+from netmount.mounting.hfcache.resolution import hub_resolver  # the daemon's
 from netmount.mounting.namespace import DIR, NotFound, Unavailable
-from netmount.remote.hub import resolve_snapshot
 
 from conftest import within
 
 TOKEN = "hf_family"
-
-
-def hub_resolver(endpoint: str, token: str | None):
-    """What the daemon gives the namespace: the mount's endpoint and token, every repo."""
-    return lambda key, revision: resolve_snapshot(key.repo_id, revision, endpoint, token, key.repo_type)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """`netmount mount --hf-cache MOUNTPOINT [--repo ID[@REV]]... [--refs-ttl DURATION]` parsed and
-checked (issue 22).  The flags are not in the parser users get until the daemon serves them
-(phase 2): these tests build the parser with them, and check the checks alone."""
+checked (issue 22): the checks alone (tests/test_hfcache_mount.py mounts)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from netmount.mounting.hfcache.options import DEFAULT_REFS_TTL, check_hf_cache, 
 
 
 def parse(*argv: str):
-    args = cli.build_parser((), hf_cache=True).parse_args(["mount", *argv])
+    args = cli.build_parser(()).parse_args(["mount", *argv])
     return args, cli.hf_cache_request(args)
 
 
@@ -23,11 +22,9 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-def test_users_do_not_get_the_flags_yet():
-    plain = cli.build_parser(())
-    with pytest.raises(SystemExit):
-        plain.parse_args(["mount", "--hf-cache", "/mnt/hf"])
-    assert "--hf-cache" not in plain.format_help() and "--hf-cache" not in _mount_help(plain)
+def test_users_get_the_flags():
+    help_text = _mount_help(cli.build_parser(()))
+    assert "--hf-cache" in help_text and "--repo ID[@REV]" in help_text and "--refs-ttl" in help_text
 
 
 def _mount_help(parser) -> str:

@@ -60,3 +60,18 @@ def test_segments_become_buffers_touching_fd_pieces_joined(tmp_path):
         assert _vector(r, []) == []
     finally:
         os.close(fd)
+
+
+def test_memory_segments_of_any_bytes_like_are_copied_once_from_their_own_memory():
+    """A fetched piece is the bytearray its socket filled: its bytes go into the reply
+    straight from it (no ``bytes()`` first), as do views of it and plain bytes."""
+    r = replies.Replies(libfuse3_path())
+    src = os.urandom(5000)
+    piece = bytearray(src)
+    segs = [Segment(-1, 10, 90, piece), Segment(-1, 0, 5, memoryview(piece)[4000:]),
+            Segment(-1, 7, 3, src), Segment(-1, 1, 2, memoryview(src))]
+    assert _vector(r, segs) == [("mem", src[10:100]), ("mem", src[4000:4005]), ("mem", src[7:10]),
+                                ("mem", src[1:3])]
+    own = ctypes.addressof(ctypes.c_char.from_buffer(piece))
+    assert replies._address(piece)[0] == own  # the bytearray's own memory, not a copy's
+    assert replies._address(memoryview(piece)[100:])[0] == own + 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 
 from netmount.core import errors, settings
@@ -19,10 +20,12 @@ from netmount.core.units import format_size
 COMMAND_MODULES: list[str] = ["dev.demo", "commands.inspect_cmds", "commands.cache_proxy", "commands.verify"]
 
 
-def _add_mount(sub, hf_cache: bool = False) -> None:
-    p = sub.add_parser("mount", help="mount a Hub model, dataset or space repo read-only (lazy, block-cached)")
-    p.add_argument("repo", nargs="?" if hf_cache else None,
-                   help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional")
+def _add_mount(sub) -> None:
+    p = sub.add_parser("mount", help="mount a Hub model, dataset or space repo read-only (lazy, block-cached); "
+                                     "or, with --hf-cache, the whole Hub as a Hugging Face cache")
+    p.add_argument("repo", nargs="?",
+                   help="org/name (a model), datasets/org/name or spaces/org/name; @revision optional "
+                        "(none with --hf-cache)")
     p.add_argument("mountpoint", help="an existing empty directory")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
     p.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
@@ -50,15 +53,13 @@ def _add_mount(sub, hf_cache: bool = False) -> None:
                    help="keep only these routed experts, renumbered (e.g. 0-31, 0,5,9); config rewritten")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--foreground", action="store_true", help="stay attached until unmounted")
-    if hf_cache:
-        add_hf_cache_options(p)
+    add_hf_cache_options(p)
     p.set_defaults(func=cmd_mount)
 
 
 def add_hf_cache_options(p) -> None:
     """``netmount mount --hf-cache MOUNTPOINT [--repo ID[@REV]]... [--refs-ttl DURATION]``
-    (issue 22).  Not in the parser users get until the daemon serves it (``build_parser``'s
-    ``hf_cache``); ``hf_cache_request`` checks what was given."""
+    (issue 22); ``hf_cache_request`` checks what was given."""
     g = p.add_argument_group("hf-cache", "the whole Hub in huggingface_hub's cache layout, any repo by id")
     g.add_argument("--hf-cache", action="store_true",
                    help="mount the Hub as a read-only Hugging Face cache: set HF_HUB_CACHE=MOUNTPOINT and "
@@ -83,12 +84,22 @@ def hf_cache_request(args):
                                  "--only": args.only, "--experts": args.experts})
 
 
+# Offline mode is for the programs that read a mount (HF_HUB_CACHE on an --hf-cache mount): a
+# node's environment may set it for every job, and `netmount mount` must ask the Hub all the same
+OFFLINE_MODE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def cmd_mount(args) -> int:
     from netmount.mounting.lifecycle import mount
 
+    for name in OFFLINE_MODE:  # before huggingface_hub is imported: it reads them once
+        os.environ.pop(name, None)
+    wanted = hf_cache_request(args)
     if args.token:
         print("netmount: warning: --token is visible to other users in `ps`; "
               "prefer HF_TOKEN or `hf auth login`", file=sys.stderr)
+    if wanted is not None:
+        return _mount_hf_cache(args)
     m = mount(args.repo, args.mountpoint, revision=args.revision, endpoint=args.endpoint,
               token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
               block_size=args.block_size, connections=args.connections,
@@ -108,6 +119,21 @@ def cmd_mount(args) -> int:
             shown = f" as a view of {n} files, {format_size(vbytes)},"
         print(f"mounted {snap.name}@{snap.sha[:12]} ({len(snap.files)} files, "
               f"{format_size(total)}){shown} on {m.path}")
+    return 0
+
+
+def _mount_hf_cache(args) -> int:
+    from netmount.mounting.lifecycle import mount_hf_cache
+
+    m = mount_hf_cache(args.mountpoint, repos=args.repo_specs, refs_ttl=args.refs_ttl, endpoint=args.endpoint,
+                       token=args.token, cache_dir=args.cache_dir, cache_size=args.cache_size,
+                       block_size=args.block_size, connections=args.connections, readahead=args.readahead,
+                       allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,
+                       cache_proxy=args.cache_proxy)
+    if not args.foreground:
+        pinned = "".join(f"; {s.name}@{s.sha[:12]} listed" for s in m.pinned)
+        print(f"mounted the Hub as a Hugging Face cache on {m.path}{pinned}; "
+              f"load by repo id with HF_HUB_CACHE={m.path} HF_HUB_OFFLINE=1")
     return 0
 
 
@@ -137,13 +163,13 @@ class _TopParser(_Parser):
         return f"{ABOUT}\n\n{super().format_help()}"
 
 
-def build_parser(modules: list[str] | tuple[str, ...] | None = None, hf_cache: bool = False) -> argparse.ArgumentParser:
+def build_parser(modules: list[str] | tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     """The whole CLI; given ``modules`` (of COMMAND_MODULES), only their subcommands besides
-    mount and unmount.  ``hf_cache``: with ``mount --hf-cache`` (issue 22, phase 2 turns it on)."""
+    mount and unmount."""
     parser = _TopParser(prog="netmount")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_mount(sub, hf_cache)
+    _add_mount(sub)
     p = sub.add_parser("unmount", aliases=["umount"], help="unmount a netmount mount")
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_unmount)

@@ -17,7 +17,8 @@ from netmount.core import errors
 
 def register(sub) -> None:
     p = sub.add_parser("stats", help="what live mounts served, fetched and cached")
-    p.add_argument("mountpoint", nargs="*", help="netmount mountpoints (default: every live mount)")
+    p.add_argument("mountpoint", nargs="*", help="netmount mountpoints, or snapshot folders of --hf-cache "
+                                                 "mounts (default: every live mount)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable: one object for one mount, else a list")
     p.add_argument("--map", action="store_true", help="one bar per file showing which blocks are cached")
@@ -26,7 +27,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("tensors", help="list tensors (name, dtype, shape, byte range) from headers only")
-    p.add_argument("target", help="org/name[@rev] on the Hub, a netmount mountpoint, or a local folder")
+    p.add_argument("target", help="org/name[@rev] on the Hub, a netmount mountpoint, a local folder "
+                                  "(a snapshot folder of an --hf-cache mount)")
     p.add_argument("--match", action="append", default=[], metavar="GLOB",
                    help="only tensors whose name matches (repeatable), e.g. 'model.layers.0.*'")
     p.add_argument("--revision", help="branch, tag or commit (default: main)")
@@ -38,7 +40,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_tensors)
 
     p = sub.add_parser("prefetch", help="warm a mount's cache for whole files or matching tensors")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", help="a netmount mountpoint, or a snapshot folder of an --hf-cache mount "
+                                      "(models--org--name/snapshots/<sha>, or a folder or file in one)")
     p.add_argument("--match", action="append", default=[], metavar="GLOB",
                    help="file paths (whole file) or tensor names to warm (repeatable; default: everything)")
     p.add_argument("--workers", type=int, default=16, help="parallel reads (default 16)")

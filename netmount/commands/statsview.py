@@ -48,8 +48,40 @@ def render_summary(s: dict) -> str:
         rows.append(("proxy", f"{px['url']} {px['state']}: {px['hits']} hits, {px['misses']} misses,"
                               f" {px['bypass']} bypass, {px['fallbacks']} fallbacks,"
                               f" {format_size(px['bytes'])}"))
-    head = f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}"
-    return "\n".join([head] + [f"  {k:<8} {v}" for k, v in rows])
+    hub = s.get("hf_cache")
+    if hub:
+        shared = s["shared"]
+        rows.append(("repos", f"{hub['repos']} held, {hub['names']} listed, {hub['resolving']} being resolved;"
+                              f" refs trusted {hub['refs_ttl']:g} s"))
+        rows.append(("shared", f"{shared['files']} files share {shared['contents']} contents:"
+                               f" {format_size(shared['bytes'])} fetched and stored once, not again"
+                     if shared["files"] else "no content shared by the files read"))
+    lines = [title(s)] + [f"  {k:<8} {v}" for k, v in rows]
+    return "\n".join(lines + (render_repos(s["repos"]) if hub else []))
+
+
+def title(s: dict) -> str:
+    """What a stats record is of: a repo@commit on a mountpoint, or an hf-cache mount (or one
+    snapshot of it)."""
+    if s.get("mode") == "hf-cache" and s.get("root") is None:
+        return f"the Hub at {s['endpoint']} as a Hugging Face cache on {s['mountpoint']}"
+    where = f"{s['mountpoint']}/{s['root']}" if s.get("root") else s["mountpoint"]
+    return f"{s['repo']}@{s['revision'][:12]} on {where}"
+
+
+def render_repos(repos: list[dict], limit: int = 20) -> list[str]:
+    """An hf-cache mount's repos with files read, most served first (``limit`` of them)."""
+    used = sorted((r for r in repos if r["files"] or r["bytes_fetched"]), key=lambda r: -r["bytes_served"])
+    if not used:
+        return []
+    width = max(len(r["repo"]) for r in used[:limit])
+    out = [f"  {'repo':<{width}} {'files':>6} {'fetched':>10} {'served':>10} {'cached':>10} {'shared':>10}"]
+    out += [f"  {r['repo']:<{width}} {r['files']:>6} {format_size(r['bytes_fetched']):>10}"
+            f" {format_size(r['bytes_served']):>10} {format_size(r['cached_bytes']):>10}"
+            f" {format_size(r['shared_bytes']):>10}" for r in used[:limit]]
+    if len(used) > limit:
+        out.append(f"  ... and {len(used) - limit} more (netmount stats --json)")
+    return out
 
 
 def render_table(stats: list[dict]) -> str:
@@ -85,14 +117,16 @@ def render_map(s: dict, width: int) -> str:
     """One bar per file of which blocks are cached, fitted to ``width`` columns."""
     bs = s["block_size"]
     files = s["view_files"] if s.get("view_files") is not None else s["files"]  # what the mount shows
-    name_w = min(max((len(f["path"]) for f in files), default=4), max(12, width // 3))
+    root = s.get("root")  # one snapshot of an hf-cache mount: its files' paths in it
+    names = [f["path"][len(root) + 1:] if root else f["path"] for f in files]
+    name_w = min(max((len(n) for n in names), default=4), max(12, width // 3))
     bar_w = max(10, width - name_w - 10)
-    lines = [f"{s['repo']}@{s['revision'][:12]} on {s['mountpoint']}: cached blocks "
+    lines = [f"{title(s)}: cached blocks "
              f"({SHADES[4]} all {SHADES[3]} most {SHADES[2]} half {SHADES[1]} some {SHADES[0]} none)"]
-    for f in files:
+    for f, name in zip(files, names):
         n = block_count(f["size"], bs)
         pct = f"{100 * f['cached_bytes'] / f['size']:5.1f}%" if f["size"] else "   -  "
-        lines.append(f"{_fit(f['path'], name_w):<{name_w}} {bar(f.get('cached_runs', []), n, bar_w)} {pct}")
+        lines.append(f"{_fit(name, name_w):<{name_w}} {bar(f.get('cached_runs', []), n, bar_w)} {pct}")
     return "\n".join(lines)
 
 

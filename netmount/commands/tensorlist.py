@@ -92,9 +92,6 @@ def shards_to_read(files: dict[str, int], match: list[str], read_small: Callable
 # -- a mount or a local folder ----------------------------------------------------------------
 
 def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[dict]:
-    from netmount.mounting import mounts
-    from netmount.mounting.stats import read_stats
-
     target = os.path.abspath(target)
     if os.path.isfile(target):
         root, files = os.path.dirname(target), {os.path.basename(target): os.path.getsize(target)}
@@ -106,13 +103,14 @@ def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[d
                 full = os.path.join(dirpath, n)
                 files[os.path.relpath(full, target).replace(os.sep, "/")] = os.path.getsize(full)
     url_base, data_root, first = None, root, LOCAL_FIRST
-    if mounts.find_mount(root):
-        s = read_stats(root)
-        if s.get("view_files") is None:
-            url_base = f"{s['endpoint']}/{s['repo']}/resolve/{s['revision']}"
-        else:  # a view's files have no URL; their raw reads are exact: 8 bytes, then the header
-            first = 8
-        data_root = os.path.join(root, ".netmount", "raw")  # headers without daemon prefetch
+    mounted = _in_mount(root)
+    if mounted is not None:
+        data_root, s = mounted  # headers through the raw mirror: without daemon prefetch
+        if s is not None and s.get("view_files") is not None:
+            first = 8  # a view's files have no URL; their raw reads are exact: 8 bytes, then the header
+        elif s is not None and s.get("repo"):
+            scope = f"/{quote(s['scope'])}" if s.get("scope") else ""
+            url_base = f"{s['endpoint']}/{s['repo']}/resolve/{s['revision']}{scope}"
 
     def read_small(rel: str) -> bytes:
         with open(os.path.join(root, rel), "rb") as fh:
@@ -132,6 +130,22 @@ def _local(target: str, match: list[str], workers: int, on_skip: Skip) -> list[d
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         headers = list(pool.map(one, paths))
     return _records(paths, headers, match, url_base)
+
+
+def _in_mount(folder: str) -> tuple[str, dict | None] | None:
+    """For a folder in a netmount mount: (the same folder in its raw mirror, the stats of what
+    the folder shows — a mount's, an hf-cache snapshot's — or None); None outside any mount."""
+    from netmount.mounting.stats import locate, read_stats
+
+    try:
+        mountpoint, inside = locate(folder)
+    except errors.NetmountError:
+        return None
+    try:
+        stats = read_stats(folder)
+    except errors.NetmountError:  # a folder in a plain mount: read through the mirror, no URLs
+        stats = None
+    return os.path.join(mountpoint, ".netmount", "raw", inside), stats
 
 
 def _pread_exactly(fd: int, start: int, end: int) -> bytes:

@@ -52,8 +52,9 @@ _HEX = {True: re.compile(r"[0-9a-f]{64}"), False: re.compile(r"[0-9a-f]{40}")}
 
 def register(sub) -> None:
     p = sub.add_parser("verify", help="hash cached files against the repo's digests; drop wrong ones")
-    p.add_argument("mountpoint")
-    p.add_argument("paths", nargs="*", default=[], metavar="PATH", help="files or folders in the repo (default: all)")
+    p.add_argument("mountpoint", help="a netmount mountpoint, or a snapshot folder of an --hf-cache mount")
+    p.add_argument("paths", nargs="*", default=[], metavar="PATH",
+                   help="files or folders in it (default: all; on an --hf-cache mount: the files read)")
     p.add_argument("--match", action="append", default=[], metavar="GLOB",
                    help="only files whose path matches (repeatable)")
     p.add_argument("--fetch", action="store_true",
@@ -133,15 +134,18 @@ def verify(mountpoint, paths: Iterable[str] = (), match: Iterable[str] = (), fet
     algorithm expected actual status dropped_bytes``, ``status`` one of ``ok`` (hashed
     right, now marked verified), ``mismatch`` (hashed wrong: its cached bytes were dropped
     everywhere), ``partial`` (not all blocks cached: not checked) or ``no-digest``.
-    ``paths`` are files or folders of the repo (relative, or absolute under the mount),
-    ``match`` globs on file paths; neither means every file.  ``fetch``: fetch the
+    ``paths`` are files or folders of the repo (relative to ``mountpoint``, or absolute under
+    the mount), ``match`` globs on file paths; neither means every file.  ``fetch``: fetch the
     missing blocks of partial files first.  Bad input raises ``NetmountError``.
+    On an ``--hf-cache`` mount ``mountpoint`` may be a snapshot folder (or a folder in one):
+    its files, globs on their paths in the snapshot; the mount itself means the files read.
     """
     from netmount.mounting.stats import read_stats
 
-    mp = os.path.abspath(os.fspath(mountpoint))
-    stats = read_stats(mp)
-    files = select(stats["files"], mp, paths, match)
+    target = os.path.abspath(os.fspath(mountpoint))
+    stats = read_stats(target)
+    mp = stats.get("mountpoint", target)
+    files = select(stats["files"], target, paths, match, mp, stats.get("root") or "")
     bs = stats["block_size"]
     if not stats.get("cache_dir"):
         raise errors.MountpointError(f"{mp}: the mount runs without its disk cache; nothing to verify")
@@ -170,17 +174,22 @@ def verify(mountpoint, paths: Iterable[str] = (), match: Iterable[str] = (), fet
     return records
 
 
-def select(files: list[dict], mp: str, paths: Iterable[str], match: Iterable[str]) -> list[dict]:
-    """The files named (a file, or a folder: the files under it) and matching the globs."""
+def select(files: list[dict], target: str, paths: Iterable[str], match: Iterable[str], mp: str | None = None,
+           root: str = "") -> list[dict]:
+    """The files named (a file, or a folder: the files under it; relative paths from ``target``,
+    the folder named; none: every file under it) and matching the globs (on paths from ``root``,
+    the snapshot of an hf-cache mount's files).  ``mp``: the mount (default ``target``)."""
     from netmount.commands.tensorlist import matches
 
+    mp = mp or target
+    here = _relative(target, mp)
     paths, match = list(paths), list(match)
     chosen = files
-    if paths:
+    if paths or here:
         by_path = {f["path"]: f for f in files}
         picked: dict[str, dict] = {}
-        for p in paths:
-            rel = _relative(p, mp)
+        for p in paths or [target]:
+            rel = _relative(p if os.path.isabs(p) else os.path.join(target, p), mp)
             if rel in by_path:
                 picked[rel] = by_path[rel]
                 continue
@@ -190,20 +199,22 @@ def select(files: list[dict], mp: str, paths: Iterable[str], match: Iterable[str
             picked.update((f["path"], f) for f in under)
         chosen = sorted(picked.values(), key=lambda f: f["path"])
     if match:
+        def name(f: dict) -> str:
+            return f["path"][len(root) + 1:] if root else f["path"]
+
         for g in match:
-            if not any(matches(f["path"], [g]) for f in chosen):
+            if not any(matches(name(f), [g]) for f in chosen):
                 raise errors.BadInput(f"--match {g!r} matches no file")
-        chosen = [f for f in chosen if matches(f["path"], match)]
+        chosen = [f for f in chosen if matches(name(f), match)]
     return chosen
 
 
 def _relative(p: str, mp: str) -> str:
-    if os.path.isabs(p):
-        p = os.path.abspath(p)
-        if p != mp and not p.startswith(mp.rstrip("/") + "/"):
-            raise errors.BadInput(f"{p}: not under the mount {mp}")
-        p = os.path.relpath(p, mp)
-    p = os.path.normpath(p)
+    """``p`` (absolute) as a path inside the mount ``mp``; "" for the mount itself."""
+    p = os.path.abspath(p)
+    if p != mp and not p.startswith(mp.rstrip("/") + "/"):
+        raise errors.BadInput(f"{p}: not under the mount {mp}")
+    p = os.path.normpath(os.path.relpath(p, mp))
     return "" if p == "." else p
 
 
@@ -306,20 +317,21 @@ def _check(store, r: dict, bs: int, advance: Callable[[int], None]) -> None:
 # -- dropping --------------------------------------------------------------------------------
 
 def drop_everywhere(mp: str, stats: dict, r: dict) -> int:
-    """Drop ``r``'s file in this mount and in every other live mount on the same cache
-    directory that holds the same content; returns the bytes deleted from the store."""
+    """Drop ``r``'s file in this mount and every file of the same content in live mounts on
+    the same cache directory, this one included (an hf-cache mount's twins in other repos);
+    returns the bytes deleted from the store."""
     targets = [(mp, r["path"])]
-    targets += _sharing_mounts(mp, stats, r["content_id"])
+    targets += [t for t in _sharing_mounts(stats, r["content_id"]) if t != (mp, r["path"])]
     dropped = 0
     for where, path in targets:
         try:
             with open(os.path.join(where, ".netmount", "drop", path), "rb") as fh:
                 dropped += json.loads(fh.read()).get("dropped_bytes", 0)
         except (OSError, ValueError) as exc:
-            if where == mp:
+            if (where, path) == targets[0]:
                 raise errors.MountpointError(
                     f"{mp}: cannot drop {path}: {getattr(exc, 'strerror', None) or exc}") from None
-            continue  # another mount went away meanwhile: nothing of it to invalidate
+            continue  # another mount (or file) went away meanwhile: nothing of it to invalidate
         for view in (os.path.join(where, path), os.path.join(where, ".netmount", "raw", path)):
             _drop_page_cache(view)
         for shown in _view_files_of(where, stats if where == mp else None, path):
@@ -339,15 +351,13 @@ def _view_files_of(where: str, stats: dict | None, path: str) -> list[str]:
     return [f["path"] for f in stats.get("view_files") or () if path in f.get("sources", ()) and f["path"] != path]
 
 
-def _sharing_mounts(mp: str, stats: dict, content_id: str) -> list[tuple[str, str]]:
+def _sharing_mounts(stats: dict, content_id: str) -> list[tuple[str, str]]:
     from netmount.mounting import mounts
     from netmount.mounting.stats import read_stats
 
     mine = os.path.realpath(stats["cache_dir"])
     out = []
     for entry in mounts.list_mounts():
-        if os.path.abspath(entry.mountpoint) == mp:
-            continue
         try:
             other = read_stats(entry.mountpoint)
         except errors.NetmountError:

@@ -18,7 +18,10 @@ prefetch: it would take these reads for a program streaming tensors and fetch pa
 selection.  So exactly the selected blocks and the headers cross the network.
 
 On a view mount the files are the view's (stats ``view_files``: paths, sizes and cached
-block runs of the files the mount shows), read the same way.
+block runs of the files the mount shows), read the same way.  On an ``--hf-cache`` mount the
+target is a snapshot folder (``models--org--name/snapshots/<sha>``), or a folder or file in
+one: its files are those of that snapshot's stats (``read_stats``), the globs match paths in
+the snapshot, as they would on a plain mount of it.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ Run = tuple[int, int]  # block indices, inclusive
 @dataclass
 class Plan:
     block_size: int
-    sizes: dict[str, int]
+    sizes: dict[str, int]  # every file the mount shows, by its path in the mount
     wanted: dict[str, list[Run]] = field(default_factory=dict)  # runs selected
     missing: dict[str, list[Run]] = field(default_factory=dict)  # of those, runs not cached
     wanted_bytes: int = 0  # bytes of all blocks selected (cached or not)
     tensors: int = 0
     whole_files: int = 0
     unmatched: list[str] = field(default_factory=list)  # globs that selected nothing
+    mountpoint: str = ""  # the mount the files are read through
 
     @property
     def todo_bytes(self) -> int:
@@ -58,29 +62,36 @@ def _run_bytes(run: Run, bs: int, size: int) -> int:
     return min((run[1] + 1) * bs, size) - run[0] * bs
 
 
-def make_plan(mountpoint: str, patterns: Iterable[str] = (), on_skip=None) -> Plan:
-    """What to read: block runs per file that the globs select and the cache lacks."""
+def make_plan(target: str, patterns: Iterable[str] = (), on_skip=None) -> Plan:
+    """What to read: block runs per file that the globs select and the cache lacks.  ``target``:
+    a mountpoint, or in an hf-cache mount a snapshot folder (or a folder or file in one)."""
     patterns = list(patterns)
-    stats = read_stats(mountpoint)
+    stats = read_stats(target)
     bs = stats["block_size"]
     sizes = {f["path"]: f["size"] for f in _shown(stats)}
-    plan = Plan(bs, sizes)
+    plan = Plan(bs, sizes, mountpoint=stats["mountpoint"])
+    root, scope = stats.get("root") or "", _scope(stats)
     ranges: dict[str, list[tuple[int, int]]] = {}
     used: set[str] = set()
     for path, size in sizes.items():
-        hit = [p for p in patterns if matches(path, [p])] if patterns else ["*"]
+        if scope and path != scope and not path.startswith(scope + "/"):
+            continue
+        hit = [p for p in patterns if matches(path[len(root) + 1:] if root else path, [p])] if patterns else ["*"]
         if hit and size:
             ranges[path] = [(0, size)]
             plan.whole_files += 1
             used.update(hit)
     if patterns:
-        for t in list_tensors(mountpoint, patterns, on_skip=on_skip):
-            if t["file"] in ranges and ranges[t["file"]] == [(0, sizes[t["file"]])]:
+        folder = target if os.path.isdir(target) else os.path.dirname(target)  # what list_tensors names from
+        base = os.path.relpath(os.path.abspath(folder), plan.mountpoint)
+        for t in list_tensors(target, patterns, on_skip=on_skip):
+            path = os.path.normpath(os.path.join(base, t["file"]))
+            if path in ranges and ranges[path] == [(0, sizes[path])]:
                 continue  # the whole file is already selected
-            ranges.setdefault(t["file"], []).append((t["start"], t["end"]))
+            ranges.setdefault(path, []).append((t["start"], t["end"]))
             plan.tensors += 1
             used.update(p for p in patterns if matches(t["name"], [p]))
-        stats = read_stats(mountpoint)  # reading the headers cached their blocks
+        stats = read_stats(target)  # reading the headers cached their blocks
     plan.unmatched = [p for p in patterns if p not in used]
     for path, spans in ranges.items():
         blocks = Ranges()
@@ -107,6 +118,12 @@ def update_missing(plan: Plan, stats: dict) -> None:
 def _shown(stats: dict) -> list[dict]:
     """The files the mount shows: a view's (``view_files``), else the repo's."""
     return stats["view_files"] if stats.get("view_files") is not None else stats["files"]
+
+
+def _scope(stats: dict) -> str:
+    """The path in the mount a snapshot's stats were asked for ("" for a whole mount)."""
+    root, scope = stats.get("root") or "", stats.get("scope") or ""
+    return f"{root}/{scope}".rstrip("/") if root else ""
 
 
 def segments(plan: Plan, max_blocks: int = 16):
@@ -197,24 +214,25 @@ def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
     return done[0]
 
 
-def _settle(mountpoint: str, plan: Plan) -> int:
+def _settle(target: str, plan: Plan) -> int:
     """Bytes of the plan still not cached.  The daemon hands a block to its readers before
     writing it to the store, so the last blocks may not be counted yet when the reads
     return: wait once for the daemon to have nothing in flight, then read the stats once."""
-    wait_idle(mountpoint)
-    update_missing(plan, read_stats(mountpoint))
+    wait_idle(target)
+    update_missing(plan, read_stats(target))
     return plan.todo_bytes
 
 
-def prefetch(mountpoint: str, patterns: Iterable[str] = (), *, workers: int = 16,
+def prefetch(target: str, patterns: Iterable[str] = (), *, workers: int = 16,
              show_progress: bool = True, on_skip=None) -> dict:
-    """Warm the cache of the mount at ``mountpoint``; returns a summary dict.
+    """Warm the cache of the mount at ``target`` (or of a snapshot of an hf-cache mount, or a
+    folder or file in one); returns a summary dict.
 
     ``patterns`` are globs matched against file paths (whole file) and tensor names; none
     means every file.  Safe to interrupt and run again: cached blocks are skipped.
     """
-    mountpoint = os.path.abspath(mountpoint)
-    plan = make_plan(mountpoint, patterns, on_skip)
+    target = os.path.abspath(target)
+    plan = make_plan(target, patterns, on_skip)
     todo = plan.todo_bytes
     bar = None
     if show_progress and todo:
@@ -223,11 +241,11 @@ def prefetch(mountpoint: str, patterns: Iterable[str] = (), *, workers: int = 16
         bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc="prefetch",
                    dynamic_ncols=True)
     try:
-        done = execute(mountpoint, plan, workers=workers, progress=bar.update if bar else None)
+        done = execute(plan.mountpoint, plan, workers=workers, progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
-    left = todo and _settle(mountpoint, plan)
+    left = todo and _settle(target, plan)
     return {"files": len(plan.wanted), "whole_files": plan.whole_files, "tensors": plan.tensors,
             "selected_bytes": plan.wanted_bytes, "read_bytes": done,
             "already_cached_bytes": plan.wanted_bytes - todo, "still_missing_bytes": left,

@@ -2,7 +2,8 @@
 
 1. Stop taking new work: the caller has ended the FUSE loop, so no program's read comes in.
 2. Abort fetches (``fetcher.abort``): every request in flight fails now and every later one
-   at once, so nothing below waits on the network any more.
+   at once, so nothing below waits on the network any more; an hf-cache mount's namespace
+   (``hub.close``) stops asking the Hub, its lookups in wait get EIO.
 3. Stop the prefetcher (``prefetcher.close(timeout) -> bool``): its pump and header threads
    end, meeting only failed fetches now.  They read through the reader, so until they have
    ended the reader is never closed.
@@ -55,10 +56,13 @@ def bounded(what: str, seconds: float, call: Callable[[], object]) -> bool:
 
 def close_parts(parts, waits: Waits = Waits()) -> bool:
     """Close ``parts`` (attributes ``fetcher``, ``prefetcher``, ``reader``, ``stats``,
-    ``store``; None: not built) in the order above.  True if every step ended in time."""
+    ``store``, and ``hub`` if it has one; None: not built) in the order above.  True if every
+    step ended in time."""
     fetcher, prefetcher, reader = parts.fetcher, parts.prefetcher, parts.reader
     if fetcher is not None:
-        fetcher.abort()  # bounded inside (client.HttpLoop.abort)
+        fetcher.abort()  # bounded inside (RangeFetcher.abort)
+    if getattr(parts, "hub", None) is not None:
+        parts.hub.close()  # returns at once: its resolver threads end after the call each runs
     readers_gone = True
     if prefetcher is not None:
         readers_gone = bool(prefetcher.close(waits.prefetcher))

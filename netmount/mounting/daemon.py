@@ -7,6 +7,8 @@ Runs in-process for ``--foreground``, or as ``python -m netmount.mounting.daemon
 on stdin, a planned view's bytes after it (``DaemonConfig.to_bytes``) — nothing secret in
 argv or the environment — and waits for one line on stdout:
 ``ready`` once the kernel has sent FUSE INIT (the mount is live), or ``error: …``.
+An ``--hf-cache`` mount has no snapshot: ``hf_cache`` holds its endpoint, refs TTL and the
+repos pinned (``hfcache/options.daemon_spec``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from dataclasses import asdict, dataclass, field
 
 from netmount.core import settings
@@ -27,7 +28,7 @@ log = logging.getLogger("netmount.daemon")
 
 @dataclass
 class DaemonConfig:
-    snapshot: Snapshot
+    snapshot: Snapshot | None  # None: an --hf-cache mount (``hf_cache``)
     mountpoint: str
     cache_dir: str
     cache_size: int = parse_size(settings.DEFAULT_CACHE_SIZE)
@@ -44,11 +45,12 @@ class DaemonConfig:
     # bytes the parent fetched for the view (headers, index, config) as (path, offset, bytes):
     # the daemon stores them, as it stores whatever it fetches itself
     seed: list[tuple[str, int, bytes]] = field(default_factory=list)
+    hf_cache: dict | None = None  # --hf-cache: hfcache.options.daemon_spec, else None
 
     def to_bytes(self) -> bytes:
         """One line of JSON, then the view's bytes and the seed's as they are (not JSON)."""
         data = asdict(self)
-        data["snapshot"] = json.loads(self.snapshot.to_json())
+        data["snapshot"] = json.loads(self.snapshot.to_json()) if self.snapshot is not None else None
         view = data.pop("view")
         seed = data.pop("seed")
         data["view_bytes"] = None if view is None else len(view)
@@ -60,7 +62,8 @@ class DaemonConfig:
     def from_bytes(cls, raw: bytes) -> "DaemonConfig":
         line, _, rest = raw.partition(b"\n")
         data = json.loads(line)
-        data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
+        if data["snapshot"] is not None:
+            data["snapshot"] = Snapshot.from_json(json.dumps(data["snapshot"]))
         n = data.pop("view_bytes")
         ranges = data.pop("seed_ranges", [])
         if (n or 0) + sum(length for _, _, length in ranges) != len(rest):
@@ -81,14 +84,13 @@ def setup_logging(log_file: str, debug: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 def run(config: DaemonConfig, on_ready=None) -> None:
     """Serve the mount in this thread until it is unmounted: ``owner.Daemon`` builds every
     part, and closes them in a fixed order, each wait bounded, however serving ends."""
     # imported here, not at the top: ``netmount mount`` imports this module for DaemonConfig,
-    # and aiohttp alone costs it ~0.2 s of start-up
+    # and the daemon's parts cost it start-up time
     from netmount.mounting.owner import Daemon
 
     with Daemon(config, on_ready) as daemon:
@@ -96,11 +98,9 @@ def run(config: DaemonConfig, on_ready=None) -> None:
 
 
 def _preload() -> None:
-    """Import everything ``run`` imports (libfuse3's binding, the cache, the reader) before the
-    configuration arrives; aiohttp (~0.3 s of CPU) on a thread of its own meanwhile, which
-    the way to a live mount does not wait for: RangeFetcher opens its session on its loop
-    thread, importing aiohttp there (remote/client.py), and the kernel mount goes on beside
-    it.  A failure here is ``run``'s (or the fetcher's) to report.
+    """Import everything ``run`` imports (libfuse3's binding, the cache, the reader, the
+    fetcher: http.client, no aiohttp) before the configuration arrives.  A failure here is
+    ``run``'s to report.
 
     Cyclic GC is off meanwhile (imports make few garbage cycles; its ~70 collections cost
     ~0.06 s), and what they made is frozen: later collections never walk it again."""
@@ -113,19 +113,9 @@ def _preload() -> None:
         import netmount.mounting.viewsetup  # noqa: F401
     except Exception:  # run() imports them again, and reports
         pass
-
-    def http_client() -> None:
-        try:
-            from netmount.remote.client import import_client
-
-            import_client()
-        except Exception:  # the fetcher imports it again, and logs
-            pass
-        finally:
-            gc.freeze()
-            gc.enable()
-
-    threading.Thread(target=http_client, name="netmount-preload", daemon=True).start()
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def _stderr_to(log_file: str) -> None:

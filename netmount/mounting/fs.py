@@ -12,10 +12,15 @@ immutable at the pinned commit, so the kernel may keep their pages across opens
 file (``drop.py``; ``netmount verify`` uses it after a digest mismatch).
 ``/.netmount/raw/<path>`` serves the same files without the daemon's prefetch, so an
 explicit ``netmount prefetch`` of some tensors fetches those and nothing more.
-What a path is comes from a namespace (``namespace.py``): the repo's files, or for a view
-mount (``--reshard``/``--only``/``--experts``) the view's (``viewfs.py`` serves them);
-``drop/`` keeps naming the repo's files, which is what ``netmount verify`` checks and what
-the cache holds.
+Control folders (``control_dirs``; an hf-cache mount's ``/.netmount/stats/``): any name in one
+opens as a control file whose content is made from the name (``{folder}@{sha}.json``: one
+snapshot's stats).
+What a path is comes from a namespace (``namespace.py``): the repo's files, for a view
+mount (``--reshard``/``--only``/``--experts``) the view's (``viewfs.py`` serves them), for
+``--hf-cache`` the Hub in huggingface_hub's cache layout (no snapshot: ``snapshot`` is None).
+``drop/`` names the repo's files (a view mount's sources: what ``netmount verify`` checks and
+what the cache holds), or an hf-cache mount's files by their paths in it.  The readahead
+switch is told a file's path in the mount at open: per (repo, commit, path) on an hf-cache mount.
 
 libfuse3, not libfuse2: it negotiates ``max_pages``, so a read request carries up to 1 MiB
 where libfuse2 caps every request at 128 KiB (each request costs the daemon ~0.4 ms).  How
@@ -87,6 +92,7 @@ STATS_FILE = CONTROL_DIR + "/stats.json"
 IDLE_FILE = CONTROL_DIR + "/idle"  # opening it waits until the daemon has nothing in flight
 RAW_DIR = CONTROL_DIR + "/raw"  # the same tree, read without daemon prefetch (``netmount prefetch``)
 DROP_DIR = CONTROL_DIR + "/drop"  # opening drop/<path> drops that file's cached bytes (``netmount verify``)
+STATS_DIR = CONTROL_DIR + "/stats"  # an hf-cache mount's stats/{folder}@{sha}.json: one snapshot's
 # FUSE requests the kernel may have queued in the background (readahead) before it stops
 # reading ahead: its defaults (12, 3/4 of it) cut async readahead short; mountpoint-s3
 # measured +29% sequential throughput at 64 (REFERENCES.md)
@@ -98,7 +104,7 @@ class NetmountFS(Operations):
 
     def __init__(
         self,
-        snapshot: Snapshot,
+        snapshot: Snapshot | None,
         reader: BlockReader,
         controls: dict[str, Callable[[], bytes]],
         on_ready: Callable[[], None] | None = None,
@@ -110,19 +116,21 @@ class NetmountFS(Operations):
         on_read: Callable[[int, int, int], None] | None = None,
         replies: Replies | None = None,
         namespace: Namespace | None = None,
+        control_dirs: dict[str, Callable[[str], bytes]] | None = None,
     ) -> None:
         self.snapshot, self.reader, self.on_ready = snapshot, reader, on_ready
         self.controls = controls  # hidden control files: path -> what an open of it reads
+        self.control_dirs = control_dirs or {}  # hidden control folders: path -> (name -> what it reads)
         self.prefetcher = prefetcher
         self.on_drop = on_drop  # what an open of /.netmount/drop/<path> does (drop.py)
-        # on_open(handle, repo path or None for the raw mirror), before the OPEN reply: the
-        # kernel copies the mount's readahead into the file after it (readahead.py)
+        # on_open(handle, the file's path in the mount or None for the raw mirror), before the OPEN
+        # reply: the kernel copies the mount's readahead into the file after it (readahead.py)
         self.on_open, self.on_release = on_open, on_release
         self.on_read = on_read  # on_read(handle, offset, size) of a program's read (not the raw mirror's)
         self.view = view  # a viewfs.ViewTree, or None: the repo as it is
-        self.sources = plain_namespace(snapshot)  # drop/ names these
         # what the mount shows: the repo, a view of it, or the namespace given
         self.tree = namespace or (plain_namespace(snapshot) if view is None else view_namespace(view))
+        self.sources = plain_namespace(snapshot) if snapshot is not None else self.tree  # drop/ names these
         # read and statfs look a file up by path here (a RemoteFile, or a view's ViewFile); a
         # namespace whose files are not known up front (--hf-cache) has none to give
         self.files: dict = getattr(self.tree, "files", {})
@@ -187,10 +195,13 @@ class NetmountFS(Operations):
         as empty control files), else the namespace's answer (through ``raw/`` too)."""
         target = self._drop_target(path)
         if target is not None:
-            return DIR if _ask(self.sources.lookup, target).kind == "dir" else _CONTROL
-        if path == CONTROL_DIR:
+            kind = _ask(self.sources.lookup, target).kind
+            if kind == "data":  # (an hf-cache refs/main: nothing cached to drop)
+                raise FuseOSError(errno.ENOENT)
+            return DIR if kind == "dir" else _CONTROL
+        if path == CONTROL_DIR or path in self.control_dirs:
             return DIR
-        if path in self.controls:
+        if path in self.controls or path.rpartition("/")[0] in self.control_dirs:
             return _CONTROL
         return _ask(self.tree.lookup, self._split(path)[0])
 
@@ -211,7 +222,10 @@ class NetmountFS(Operations):
         path, _raw = self._split(path)
         if path == CONTROL_DIR:
             extra = ["drop", "raw"] if self.on_drop is not None else ["raw"]
-            return [".", "..", *sorted(p.rpartition("/")[2] for p in self.controls), *extra]
+            names = [p.rpartition("/")[2] for p in [*self.controls, *self.control_dirs]]
+            return [".", "..", *sorted(names), *extra]
+        if path in self.control_dirs:
+            return [".", ".."]  # any name opens: nothing to list
         return [".", "..", *_ask(self.tree.children, path)]
 
     def statfs(self, path):
@@ -243,8 +257,8 @@ class NetmountFS(Operations):
             fi.direct_io = 1  # a view file's raw reads arrive as asked: a header read spills into no tensor
         else:
             fi.keep_cache = 1
-        if self.on_open is not None:
-            self.on_open(fi.fh, None if raw else node.file.path)
+        if self.on_open is not None:  # the file's path in the mount (a plain mount's: its repo path)
+            self.on_open(fi.fh, None if raw else path[1:])
         return 0
 
     def _open_data(self, path: str, node: Node, fi) -> None:
@@ -252,7 +266,13 @@ class NetmountFS(Operations):
         drops ``p``'s cached bytes), or a namespace's synthesized file."""
         if node is _CONTROL:
             target = self._drop_target(path)
-            content = self.controls[path]() if target is None else self.on_drop(self.sources.lookup(target).file)
+            if target is not None:
+                content = self.on_drop(self.sources.lookup(target).file)
+            elif path in self.controls:
+                content = self.controls[path]()
+            else:
+                parent, _, name = path.rpartition("/")
+                content = _ask(self.control_dirs[parent], name)
         else:
             content = node.data
         if node.fresh:
@@ -340,12 +360,13 @@ def _ask(question, path: str):
     """A namespace's answer to ``question(path)``, its exceptions as the FUSE errors they mean."""
     try:
         return question(path)
-    except (NotFound, NotAFolder, Unavailable) as exc:
-        raise FuseOSError(_ERRNO[type(exc)]) from None
+    except (NotFound, NotAFolder, Unavailable) as exc:  # (or a subclass: an hf-cache RepoMissing)
+        raise FuseOSError(next(code for kind, code in _ERRNO.items() if isinstance(exc, kind))) from None
 
 
 def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug: bool = False,
-          on_stop: Callable[[], None] | None = None, max_read: int | None = None) -> None:
+          on_stop: Callable[[], None] | None = None, max_read: int | None = None,
+          negative_timeout: float = 3600.0) -> None:
     """Run the FUSE loop in this thread until unmounted, or until SIGTERM or SIGHUP.
 
     On SIGTERM/SIGHUP ``on_stop()`` runs first, on a thread of its own: the daemon fails its
@@ -361,12 +382,14 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
     mount's readahead in sysfs instead), nor is ``big_writes`` (always on).  ``max_read``
     caps read requests (a mount option the kernel applies to readahead batches too): with a
     small readahead, the kernel's reads around a page fault stay as small as on libfuse2.
+    ``negative_timeout``: how long the kernel may answer "no such file" itself (a pinned
+    snapshot never gains one; an hf-cache mount's repos appear when created on the Hub).
     """
-    label = f"netmount:{ops.snapshot.repo_id}"
+    label = f"netmount:{ops.snapshot.repo_id}" if ops.snapshot is not None else "netmount:hf-cache"
     options = dict(
         foreground=True, nothreads=False, ro=True, raw_fi=True,
         fsname=label.replace(",", "_"), subtype="netmount",
-        kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=3600.0,
+        kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=negative_timeout,
     )
     if LIBFUSE_VERSION >= (3, 12):
         # libfuse3 serves at most 10 requests at once by default (libfuse2 had no cap): reads

@@ -32,12 +32,14 @@ STOP_TIMEOUT = 30.0  # seconds a stopped daemon may take to fail its reads and u
 
 
 class Mount:
-    """A live mount; a context manager that unmounts (and removes a temp mountpoint) on exit."""
+    """A live mount; a context manager that unmounts (and removes a temp mountpoint) on exit.
+    ``snapshot``: the repo mounted (None for an hf-cache mount: the whole Hub)."""
 
-    def __init__(self, path: str, snapshot: hub.Snapshot, process: subprocess.Popen | None,
-                 log_file: str, owns_dir: bool = False, view=None):
+    def __init__(self, path: str, snapshot: hub.Snapshot | None, process: subprocess.Popen | None,
+                 log_file: str, owns_dir: bool = False, view=None, pinned=()):
         self.path, self.snapshot, self.process, self.log_file = path, snapshot, process, log_file
         self.view = view  # the planned views.model.View of a view mount, else None
+        self.pinned = list(pinned)  # an hf-cache mount's --repo snapshots (its snapshot is None)
         self._owns_dir = owns_dir
 
     def __fspath__(self) -> str:
@@ -174,16 +176,34 @@ def mount(
     headers are read and the view planned here, before the daemon gets its configuration.
     Raises a ``netmount.core.errors.NetmountError`` subclass for every known failure.
     """
-    args = dict(locals())  # the parameters, as given, for ``_mount``
-    # The daemon starts first: its imports (~0.7 s of CPU) run on the other core while this process
-    # checks its input and asks the Hub; it waits for its configuration, killed if anything fails.
+    return _with_daemon(foreground, _mount, dict(locals()))
+
+
+def mount_hf_cache(mountpoint: str | os.PathLike | None = None, *, repos: list[str] | tuple[str, ...] = (),
+                   refs_ttl: float | str | None = None, **options) -> Mount:
+    """Mount the Hub at ``mountpoint`` (a new temp dir if None) as a read-only Hugging Face
+    cache: ``HF_HUB_CACHE=<mountpoint> HF_HUB_OFFLINE=1`` then loads any repo by id, resolved
+    on first use (``mounting/hfcache/``).  ``repos`` (``[datasets/|spaces/]org/name[@rev]``)
+    are resolved here first — a missing one fails the mount — and listed from the start;
+    ``refs_ttl`` (seconds, or ``"10m"``; default 600) is how long ``refs/<branch>`` is trusted.
+    ``options``: ``mount``'s ``endpoint token cache_dir cache_size block_size connections
+    readahead allow_other foreground debug cache_proxy``, with its defaults.  Returns once the
+    mount is live; ``Mount.snapshot`` is None, ``Mount.pinned`` the repos' snapshots."""
+    args = {"mountpoint": mountpoint, "repos": repos, "refs_ttl": refs_ttl, **options}
+    return _with_daemon(options.get("foreground", False), _mount_hf_cache, args)
+
+
+def _with_daemon(foreground: bool, work, args: dict) -> Mount:
+    """``work(proc, **args)`` with a daemon started first (None: ``foreground``): its imports
+    (~0.7 s of CPU) run on the other core while this process checks its input and asks the
+    Hub; it waits for its configuration, killed if anything fails."""
     proc = None if foreground else start_daemon()
     try:
         from netmount.views.model import no_gc
 
         # cyclic GC off until the mount is live (huggingface_hub's imports: ~80 collections, ~0.09 s)
         with contextlib.nullcontext() if foreground else no_gc():
-            return _mount(proc, **args)
+            return work(proc, **args)
     except BaseException:
         if proc is not None:
             _stop(proc)
@@ -195,46 +215,91 @@ def _mount(proc: subprocess.Popen | None, repo, mountpoint, *, revision, endpoin
            reshard, only, experts, repo_type) -> Mount:
     """``mount``'s work, with the daemon ``proc`` already started (None: ``foreground``)."""
     repo_id, rev, rtype = hub.parse_repo_spec(repo, revision, repo_type)
-    bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
-    if connections < 1 or connections > 64:
-        raise errors.BadInput("invalid --connections: 1 to 64")
-    proxy = settings.cache_proxy(cache_proxy)
-    readahead_kb = check_readahead(readahead)
+    options = _daemon_options(cache_size, block_size, connections, readahead, cache_proxy, allow_other, debug)
     spec = None
     if reshard is not None or only or experts is not None:
         from netmount.views.plan import make_spec
 
         spec = make_spec(reshard, only, experts)
-    check_fuse()
-    owns_dir = mountpoint is None
-    path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
-    try:
-        # absolute before anything uses it: the daemon runs with cwd "/" (see start_daemon)
-        cdir = Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
-        tok = None if token is False else settings.token(token or None)
+    with _mountpoint(mountpoint) as (path, owns_dir):
+        cdir, tok = _cache_dir(cache_dir), _token(token)
         snap = hub.resolve_snapshot(repo_id, rev, settings.endpoint(endpoint), tok, rtype)
-        log_file = _log_file(cdir, path)
         view, fetched = None, []
         if spec is not None:
             from netmount.mounting.viewsetup import build_view
             from netmount.views.model import view_to_bytes
 
-            view = build_view(snap, spec, tok, proxy=proxy, keep=fetched)  # seconds, for a big checkpoint
-        config = DaemonConfig(snap, path, str(cdir), csize, bsize, connections, tok,
-                              allow_other, debug, log_file, cache_proxy=proxy, readahead_kb=readahead_kb,
+            # seconds, for a big checkpoint
+            view = build_view(snap, spec, tok, proxy=options["cache_proxy"], keep=fetched)
+        config = DaemonConfig(snap, path, str(cdir), token=tok, log_file=_log_file(cdir, path),
                               view=view_to_bytes(view) if view is not None else None,
-                              seed=[(f.path, offset, data) for f, offset, data in fetched])
-        if foreground:
-            from netmount.mounting.daemon import run, setup_logging
+                              seed=[(f.path, offset, data) for f, offset, data in fetched], **options)
+        return _launch(proc, config, Mount(path, snap, None, config.log_file, owns_dir, view), foreground)
 
-            setup_logging("" if debug else log_file, debug)
-            run(config)
-            return Mount(path, snap, None, log_file, owns_dir, view)
-        return Mount(path, snap, spawn_daemon(config, proc), log_file, owns_dir, view)
+
+def _mount_hf_cache(proc: subprocess.Popen | None, mountpoint, *, repos, refs_ttl, endpoint=None, token=None,
+                    cache_dir=None, cache_size=settings.DEFAULT_CACHE_SIZE, block_size=settings.DEFAULT_BLOCK_SIZE,
+                    connections=settings.DEFAULT_CONNECTIONS, readahead=None, allow_other=False, foreground=False,
+                    debug=False, cache_proxy=None) -> Mount:
+    """``mount_hf_cache``'s work, with the daemon ``proc`` already started (None: ``foreground``)."""
+    from netmount.mounting.hfcache.options import check_hf_cache, daemon_spec
+
+    wanted = check_hf_cache(repos=repos, refs_ttl=refs_ttl)
+    options = _daemon_options(cache_size, block_size, connections, readahead, cache_proxy, allow_other, debug)
+    with _mountpoint(mountpoint) as (path, owns_dir):
+        cdir, tok, url = _cache_dir(cache_dir), _token(token), settings.endpoint(endpoint)
+        pinned = [(rev, hub.resolve_snapshot(key.repo_id, rev, url, tok, key.repo_type)) for key, rev in wanted.repos]
+        config = DaemonConfig(None, path, str(cdir), token=tok, log_file=_log_file(cdir, path),
+                              hf_cache=daemon_spec(wanted, url, pinned), **options)
+        mounted = Mount(path, None, None, config.log_file, owns_dir, pinned=[snap for _rev, snap in pinned])
+        return _launch(proc, config, mounted, foreground)
+
+
+def _daemon_options(cache_size, block_size, connections, readahead, cache_proxy, allow_other, debug) -> dict:
+    """The options every mount's daemon takes, checked (``DaemonConfig``'s names)."""
+    bsize, csize = check_block_size(block_size), check_cache_size(cache_size)
+    if connections < 1 or connections > 64:
+        raise errors.BadInput("invalid --connections: 1 to 64")
+    return {"block_size": bsize, "cache_size": csize, "connections": connections,
+            "readahead_kb": check_readahead(readahead), "cache_proxy": settings.cache_proxy(cache_proxy),
+            "allow_other": allow_other, "debug": debug}
+
+
+@contextlib.contextmanager
+def _mountpoint(mountpoint):
+    """(the mountpoint, whether it was made here): FUSE checked, the mountpoint checked or a
+    temporary one made — and removed if the mount fails."""
+    check_fuse()
+    owns_dir = mountpoint is None
+    path = tempfile.mkdtemp(prefix="netmount-") if owns_dir else check_mountpoint(os.fspath(mountpoint))
+    try:
+        yield path, owns_dir
     except BaseException:
         if owns_dir:
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def _cache_dir(cache_dir) -> Path:
+    """Absolute before anything uses it: the daemon runs with cwd "/" (see start_daemon)."""
+    return Path(os.path.abspath(settings.cache_dir(os.fspath(cache_dir) if cache_dir else None)))
+
+
+def _token(token: str | bool | None) -> str | None:
+    return None if token is False else settings.token(token or None)
+
+
+def _launch(proc: subprocess.Popen | None, config: DaemonConfig, mounted: Mount, foreground: bool) -> Mount:
+    """Hand ``config`` to the daemon ``proc`` and return ``mounted`` once it is live; or, in the
+    foreground (no ``proc``), serve it here until it is unmounted."""
+    if foreground:
+        from netmount.mounting.daemon import run, setup_logging
+
+        setup_logging("" if config.debug else config.log_file, config.debug)
+        run(config)
+        return mounted
+    mounted.process = spawn_daemon(config, proc)
+    return mounted
 
 
 def _log_file(cdir: Path, mountpoint: str) -> str:
@@ -258,15 +323,17 @@ def _log_file(cdir: Path, mountpoint: str) -> str:
 
 
 # The daemon gets the token on stdin: it must not sit in its environment either, where
-# /proc/<pid>/environ shows it for the daemon's whole life.
+# /proc/<pid>/environ shows it for the daemon's whole life.  Nor does offline mode reach it: an
+# hf-cache daemon asks the Hub (through huggingface_hub) for the programs that read offline.
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+_DAEMON_DROPS = (*_SECRET_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def start_daemon() -> subprocess.Popen:
     """Start ``python -m netmount.mounting.daemon``; it imports what it needs, then waits for
     its configuration on stdin.  Its stderr goes to the log file the configuration names
     (daemon.main): which file that is, is not known yet."""
-    return procs.spawn_python("netmount.mounting.daemon", drop_env=_SECRET_ENV,
+    return procs.spawn_python("netmount.mounting.daemon", drop_env=_DAEMON_DROPS,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               start_new_session=True)
 

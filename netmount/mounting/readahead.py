@@ -52,6 +52,8 @@ import threading
 import time
 from typing import Callable
 
+from netmount.core.recent import Recent
+
 log = logging.getLogger("netmount.readahead")
 
 BDI_DIR = "/sys/class/bdi"  # a mount's backing device: its read_ahead_kb is the readahead
@@ -66,6 +68,7 @@ SHARDS_OPEN = 2
 # the same count for the prefetcher's headers ahead (``on_amid_others``), switching or not
 AMID = SHARDS_OPEN
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
+MAX_FOLDERS = 256  # loading folders remembered (--hf-cache sees folders of thousands of repos)
 
 
 def _mount_device(mountpoint: str) -> str | None:
@@ -137,7 +140,7 @@ class LoaderNews:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[str, float] = {}  # folder -> when a loader was last seen there
+        self._seen = Recent(MAX_FOLDERS)  # folder -> when a loader was last seen there
 
     def loader(self, folder: str) -> None:
         with self._lock:
@@ -210,8 +213,9 @@ class ReadaheadSwitch:
         return kb << 10
 
     def opening(self, handle: int, path: str | None) -> None:
-        """A FUSE OPEN of repo file ``path`` (no leading slash; None: read without prefetch,
-        the raw mirror), before its reply: set the readahead this open will copy.
+        """A FUSE OPEN of the file at ``path`` in the mount (no leading slash: a plain mount's
+        repo path, an hf-cache ``models--org--name/snapshots/{sha}/{path}``; None: read without
+        prefetch, the raw mirror), before its reply: set the readahead this open will copy.
 
         Decided in steps, with what others know asked between them and no lock held
         (``header_only`` may read over the network): a concurrent open may decide on state a
@@ -264,6 +268,7 @@ class ReadaheadSwitch:
                 if large:
                     self._loading[folder] = self.clock()
                     self.large_opens += 1
+                    self._forget_idle()
             want = self.large_kb if large else self.small_kb
             if not (self.switching and self._path is not None) or want == self.kb:
                 return
@@ -304,6 +309,12 @@ class ReadaheadSwitch:
             folder, _path, large = self._open.pop(handle, ("", "", False))
             if large:
                 self._loading[folder] = self.clock()
+
+    def _forget_idle(self) -> None:
+        """Past ``MAX_FOLDERS`` loading folders, forget those no longer active (under the lock)."""
+        if len(self._loading) > MAX_FOLDERS:
+            now = self.clock()
+            self._loading = {f: t for f, t in self._loading.items() if self._active(f, now)}
 
     def _active(self, folder: str, now: float) -> bool:
         """Loading: seen by the policy or by opens, within ``idle`` or with a large file open."""

@@ -117,14 +117,28 @@ def _merged(segments) -> list[tuple[int, int, int, bytes | None]]:
     return [tuple(b) for b in out]
 
 
-def _copy(data: bytes, pos: int, length: int) -> int:
-    """``data[pos:pos+length]`` in a malloc'ed buffer (libfuse frees it)."""
+def _copy(data, pos: int, length: int) -> int:
+    """``data[pos:pos+length]`` in a malloc'ed buffer (libfuse frees it): one copy, straight
+    from ``data``'s own memory (``_address``)."""
     mem = _libc.malloc(max(1, length))
     if not mem:
         raise MemoryError("malloc failed for a FUSE reply")
-    src = data if isinstance(data, bytes) else bytes(data)
-    ctypes.memmove(mem, ctypes.cast(ctypes.c_char_p(src), ctypes.c_void_p).value + pos, length)
+    src, _keep = _address(data)
+    ctypes.memmove(mem, src + pos, length)
     return mem
+
+
+def _address(data) -> tuple[int, object]:
+    """Where ``data``'s bytes are, and what keeps them there.  Any bytes-like object: ``bytes``
+    and writable buffers (a fetched piece is the ``bytearray`` its socket filled) as they are;
+    a read-only view that is not ``bytes`` (none on the read path) is copied first."""
+    if not isinstance(data, bytes):
+        view = memoryview(data)
+        if not view.readonly and view.nbytes:
+            keep = ctypes.c_char.from_buffer(view)
+            return ctypes.addressof(keep), keep
+        data = bytes(view)
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value, data
 
 
 def _free_vector(vec: int, count: int, buf: type) -> None:

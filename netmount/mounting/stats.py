@@ -128,20 +128,37 @@ class HeaderCache:
         return data
 
 
-class StatsBuilder:
+class Meters:
+    """What a stats builder keeps between builds: tensor names (the header cache), the download
+    and serving rates, and the lock that makes one build at a time."""
+
+    def __init__(self, counters, store, maps: TensorMaps | None = None) -> None:
+        self.headers = HeaderCache(store, maps)
+        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
+        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
+        self._lock = threading.Lock()  # one build at a time
+
+    def forget(self, f) -> None:
+        """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
+        with self._lock:
+            self.headers.forget(f)
+
+    def close(self) -> None:
+        self.rate.close()
+        self.served.close()
+
+
+class StatsBuilder(Meters):
     """The callable the filesystem runs for each open of the stats file."""
 
     def __init__(self, config, snap, counters, store, coverage=None, head=None, proxy=None,
                  extra=None, view=None, maps: TensorMaps | None = None) -> None:
+        super().__init__(counters, store, maps)
         self.config, self.snap, self.counters, self.store = config, snap, counters, store
         self.view = view  # a viewfs.ViewTree on a view mount: its files get their own entries
         self.extra = extra  # the FUSE face's numbers: readahead, largest request
         self.coverage = coverage
         self.proxy = proxy  # () -> the fetcher's proxy status, or None
-        self.headers = HeaderCache(store, maps)
-        self.rate = RateMeter(lambda: counters.get("bytes_fetched")).start()
-        self.served = RateMeter(lambda: counters.get("bytes_served")).start()
-        self._lock = threading.Lock()  # one build at a time
 
     def __call__(self) -> dict:
         with self._lock:
@@ -155,61 +172,38 @@ class StatsBuilder:
                 add_view(out, self.view, self.config.block_size)
             return out
 
-    def forget(self, f) -> None:
-        """``f``'s cached bytes were dropped (``netmount verify``): parse its header anew."""
-        with self._lock:
-            self.headers.forget(f)
-
-    def close(self) -> None:
-        self.rate.close()
-        self.served.close()
-
 
 def build_stats(config, snap, counters, store, *, coverage=None, headers=None, rate=None,
-                served=None, proxy=None) -> dict:
-    values = counters.snapshot()
-    per_file = counters.per_file()
-    files, tensors = [], []
-    cached_total = read_total = verified_total = 0
-    for f in snap.files:
-        try:
-            cached = min(store.cached_bytes(f.content_id), f.size)
-            runs = coalesce(store.cached_indices(f.content_id)) if cached else []
-            ranges = store.cached_ranges(f.content_id) if cached else []
-        except Exception:
-            cached, runs, ranges = 0, [], []
-        verified = cached == f.size and _is_verified(store, f.content_id)
-        verified_total += verified
-        read = coverage.covered_bytes(f.path) if coverage is not None else 0
-        cached_total += cached
-        read_total += read
-        files.append({
-            "path": f.path,
-            "size": f.size,
-            "cached_bytes": cached,
-            "fetched_bytes": per_file.get(f.path, {}).get("bytes_fetched", 0),
-            "served_bytes": per_file.get(f.path, {}).get("bytes_served", 0),
-            "read_bytes": read,
-            "cached_runs": [list(r) for r in runs],
-            "cached_ranges": [list(r) for r in ranges],
-            "content_id": f.content_id,
-            "lfs": f.lfs,
-            "verified": verified,
-        })
-        known = headers.tensors(f) if headers is not None else None
-        if known:
-            touched = (coverage.touched(f.path, [(s, e) for _, s, e in known])
-                       if coverage is not None else [0] * len(known))
-            tensors.extend({"name": name, "file": f.path, "nbytes": e - s, "touched_bytes": t}
-                           for (name, s, e), t in zip(known, touched))
-    uptime = max(time.time() - counters.started, 1e-9)
-    fetched = values.get("bytes_fetched", 0)
+                served=None, proxy=None, name=None, per_file=None) -> dict:
+    """stats.json of one snapshot: a plain or view mount's, or one snapshot of an hf-cache mount
+    (``name(f)``: a file's path in the mount, default its repo path; ``per_file``: the fetched
+    and served bytes by that path, default the counters')."""
+    name = name or (lambda f: f.path)
+    per_file = counters.per_file() if per_file is None else per_file
+    files = [file_record(f, name(f), store, coverage, per_file.get(name(f), {})) for f in snap.files]
+    tensors = [t for f in snap.files for t in tensor_records(f, name(f), headers, coverage)]
+    read_total = sum(r["read_bytes"] for r in files)
     return {
         "mountpoint": config.mountpoint,
         "repo": snap.name,
         "revision": snap.sha,
         "requested_revision": snap.revision,
         "endpoint": snap.endpoint,
+        **mount_numbers(config, counters, store, read_total, rate=rate, served=served, proxy=proxy),
+        "cached_bytes": sum(r["cached_bytes"] for r in files),
+        "verified_files": sum(r["verified"] for r in files),
+        "total_bytes": sum(f.size for f in snap.files),
+        "files": files,
+        "tensors": tensors,
+    }
+
+
+def mount_numbers(config, counters, store, read_total: int, *, rate=None, served=None, proxy=None) -> dict:
+    """What every mount publishes about itself: its daemon, traffic, rates and cache."""
+    values = counters.snapshot()
+    uptime = max(time.time() - counters.started, 1e-9)
+    fetched = values.get("bytes_fetched", 0)
+    return {
         "block_size": config.block_size,
         "pid": os.getpid(),
         "uptime_s": round(uptime, 3),
@@ -224,19 +218,49 @@ def build_stats(config, snap, counters, store, *, coverage=None, headers=None, r
         "prefetch_blocks": values.get("prefetch_blocks", 0),
         # how served reads were answered (read/reader.py)
         "tiers": {name: values.get(name, 0) for name in TIER_COUNTERS},
-        "cached_bytes": cached_total,
-        "verified_files": verified_total,
         "cache_dir": _disk_dir(store),
         "cache_size": getattr(config, "cache_size", None),
-        "total_bytes": sum(f.size for f in snap.files),
         "download_rate": round(rate.rate()) if rate is not None else 0,
         "download_rate_avg": round(fetched / uptime),
         "serve_rate": round(served.rate()) if served is not None else 0,
         "amplification": round(fetched / read_total, 4) if read_total else None,
         "proxy": proxy,
-        "files": files,
-        "tensors": tensors,
     }
+
+
+def file_record(f, path: str, store, coverage, counted: dict) -> dict:
+    """One file of ``files``: ``path`` as the mount shows it, what the store holds of its
+    content, and ``counted`` (its ``bytes_fetched`` and ``bytes_served``)."""
+    try:
+        cached = min(store.cached_bytes(f.content_id), f.size)
+        runs = coalesce(store.cached_indices(f.content_id)) if cached else []
+        ranges = store.cached_ranges(f.content_id) if cached else []
+    except Exception:
+        cached, runs, ranges = 0, [], []
+    return {
+        "path": path,
+        "size": f.size,
+        "cached_bytes": cached,
+        "fetched_bytes": counted.get("bytes_fetched", 0),
+        "served_bytes": counted.get("bytes_served", 0),
+        "read_bytes": coverage.covered_bytes(path) if coverage is not None else 0,
+        "cached_runs": [list(r) for r in runs],
+        "cached_ranges": [list(r) for r in ranges],
+        "content_id": f.content_id,
+        "lfs": f.lfs,
+        "verified": cached == f.size and _is_verified(store, f.content_id),
+    }
+
+
+def tensor_records(f, path: str, headers, coverage) -> list[dict]:
+    """The tensors of ``f`` whose header is known (never fetched for this), with the bytes of
+    each that programs read."""
+    known = headers.tensors(f) if headers is not None else None
+    if not known:
+        return []
+    touched = coverage.touched(path, [(s, e) for _, s, e in known]) if coverage is not None else [0] * len(known)
+    return [{"name": name, "file": path, "nbytes": e - s, "touched_bytes": t}
+            for (name, s, e), t in zip(known, touched)]
 
 
 def add_view(out: dict, view, block_size: int) -> None:
@@ -279,35 +303,66 @@ def _mount_path(mountpoint: str | os.PathLike) -> str:
     return path
 
 
-def read_stats(mountpoint: str | os.PathLike, settled: bool = False) -> dict:
-    """The stats of the netmount mount at ``mountpoint``; ``NotAMount`` if it is not one.
+def locate(target: str | os.PathLike) -> tuple[str, str]:
+    """(the netmount mountpoint, the path inside it: "" for the mountpoint itself) of a path in a
+    live mount; ``NotAMount`` (or the dead mount's error) for any other path."""
+    path = os.path.abspath(os.fspath(target))
+    if mounts.find_mount(path) is not None:
+        return path, ""
+    for candidate in (path, os.path.realpath(path)):
+        under = [e.mountpoint for e in mounts.list_mounts() if candidate.startswith(e.mountpoint.rstrip("/") + "/")]
+        if under:
+            mp = max(under, key=len)
+            return mp, os.path.relpath(candidate, mp)
+    return _mount_path(path), ""  # raises: no mount holds it
+
+
+def read_stats(target: str | os.PathLike, settled: bool = False) -> dict:
+    """The stats of the netmount mount at ``target``; ``NotAMount`` if it is not one.  A path
+    inside an hf-cache mount's snapshot (``models--org--name/snapshots/{sha}[/...]``) gets that
+    snapshot's stats, a plain mount's shape: ``root`` is the snapshot's folder in the mount,
+    ``scope`` the path below it named (""), ``mountpoint`` the mount's.
 
     ``settled=True``: first wait (``wait_idle``) until nothing is fetched, written behind or
     scheduled, so the numbers are final for the reads done so far (counted after a program's
     reads, they agree with the server's byte log); ``MountpointError`` if the daemon is still
     busy when it gives up waiting.  Unsettled (the default, what ``netmount stats`` shows) is a
     live mount mid-work: a read's bytes may be fetched and not yet counted as cached."""
-    path = _mount_path(mountpoint)
-    if settled and not wait_idle(path):
-        raise errors.MountpointError(f"{path}: still fetching when its daemon stopped waiting "
+    mountpoint, inside = locate(target)
+    if settled and not wait_idle(mountpoint):
+        raise errors.MountpointError(f"{mountpoint}: still fetching when its daemon stopped waiting "
                                      f"for it to settle: its stats would not be final")
+    if not inside:
+        return _read_json(mountpoint, STATS_FILE, "stats")
+    parts = inside.split("/")
+    hf_cache = os.path.isdir(os.path.join(mountpoint, ".netmount", "stats"))  # (only an hf-cache mount has it)
+    if len(parts) < 3 or parts[1] != "snapshots" or not hf_cache:
+        raise errors.BadInput(f"{os.path.abspath(target)}: not a mountpoint, nor in a snapshot of an --hf-cache "
+                              f"mount (models--org--name/snapshots/<sha>): name the mountpoint {mountpoint}")
+    scoped = os.path.join(".netmount", "stats", f"{parts[0]}@{parts[2]}.json")
+    out = _read_json(mountpoint, scoped, "snapshot's stats")
+    out["scope"] = "/".join(parts[3:])
+    return out
+
+
+def _read_json(mountpoint: str, control: str, what: str) -> dict:
     try:
-        with open(os.path.join(path, STATS_FILE), "rb") as fh:
+        with open(os.path.join(mountpoint, control), "rb") as fh:
             return json.loads(fh.read())
     except OSError as exc:
-        raise errors.MountpointError(f"{path}: cannot read its stats: {exc.strerror or exc}") from None
+        raise errors.MountpointError(f"{mountpoint}: cannot read its {what}: {exc.strerror or exc}") from None
     except ValueError:
-        raise errors.MountpointError(f"{path}: its stats file is not valid JSON") from None
+        raise errors.MountpointError(f"{mountpoint}: its {what} file is not valid JSON") from None
 
 
-def wait_idle(mountpoint: str | os.PathLike) -> bool:
-    """Block until the daemon at ``mountpoint`` is settled: no read under way, nothing
-    fetched or scheduled (blocks, exact ranges, heads; prefetch decided and done), every
-    fetched byte written to the store; True then, False if it was still busy when the daemon
-    gave up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``: the wait happens
-    in the daemon, on its own events (``BlockReader.drain``, ``Prefetcher.drain``), never by
-    polling.  Errors as ``read_stats``."""
-    path = _mount_path(mountpoint)
+def wait_idle(target: str | os.PathLike) -> bool:
+    """Block until the daemon serving ``target`` (a mountpoint or a path in one) is settled: no
+    read under way, nothing fetched or scheduled (blocks, exact ranges, heads; prefetch decided
+    and done), every fetched byte written to the store; True then, False if it was still busy
+    when the daemon gave up waiting (``daemon.IDLE_WAIT``).  One open of ``/.netmount/idle``:
+    the wait happens in the daemon, on its own events (``BlockReader.drain``, ``Pump.drain``),
+    never by polling.  Errors as ``read_stats``."""
+    path = locate(target)[0]
     try:
         with open(os.path.join(path, IDLE_FILE), "rb") as fh:
             answer = fh.read()

@@ -16,6 +16,8 @@ an interval set could end up with one Python object per page.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 from netmount.core.blocks import PAGE
 
@@ -102,18 +104,31 @@ class FileCoverage:
 
 
 class Coverage:
-    """Per-file read coverage for a mount; ``record`` is the reader's ``on_served`` hook."""
+    """Per-file read coverage for a mount; ``record`` is the reader's ``on_served`` hook.
 
-    def __init__(self) -> None:
+    Files are named by ``name(f)`` (default: the repo path; ``--hf-cache`` names them by their
+    path in the mount, so two repos' ``config.json`` are two files).  ``max_files``: keep the
+    pages of that many files, the most recently read; an older file's pages are dropped, its
+    bytes still counted in ``total_bytes`` (None: every file, as a plain mount's are few)."""
+
+    def __init__(self, name: Callable[[object], str] | None = None, max_files: int | None = None) -> None:
+        self._name = name or (lambda f: f.path)
+        self.max_files = max_files
         self._lock = threading.Lock()
-        self._files: dict[str, FileCoverage] = {}
+        self._files: OrderedDict[str, FileCoverage] = OrderedDict()
+        self._dropped = 0  # bytes read of files whose pages were dropped
 
     def record(self, f, offset: int, length: int) -> None:
         """Note that bytes ``[offset, offset+length)`` of ``f`` (path, size) went to a program."""
+        key = self._name(f)
         with self._lock:
-            fc = self._files.get(f.path)
+            fc = self._files.get(key)
             if fc is None:
-                fc = self._files[f.path] = FileCoverage(f.size)
+                fc = self._files[key] = FileCoverage(f.size)
+                if self.max_files is not None and len(self._files) > self.max_files:
+                    self._dropped += self._files.popitem(last=False)[1].covered_bytes()
+            elif self.max_files is not None:
+                self._files.move_to_end(key)
             fc.add(offset, length)
 
     def covered_bytes(self, path: str, start: int = 0, end: int | None = None) -> int:
@@ -132,7 +147,7 @@ class Coverage:
     def total_bytes(self) -> int:
         """Distinct bytes read, over all files."""
         with self._lock:
-            return sum(fc.covered_bytes() for fc in self._files.values())
+            return self._dropped + sum(fc.covered_bytes() for fc in self._files.values())
 
     def memory(self) -> int:
         with self._lock:

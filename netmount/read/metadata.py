@@ -25,7 +25,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from netmount.core.recent import Recent
 from netmount.core.safetensors import HeaderError, read_header
+from netmount.read.listing import by_folder
 from netmount.read.loader import loader_order
 from netmount.read.parquet import ParquetError, read_layout
 from netmount.read.tensormap import TensorMap
@@ -129,24 +131,22 @@ class TensorMaps:
 
 
 class Folders:
-    """The folders of a listing: shards, a loader's order, shards opened for the header only."""
+    """The folders of a listing: shards, a loader's order, shards opened for the header only.
 
-    def __init__(self, paths: Iterable[str], read_small: Callable[[str], bytes | None]) -> None:
-        self._read = read_small  # path -> a small file's bytes (the index, config.json), or None
-        self._shards: dict[str, list[str]] = {}
-        self._index: dict[str, str] = {}
-        for p in sorted(paths):
-            folder, _, name = p.rpartition("/")
-            if name.endswith(".safetensors"):
-                self._shards.setdefault(folder, []).append(p)
-            elif name.endswith(".safetensors.index.json"):
-                self._index.setdefault(folder, p)
+    ``files``: the names of the files (all of them, for a fixed tree) or a function
+    ``folder -> names of the files in it`` (a listing that grows: ``--hf-cache``).  What is
+    worked out per folder is kept for the ``max_folders`` folders asked of most recently."""
+
+    def __init__(self, files: Iterable[str] | Callable[[str], Iterable[str]],
+                 read_small: Callable[[str], bytes | None], max_folders: int = 1024) -> None:
+        self._read = read_small  # name -> a small file's bytes (the index, config.json), or None
+        self._listed = files if callable(files) else by_folder(files)
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[list[str], frozenset[str]]] = {}  # folder -> (order, unbuilt names)
+        self._known: Recent = Recent(max_folders)  # folder -> (order, unbuilt names)
 
     def shards(self, folder: str) -> list[str]:
         """The folder's safetensors files, by name (the order transformers opens them in)."""
-        return list(self._shards.get(folder, ()))
+        return sorted(p for p in self._listed(folder) if p.endswith(".safetensors"))
 
     def header_only(self, path: str) -> bool:
         """Will a loader open shard ``path`` for its header only (DeepSeek-V3's MTP shard)?"""
@@ -164,7 +164,7 @@ class Folders:
             return known
         prefix = folder + "/" if folder else ""
         weight_map = None
-        index = self._index.get(folder)
+        index = min((p for p in self._listed(folder) if p.endswith(".safetensors.index.json")), default=None)
         try:
             raw = self._read(index) if index else None
             weight_map = json.loads(raw).get("weight_map") if raw else None

@@ -19,6 +19,10 @@ in ``plan``: its whole blocks (within the budget; the pump starts what did not f
 end pieces exactly (``reader.fetch_exact``: like the read's own bytes, not held back by the
 budget; at most two per tensor a program starts reading).
 
+Files are named as the mount shows them (``listing.py``: a plain mount's repo paths, or
+``--hf-cache``'s ``models--org--name/snapshots/{sha}/{path}``): every piece of state here —
+runs, policy state, folders a loader reads — is per (repo, commit, path), and kept for the
+``MAX_FILES`` files and ``MAX_FOLDERS`` folders read most recently.
 Layouts come from the shared ``TensorMaps`` (``metadata.py``), read through the reader
 (not counted as served); a folder's order and header-only shards from ``Folders``.  A file
 the program has read no tensor data from is fetched only as a loader's speculative window
@@ -35,9 +39,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from netmount.core.blocks import block_span
+from netmount.core.recent import Recent
+from netmount.read.listing import FixedListing, Listing
 from netmount.read.loader import ahead, speculative_blocks
 from netmount.read.metadata import Folders, TensorMaps, mapped
-from netmount.read.policy import FileState, PrefetchConfig, Stream, TensorMap, Verdict, advance, judge, wants
+from netmount.read.policy import FileState, PrefetchConfig, TensorMap, Verdict, advance, judge, wants
 from netmount.read.pump import Pump
 from netmount.read.reader import ExactRead
 from netmount.remote.hub import RemoteFile
@@ -45,29 +51,34 @@ from netmount.remote.hub import RemoteFile
 log = logging.getLogger("netmount.prefetch")
 EXACT = ExactRead()
 SMALL_FILE = 64 << 20  # the largest index or config.json read whole
+MAX_FILES, MAX_FOLDERS = 4096, 1024  # per-file and per-folder state kept (the most recently read)
 
 
 class Prefetcher:
     def __init__(self, reader, run_done: threading.Event, *, budget: int, connections: int,
-                 config: PrefetchConfig | None = None, files=(), resolve=None,
+                 config: PrefetchConfig | None = None, files=(), listing: Listing | None = None,
+                 resolve: Callable[[list[RemoteFile]], None] | None = None,
                  on_loader: Callable[[str], None] | None = None, maps: TensorMaps | None = None) -> None:
+        """``listing`` names the files (``files``: a plain mount's, when not given); ``resolve(files)``
+        looks their data URLs up ahead; ``on_loader(folder)``: a loader was first seen there."""
         self.reader = reader
         self.cfg = config or PrefetchConfig(block_size=reader.block_size)
         if self.cfg.block_size != reader.block_size:
             raise ValueError("PrefetchConfig.block_size must be the reader's block size")
         self.maps = maps if maps is not None else TensorMaps()
-        self._files = {f.path: f for f in files}
-        self.folders = Folders(self._files, self._small_file)
-        self._on_loader = on_loader  # told the folder when a loader is first seen there
-        self._resolve = resolve  # resolve(paths): look their data URLs up ahead
+        self.listing = listing if listing is not None else FixedListing(files)
+        self.folders = Folders(self.listing.folder, self._small_file)
+        self._on_loader = on_loader
+        self._resolve = resolve
         self._lock = threading.Lock()
-        self._streams: dict[str, Stream] = {}  # file -> its sequential runs (all handles: one page cache)
+        # by name: file -> its sequential runs (``Stream``; all handles: one page cache), its policy state
+        self._streams: Recent = Recent(MAX_FILES)
+        self._states: Recent = Recent(MAX_FILES)
         self._planned: dict[int, dict[int, tuple]] = {}  # handle -> read offset -> (map, verdict, window)
-        self._states: dict[str, FileState] = {}
-        self._loading_dirs: set[str] = set()
-        self._read: dict[str, dict[str, RemoteFile]] = {}  # folder -> files the program read
-        self._ahead: set[str] = set()  # files wanted as a loader's speculative window
-        self._unresolved = {p.rpartition("/")[0] for p in self._files}  # folders whose shards are not resolved
+        self._loading_dirs: Recent = Recent(MAX_FOLDERS)  # folders a loader reads (as a set)
+        self._read: Recent = Recent(MAX_FOLDERS)  # folder -> {name: file} the program read
+        self._ahead: Recent = Recent(MAX_FILES)  # files wanted as a loader's speculative window (a set)
+        self._resolved: Recent = Recent(MAX_FOLDERS)  # folders whose shards' URLs were looked up (a set)
         self._headers: concurrent.futures.ThreadPoolExecutor | None = None  # heads read ahead
         self._heads_reading: set[concurrent.futures.Future] = set()
         self._closed = False
@@ -90,19 +101,20 @@ class Prefetcher:
     # -- the FUSE face's calls -------------------------------------------------------------------
     def plan(self, handle: int, f: RemoteFile, offset: int, size: int) -> ExactRead | None:
         """How this read, if it misses, is to be fetched (None: in blocks)."""
-        folder = f.path.rpartition("/")[0]
+        name = self.listing.name(f)
+        folder = name.rpartition("/")[0]
         tmap = self.tensor_map(f, offset + size, header_read=offset == 0) if mapped(f.path) else None
         with self._lock:
-            last = self._streams.get(f.path)
+            last = self._streams.get(name)
             slack = tmap.slack(last.expected, offset, self.cfg.block_size) if tmap and tmap.columnar and last else None
             run, window, streak = advance(last, offset, size, f.size, self.cfg, slack)
             verdict = Verdict(window=(0, f.size))
             if tmap is not None:
-                verdict = judge(tmap, self._states.get(f.path, FileState()), run, streak, offset, size, f.size,
+                verdict = judge(tmap, self._states.get(name, FileState()), run, streak, offset, size, f.size,
                                 folder_loading=folder in self._loading_dirs, cfg=self.cfg)
-                self._states[f.path] = verdict.state
+                self._states[name] = verdict.state
                 run = replace(run, target=verdict.target)
-            self._streams[f.path] = run
+            self._streams[name] = run
             self._planned.setdefault(handle, {})[offset] = (tmap, verdict, window)
             first_loader = verdict.state.loading and folder not in self._loading_dirs
             if first_loader:
@@ -136,30 +148,30 @@ class Prefetcher:
         with self._lock:
             self._planned.pop(handle, None)
 
-    def data_read(self, path: str) -> bool:
-        """Has a program read tensor data of ``path`` (not only its header)?"""
+    def data_read(self, name: str) -> bool:
+        """Has a program read tensor data of file ``name`` (not only its header)?"""
         with self._lock:
-            state = self._states.get(path)
+            state = self._states.get(name)
         return state is not None and state.data_read
 
-    def header_only(self, path: str) -> bool:
-        """Will a loader open shard ``path`` for its header only (DeepSeek-V3's MTP shard)?
+    def header_only(self, name: str) -> bool:
+        """Will a loader open shard ``name`` for its header only (DeepSeek-V3's MTP shard)?
         For the readahead switch: such a shard opens small even amid a loader's opens."""
-        return self.folders.header_only(path)
+        return self.folders.header_only(name)
 
-    def opened_amid_others(self, path: str) -> None:
-        """Shard ``path`` opened while other shards of its folder are open: a loader opening
+    def opened_amid_others(self, name: str) -> None:
+        """Shard ``name`` opened while other shards of its folder are open: a loader opening
         them all, each for its header first (transformers, by name, one after another, a round
         trip each: 163 of them for DeepSeek-V3).  Read the next ``ahead_headers`` shards' first
         blocks by name now, in parallel: the header, and what the large read-around of its
         first fault asks (readahead.py) — all a loader's shard may cost before its tensors are
         read (issue 11); a shard opened for its header only (``header_only``) costs its head."""
-        order = self.folders.shards(path.rpartition("/")[0])
-        if path not in order or self._closed:
+        order = self.folders.shards(name.rpartition("/")[0])
+        if name not in order or self._closed:
             return
-        at = order.index(path)
-        todo = [self._files[p] for p in order[at + 1 : at + 1 + self.cfg.ahead_headers]]
-        todo = [g for g in todo if self.maps.get(g.content_id) is None]
+        at = order.index(name)
+        todo = [self.listing.file(p) for p in order[at + 1 : at + 1 + self.cfg.ahead_headers]]
+        todo = [g for g in todo if g is not None and self.maps.get(g.content_id) is None]
         with self._lock:
             if not todo or self._closed:
                 return
@@ -206,22 +218,22 @@ class Prefetcher:
         layout = self.maps.layout(f.content_id, f.path, f.size, read, n)
         return layout.tmap if layout is not None else None
 
-    def _small_file(self, path: str) -> bytes | None:
+    def _small_file(self, name: str) -> bytes | None:
         """A JSON file's bytes (not counted as served), or None when absent, too big or unread."""
-        f = self._files.get(path)
+        f = self.listing.file(name)
         if f is None or f.size > SMALL_FILE:
             return None
         try:
             return self.reader.read(f, 0, f.size, account=False)
         except Exception as exc:
-            log.warning("%s: not read (%s)", path, exc)
+            log.warning("%s: not read (%s)", name, exc)
             return None
 
     def _head_ahead(self, f: RemoteFile) -> None:
         if self._closed:
             return
         try:
-            if not self.header_only(f.path):
+            if not self.header_only(self.listing.name(f)):
                 self.reader.read(f, 0, min(f.size, self.reader.block_size), account=False)
         except Exception as exc:  # the loader's own read will meet it
             log.debug("%s: first block ahead failed: %s", f.path, exc)
@@ -247,33 +259,37 @@ class Prefetcher:
     def _resolve_siblings(self, f: RemoteFile) -> None:
         """At the first shard read in a folder, look up the data URLs of the others: loaders
         open them next, each waiting a round trip to resolve otherwise.  No byte is fetched."""
-        folder = f.path.rpartition("/")[0]
+        name = self.listing.name(f)
+        folder = name.rpartition("/")[0]
         if self._resolve is None or not f.path.endswith(".safetensors"):
             return
         with self._lock:
-            if folder not in self._unresolved:
+            if folder in self._resolved:
                 return
-            self._unresolved.discard(folder)
-        self._resolve([p for p in self.folders.shards(folder) if p != f.path])
+            self._resolved.add(folder)
+        others = [self.listing.file(p) for p in self.folders.shards(folder) if p != name]
+        self._resolve([g for g in others if g is not None])
 
     def _ahead_of(self, f: RemoteFile) -> list[tuple[RemoteFile, list[int]]]:
         """In a folder a loader is reading: the shards after the furthest one the program
         has read, in the loader's order, each wanted once as a speculative window (its header
         and ``speculative`` bytes; more only when the program reads its tensor data)."""
-        folder = f.path.rpartition("/")[0]
+        name = self.listing.name(f)
+        folder = name.rpartition("/")[0]
         with self._lock:
             read = self._read.setdefault(folder, {})
-            read[f.path] = f
+            read[name] = f
             if folder not in self._loading_dirs or not f.path.endswith(".safetensors"):
                 return []
             reached = set(read)
         order = self.folders.order(folder)
         with self._lock:
             paths = ahead(order, reached, frozenset(self._ahead), self.cfg)
-            self._ahead.update(paths)
+            for path in paths:
+                self._ahead.add(path)
         out = []
         for path in paths:
-            g = self._files.get(path) or read.get(path)
+            g = self.listing.file(path) or read.get(path)
             tmap = self.tensor_map(g) if g is not None else None  # its header: a loader reads it next
             with self._lock:
                 if self._states.get(path, FileState()).data_read:

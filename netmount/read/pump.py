@@ -37,8 +37,9 @@ class Pump:
         self._items: collections.deque = collections.deque()  # reads not yet decided on
         self._submitted = 0  # reads ever handed in: ``drain`` sees one that came while it waited
         self._busy = False
-        # path -> (file, blocks still wanted, in fetch order); the most recently wanted last
-        self._pending: OrderedDict[str, tuple[RemoteFile, list[int]]] = OrderedDict()
+        # file -> (file, blocks still wanted, in fetch order); the most recently wanted last.  By the
+        # file itself (its repo, commit and path: two repos' files of one path are two files)
+        self._pending: OrderedDict[RemoteFile, tuple[RemoteFile, list[int]]] = OrderedDict()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="netmount-prefetch", daemon=True)
         self._thread.start()
@@ -56,8 +57,8 @@ class Pump:
         if not blocks:
             return
         with self._lock:
-            self._pending[f.path] = (f, blocks)
-            self._pending.move_to_end(f.path)
+            self._pending[f] = (f, blocks)
+            self._pending.move_to_end(f)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop the thread (after the decision it is making); False if it did not end in time."""
@@ -122,13 +123,13 @@ class Pump:
         """Start wanted blocks while the budget allows, the most recently wanted file first."""
         with self._lock:
             queue = list(reversed(self._pending.items()))
-        for path, (f, wanted) in queue:
+        for key, (f, wanted) in queue:
             if self._closed:
                 return
             per_request = len(wanted) * self.reader.block_size // max(1, self.connections)
             started, left = self.reader.prefetch(f, wanted, self.budget, max_request_bytes=per_request)
             with self._lock:
-                if not left and self._pending.get(path, (None, None))[1] is wanted:
-                    del self._pending[path]
+                if not left and self._pending.get(key, (None, None))[1] is wanted:
+                    del self._pending[key]
             if left and not started:
                 break  # no room: a finished run wakes us again

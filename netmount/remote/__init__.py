@@ -1,2 +1,2 @@
-"""Talking to the Hub: metadata (hub) and verified range fetches (fetch: client, the only
-aiohttp user, with pieces, ranged, resolver and proxy_route)."""
+"""Talking to the Hub: metadata (hub) and verified range fetches (fetch: lanes and links, the
+fetcher's threads and their blocking connections, with pieces, ranged, resolver and proxy_route)."""

@@ -14,16 +14,19 @@ on demand, for unit tests of everything above it).
   ``part_size`` 0 (or at least ``end - start``) the whole range is one piece.  A piece is
   never joined with another and never split: a reader that asks for block-sized pieces of
   a run of blocks gets exactly one call per block, the short last block included.
+- ``data`` is bytes-like (``RangeFetcher`` hands over the ``bytearray`` its socket read the
+  piece into; ``MemoryFetcher`` slices of ``bytes``) and immutable by convention: the fetcher
+  never writes it again once handed over, and a consumer keeps it, slices it (a
+  ``memoryview``) or stores it as it is, but never changes it: nothing copies it to be safe.
 - ``on_part`` runs on a thread of the fetcher's (keep it short, never block on I/O or on
   another fetch), in any order, and only with bytes already verified (206, exact
   Content-Range, exact length).
-- A try that fails midway may have delivered some pieces; the retry may deliver them again
-  (the same bytes: ``RangeFetcher`` does for pieces a retried request holds whole, not for
-  one it put together from parallel requests and already handed out).  Consumers must
-  accept a piece twice.
+- A try that fails midway may have delivered some pieces; a retry may deliver them again
+  (the same bytes: ``MemoryFetcher.retry_midway`` does; ``RangeFetcher`` resumes at the first
+  piece not delivered, so it never does).  Consumers must accept a piece twice.
 - The future's result is always ``end - start`` (an ``int``: the body is never held twice),
   once every piece has been delivered; on failure it raises ``FetchError`` (after the
-  fetcher's own retries).  There is no partial success.
+  fetcher's own retries).  There is no partial success, and no piece after the future is done.
 - ``prefetch=True`` marks a request no reader waits for yet: a fetcher may hold it back so
   that reads never queue behind it.
 
@@ -33,12 +36,13 @@ on demand, for unit tests of everything above it).
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Union
 
 from netmount.core.errors import FetchError
 from netmount.remote.hub import RemoteFile
 
-OnPart = Callable[[int, bytes], None]
+Bytes = Union[bytes, bytearray, memoryview]  # bytes-like, never changed once handed over
+OnPart = Callable[[int, Bytes], None]
 
 
 class Fetcher(Protocol):
@@ -61,7 +65,7 @@ def fetch_bytes(fetcher: Fetcher, file: RemoteFile, start: int, end: int, *,
     got: list = [None]  # the one whole-range piece (kept, not copied), else a bytearray
     out: concurrent.futures.Future = concurrent.futures.Future()
 
-    def on_part(offset: int, data: bytes) -> None:
+    def on_part(offset: int, data: Bytes) -> None:
         if offset == start and len(data) == end - start:
             got[0] = data
         else:

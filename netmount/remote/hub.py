@@ -321,6 +321,10 @@ class _mapped_errors:
                 ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise errors.EndpointUnreachable(f"{self.endpoint}: {first}") from None
+        if isinstance(exc, hf.OfflineModeIsEnabled):
+            raise errors.EndpointUnreachable(
+                "HF_HUB_OFFLINE is set: netmount must ask the Hub (set offline mode for the programs "
+                "that read the mount, not for netmount)") from None
         if isinstance(exc, (OSError, ConnectionError, TimeoutError)) or _is_http_transport(exc):
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise errors.EndpointUnreachable(

@@ -6,7 +6,7 @@ one, checked like any answer (``ranged.py``).  Any fault of the proxy (refused, 
 connect timeout, stall, an error status, an answer that fails the checks) sends that same
 request to the origin at once, and the breaker (``breaker.py``) keeps the next ones off the
 proxy for a back-off (``NETMOUNT_PROXY_BACKOFF`` seconds, doubling to 60 s; wrong bytes: 5
-minutes).  A piece may then be delivered twice, which the contract allows.
+minutes).  The origin then goes on from the first piece the proxy did not hand over.
 """
 
 from __future__ import annotations
@@ -16,10 +16,20 @@ import time
 from urllib.parse import quote, urljoin, urlsplit
 
 from netmount.core.counters import Counters
-from netmount.remote import client
+from netmount.core.errors import FetchError
 from netmount.remote.breaker import CLOSED, Breaker
 from netmount.remote.hub import RepoRef
-from netmount.remote.ranged import REDIRECTS, FetchSettings, LongBody, Retry, content_range, env_number, read_body
+from netmount.remote.links import TRANSPORT_ERRORS
+from netmount.remote.ranged import (
+    REDIRECTS,
+    FetchSettings,
+    Retry,
+    ShortBody,
+    check_length,
+    content_range,
+    env_number,
+    read_body,
+)
 
 log = logging.getLogger("netmount.fetch")
 
@@ -40,10 +50,10 @@ class ProxyFault(Exception):
 
 
 class ProxyRoute:
-    def __init__(self, proxy: str, token: str | None, settings: FetchSettings, counters: Counters) -> None:
+    def __init__(self, proxy: str, token: str | None, links, settings: FetchSettings, counters: Counters) -> None:
         self.proxy = proxy.rstrip("/")
         self._host = urlsplit(self.proxy).netloc
-        self._token, self.settings, self.counters = token, settings, counters
+        self._token, self.links, self.settings, self.counters = token, links, settings, counters
         self.breaker = Breaker(env_number("NETMOUNT_PROXY_BACKOFF", DEFAULT_PROXY_BACKOFF),
                                PROXY_MAX_BACKOFF, PROXY_DISTRUST)
 
@@ -51,18 +61,19 @@ class ProxyRoute:
         """Requests go to the proxy now (its breaker is closed); from any thread."""
         return self.breaker.state == CLOSED
 
-    async def fetch(self, session, ref: RepoRef, path: str, start: int, end: int, size: int, sink,
-                    connection) -> bool:
-        """Try ``[start, end)`` through the proxy: True if it was served (and checked), False
-        if the request must go to the origin (a fault, or the breaker is open)."""
+    def fetch(self, ref: RepoRef, path: str, start: int, end: int, size: int, sink) -> bool:
+        """Try ``[start, end)`` (from the first piece ``sink`` lacks) through the proxy: True if
+        it was served (and checked), False if the request must go to the origin (a fault, or
+        the breaker is open)."""
         ticket = self.breaker.acquire(time.monotonic())
         if ticket is None:
             self.counters.add("proxy_skipped")
             return False
         outcome = None
         try:
-            async with connection():
-                await self._get(session, ref, path, start, end, size, sink)
+            lo = sink.first_missing(start, end)
+            if lo < end:
+                self._get(ref, path, lo, end, size, sink)
             outcome = "ok"
             self.breaker.succeeded(ticket)
             return True
@@ -84,45 +95,46 @@ class ProxyRoute:
             log.warning("cache proxy %s failed on %s [%d, %d) (%s): to the origin, proxy again in %.1fs",
                         self.proxy, path, start, end, exc, wait)
 
-    async def _get(self, session, ref: RepoRef, path: str, start: int, end: int, size: int, sink) -> None:
+    def _get(self, ref: RepoRef, path: str, start: int, end: int, size: int, sink) -> None:
         """``[start, end)`` from the proxy, checked as always; ``ProxyFault`` otherwise."""
         url = f"{self.proxy}/{ref.url_path}/resolve/{ref.sha}/{quote(path)}"
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if self._token:
             headers["authorization"] = f"Bearer {self._token}"
-        deadline = self.settings.deadline(end - start, connect=PROXY_CONNECT_TIMEOUT)
+        bounds = self.settings.bounds(end - start, connect=PROXY_CONNECT_TIMEOUT)
         try:
             for _hop in range(PROXY_HOPS):
                 self.counters.add("requests", path=path)
                 self.counters.add("proxy_requests")
-                async with session.get(url, headers=headers, allow_redirects=False, timeout=deadline) as resp:
+                with self.links.request("GET", url, headers, **bounds) as resp:
                     if resp.status in REDIRECTS:  # a renamed repo: another path on the proxy
-                        url = urljoin(url, resp.headers.get("Location", ""))
+                        url = urljoin(url, resp.getheader("Location") or "")
                         if urlsplit(url).netloc != self._host:
                             raise ProxyFault(f"redirect to another host ({urlsplit(url).netloc})")
                         continue
-                    await self._take(resp, path, start, end, size, sink)
+                    self._take(resp, path, start, end, size, sink)
                     return
             raise ProxyFault("too many redirects")
-        except client.transport_errors() as exc:
+        except TRANSPORT_ERRORS as exc:
+            if self.links.stopping.is_set():  # not the proxy's fault: the probe is void
+                raise FetchError(f"{path} [{start}, {end}): the fetcher is stopping") from None
             raise ProxyFault(str(exc) or type(exc).__name__) from None
 
-    async def _take(self, resp, path: str, start: int, end: int, size: int, sink) -> None:
+    def _take(self, resp, path: str, start: int, end: int, size: int, sink) -> None:
         """Check the proxy's answer as any (206, exact Content-Range and length) and read it."""
         if resp.status != 206 and not (resp.status == 200 and start == 0 and end == size):
             raise ProxyFault(f"HTTP {resp.status}", distrust=resp.status in (200, 206))
-        want, got = content_range(start, end, size), resp.headers.get("Content-Range", "").strip()
+        want, got = content_range(start, end, size), (resp.getheader("Content-Range") or "").strip()
         if resp.status == 206 and got != want:
             raise ProxyFault(f"Content-Range {got!r}, asked for {want!r}", distrust=True)
-        if resp.content_length is not None and resp.content_length != end - start:
-            raise ProxyFault(f"Content-Length {resp.content_length}, asked for {end - start}", distrust=True)
         try:
-            await read_body(resp, path, start, end, sink, self.counters)
-        except Retry as exc:  # short (a reset) or long (wrong) body
-            raise ProxyFault(str(exc), distrust=isinstance(exc, LongBody)) from None
+            check_length(resp, start, end)
+            read_body(resp, path, start, end, sink, self.counters)
+        except Retry as exc:  # a short body (a reset), or a wrong length, encoding or long body
+            raise ProxyFault(str(exc), distrust=not isinstance(exc, ShortBody)) from None
         self.counters.add("proxy_bytes", end - start)
         # hits/misses/bypass: of the answers that were used
-        kind = PROXY_CACHE_STATUS.get(resp.headers.get("X-Cache-Status", "").strip().upper())
+        kind = PROXY_CACHE_STATUS.get((resp.getheader("X-Cache-Status") or "").strip().upper())
         if kind:
             self.counters.add(kind)
 

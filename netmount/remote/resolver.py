@@ -5,13 +5,14 @@ are per IP, so a file is resolved once (single-flight: however many readers ask 
 its target reused until it expires (``Expires=`` in the query) or the CDN answers 403, then
 resolved again (``forget``).  Targets are kept per (repo, commit, path): one resolver serves
 files of any repo on its endpoint.  Authorization goes only to the endpoint's own host, never
-to a redirect target (``auth_for``).  Loop thread only (``auth_for`` and ``resolve_url``: any).
+to a redirect target (``auth_for``).  Any thread: HEADs on the asking thread's connection.
 """
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
@@ -28,12 +29,14 @@ Key = tuple[RepoRef, str]  # (repo at a commit, path in it)
 
 
 class Resolver:
-    def __init__(self, endpoint: str, token: str | None, counters: Counters) -> None:
+    def __init__(self, endpoint: str, token: str | None, counters: Counters, links, settings) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._token, self.counters = token, counters
+        self.links, self.settings = links, settings  # ``links.Links``, ``ranged.FetchSettings``
         self._host = urlsplit(self.endpoint).netloc
+        self._lock = threading.Lock()
         self._targets: dict[Key, tuple[str, float]] = {}  # -> (data URL, use it until)
-        self._resolving: dict[Key, asyncio.Future] = {}
+        self._resolving: dict[Key, concurrent.futures.Future] = {}
 
     def resolve_url(self, ref: RepoRef, path: str) -> str:
         return f"{self.endpoint}/{ref.url_path}/resolve/{ref.sha}/{quote(path)}"
@@ -46,28 +49,44 @@ class Resolver:
 
     def forget(self, ref: RepoRef, path: str) -> None:
         """The target answered as if expired (403, a redirect): resolve again next time."""
-        self._targets.pop((ref, path), None)
+        with self._lock:
+            self._targets.pop((ref, path), None)
 
-    async def target(self, session, ref: RepoRef, path: str) -> str:
-        """The data URL of ``path`` in ``ref``: cached, or resolved once however many ask."""
+    def target(self, ref: RepoRef, path: str) -> str:
+        """The data URL of ``path`` in ``ref``: cached, or resolved once however many ask (the
+        first asker resolves on its own thread, the others wait for its answer or error)."""
         key = (ref, path)
-        hit = self._targets.get(key)
-        if hit and hit[1] > time.time():
-            return hit[0]
-        pending = self._resolving.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._resolve(session, ref, path))
-            self._resolving[key] = pending
-            pending.add_done_callback(lambda _f: self._resolving.pop(key, None))
-        return await asyncio.shield(pending)
+        with self._lock:
+            hit = self._targets.get(key)
+            if hit and hit[1] > time.time():
+                return hit[0]
+            pending = self._resolving.get(key)
+            mine = pending is None
+            if mine:
+                pending = self._resolving[key] = concurrent.futures.Future()
+        if not mine:
+            try:
+                return pending.result(timeout=self.settings.timeout * (MAX_HOPS + 1))
+            except concurrent.futures.TimeoutError:
+                raise TimeoutError(f"resolving {path}: no answer in time") from None
+        try:
+            url = self._resolve(ref, path)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._resolving.pop(key, None)
+        pending.set_result(url)
+        return url
 
-    async def _resolve(self, session, ref: RepoRef, path: str) -> str:
+    def _resolve(self, ref: RepoRef, path: str) -> str:
         url = self.resolve_url(ref, path)
         for _hop in range(MAX_HOPS):
             self.counters.add("requests", path=path)
-            async with session.head(url, headers=self.auth_for(url), allow_redirects=False) as resp:
+            with self.links.request("HEAD", url, self.auth_for(url), **self.settings.bounds(0)) as resp:
                 if resp.status in REDIRECTS:
-                    url = urljoin(url, resp.headers.get("Location", ""))
+                    url = urljoin(url, resp.getheader("Location") or "")
                     if urlsplit(url).netloc != self._host:
                         break  # a CDN: no need to HEAD it, the first range GET will tell
                     continue
@@ -77,7 +96,8 @@ class Resolver:
                 break
         else:
             raise Fatal(f"resolving {path}: too many redirects")
-        self._targets[(ref, path)] = (url, expiry(url))
+        with self._lock:
+            self._targets[(ref, path)] = (url, expiry(url))
         return url
 
 

@@ -89,6 +89,11 @@ class Catalog:
         with self._lock:
             return sorted({k.folder for k in self._names} | {k.folder for k in self._repos})
 
+    def held(self) -> list[tuple[RepoKey, dict[str, str], list[str]]]:
+        """Every repo held, least recently used first: its refs (name -> sha) and its commits."""
+        with self._lock:
+            return [(k, {r: ref.sha for r, ref in s.refs.items()}, list(s.commits)) for k, s in self._repos.items()]
+
     def usage(self) -> dict:
         with self._lock:
             return {"repos": len(self._repos), "entries": self._weight, "names": len(self._names)}

@@ -30,7 +30,9 @@ from netmount.mounting.hfcache.resolution import Resolution, Resolver, RevisionM
 from netmount.mounting.namespace import DIR, Node, NotAFolder, NotFound, TreeNamespace, data_node
 
 SECTIONS = (".no_exist", "refs", "snapshots", "trees")
-_BAD_REF = re.compile(r"(^[.-])|\.\.|[~^:?*\[\\\s]|\.lock$|@\{|^@$")  # not a git ref name: never asked of the Hub
+# not a git ref name, or huggingface_hub's temporary file beside a ref it updates
+# (``refs/main.1a2b3c4d.tmp``: file_download.py): never asked of the Hub
+_BAD_REF = re.compile(r"(^[.-])|\.\.|[~^:?*\[\\\s]|\.lock$|@\{|^@$|\.[0-9a-f]{8}\.tmp$")
 
 
 class HfCacheNamespace:

@@ -9,6 +9,7 @@ before the Hub is asked again (``600``, ``90s``, ``10m``, ``1h``; ``0`` asks at 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -82,4 +83,23 @@ def check_plain(*, repo: str | None, repos=(), refs_ttl=None) -> None:
     if refs_ttl is not None:
         raise errors.BadInput("--refs-ttl is an option of --hf-cache")
     if not repo:
-        raise errors.BadInput("give REPO and MOUNTPOINT (or --hf-cache MOUNTPOINT for every repo of the Hub)")
+        raise errors.BadInput("give REPO and MOUNTPOINT, or --hf-cache MOUNTPOINT for every repo of the Hub "
+                              "(see netmount mount --help)")
+
+
+def daemon_spec(options: HfCacheOptions, endpoint: str, pinned) -> dict:
+    """What the daemon is told (JSON): the endpoint, ``refs_ttl``, and each ``--repo`` as the
+    parent resolved it (``pinned``: (revision, Snapshot) pairs, in order)."""
+    return {"endpoint": endpoint, "refs_ttl": options.refs_ttl,
+            "pinned": [{"revision": rev, "snapshot": json.loads(snap.to_json())} for rev, snap in pinned]}
+
+
+def pinned_snapshots(spec: dict) -> list[tuple[RepoKey, str, object]]:
+    """``daemon_spec``'s pinned repos back: (repo, revision, Snapshot)."""
+    from netmount.remote.hub import Snapshot
+
+    out = []
+    for pin in spec.get("pinned", ()):
+        snap = Snapshot.from_json(json.dumps(pin["snapshot"]))
+        out.append((RepoKey(snap.repo_type, snap.repo_id), pin["revision"], snap))
+    return out

@@ -33,6 +33,14 @@ Resolver = Callable[[RepoKey, str], object]  # (repo, revision) -> Snapshot (sha
 MISSING_REPO = (errors.RepoNotFound, errors.GatedRepo, errors.AuthFailed, errors.UnsafeListing)
 
 
+def hub_resolver(endpoint: str, token: str | None) -> Resolver:
+    """The daemon's resolver: ``remote/hub.py``'s ``resolve_snapshot`` on the mount's endpoint,
+    with the mount's token (a repo this token may not read is missing)."""
+    from netmount.remote.hub import resolve_snapshot
+
+    return lambda key, revision: resolve_snapshot(key.repo_id, revision, endpoint, token, key.repo_type)
+
+
 class RepoMissing(NotFound):
     """No such repo, or not for this token."""
 
