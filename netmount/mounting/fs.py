@@ -304,14 +304,12 @@ class NetmountFS(Operations):
                 raise FuseOSError(errno.EBADF)
             piece = content[offset : offset + size]
             return [Segment(-1, 0, len(piece), piece)]
-        f, raw = opened
+        with self.reader.reading:  # the whole request is a read under way, ``follow`` included: ``idle`` waits
+            return self._file_reply(*opened, size, offset, fi)
+
+    def _file_reply(self, f, raw: bool, size: int, offset: int, fi) -> list[Segment]:
         # the daemon's prefetch sees the program's reads, not the raw mirror's (``netmount prefetch``)
         policy = None if raw else self.prefetcher
-        # the whole request is a read under way, ``follow`` included: ``idle`` waits for it
-        with self.reader.reading:
-            return self._file_reply(f, size, offset, fi, raw, policy)
-
-    def _file_reply(self, f, size: int, offset: int, fi, raw: bool, policy) -> list[Segment]:
         try:
             if not isinstance(f, RemoteFile):  # a view's file: cut into pieces (viewfs.py)
                 segs = self.view.reply(f, offset, size, fi.fh, prefetch=not raw)
