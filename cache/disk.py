@@ -206,10 +206,11 @@ class DiskBlockStore(BlockStore):
                              content_id[:16], obj.start, obj.end)
         with self._lock:
             self.counts[why] += 1
+        offset = None if obj.whole else obj.start - index * self.block_size
+        # the row first: a refresh of the map between the two would bring the object back
+        self._index.delete(self._index.key(content_id, index, offset), obj.ref)
         self._known.forget(content_id, index, obj.ref)
         self._fds.discard(obj.ref)
-        offset = None if obj.whole else obj.start - index * self.block_size
-        self._index.delete(self._index.key(content_id, index, offset), obj.ref)
 
     def prepare(self, content_id: str, ranges, size: int | None) -> None:
         """Each object of ``ranges`` not checked yet is checked on a prepare thread (which
@@ -301,8 +302,12 @@ class DiskBlockStore(BlockStore):
             raise
 
     def _held_whole(self, content_id: str, index: int, length: int) -> bool:
+        """Held whole, its file there: a block whose file vanished unseen (a user's rm, another
+        process's eviction) is still in the map until a read finds the gap; its put is the
+        refetch, and must land (one stat per put of a block the map names)."""
         obj = self._known.whole(content_id, index)
-        return obj is not None and obj.length == length
+        return (obj is not None and obj.length == length
+                and (obj.ref in self._fds or os.path.exists(os.path.join(self.directory, obj.ref))))
 
     def _stored_pieces(self, content_id: str, index: int) -> list[Obj] | None:
         """The pieces of a block in the index (None: it is held whole)."""

@@ -86,6 +86,11 @@ class FdCache:
         _close_all(closing)
         return mine
 
+    def __contains__(self, name: str) -> bool:
+        """An fd of ``name`` is open (its bytes readable, even if the file was removed since)."""
+        with self._lock:
+            return name in self._open
+
     def discard(self, name: str) -> None:
         """The file ``name`` is gone or bad: stop handing out its fd (it stays open for the
         grace, as it may be in a reply under way)."""

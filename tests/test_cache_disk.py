@@ -182,6 +182,20 @@ def test_a_file_deleted_under_an_open_store_is_a_miss_then_stored_again(tmp_path
     store.close()
 
 
+def test_a_put_of_a_block_whose_file_vanished_unseen_stores_it_again(tmp_path):
+    """The map still names the block (nobody read it since its file went): a put of it must
+    not be skipped as held, or the refetched block is lost the next time the gap is seen."""
+    directory = str(tmp_path / "c")
+    data = src(6)
+    store = DiskBlockStore(directory, BS, 1 << 30)
+    store.put_range("d", 0, data, SIZE)
+    os.remove(value_path(directory, key("d", 2)))
+    store.put_range("d", 2 * BS, data[2 * BS : 3 * BS], SIZE)  # refetched by a reader
+    assert store.read("d", 0, SIZE, SIZE) == data
+    assert store.cached_bytes("d") == SIZE and store.counts["gone"] == 0
+    store.close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
