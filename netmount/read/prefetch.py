@@ -82,7 +82,7 @@ class Prefetcher:
         self._headers: concurrent.futures.ThreadPoolExecutor | None = None  # heads read ahead
         self._heads_reading: set[concurrent.futures.Future] = set()
         self._closed = False
-        self.pump = Pump(reader, run_done, self._decide, budget=budget, connections=connections)
+        self.pump = Pump(reader, run_done, self._decide_all, budget=budget, connections=connections)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop the pump and the heads read ahead; True once none of their threads runs any
@@ -241,6 +241,17 @@ class Prefetcher:
             self.tensor_map(f)
 
     # -- on the pump's thread --------------------------------------------------------------------
+    def _decide_all(self, items: list) -> None:
+        """The reads handed in since the pump last looked, in order.  A file's want replaces
+        its earlier one (``Pump.want``), so of a file's plain reads only the last counts; one
+        that carries more than its window (a loader's rest of the file, a chunk, blocks that
+        did not fit) is decided too."""
+        last = {item[0]: item for item in items}
+        for item in items:
+            verdict = item[2]
+            if last[item[0]] is item or verdict.loader is not None or verdict.span or verdict.first:
+                self._decide(item)
+
     def _decide(self, item) -> None:
         f, tmap, verdict, window = item
         wanted = wants(tmap, verdict, window, f.size, self.cfg)

@@ -1,7 +1,9 @@
 """The prefetch pump: one thread that decides on reads and keeps wanted blocks in flight.
 
-Reads are handed in (``submit``) as they finish; the thread calls ``decide(item)`` for each
-(the prefetcher's policy, which calls ``want``) and then starts wanted blocks while the
+Reads are handed in (``submit``) as they finish; the thread calls ``decide(items)`` with all
+handed in since it last looked (the prefetcher's policy, which calls ``want``: one call per
+batch, so a pump that falls behind a fast reader catches up in one step instead of deciding
+every read of a stream in turn) and then starts wanted blocks while the
 in-flight budget allows, the most recently wanted file first.  It runs again whenever the
 reader reports a finished run (the ``run_done`` event it was constructed with), so a long
 want flows at the budget without waiting for the next read.
@@ -26,7 +28,7 @@ log = logging.getLogger("netmount.prefetch")
 
 
 class Pump:
-    def __init__(self, reader, run_done: threading.Event, decide: Callable[[object], None], *,
+    def __init__(self, reader, run_done: threading.Event, decide: Callable[[list], None], *,
                  budget: int, connections: int) -> None:
         self.reader = reader
         self.budget, self.connections = budget, connections
@@ -104,11 +106,12 @@ class Pump:
             try:
                 while not self._closed:
                     with self._lock:
-                        item = self._items.popleft() if self._items else None
-                    if item is None:
+                        items = list(self._items)
+                        self._items.clear()
+                    if not items:
                         break
                     try:
-                        self._decide(item)
+                        self._decide(items)
                     except Exception:
                         log.exception("prefetch decision failed (reads are unaffected)")
                 self._pump()
