@@ -33,9 +33,6 @@ connection per call: ``_PerOSThread`` keys them by the OS thread instead.
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import mmap
 import os
 import threading
 import time
@@ -303,83 +300,26 @@ class Index:
 
 def write_file(directory: str, data: bytes) -> str:
     """Write ``data`` to a new file under a fresh random name (diskcache's layout:
-    ``ab/cd/<28 hex>.val``); returns the name.  A write that fails removes its file.
-
-    Whole pages go to the disk with ``O_DIRECT`` (``_direct``): measured here, a 1 MiB write
-    into the page cache cost 2.5-3 ms of CPU (new pages allocated, zeroed, dirtied, written
-    back), 150-240 MiB/s on one thread — the daemon's largest cost on a cold read; the same
-    write with ``O_DIRECT`` 0.15-0.18 ms and 900-1,200 MiB/s.  What was just fetched is served
-    from the landed piece in memory, so nothing waits for the page cache to hold it."""
+    ``ab/cd/<28 hex>.val``); returns the name.  A write that fails removes its file."""
     hex_name = os.urandom(16).hex()
     name = os.path.join(hex_name[:2], hex_name[2:4], hex_name[4:] + ".val")
     path = os.path.join(directory, name)
-    direct = _Direct.usable(directory, data)
     for attempt in range(10):
         try:  # a delete of a folder's last file removes the folder (diskcache's remove): retry
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = _create(path, direct)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             break
         except FileNotFoundError:
             if attempt == 9:
                 raise
-        except OSError as exc:  # a file system without O_DIRECT (tmpfs): buffered from now on
-            if not direct or exc.errno != errno.EINVAL:
-                raise
-            _Direct.refuse(directory)
-            direct = False
     try:
-        if direct:
-            _Direct.write(fd, data)
-        else:
-            _write_all(fd, data)
+        _write_all(fd, data)
     except BaseException:
         os.close(fd)
         os.unlink(path)
         raise
     os.close(fd)
     return name
-
-
-def _create(path: str, direct: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
-    return os.open(path, flags, 0o600)
-
-
-class _Direct:
-    """``O_DIRECT`` writes: whole 4 KiB pages from a page-aligned buffer (each thread's own
-    ``mmap``, the bytes copied in: one memcpy, far cheaper than the page cache's path)."""
-
-    PAGE = 4096
-    _refused: set[str] = set()  # directories whose file system said EINVAL
-    _local = threading.local()
-
-    @classmethod
-    def usable(cls, directory: str, data) -> bool:
-        return len(data) >= cls.PAGE and len(data) % cls.PAGE == 0 and directory not in cls._refused
-
-    @classmethod
-    def refuse(cls, directory: str) -> None:
-        cls._refused.add(directory)
-
-    @classmethod
-    def write(cls, fd: int, data) -> None:
-        n = len(data)
-        scratch = getattr(cls._local, "buf", None)
-        if scratch is None or len(scratch) < n:
-            scratch = cls._local.buf = mmap.mmap(-1, max(n, 1 << 20))
-        view = memoryview(scratch)[:n]
-        try:
-            view[:] = memoryview(data).cast("B")
-            try:
-                _write_all(fd, view)
-            except OSError as exc:  # (EINVAL here: a file system that took the open but not the write)
-                if exc.errno != errno.EINVAL:
-                    raise
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                os.lseek(fd, 0, os.SEEK_SET)
-                _write_all(fd, view)
-        finally:
-            view.release()
 
 
 def _write_all(fd: int, data: bytes) -> None:

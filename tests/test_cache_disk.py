@@ -574,35 +574,3 @@ def test_safe_disk_full(tmp_path, monkeypatch):
     # the partial files are removed, not left to leak space on a full disk
     assert len(value_files(tmp_path / "c")) == 1
     store.close()
-
-
-@pytest.mark.parametrize("size", [BS, 64 * BS, 3 * BS + 1, 100])
-@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
-def test_write_file_round_trips_whole_pages_direct_and_the_rest_buffered(tmp_path, size, kind, monkeypatch):
-    real, asked = cache.index._create, []
-    monkeypatch.setattr(cache.index, "_create", lambda path, direct: asked.append(direct) or real(path, direct))
-    data = src(size, size)
-    name = cache.index.write_file(str(tmp_path), kind(data))
-    assert asked == [size % BS == 0]
-    with open(tmp_path / name, "rb") as fh:
-        assert fh.read() == data
-    assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
-
-
-def test_write_file_on_a_file_system_without_o_direct_falls_back_to_buffered(tmp_path, monkeypatch):
-    real = cache.index._create
-    asked = []
-
-    def no_direct(path, direct):
-        asked.append(direct)
-        if direct:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(path, direct)
-
-    monkeypatch.setattr(cache.index, "_create", no_direct)
-    monkeypatch.setattr(cache.index._Direct, "_refused", set())
-    data = src(1, 16 * BS)
-    for _ in range(2):
-        name = cache.index.write_file(str(tmp_path), data)
-        assert (tmp_path / name).read_bytes() == data
-    assert asked == [True, False, False], "asked once, then remembered per directory"
