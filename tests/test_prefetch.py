@@ -52,19 +52,22 @@ class CountingFetch(MemoryFetcher):
         self.asked = threading.Event()  # a fetch was asked for
 
     def fetch(self, f, start, end, on_part, **kw):
-        n = end - start if kw.get("prefetch") else 0
+        """Bytes asked and not yet delivered, counted down part by part, as the budget frees
+        them (a run's first parts landing make room for the next run while its last parts
+        are still coming; counting the whole run until its future ends would overstate it)."""
+        prefetch = kw.get("prefetch")
         with self._count:
-            self.now += n
+            self.now += end - start if prefetch else 0
             self.peak = max(self.peak, self.now)
         self.asked.set()
-        fut = super().fetch(f, start, end, on_part, **kw)
 
-        def done(_):
-            with self._count:
-                self.now -= n
+        def part(offset, data):
+            if prefetch:
+                with self._count:
+                    self.now -= len(data)
+            on_part(offset, data)
 
-        fut.add_done_callback(done)
-        return fut
+        return super().fetch(f, start, end, part, **kw)
 
 
 def make(files: dict[str, bytes], budget=8 * BS, listing=(), on_loader=None, **kw):
