@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 import threading
 
@@ -193,6 +194,35 @@ def test_sequential_prefetch_stops_at_end_of_file_and_stays_in_the_file():
     assert {p for p, _, _ in calls(fetch)} == {"a.bin"}
     assert all(0 <= s < e <= len(a) for _, s, e in calls(fetch))
     assert sum(e - s for _, s, e in calls(fetch)) == len(a)  # every byte once
+    pre.close()
+    reader.close()
+
+
+def test_reads_that_want_nothing_new_do_not_wake_the_pump(monkeypatch):
+    data = make_bytes(64 * BS, 4)
+    f = remote("c.bin", data)
+    fetch, reader, pre = make({f.path: data})
+    submitted = []
+    real = pre.pump.submit
+    monkeypatch.setattr(pre.pump, "submit", lambda item: submitted.append(item) or real(item))
+    pos = 0
+    while pos < len(data):  # cat, in requests of an eighth of a block: the window moves a block in eight
+        pos += len(read(pre, reader, f, pos, BS // 8))
+    assert pre.drain(10)
+    reads = 8 * 64
+    assert 0 < len(submitted) <= reads // 4, len(submitted)
+    assert sum(e - s for _, s, e in calls(fetch)) == len(data)  # every byte once, as before
+    assert len([c for c in calls(fetch)]) < 64  # and in blocks ahead of the reads, not read by read
+    other = make_bytes(64 * BS, 5)
+    g = remote("d.bin", other)
+    fetch.contents[g.path] = other
+    assert reader.read(g, 0, len(other)) == other  # held, read by netmount itself (not a program's read)
+    submitted.clear()
+    rng = random.Random(5)
+    for _ in range(50):  # a program's random 4 KiB reads: jumps, each wanting no block
+        off = rng.randrange(0, len(other) - 4096) // 4096 * 4096
+        assert read(pre, reader, g, off, 4096) == other[off : off + 4096]
+    assert len(submitted) <= 2, len(submitted)  # the file's first read (its bookkeeping starts there)
     pre.close()
     reader.close()
 

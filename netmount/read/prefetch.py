@@ -79,6 +79,7 @@ class Prefetcher:
         self._read: Recent = Recent(MAX_FOLDERS)  # folder -> {name: file} the program read
         self._ahead: Recent = Recent(MAX_FILES)  # files wanted as a loader's speculative window (a set)
         self._resolved: Recent = Recent(MAX_FOLDERS)  # folders whose shards' URLs were looked up (a set)
+        self._decided: Recent = Recent(MAX_FILES)  # file -> what its last read handed to the pump wanted
         self._headers: concurrent.futures.ThreadPoolExecutor | None = None  # heads read ahead
         self._heads_reading: set[concurrent.futures.Future] = set()
         self._closed = False
@@ -140,8 +141,25 @@ class Prefetcher:
             self.plan(handle, f, offset, size)
             with self._lock:
                 item = self._planned.get(handle, {}).pop(offset, None)
-        if item is not None and size > 0:
+        if item is not None and size > 0 and not self._nothing_new(f, *item):
             self.pump.submit((f, *item))
+
+    def _nothing_new(self, f: RemoteFile, _tmap, verdict: Verdict, window: list[int]) -> bool:
+        """Would deciding this read want nothing the file's last decided read did not?  A stream
+        in 128 KiB requests moves its window one block in eight, and a random 4 KiB read wants
+        no block: handing such reads to the pump only wakes its thread (a context switch and
+        a GIL hand-off per request) to want the same blocks again.  The first read of a file
+        is always decided (the folder's loader bookkeeping starts there)."""
+        plain = verdict.loader is None and verdict.span is None and not verdict.first and not verdict.pieces
+        if plain and not window:
+            mark = "nothing"
+        else:
+            mark = (window[0] if window else -1, window[-1] if window else -1, verdict.window, verdict.loader,
+                    verdict.span, verdict.first, verdict.state.loading, len(verdict.state.extents))
+        with self._lock:
+            last = self._decided.get(f)
+            self._decided[f] = mark if mark != "nothing" or last is None else last
+        return last is not None and (mark == "nothing" or (plain and last == mark))
 
     def forget(self, handle: int) -> None:
         """The handle was closed."""
