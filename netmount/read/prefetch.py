@@ -40,6 +40,7 @@ from dataclasses import replace
 
 from netmount.core.blocks import block_span
 from netmount.core.recent import Recent
+from netmount.read.handoff import Handoff, to_decide
 from netmount.read.listing import FixedListing, Listing
 from netmount.read.loader import ahead, speculative_blocks
 from netmount.read.metadata import Folders, TensorMaps, mapped
@@ -79,7 +80,7 @@ class Prefetcher:
         self._read: Recent = Recent(MAX_FOLDERS)  # folder -> {name: file} the program read
         self._ahead: Recent = Recent(MAX_FILES)  # files wanted as a loader's speculative window (a set)
         self._resolved: Recent = Recent(MAX_FOLDERS)  # folders whose shards' URLs were looked up (a set)
-        self._decided: Recent = Recent(MAX_FILES)  # file -> what its last read handed to the pump wanted
+        self.handoff = Handoff(MAX_FILES)  # which reads are worth the pump's thread (handoff.py)
         self._headers: concurrent.futures.ThreadPoolExecutor | None = None  # heads read ahead
         self._heads_reading: set[concurrent.futures.Future] = set()
         self._closed = False
@@ -141,25 +142,8 @@ class Prefetcher:
             self.plan(handle, f, offset, size)
             with self._lock:
                 item = self._planned.get(handle, {}).pop(offset, None)
-        if item is not None and size > 0 and not self._nothing_new(f, *item):
+        if item is not None and size > 0 and self.handoff.news(f, item[1], item[2]):
             self.pump.submit((f, *item))
-
-    def _nothing_new(self, f: RemoteFile, _tmap, verdict: Verdict, window: list[int]) -> bool:
-        """Would deciding this read want nothing the file's last decided read did not?  A stream
-        in 128 KiB requests moves its window one block in eight, and a random 4 KiB read wants
-        no block: handing such reads to the pump only wakes its thread (a context switch and
-        a GIL hand-off per request) to want the same blocks again.  The first read of a file
-        is always decided (the folder's loader bookkeeping starts there)."""
-        plain = verdict.loader is None and verdict.span is None and not verdict.first and not verdict.pieces
-        if plain and not window:
-            mark = "nothing"
-        else:
-            mark = (window[0] if window else -1, window[-1] if window else -1, verdict.window, verdict.loader,
-                    verdict.span, verdict.first, verdict.state.loading, len(verdict.state.extents))
-        with self._lock:
-            last = self._decided.get(f)
-            self._decided[f] = mark if mark != "nothing" or last is None else last
-        return last is not None and (mark == "nothing" or (plain and last == mark))
 
     def forget(self, handle: int) -> None:
         """The handle was closed."""
@@ -260,15 +244,8 @@ class Prefetcher:
 
     # -- on the pump's thread --------------------------------------------------------------------
     def _decide_all(self, items: list) -> None:
-        """The reads handed in since the pump last looked, in order.  A file's want replaces
-        its earlier one (``Pump.want``), so of a file's plain reads only the last counts; one
-        that carries more than its window (a loader's rest of the file, a chunk, blocks that
-        did not fit) is decided too."""
-        last = {item[0]: item for item in items}
-        for item in items:
-            verdict = item[2]
-            if last[item[0]] is item or verdict.loader is not None or verdict.span or verdict.first:
-                self._decide(item)
+        for item in to_decide(items):
+            self._decide(item)
 
     def _decide(self, item) -> None:
         f, tmap, verdict, window = item
