@@ -93,6 +93,11 @@ class DiskBlockStore(BlockStore):
         self._known.apply(stored, removed)
         for _, filename in removed:
             self._fds.discard(filename)
+        with self._lock:  # just written: checked (its CRC is of the bytes written) and in the page
+            for row in stored:  # cache, so a prepare has nothing to do (a cold stream's pump asks)
+                self._advised[row.filename] = None
+            while len(self._advised) > ADVISED:
+                self._advised.popitem(last=False)
 
     # -- reading ---------------------------------------------------------------------------------
     def held(self, content_id: str, *, refresh: bool = False) -> list[tuple[int, int]]:

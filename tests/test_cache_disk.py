@@ -425,6 +425,11 @@ def test_prepare_checks_new_objects_and_advises_checked_ones(tmp_path, monkeypat
         assert advised == [value_path(directory, key("w", 0))]
         store.prepare("nothing", [(0, 10)], 10)
         assert store.drain(30)
+        advised.clear()
+        store.put_range("fresh", 0, data, SIZE)  # written by this process: nothing to prepare
+        store.prepare("fresh", [(0, SIZE)], SIZE)
+        assert store.drain(30)
+        assert advised == [] and store.counts["checked"] == 4
 
 
 def test_connections_are_kept_per_os_thread(tmp_path, monkeypatch):
