@@ -141,27 +141,56 @@ def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
     Each worker reads one segment at a time, front to back, one block per ``pread``: a
     sequential stream the daemon's own prefetcher can follow.
     """
-    bs = plan.block_size
-    work = segments(plan)
-    lock = threading.Lock()
-    fds: dict[str, int] = {}
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    done = [0]
+    return _Warming(mountpoint, plan, progress).run(workers)
 
-    def fd_of(path: str) -> int:
-        with lock:
-            if path not in fds:
+
+class _Warming:
+    """One ``execute``: the workers, the files they opened, what they read, the first failure."""
+
+    def __init__(self, mountpoint: str, plan: Plan, progress: Callable[[int], None] | None) -> None:
+        self.mountpoint, self.plan, self.progress = mountpoint, plan, progress
+        self.work = segments(plan)
+        self.lock = threading.Lock()
+        self.fds: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        self.done = 0
+
+    def run(self, workers: int) -> int:
+        threads = [threading.Thread(target=self._worker, name=f"netmount-warm-{k}", daemon=True)
+                   for k in range(max(1, workers))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)  # wake up for Ctrl-C
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+            for fd in self.fds.values():
+                os.close(fd)
+        if self.failures:
+            exc = self.failures[0]
+            if isinstance(exc, OSError):
+                raise errors.FetchError(f"prefetch read failed: {exc.strerror or exc}") from None
+            raise exc
+        return self.done
+
+    def _fd_of(self, path: str) -> int:
+        with self.lock:
+            if path not in self.fds:
                 # the raw mirror: the daemon's own prefetch stays out of an explicit selection
-                fd = os.open(os.path.join(mountpoint, ".netmount", "raw", path), os.O_RDONLY)
+                fd = os.open(os.path.join(self.mountpoint, ".netmount", "raw", path), os.O_RDONLY)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-                fds[path] = fd
-            return fds[path]
+                self.fds[path] = fd
+            return self.fds[path]
 
-    def read_block(path: str, i: int) -> int:
-        fd = fd_of(path)
-        start = i * bs
-        length = min(bs, plan.sizes[path] - start)
+    def _read_block(self, path: str, i: int) -> int:
+        fd = self._fd_of(path)
+        start = i * self.plan.block_size
+        length = min(self.plan.block_size, self.plan.sizes[path] - start)
         os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
         got = 0
         while got < length:
@@ -172,46 +201,25 @@ def execute(mountpoint: str, plan: Plan, *, workers: int = 16,
         os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
         return got
 
-    def worker() -> None:
+    def _worker(self) -> None:
         try:
-            while not stop.is_set():
-                with lock:
-                    seg = next(work, None)
+            while not self.stop.is_set():
+                with self.lock:
+                    seg = next(self.work, None)
                 if seg is None:
                     return
                 path, first, last = seg
                 for i in range(first, last + 1):
-                    if stop.is_set():
+                    if self.stop.is_set():
                         return
-                    n = read_block(path, i)
-                    with lock:
-                        done[0] += n
-                    if progress is not None:
-                        progress(n)
+                    n = self._read_block(path, i)
+                    with self.lock:
+                        self.done += n
+                    if self.progress is not None:
+                        self.progress(n)
         except BaseException as exc:
-            failures.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=worker, name=f"netmount-warm-{k}", daemon=True)
-               for k in range(max(1, workers))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)  # wake up for Ctrl-C
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        for fd in fds.values():
-            os.close(fd)
-    if failures:
-        exc = failures[0]
-        if isinstance(exc, OSError):
-            raise errors.FetchError(f"prefetch read failed: {exc.strerror or exc}") from None
-        raise exc
-    return done[0]
+            self.failures.append(exc)
+            self.stop.set()
 
 
 def _settle(target: str, plan: Plan) -> int:
