@@ -158,8 +158,11 @@ def test_all_mounts_table_json_and_map(mounter, hub, monkeypatch):
 
 def test_watch_refreshes_until_ctrl_c(mounter):
     mp = mounter.mount("tests/plain")
+    # SIGINT as a terminal's Ctrl-C finds it: at its default, even when this suite runs in a
+    # background job of a non-interactive shell, which starts with SIGINT ignored (inherited)
     proc = subprocess.Popen([sys.executable, "-m", "netmount", "stats", "--watch", "--interval", "0.2",
-                             str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(mp)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Ctrl-C once it has redrawn three times (each redraw is flushed); the select bound
     # only catches a watch that hangs
     seen = b""
