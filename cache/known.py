@@ -5,9 +5,11 @@ to date by this process's own commits (``apply``: stored, replaced, merged, evic
 dropped); what another process stores or evicts shows up on a refresh, or as a miss when
 a file is gone.  The maps of the ``max_contents`` contents used last are kept.
 
-A load runs its SQL outside the lock; a commit applied while it ran would be missing from
-what it read, so such a load is done again (up to three times; after that the map may be
-stale by a put or two, which only costs a refetch: a miss refreshes).
+A load runs its SQL outside the lock; a commit applied while it ran may be missing from
+what it read, so every commit applied to a content being loaded is also written down
+(``_journal``) and replayed on the loaded map before it is installed.  (Loading again until
+no commit overlapped never ends while writers keep committing: a map installed stale by a
+put made the reader fetch that put's bytes a second time.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Known:
         self._held: OrderedDict[str, Held] = OrderedDict()  # content id -> map, LRU
         self._max_contents = max_contents
         self._loading: Counter[str] = Counter()  # contents being loaded -> loaders
-        self._changed: Counter[str] = Counter()  # ... -> commits applied meanwhile
+        self._journal: dict[str, list[tuple[int, Obj | str]]] = {}  # ... -> (index, obj added | ref removed)
 
     def get(self, content_id: str, refresh: bool = False) -> Held:
         """The map of ``content_id``, loaded if this process has none (or ``refresh``)."""
@@ -42,21 +44,18 @@ class Known:
         check_content_id(content_id)
         with self.lock:
             self._loading[content_id] += 1
+            seen = len(self._journal.setdefault(content_id, []))
         try:
-            for _ in range(3):
-                seen = self._changed[content_id]
-                fresh = self._load(content_id)
-                with self.lock:
-                    if self._changed[content_id] == seen:
-                        return self._install(content_id, fresh)
+            fresh = self._load(content_id)
             with self.lock:
+                _replay(fresh, self._journal[content_id][seen:])
                 return self._install(content_id, fresh)
         finally:
             with self.lock:
                 self._loading[content_id] -= 1
                 if not self._loading[content_id]:
                     del self._loading[content_id]
-                    self._changed.pop(content_id, None)
+                    del self._journal[content_id]
 
     def plan(self, content_id: str, offset: int, end: int, size: int):
         """``Held.plan`` on the content's map (loaded first if need be)."""
@@ -141,7 +140,7 @@ class Known:
             for key, filename in removed:
                 parsed = self.index.parse(key)
                 if parsed is not None:
-                    self._touch(parsed[0])
+                    self._note(parsed[0], parsed[1], filename)
                     held = self._held.get(parsed[0])
                     if held is not None:
                         held.remove(parsed[1], filename)
@@ -150,11 +149,25 @@ class Known:
                 if found is None or row.filename in gone:  # evicted by the commit that stored it
                     continue
                 content_id, index, obj = found
-                self._touch(content_id)
+                self._note(content_id, index, obj)
                 held = self._held.get(content_id)
                 if held is not None:
                     held.add(index, obj)
 
-    def _touch(self, content_id: str) -> None:
-        if content_id in self._loading:
-            self._changed[content_id] += 1
+    def _note(self, content_id: str, index: int, change: Obj | str) -> None:
+        journal = self._journal.get(content_id)
+        if journal is not None:  # being loaded: replayed on the loaded map
+            journal.append((index, change))
+
+
+def _replay(held: Held, changes: list[tuple[int, Obj | str]]) -> None:
+    """Apply commits, in the order applied, to a map loaded while they were made (it may
+    hold some of them already): a removal is by file name, so replaying it is harmless; an
+    object added and removed again within ``changes`` is not added (the map may hold its
+    successor already)."""
+    removed = {change for _, change in changes if isinstance(change, str)}
+    for index, change in changes:
+        if isinstance(change, str):
+            held.remove(index, change)
+        elif change.ref not in removed:
+            held.add(index, change)
