@@ -57,6 +57,25 @@ def test_small_readahead_keeps_requests_at_128_kib(mounter):
     assert 0 < mounter.stats(mp)["max_read_bytes"] <= 128 * KIB
 
 
+@root_only
+def test_a_file_the_store_holds_whole_opens_with_1_mib_requests(mounter):
+    """Switching: a lone ``cat`` of a file opens small (128 KiB requests); once the store
+    holds it whole, an open of it on the next mount gets the large readahead (its read-around
+    is local disk), and its read arrives in 1 MiB requests — from the store, nothing fetched."""
+    mp = mounter.mount("tests/big")
+    path = mp / "model.safetensors"
+    size = path.stat().st_size
+    assert read_sequentially(path) == size
+    stats = mounter.stats(mp)
+    assert 0 < stats["max_read_bytes"] <= 128 * KIB and stats["read_ahead_held_opens"] == 0, stats
+    mounter.unmount(mp)
+    mp = mounter.mount("tests/big")
+    assert read_sequentially(mp / "model.safetensors") == size
+    stats = mounter.stats(mp)
+    assert stats["read_ahead_held_opens"] == 1 and stats["read_ahead_large_opens"] == 0, stats
+    assert stats["max_read_bytes"] == MIB and stats["bytes_fetched"] == 0, stats
+
+
 def test_readahead_left_alone_is_said_once_and_reads_work(mounter, hub_root):
     mp = mounter.mount("tests/big", "--readahead", "0")
     stats = mounter.stats(mp)

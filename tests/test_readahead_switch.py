@@ -57,6 +57,24 @@ def test_a_loaders_folder_opens_large_others_small(sysfs):
     assert state["read_ahead_mode"] == "switching" and state["read_ahead_loading"] == ["m"]
 
 
+def test_a_file_held_whole_opens_large_and_its_folder_stays_small(sysfs):
+    """Its read-around is read from local disk: large requests cost no network.  The folder
+    is not one being loaded: a lone tensor of another shard there keeps the small readahead."""
+    held = {"m/model-1.safetensors"}
+    sw = switch(held_whole=lambda p: p in held)
+    sw.opening(1, "m/model-1.safetensors")
+    assert kb_now(sysfs) == 1024
+    sw.opening(2, "m/model-2.safetensors")
+    assert kb_now(sysfs) == SMALL
+    state = sw.state()
+    assert state["read_ahead_held_opens"] == 1 and state["read_ahead_large_opens"] == 0
+    assert state["read_ahead_loading"] == []
+    fixed = ReadaheadSwitch("/mnt", 64, held_whole=lambda p: True)  # a fixed readahead is never switched
+    fixed.start()
+    fixed.opening(3, "m/model-1.safetensors")
+    assert kb_now(sysfs) == 64 and fixed.state()["read_ahead_held_opens"] == 0
+
+
 def test_the_third_shard_open_at_once_is_a_loaders_when_that_rule_is_on(sysfs):
     """transformers opens every shard before it reads one: no policy evidence yet."""
     sw = switch(shards_open=2)

@@ -92,7 +92,7 @@ class Daemon:
                                   max_request_bytes=settings.MAX_REQUEST_BYTES, on_run_done=run_done.set)
         self.prefetcher = self._prefetcher(run_done, listing) if config.prefetch else None
         self.view = self._view() if config.view is not None else None
-        self.readahead = self._readahead()
+        self.readahead = self._readahead(listing)
         self.stats = self._stats()
         drop = make_drop(self.store, self.reader, lambda: self.reader.drain(IDLE_WAIT), self.stats.forget)
         ra = self.readahead
@@ -149,13 +149,19 @@ class Daemon:
         finally:
             gc.enable()
 
-    def _readahead(self) -> ReadaheadSwitch:
+    def _readahead(self, listing) -> ReadaheadSwitch:
         """A view's files have their own index: it says which open for their header only."""
         p = self.prefetcher
         header_only = self.view.header_only if self.view is not None else p.header_only if p else None
+
+        def held_whole(name: str) -> bool:
+            f = listing.file(name)
+            return f is not None and any(a <= 0 and b >= f.size for a, b in self.store.held(f.content_id))
+
         return ReadaheadSwitch(self.config.mountpoint, self.config.readahead_kb, news=self.news,
                                header_only=header_only, data_read=p.data_read if p else None,
-                               on_amid_others=p.opened_amid_others if p else None)
+                               on_amid_others=p.opened_amid_others if p else None,
+                               held_whole=held_whole if self.view is None else None)  # a view's names are its own
 
     # -- what the FUSE face calls back -----------------------------------------------------
     def _mounted(self) -> int | None:

@@ -27,6 +27,10 @@ Shards of which a program has read tensor data (``data_read``) do not count as o
 reading one tensor per shard still has the last one mapped (or its release is not sent yet)
 when opening the next.  The same opens tell the prefetcher to read the next shards' first
 blocks ahead (``on_amid_others``).
+A file the store holds whole opens large too (``held_whole``): its read-around is read from
+local disk, never fetched, so a warm ``cat``, ``cp`` or mapping gets 1 MiB requests (8x fewer
+than the 128 KiB a small-readahead file's large ``read()`` gets: the kernel caps those at the
+bdi's ``io_pages``); such an open does not make its folder one being loaded.
 A folder stays loading while a file opened large there is open, and ``idle`` seconds after
 the last such close: a person who inspects one tensor after the load is over gets the small
 readahead again.
@@ -159,12 +163,14 @@ class ReadaheadSwitch:
     ``header_only(path)`` (a loader opens this shard for its header only: it may read the
     index and config.json, so it is called with no lock held), ``data_read(path)`` (a program
     read tensor data of this shard) and ``on_amid_others(path)`` (a shard opened amid
-    others: the prefetcher reads the next headers ahead).  Its own lock guards only its own
+    others: the prefetcher reads the next headers ahead), ``held_whole(path)`` (the store
+    holds every byte of it: no read-around can cost the network).  Its own lock guards only its own
     state and the sysfs write; nothing else is called under it."""
 
     def __init__(self, mountpoint: str, fixed_kb: int | None = None, *, news: LoaderNews | None = None,
                  header_only: Callable[[str], bool] | None = None, data_read: Callable[[str], bool] | None = None,
-                 on_amid_others: Callable[[str], None] | None = None, small_kb: int = SMALL_KB,
+                 on_amid_others: Callable[[str], None] | None = None,
+                 held_whole: Callable[[str], bool] | None = None, small_kb: int = SMALL_KB,
                  large_kb: int = LARGE_KB, idle: float = IDLE, shards_open: int = SHARDS_OPEN,
                  stream_bytes: int = STREAM_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
         self.mountpoint, self.fixed_kb = mountpoint, fixed_kb
@@ -172,12 +178,14 @@ class ReadaheadSwitch:
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
         self.news = news if news is not None else LoaderNews(clock)
         self.header_only, self.data_read, self.on_amid_others = header_only, data_read, on_amid_others
+        self.held_whole = held_whole
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
         self.note: str | None = "not mounted yet"
         self.switches = 0  # writes after the first
         self.large_opens = 0
+        self.held_opens = 0  # opened large because the store held them whole
         self._loading: dict[str, float] = {}  # folder -> when it was last active (clock)
         self._open: dict[int, tuple[str, str, bool]] = {}  # handle -> (folder, path, opened large)
         self._runs: dict[int, tuple[int, int]] = {}  # handle -> (where its last read ended, run bytes)
@@ -225,9 +233,10 @@ class ReadaheadSwitch:
         together = self._shards_open(path) if path is not None else 0
         with self._lock:
             large = self._wants_large(path, self.clock(), told, together)
+        held = not large and path is not None and self._held(path)
         if large and self.header_only is not None and self.header_only(path):
             large = False  # a shard a loader opens for its header only (the MTP layer's)
-        self._set(handle, path, large)
+        self._set(handle, path, large, held)
         if path is not None and path.endswith(".safetensors") and together >= AMID:
             self._tell_amid(path)
 
@@ -258,9 +267,21 @@ class ReadaheadSwitch:
             return True
         return 0 < self.shards_open <= together and path.endswith(".safetensors")
 
-    def _set(self, handle: int, path: str | None, large: bool) -> None:
+    def _held(self, path: str) -> bool:
+        """The store holds ``path`` whole (asked with no lock held; a failure is "no")."""
+        with self._lock:
+            if self.held_whole is None or not (self.switching and self._path is not None):
+                return False
+        try:
+            return bool(self.held_whole(path))
+        except Exception:
+            log.exception("held_whole failed")
+            return False
+
+    def _set(self, handle: int, path: str | None, large: bool, held: bool = False) -> None:
         """Record the open, and write the value it wants (under the lock: two opens never
-        interleave their writes; sysfs, not the network)."""
+        interleave their writes; sysfs, not the network).  ``held``: large for this file
+        only (the store holds it whole), its folder not made one being loaded."""
         with self._lock:
             if path is not None:
                 folder = path.rpartition("/")[0]
@@ -269,7 +290,8 @@ class ReadaheadSwitch:
                     self._loading[folder] = self.clock()
                     self.large_opens += 1
                     self._forget_idle()
-            want = self.large_kb if large else self.small_kb
+                self.held_opens += held
+            want = self.large_kb if large or held else self.small_kb
             if not (self.switching and self._path is not None) or want == self.kb:
                 return
             kb, why = write_kb(self._path, want)
@@ -335,4 +357,5 @@ class ReadaheadSwitch:
                     "read_ahead_mode": ("switching" if self.switching and self._path is not None
                                         else "fixed" if self.kb is not None else "kernel"),
                     "read_ahead_switches": self.switches, "read_ahead_large_opens": self.large_opens,
+                    "read_ahead_held_opens": self.held_opens,
                     "read_ahead_loading": loading}
