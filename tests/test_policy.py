@@ -507,6 +507,19 @@ def test_cat_streams_the_whole_file_in_blocks(r):
     assert stream and sum(b - a for a, b in sim.fetches if b - a == BS) >= size - 4 * MB  # blocks, the start paged
 
 
+def test_cat_whose_first_two_requests_are_served_out_of_order_still_streams():
+    """A large readahead: the kernel sends cat's first requests at once, and the one at 1 MiB
+    may be planned before the one at 0.  The run still began at byte 0: a stream, not a run
+    in the first tensor that never grows a window (which fetched every MiB in four pieces)."""
+    tmap, size = EXPERT
+    stream, state, windows = None, FileState(), []
+    for offset in [MB, 0, *range(2 * MB, 12 * MB, MB)]:
+        verdict, stream = judged(tmap, state, stream, offset, MB, size)
+        state = verdict.state
+        windows.append(verdict.window)
+    assert stream.streak == 0 and windows[-1][1] == size, windows
+
+
 def test_transformers_first_looks_then_the_load_fetch_the_whole_file_in_blocks():
     tmap, size = layout([8 * MB] * 12)
     kernel = Kernel(size, 32 * KB, MB)

@@ -138,8 +138,11 @@ def advance(stream: Stream | None, offset: int, size: int, file_size: int,
             s = replace(run, others=(replace(s, others=()), *(r for r in s.others if r is not run)))
     if s.continued_by(offset, s.gap(size, cfg.block_size) if slack is None else slack, inside=slack is None):
         window = min(max(s.window * 2, 2 * cfg.block_size), cfg.window_max)
-        new = replace(s, expected=max(end, s.expected), window=window, reach=max(s.reach, size))
-        streak: int | None = s.streak
+        # a read before where the run began (the kernel's requests served out of order: cat's
+        # first two, at 1 MiB and then 0) moves its start back: else a run from byte 0 is taken
+        # for one from mid-file, and never becomes a stream
+        streak: int | None = min(s.streak, offset)
+        new = replace(s, expected=max(end, s.expected), window=window, reach=max(s.reach, size), streak=streak)
     else:
         kept = (replace(s, others=()), *s.others)[: cfg.runs - 1] if s.expected >= 0 else ()
         new = Stream(end, 0, offset, kept, reach=size)
