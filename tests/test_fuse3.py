@@ -76,6 +76,23 @@ def test_a_file_the_store_holds_whole_opens_with_1_mib_requests(mounter):
     assert stats["max_read_bytes"] == MIB and stats["bytes_fetched"] == 0, stats
 
 
+@root_only
+def test_cat_of_a_cold_file_gets_1_mib_requests_and_fetches_it_once(mounter, hub, hub_root):
+    """cat reads what it opens whole: its file opens with the large readahead alone (the
+    folder stays small for a Python reader of one tensor), its reads arrive in 1 MiB
+    requests, and every byte crosses the network once."""
+    import subprocess
+
+    mp = mounter.mount("tests/big")
+    src = hub_root / "tests" / "big" / "model.safetensors"
+    hub.reset_log()
+    done = subprocess.run(["cat", str(mp / "model.safetensors")], capture_output=True, check=True)
+    assert done.stdout == src.read_bytes()
+    stats = mounter.stats(mp)
+    assert stats["read_ahead_reader_opens"] == 1 and stats["read_ahead_large_opens"] == 0, stats
+    assert stats["max_read_bytes"] == MIB and hub.bytes_sent(server="cdn") == src.stat().st_size, stats
+
+
 def test_readahead_left_alone_is_said_once_and_reads_work(mounter, hub_root):
     mp = mounter.mount("tests/big", "--readahead", "0")
     stats = mounter.stats(mp)

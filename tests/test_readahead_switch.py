@@ -75,6 +75,27 @@ def test_a_file_held_whole_opens_large_and_its_folder_stays_small(sysfs):
     assert kb_now(sysfs) == 64 and fixed.state()["read_ahead_held_opens"] == 0
 
 
+def test_a_file_a_whole_file_reader_opens_opens_large_alone(sysfs, caplog):
+    """cat, cp, sha256sum...: they read what they open front to back.  A Python process may
+    read one tensor: it keeps the small readahead; an opener that cannot be asked is "no"."""
+    who = ["cat"]
+
+    def opener():
+        if who[0] is None:
+            raise OSError("gone")
+        return who[0]
+
+    sw = switch(opener=opener)
+    sw.opening(1, "m/model-1.safetensors")
+    assert kb_now(sysfs) == 1024
+    for who[0] in ("python3", None):
+        sw.opening(2, "m/model-2.safetensors")
+        assert kb_now(sysfs) == SMALL
+    state = sw.state()
+    assert state["read_ahead_reader_opens"] == 1 and state["read_ahead_large_opens"] == 0
+    assert state["read_ahead_loading"] == [] and "failed" in caplog.text
+
+
 def test_the_third_shard_open_at_once_is_a_loaders_when_that_rule_is_on(sysfs):
     """transformers opens every shard before it reads one: no policy evidence yet."""
     sw = switch(shards_open=2)

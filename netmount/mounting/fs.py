@@ -354,6 +354,16 @@ _CONTROL = data_node(b"", fresh=True)  # a control file: its content is made at 
 _ERRNO = {NotFound: errno.ENOENT, NotAFolder: errno.ENOTDIR, Unavailable: errno.EIO}
 
 
+def requester() -> str | None:
+    """The name (``/proc/PID/comm``) of the process whose FUSE request this thread is
+    answering: for the readahead switch, inside an open.  None if it is gone."""
+    try:
+        with open(f"/proc/{_fuse.fuse_get_context()[2]}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
 def _ask(question, path: str):
     """A namespace's answer to ``question(path)``, its exceptions as the FUSE errors they mean."""
     try:

@@ -33,7 +33,7 @@ from netmount.core import settings
 from netmount.core.counters import Counters
 from netmount.mounting.closing import close_parts
 from netmount.mounting.drop import make_drop
-from netmount.mounting.fs import IDLE_FILE, STATS_DIR, STATS_FILE, NetmountFS, serve
+from netmount.mounting.fs import IDLE_FILE, STATS_DIR, STATS_FILE, NetmountFS, requester, serve
 from netmount.mounting.libfuse import libfuse3_path
 from netmount.mounting.readahead import LoaderNews, ReadaheadSwitch, max_read
 from netmount.mounting.replies import Replies
@@ -161,7 +161,8 @@ class Daemon:
         return ReadaheadSwitch(self.config.mountpoint, self.config.readahead_kb, news=self.news,
                                header_only=header_only, data_read=p.data_read if p else None,
                                on_amid_others=p.opened_amid_others if p else None,
-                               held_whole=held_whole if self.view is None else None)  # a view's names are its own
+                               held_whole=held_whole if self.view is None else None,  # a view's names are its own
+                               opener=requester)
 
     # -- what the FUSE face calls back -----------------------------------------------------
     def _mounted(self) -> int | None:

@@ -27,10 +27,14 @@ Shards of which a program has read tensor data (``data_read``) do not count as o
 reading one tensor per shard still has the last one mapped (or its release is not sent yet)
 when opening the next.  The same opens tell the prefetcher to read the next shards' first
 blocks ahead (``on_amid_others``).
-A file the store holds whole opens large too (``held_whole``): its read-around is read from
-local disk, never fetched, so a warm ``cat``, ``cp`` or mapping gets 1 MiB requests (8x fewer
-than the 128 KiB a small-readahead file's large ``read()`` gets: the kernel caps those at the
-bdi's ``io_pages``); such an open does not make its folder one being loaded.
+Two kinds of file open large for themselves alone (their folder is not made one being
+loaded): a file the store holds whole (``held_whole``: its read-around is read from local
+disk, never fetched), and a file opened by a program that reads files whole by design
+(``opener``, the name of the process opening it: ``cat``, ``cp``, ``rsync``, checksum and
+compression tools, ``WHOLE_READERS``).  Either gets 1 MiB requests instead of the 128 KiB
+that a small-readahead file's large ``read()`` is cut into (the kernel caps those at the
+bdi's ``io_pages``), and the daemon's cost is per request.  Where the rule guesses wrong: a
+``dd`` with ``skip``/``count`` reads a part, and pays up to 1 MiB of read-ahead past it.
 A folder stays loading while a file opened large there is open, and ``idle`` seconds after
 the last such close: a person who inspects one tensor after the load is over gets the small
 readahead again.
@@ -54,6 +58,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from typing import Callable
 
 from netmount.core.recent import Recent
@@ -71,6 +76,11 @@ NEAR = 1 << 20  # a read starting this close to where the handle's last one ende
 SHARDS_OPEN = 2
 # the same count for the prefetcher's headers ahead (``on_amid_others``), switching or not
 AMID = SHARDS_OPEN
+# programs that read the files they open whole, front to back (their ``/proc/PID/comm``)
+WHOLE_READERS = frozenset({
+    "cat", "cp", "dd", "rsync", "tar", "pv", "split", "cksum", "md5sum", "sha1sum", "sha224sum",
+    "sha256sum", "sha384sum", "sha512sum", "b2sum", "b3sum", "xxhsum", "gzip", "pigz", "zstd", "xz",
+    "bzip2", "lz4"})
 IDLE = 30.0  # seconds a loading folder keeps the large readahead after its last open or close
 MAX_FOLDERS = 256  # loading folders remembered (--hf-cache sees folders of thousands of repos)
 
@@ -164,13 +174,15 @@ class ReadaheadSwitch:
     index and config.json, so it is called with no lock held), ``data_read(path)`` (a program
     read tensor data of this shard) and ``on_amid_others(path)`` (a shard opened amid
     others: the prefetcher reads the next headers ahead), ``held_whole(path)`` (the store
-    holds every byte of it: no read-around can cost the network).  Its own lock guards only its own
+    holds every byte of it: no read-around can cost the network) and ``opener()`` (the name
+    of the process whose open is being answered).  Its own lock guards only its own
     state and the sysfs write; nothing else is called under it."""
 
     def __init__(self, mountpoint: str, fixed_kb: int | None = None, *, news: LoaderNews | None = None,
                  header_only: Callable[[str], bool] | None = None, data_read: Callable[[str], bool] | None = None,
                  on_amid_others: Callable[[str], None] | None = None,
-                 held_whole: Callable[[str], bool] | None = None, small_kb: int = SMALL_KB,
+                 held_whole: Callable[[str], bool] | None = None, opener: Callable[[], str | None] | None = None,
+                 small_kb: int = SMALL_KB,
                  large_kb: int = LARGE_KB, idle: float = IDLE, shards_open: int = SHARDS_OPEN,
                  stream_bytes: int = STREAM_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
         self.mountpoint, self.fixed_kb = mountpoint, fixed_kb
@@ -178,14 +190,14 @@ class ReadaheadSwitch:
         self.shards_open, self.stream_bytes = shards_open, stream_bytes
         self.news = news if news is not None else LoaderNews(clock)
         self.header_only, self.data_read, self.on_amid_others = header_only, data_read, on_amid_others
-        self.held_whole = held_whole
+        self.held_whole, self.opener = held_whole, opener
         self._lock = threading.Lock()
         self._path: str | None = None  # the bdi's read_ahead_kb, once known to be writable
         self.kb: int | None = None  # in effect now (None: not set by us)
         self.note: str | None = "not mounted yet"
         self.switches = 0  # writes after the first
         self.large_opens = 0
-        self.held_opens = 0  # opened large because the store held them whole
+        self.alone_opens: Counter[str] = Counter()  # opened large alone: "held", "reader"
         self._loading: dict[str, float] = {}  # folder -> when it was last active (clock)
         self._open: dict[int, tuple[str, str, bool]] = {}  # handle -> (folder, path, opened large)
         self._runs: dict[int, tuple[int, int]] = {}  # handle -> (where its last read ended, run bytes)
@@ -233,10 +245,10 @@ class ReadaheadSwitch:
         together = self._shards_open(path) if path is not None else 0
         with self._lock:
             large = self._wants_large(path, self.clock(), told, together)
-        held = not large and path is not None and self._held(path)
+        alone = None if large or path is None else self._alone(path)
         if large and self.header_only is not None and self.header_only(path):
             large = False  # a shard a loader opens for its header only (the MTP layer's)
-        self._set(handle, path, large, held)
+        self._set(handle, path, large, alone)
         if path is not None and path.endswith(".safetensors") and together >= AMID:
             self._tell_amid(path)
 
@@ -267,21 +279,26 @@ class ReadaheadSwitch:
             return True
         return 0 < self.shards_open <= together and path.endswith(".safetensors")
 
-    def _held(self, path: str) -> bool:
-        """The store holds ``path`` whole (asked with no lock held; a failure is "no")."""
+    def _alone(self, path: str) -> str | None:
+        """Why ``path`` alone opens large, if it does: "held" (the store holds it whole) or
+        "reader" (its opener reads files whole).  Asked with no lock held; a failure is "no"."""
         with self._lock:
-            if self.held_whole is None or not (self.switching and self._path is not None):
-                return False
-        try:
-            return bool(self.held_whole(path))
-        except Exception:
-            log.exception("held_whole failed")
-            return False
+            if not (self.switching and self._path is not None):
+                return None
+        asks = (("held", lambda: self.held_whole is not None and self.held_whole(path)),
+                ("reader", lambda: self.opener is not None and self.opener() in WHOLE_READERS))
+        for why, ask in asks:
+            try:
+                if ask():
+                    return why
+            except Exception:
+                log.exception("readahead: asking whether %s opens large (%s) failed", path, why)
+        return None
 
-    def _set(self, handle: int, path: str | None, large: bool, held: bool = False) -> None:
+    def _set(self, handle: int, path: str | None, large: bool, alone: str | None = None) -> None:
         """Record the open, and write the value it wants (under the lock: two opens never
-        interleave their writes; sysfs, not the network).  ``held``: large for this file
-        only (the store holds it whole), its folder not made one being loaded."""
+        interleave their writes; sysfs, not the network).  ``alone``: large for this file
+        only (``_alone``), its folder not made one being loaded."""
         with self._lock:
             if path is not None:
                 folder = path.rpartition("/")[0]
@@ -290,8 +307,9 @@ class ReadaheadSwitch:
                     self._loading[folder] = self.clock()
                     self.large_opens += 1
                     self._forget_idle()
-                self.held_opens += held
-            want = self.large_kb if large or held else self.small_kb
+                if alone:
+                    self.alone_opens[alone] += 1
+            want = self.large_kb if large or alone else self.small_kb
             if not (self.switching and self._path is not None) or want == self.kb:
                 return
             kb, why = write_kb(self._path, want)
@@ -357,5 +375,6 @@ class ReadaheadSwitch:
                     "read_ahead_mode": ("switching" if self.switching and self._path is not None
                                         else "fixed" if self.kb is not None else "kernel"),
                     "read_ahead_switches": self.switches, "read_ahead_large_opens": self.large_opens,
-                    "read_ahead_held_opens": self.held_opens,
+                    "read_ahead_held_opens": self.alone_opens["held"],
+                    "read_ahead_reader_opens": self.alone_opens["reader"],
                     "read_ahead_loading": loading}
