@@ -520,6 +520,21 @@ def test_cat_whose_first_two_requests_are_served_out_of_order_still_streams():
     assert stream.streak == 0 and windows[-1][1] == size, windows
 
 
+def test_cat_with_four_large_requests_in_flight_is_one_stream_never_a_loader():
+    """cat at a large readahead (doubled by its fadvise): four 1 MiB requests in flight,
+    planned in any order.  No read is a jump, so no sweep of jumps makes it a loader (which
+    wanted the next shards: cat of one shard fetched 2 MiB of two others, 1 run in 5)."""
+    tmap, size = layout([3 * MB] * 12)
+    stream, state, jumps = None, FileState(), 0
+    order = [k + d for k in range(0, 32, 4) for d in (3, 1, 0, 2)]
+    for k in order:
+        run, _, streak = advance(stream, k * MB, MB, size, CFG)
+        jumps += streak is None
+        verdict, stream = judged(tmap, state, stream, k * MB, MB, size)
+        state = verdict.state
+    assert jumps == 1 and not state.loading and stream.streak == 0  # (the first read: 3 MiB)
+
+
 def test_transformers_first_looks_then_the_load_fetch_the_whole_file_in_blocks():
     tmap, size = layout([8 * MB] * 12)
     kernel = Kernel(size, 32 * KB, MB)

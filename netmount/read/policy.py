@@ -100,8 +100,11 @@ class Stream:
     def gap(self, size: int, block_size: int) -> int:
         """How far from where the run's last read ended a read of ``size`` still continues
         it: the kernel has a few of the run's requests in flight and may serve them out of
-        order (two of them, at most a block)."""
-        return min(block_size, 2 * max(self.reach, size))
+        order — two of them; four when they are half a block or more (a large readahead:
+        cat's, doubled by its ``fadvise``, keeps three or four in flight, and a read planned
+        three ahead was a jump, four of which in a row made cat a loader); at most four blocks."""
+        n = max(self.reach, size)
+        return min(4 * block_size, (4 if 2 * n >= block_size else 2) * n)
 
     def continued_by(self, offset: int, gap: int, inside: bool = True) -> bool:
         """Whether a read at ``offset`` continues this run: it starts within ``gap`` of where
