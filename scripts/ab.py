@@ -7,7 +7,8 @@
 CDN); ``warm``: the same over a cache that holds it (filled first), page cache dropped;
 ``wan``: cold, through the emulated WAN (40 ms, 25 MB/s per connection).  Each run is a
 child ``python`` with ``PYTHONPATH=<tree>`` (its daemon runs that tree's code) printing one
-JSON line: MB/s, the daemon's CPU seconds, FUSE and HTTP request counts, bytes fetched.
+JSON line: MB/s, the daemon's CPU s/GB, FUSE and HTTP request counts, bytes fetched, and the
+daemon's ``PYTHONPATH`` (proof of which tree ran).
 Prints every run and the medians.  What a change is measured with before it is kept
 (BENCHMARKS.md): the machine is noisy, so compare within pairs.
 """
@@ -20,42 +21,46 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 WORK = Path("/var/tmp/netmount-bench")
 KEYS = ("max_read_bytes", "requests", "bytes_fetched", "cache_hits", "cache_misses")
 
 
-def one(what: str, readahead: str | None) -> dict:
-    """One run, in this process (the child's side)."""
+def one(what: str, readahead: str | None, tree: Path) -> dict:
+    """One run, in this process (the child's side), with ``tree``'s daemon: the bench's
+    processes get its ``PYTHONPATH`` (``procs.TREE_ENV`` would name this script's own tree)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib import procs, tools
     from benchlib.context import Ctx
-    from benchlib.procs import cpu_seconds, drop_caches
     from benchlib.results import Results
+    from benchlib.streams import read_through
 
+    procs.TREE_ENV["PYTHONPATH"] = str(tree)
     ctx = Ctx(WORK, 1, Results(), extra=["--readahead", readahead] if readahead else [])
     try:
         hub = ctx.hub(wan=what == "wan")
-        name = "ab-" + what
-        if what == "warm":
-            with ctx.mount(hub, ctx.cache(name, True)) as m:
-                subprocess.run(["cat", str(m.mp / ctx.shard.name)], stdout=subprocess.DEVNULL, check=True)
+        cache = ctx.cache("ab-" + what, fresh=True)
+        if what == "warm":  # filled first, then read by a fresh mount
+            with ctx.mount(hub, cache) as m:
+                tools.cat(m.mp / ctx.shard.name)
                 m.idle()
-        with ctx.mount(hub, ctx.cache(name, what != "warm")) as m:
-            pid = m.stats()["pid"]
-            drop_caches()
-            cpu = cpu_seconds(pid)
-            t = time.monotonic()
-            subprocess.run(["cat", str(m.mp / ctx.shard.name)], stdout=subprocess.DEVNULL, check=True)
-            seconds = time.monotonic() - t
-            m.idle()
-            cpu = cpu_seconds(pid) - cpu
+        with ctx.mount(hub, cache) as m:
+            read_through(ctx, "ab", tools.cat, m)
             stats = m.stats()
-        return {"MBps": round(ctx.shard.stat().st_size / seconds / 1e6), "cpu_s": round(cpu, 2),
-                **{k: stats.get(k) for k in KEYS}}
+            ran = _pythonpath(m.pid)
+        return {"MBps": round(ctx.res.med("ab MB/s")), "cpu_s_per_GB": round(ctx.res.med("ab CPU s/GB"), 2),
+                **{k: stats.get(k) for k in KEYS}, "daemon_pythonpath": ran}
     finally:
         ctx.close()
+
+
+def _pythonpath(pid: int) -> str | None:
+    """The daemon's ``PYTHONPATH``: which tree's code it runs."""
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"PYTHONPATH="):
+            return item.split(b"=", 1)[1].decode()
+    return None
 
 
 def main() -> int:
@@ -67,7 +72,7 @@ def main() -> int:
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child's run
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.what, args.readahead)), flush=True)
+        print(json.dumps(one(args.what, args.readahead, Path(os.environ["PYTHONPATH"]))), flush=True)
         return 0
     if len(args.trees) != 2:
         ap.error("give two trees")
@@ -85,7 +90,7 @@ def main() -> int:
             print(tree, runs[tree][-1], flush=True)
     for tree, got in runs.items():
         print(f"median {tree}: {statistics.median(r['MBps'] for r in got)} MB/s, "
-              f"CPU {statistics.median(r['cpu_s'] for r in got)} s")
+              f"CPU {statistics.median(r['cpu_s_per_GB'] for r in got)} s/GB")
     return 0
 
 
