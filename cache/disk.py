@@ -40,6 +40,7 @@ import google_crc32c
 
 from . import pieces
 from .crc import crc32c
+from .direct import DirectReads, Ready
 from .fds import FdCache
 from .held import Obj
 from .index import Index, Row, write_file
@@ -61,6 +62,7 @@ log = logging.getLogger("cache")
 
 CHECK_WAIT = 30.0  # seconds a read waits for another thread's check of the same object
 ADVISED = 4096  # checked objects remembered as advised to the kernel (each is advised once)
+READY_BYTES = 32 << 20  # objects checked ahead of a reader, kept in memory for its reads
 
 
 class DiskBlockStore(BlockStore):
@@ -87,12 +89,15 @@ class DiskBlockStore(BlockStore):
         self._checking: dict[str, concurrent.futures.Future] = {}  # file name -> its check under way
         self._advised: OrderedDict[str, None] = OrderedDict()  # checked files advised to the kernel
         self._prepare = Preparer(self._prepare_now, prepare_workers)
+        self._direct = DirectReads()
+        self._ready = Ready(READY_BYTES)
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
     def _apply(self, stored: list[Row], removed: list[tuple[str, str]]) -> None:
         self._known.apply(stored, removed)
         for _, filename in removed:
             self._fds.discard(filename)
+            self._ready.discard(filename)
         with self._lock:  # just written: checked (its CRC is of the bytes written) and in the page
             for row in stored:  # cache, so a prepare has nothing to do (a cold stream's pump asks)
                 self._advised[row.filename] = None
@@ -112,14 +117,31 @@ class DiskBlockStore(BlockStore):
             return None
         out = []
         for index, obj, a, b in plan:
-            if not obj.checked and self._check(content_id, index, obj, want_bytes=False) is None:
+            seg = self._segment(content_id, index, obj, a, b)
+            if seg is None:
                 return None
-            fd = self._fds.get(obj.ref)
-            if fd is None:
-                self._lost(content_id, index, obj, "gone")
-                return None
-            out.append(Segment(fd, a - obj.start, b - a))
+            out.append(seg)
         return out
+
+    def _segment(self, content_id: str, index: int, obj: Obj, a: int, b: int) -> Segment | None:
+        """``[a, b)`` of ``obj`` for a reply: from memory if its check read it past the page
+        cache (ahead, on a prepare thread; or now, for a read of all of it), else its fd.  A
+        read of a part is checked through the page cache, which keeps the rest for the reads
+        around it (a random reader's next read of the object is a page-cache hit)."""
+        view = self._ready.get(obj.ref, b - obj.start)
+        if view is None and not obj.checked:
+            how = "direct" if (a, b) == (obj.start, obj.end) else "cached"
+            data = self._check(content_id, index, obj, want_bytes=False, how=how)
+            if data is None:
+                return None
+            view = data if isinstance(data, memoryview) else self._ready.get(obj.ref, b - obj.start)
+        if view is not None:
+            return Segment(-1, a - obj.start, b - a, view)
+        fd = self._fds.get(obj.ref)
+        if fd is None:
+            self._lost(content_id, index, obj, "gone")
+            return None
+        return Segment(fd, a - obj.start, b - a)
 
     def read(self, content_id: str, offset: int, length: int, size: int) -> bytes | None:
         end = check_span(offset, length, size)
@@ -159,9 +181,11 @@ class DiskBlockStore(BlockStore):
             return None
         return data
 
-    def _check(self, content_id: str, index: int, obj: Obj, want_bytes: bool = True) -> bytes | bool | None:
+    def _check(self, content_id: str, index: int, obj: Obj, want_bytes: bool = True,
+               how: str = "cached") -> bytes | memoryview | bool | None:
         """Read ``obj`` whole and compare its CRC32C: its bytes (True without ``want_bytes``),
-        or None (then forgotten).
+        or None (then forgotten).  ``how``: through the page cache (``cached``), past it into
+        memory (``direct``), or past it and kept for the reads to come (``ahead``).
         Once per object however many threads ask at once: a thread that finds another one
         checking it (a ``prepare`` thread ahead of the reader, say) waits for that check
         instead of reading the file a second time."""
@@ -181,7 +205,7 @@ class DiskBlockStore(BlockStore):
                 return self._bytes(content_id, index, obj, 0, obj.length) if want_bytes else True
         data = None
         try:
-            data = self._check_now(content_id, index, obj)
+            data = self._check_now(content_id, index, obj, how)
         finally:
             if mine:
                 with self._lock:
@@ -189,15 +213,19 @@ class DiskBlockStore(BlockStore):
                 running.set_result(data is not None)
         return data
 
-    def _check_now(self, content_id: str, index: int, obj: Obj) -> bytes | None:
-        fd = self._fds.get(obj.ref)
-        if fd is None:
+    def _check_now(self, content_id: str, index: int, obj: Obj, how: str) -> bytes | memoryview | None:
+        data = None if how == "cached" else self._direct.read(os.path.join(self.directory, obj.ref), obj.length)
+        if data is None:  # no O_DIRECT here: through the page cache
+            fd = self._fds.get(obj.ref)
+            data = os.pread(fd, obj.length + 1, 0) if fd is not None else False  # one more: a longer file is wrong too
+        if data is False:
             self._lost(content_id, index, obj, "gone")
             return None
-        data = os.pread(fd, obj.length + 1, 0)  # one more: a longer file is wrong too
         if len(data) != obj.length or crc32c(data) != obj.crc:
             self._lost(content_id, index, obj, "bad")
             return None
+        if how == "ahead" and isinstance(data, memoryview):  # before a waiting reader looks
+            self._ready.put(obj.ref, data)
         obj.checked = True
         with self._lock:
             self.counts["checked"] += 1
@@ -216,6 +244,7 @@ class DiskBlockStore(BlockStore):
         self._index.delete(self._index.key(content_id, index, offset), obj.ref)
         self._known.forget(content_id, index, obj.ref)
         self._fds.discard(obj.ref)
+        self._ready.discard(obj.ref)
 
     def prepare(self, content_id: str, ranges, size: int | None) -> None:
         """Each object of ``ranges`` not checked yet is checked on a prepare thread (which
@@ -235,7 +264,7 @@ class DiskBlockStore(BlockStore):
         """On a prepare thread: check ``obj`` (reading it into the page cache), or, checked
         already, ask the kernel to read it ahead."""
         if not obj.checked:
-            self._check(content_id, index, obj, want_bytes=False)
+            self._check(content_id, index, obj, want_bytes=False, how="ahead")
             return
         fd = self._fds.get(obj.ref)
         if fd is not None:

@@ -148,7 +148,7 @@ def test_each_object_is_checked_once_per_process(tmp_path, monkeypatch):
         assert store.read("c", 0, SIZE, SIZE) == data
         assert store.counts["checked"] == 0  # what it wrote itself counts as checked
     crcs = []
-    monkeypatch.setattr("cache.disk.crc32c", lambda b: crcs.append(len(b)) or crc32c(b))
+    monkeypatch.setattr("cache.disk.crc32c", lambda b: crcs.append(len(b)) or crc32c(bytes(b)))
     with DiskBlockStore(tmp_path / "c", BS, 1 << 30) as store:
         for _ in range(3):
             assert join_segments(store.segments("c", 0, SIZE, SIZE)) == data

@@ -87,7 +87,7 @@ class Replies:
                 if data is None:
                     b.flags, b.fd, b.pos, b.mem = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, fd, pos, None
                 else:
-                    b.flags, b.fd, b.pos, b.mem = 0, -1, 0, _copy(data, pos, length)
+                    b.flags, b.fd, b.pos, b.mem = 0, -1, 0, _given(data, pos, length) or _copy(data, pos, length)
         except BaseException:
             _free_vector(vec, len(bufs), self._buf)
             raise
@@ -115,6 +115,15 @@ def _merged(segments) -> list[tuple[int, int, int, bytes | None]]:
             continue
         out.append([s.fd, s.pos, s.length, s.data])
     return [tuple(b) for b in out]
+
+
+def _given(data, pos: int, length: int) -> int | None:
+    """The memory of ``data``, whole, if its owner gives it to this reply (libfuse frees it):
+    an object read past the page cache that no other reply uses (``cache.direct``)."""
+    held = getattr(getattr(data, "obj", None), "owner", None)
+    if held is None or pos != 0 or length != memoryview(data).nbytes:
+        return None
+    return held.give()
 
 
 def _copy(data, pos: int, length: int) -> int:

@@ -1,0 +1,165 @@
+"""Checking a stored object without the page cache: ``O_DIRECT`` reads into aligned memory.
+
+A warm read of an object this process has not checked yet reads the object whole for its
+CRC32C.  Read through the page cache, that costs a page-cache population (allocation, LRU)
+and a copy out of it, and then the reply copies the same pages once more into FUSE's page
+cache.  Read with ``O_DIRECT``, the disk writes straight into our buffer: the check runs on
+it, and the reply is answered from it (one copy, into FUSE).  The page cache of the object
+file stays empty, so a file read once costs one page-cache population, FUSE's, as it would
+for a local file.
+
+``Ready`` keeps the buffers that ``prepare`` threads checked ahead of a reader, a few MiB,
+until the reads they were checked for take them.  Where ``O_DIRECT`` is refused (tmpfs, some
+overlays: ``EINVAL`` at open), ``read`` returns None once and for all and the store reads
+through the page cache as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections import OrderedDict
+
+ALIGN = 4096
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+_libc.free.argtypes = [ctypes.c_void_p]
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_KEPT = 64 << 20  # freed heap memory glibc keeps for the next buffers
+
+
+def reuse_freed_memory() -> None:
+    """Let buffers of a few MiB come from, and go back to, malloc's heaps instead of a fresh
+    ``mmap`` each (whose pages the kernel faults in and zeroes, and unmaps at ``free``):
+    glibc's own threshold adapts only to frees it sees, and libfuse frees our buffers."""
+    _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    _libc.mallopt(M_TRIM_THRESHOLD, HEAP_KEPT)
+
+
+class DirectReads:
+    """``read(path, length)``: the file's first ``length`` bytes (and proof it holds no more),
+    read with ``O_DIRECT`` into page-aligned memory; None if it cannot be read that way."""
+
+    def __init__(self) -> None:
+        self.usable = hasattr(os, "O_DIRECT")
+        if self.usable:
+            reuse_freed_memory()
+
+    def read(self, path: str, length: int) -> memoryview | bool | None:
+        """A view of the file's bytes (``length`` of them, or what a longer or shorter file
+        holds up to ``length + 1``); False if the file is gone; None if ``O_DIRECT`` is not
+        usable here (read it the usual way)."""
+        if not self.usable:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self.usable = False
+            return None
+        try:
+            want = -(-(length + 1) // ALIGN) * ALIGN  # one more byte: a longer file is wrong too
+            view = Owned(want).view()
+            got = os.preadv(fd, [view], 0)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self.usable = False
+            return None
+        finally:
+            os.close(fd)
+        return view[:got]
+
+
+class Owned:
+    """``size`` bytes of page-aligned ``malloc``'ed memory, not zeroed: freed when the last
+    view of it goes, unless given away first.  A reply that alone uses an object's bytes
+    gives them to libfuse, which frees them once it has replied (no copy); ``shared`` (set
+    when a second user may see them) forbids that."""
+
+    __slots__ = ("ptr", "size", "shared")
+
+    def __init__(self, size: int) -> None:
+        ptr = ctypes.c_void_p()
+        if _libc.posix_memalign(ctypes.byref(ptr), ALIGN, size) != 0 or not ptr.value:
+            raise MemoryError("posix_memalign failed")
+        self.ptr: int | None = ptr.value
+        self.size = size
+        self.shared = False
+
+    def view(self) -> memoryview:
+        """All of it, writable; the view keeps this object (and so the memory) alive."""
+        array = (ctypes.c_char * self.size).from_address(self.ptr)
+        array.owner = self
+        return memoryview(array).cast("B")
+
+    def give(self) -> int | None:
+        """The memory's address, now the caller's to free; None if others may use it."""
+        if self.shared or self.ptr is None:
+            return None
+        ptr, self.ptr = self.ptr, None
+        return ptr
+
+    def __del__(self, free=_libc.free) -> None:
+        if self.ptr is not None:
+            free(self.ptr)
+            self.ptr = None
+
+
+def owner(data) -> Owned | None:
+    """The ``Owned`` behind a view of one (None for any other bytes-like object)."""
+    return getattr(getattr(data, "obj", None), "owner", None)
+
+
+class Ready:
+    """Checked objects' bytes, by file name, kept for the read they were checked ahead of:
+    at most ``limit`` bytes, oldest dropped first (a dropped one is read from its file)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, memoryview] = OrderedDict()
+        self._bytes = 0
+        self.kept = self.taken = self.unused = 0  # counters (benchmarks, tests)
+
+    def put(self, name: str, view: memoryview, *, shared: bool = False) -> None:
+        """Keep ``view`` for later reads (``shared``: its bytes are in a reply already)."""
+        if shared:
+            _share(view)
+        with self._lock:
+            old = self._items.pop(name, None)
+            self._bytes += view.nbytes - (old.nbytes if old is not None else 0)
+            self._items[name] = view
+            self.kept += 1
+            while self._bytes > self.limit and self._items:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
+                self.unused += 1
+
+    def get(self, name: str, end: int) -> memoryview | None:
+        """The bytes of ``name``; a read up to ``end`` = its last byte takes them out."""
+        with self._lock:
+            view = self._items.get(name)
+            if view is not None and end >= view.nbytes:
+                self.taken += 1
+                del self._items[name]
+                self._bytes -= view.nbytes
+            elif view is not None:
+                _share(view)
+            return view
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            view = self._items.pop(name, None)
+            if view is not None:
+                self._bytes -= view.nbytes
+
+
+def _share(view) -> None:
+    held = owner(view)
+    if held is not None:
+        held.shared = True
