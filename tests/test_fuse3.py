@@ -48,6 +48,16 @@ def test_raised_readahead_brings_1_mib_requests(mounter):
     assert "readahead of %s: 1024 KiB" % mp in daemon_log(mounter, mp)
 
 
+def test_libfuse_threads_keep_their_python_thread_state_from_one_request_to_the_next(mounter):
+    """A state made per request (ctypes' default for a thread Python did not start) would be
+    counted once per request; kept, once per libfuse worker (at most ``max_threads``)."""
+    mp = mounter.mount("tests/big")
+    for n in range(600):  # a lookup each (distinct names: no negative entry to answer from)
+        assert not (mp / f"missing-{n}").exists()
+    kept = mounter.stats(mp)["fuse_thread_states"]
+    assert 0 < kept <= 64, kept
+
+
 @root_only
 def test_small_readahead_keeps_requests_at_128_kib(mounter):
     mp = mounter.mount("tests/big", "--readahead", "128")

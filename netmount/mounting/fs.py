@@ -56,6 +56,7 @@ from netmount.mounting.namespace import (
     view_namespace,
 )
 from netmount.mounting.replies import FUSE_CAP_SPLICE_MOVE, FUSE_CAP_SPLICE_WRITE, Replies
+from netmount.mounting.threadstate import keep_thread_state
 from netmount.read.reader import BlockReader, join
 from netmount.remote.hub import RemoteFile, Snapshot
 
@@ -402,7 +403,7 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
     if LIBFUSE_VERSION >= (3, 12):
         # libfuse3 serves at most 10 requests at once by default (libfuse2 had no cap): reads
         # wait on the network, so let page faults of many threads wait together
-        options["max_threads"] = 64
+        options["max_threads"] = options["max_idle_threads"] = 64  # workers kept: threadstate.py
     if max_read:
         options["max_read"] = ops.max_read = max_read
     if allow_other:
@@ -420,6 +421,10 @@ class _FUSE(FUSE):
     def __init__(self, operations, mountpoint, stopper: "_Stopper", **options):
         self._stopper = stopper
         super().__init__(operations, mountpoint, **options)
+
+    def _wrapper(self, func, *args, **kwargs):  # every callback from libfuse goes through here
+        keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def init_fuse_3(self, conn, config):  # mfusepy's wrapper of libfuse3's init
         self._stopper.fuse = ctypes.c_void_p(_libfuse.fuse_get_context().contents.fuse)

@@ -38,6 +38,7 @@ from netmount.mounting.libfuse import libfuse3_path
 from netmount.mounting.readahead import LoaderNews, ReadaheadSwitch, max_read
 from netmount.mounting.replies import Replies
 from netmount.mounting.stats import StatsBuilder
+from netmount.mounting.threadstate import kept_states
 from netmount.read.coverage import Coverage
 from netmount.read.listing import FixedListing
 from netmount.read.metadata import TensorMaps
@@ -186,7 +187,8 @@ class Daemon:
         return _json(self.stats.snapshot(leaf))
 
     def _fuse_numbers(self) -> dict:
-        return {**self.readahead.state(), "max_read_bytes": self.ops.max_read_bytes}
+        return {**self.readahead.state(), "max_read_bytes": self.ops.max_read_bytes,
+                "fuse_thread_states": kept_states()}
 
     # -- lifetime ------------------------------------------------------------------------------
     def serve(self) -> None:

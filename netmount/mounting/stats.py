@@ -35,7 +35,8 @@ From a live daemon also ``read_ahead_kb`` (the mount's kernel readahead the daem
 or None) with ``read_ahead_note`` (why not, or None), ``read_ahead_mode`` (switching, fixed,
 kernel), ``read_ahead_switches``, ``read_ahead_large_opens``, ``read_ahead_loading`` (folders
 whose files open large now: ``readahead.py``) and ``max_read_bytes`` (the largest FUSE read
-request seen: up to 1 MiB with readahead raised, 128 KiB without).
+request seen: up to 1 MiB with readahead raised, 128 KiB without) and ``fuse_thread_states``
+(libfuse worker threads whose Python thread state is kept: ``threadstate.py``).
 """
 
 from __future__ import annotations
