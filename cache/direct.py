@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 ALIGN = 4096
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")  # GIL kept: short calls
 _libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 _libc.free.argtypes = [ctypes.c_void_p]
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3

@@ -33,10 +33,16 @@ FUSE_BUF_FD_SEEK = 1 << 2
 FUSE_CAP_SPLICE_WRITE = 1 << 7
 FUSE_CAP_SPLICE_MOVE = 1 << 8
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# libc called with the GIL held (``PyDLL``): a call through ``CDLL`` (or ``ctypes.memset``)
+# lets the GIL go and takes it back, and with other threads waiting each of those is a
+# hand-off and a context switch — several per FUSE request, for calls of well under a µs.
+_libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")
 _libc.malloc.restype = ctypes.c_void_p
 _libc.malloc.argtypes = [ctypes.c_size_t]
 _libc.free.argtypes = [ctypes.c_void_p]
+_libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+_libc.memcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+LONG_COPY = 256 << 10  # copies this long let the GIL go (ctypes.memmove): others run meanwhile
 
 _BASE = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
          ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
@@ -98,7 +104,7 @@ class Replies:
         vec = _libc.malloc(size)
         if not vec:
             raise MemoryError("malloc failed for a FUSE reply")
-        ctypes.memset(vec, 0, size)
+        _libc.memset(vec, 0, size)
         head = (ctypes.c_size_t * 3).from_address(vec)
         head[0], head[1], head[2] = count, 0, 0
         return vec
@@ -133,7 +139,7 @@ def _copy(data, pos: int, length: int) -> int:
     if not mem:
         raise MemoryError("malloc failed for a FUSE reply")
     src, _keep = _address(data)
-    ctypes.memmove(mem, src + pos, length)
+    (ctypes.memmove if length >= LONG_COPY else _libc.memcpy)(mem, src + pos, length)
     return mem
 
 
@@ -186,7 +192,7 @@ def _proves(lib, buf: type) -> bool:
 def _vector_of(buf: type, count: int) -> int:
     size = _HEAD + count * ctypes.sizeof(buf)
     vec = _libc.malloc(size)
-    ctypes.memset(vec, 0, size)
+    _libc.memset(vec, 0, size)
     head = (ctypes.c_size_t * 3).from_address(vec)
     head[0] = count
     return vec
