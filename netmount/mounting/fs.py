@@ -423,7 +423,8 @@ class _FUSE(FUSE):
         super().__init__(operations, mountpoint, **options)
 
     def _wrapper(self, func, *args, **kwargs):  # every callback from libfuse goes through here
-        keep_thread_state()
+        if LIBFUSE_VERSION >= (3, 12):  # its idle workers are kept (older ones end them: states would leak)
+            keep_thread_state()
         return super()._wrapper(func, *args, **kwargs)
 
     def init_fuse_3(self, conn, config):  # mfusepy's wrapper of libfuse3's init
