@@ -29,14 +29,16 @@ _libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6")  # GIL kept: 
 _libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 _libc.free.argtypes = [ctypes.c_void_p]
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_KEPT = 64 << 20  # freed heap memory glibc keeps for the next buffers
+MMAP_FROM = 2 << 20  # allocations this large still get an mmap of their own
+HEAP_KEPT = 2 << 20  # freed memory at the top of a malloc heap kept for the next buffers
 
 
-def reuse_freed_memory() -> None:
-    """Let buffers of a few MiB come from, and go back to, malloc's heaps instead of a fresh
-    ``mmap`` each (whose pages the kernel faults in and zeroes, and unmaps at ``free``):
-    glibc's own threshold adapts only to frees it sees, and libfuse frees our buffers."""
-    _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+def reuse_freed_memory(block_size: int) -> None:
+    """Let an object's buffer (a block: 1 MiB and a page) come from, and go back to, malloc's
+    heaps instead of a fresh ``mmap`` each (whose pages the kernel faults in and zeroes, and
+    unmaps at ``free``): glibc's own threshold adapts only to the frees it sees, and libfuse
+    frees our buffers.  Both bounds are small: each thread's heap keeps at most ``HEAP_KEPT``."""
+    _libc.mallopt(M_MMAP_THRESHOLD, max(MMAP_FROM, block_size + 2 * ALIGN))
     _libc.mallopt(M_TRIM_THRESHOLD, HEAP_KEPT)
 
 
@@ -44,10 +46,10 @@ class DirectReads:
     """``read(path, length)``: the file's first ``length`` bytes (and proof it holds no more),
     read with ``O_DIRECT`` into page-aligned memory; None if it cannot be read that way."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_size: int = 1 << 20) -> None:
         self.usable = hasattr(os, "O_DIRECT")
         if self.usable:
-            reuse_freed_memory()
+            reuse_freed_memory(block_size)
 
     def read(self, path: str, length: int) -> memoryview | bool | None:
         """A view of the file's bytes (``length`` of them, or what a longer or shorter file

@@ -89,7 +89,7 @@ class DiskBlockStore(BlockStore):
         self._checking: dict[str, concurrent.futures.Future] = {}  # file name -> its check under way
         self._advised: OrderedDict[str, None] = OrderedDict()  # checked files advised to the kernel
         self._prepare = Preparer(self._prepare_now, prepare_workers)
-        self._direct = DirectReads()
+        self._direct = DirectReads(self.block_size)
         self._ready = Ready(READY_BYTES)
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
