@@ -8,8 +8,8 @@ it, and the reply is answered from it (one copy, into FUSE).  The page cache of 
 file stays empty, so a file read once costs one page-cache population, FUSE's, as it would
 for a local file.
 
-``Ready`` keeps the buffers that ``prepare`` threads checked ahead of a reader, a few MiB,
-until the reads they were checked for take them.  Where ``O_DIRECT`` is refused (tmpfs, some
+``ready.Ready`` keeps the buffers that ``prepare`` threads checked ahead of a reader, a few
+MiB, until the reads they were checked for take them.  Where ``O_DIRECT`` is refused (tmpfs, some
 overlays: ``EINVAL`` at open), ``read`` returns None once and for all and the store reads
 through the page cache as before.
 """
@@ -20,8 +20,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import threading
-from collections import OrderedDict
 
 ALIGN = 4096
 
@@ -118,50 +116,8 @@ def owner(data) -> Owned | None:
     return getattr(getattr(data, "obj", None), "owner", None)
 
 
-class Ready:
-    """Checked objects' bytes, by file name, kept for the read they were checked ahead of:
-    at most ``limit`` bytes, oldest dropped first (a dropped one is read from its file)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._items: OrderedDict[str, memoryview] = OrderedDict()
-        self._bytes = 0
-        self.kept = self.taken = self.unused = 0  # counters (benchmarks, tests)
-
-    def put(self, name: str, view: memoryview, *, shared: bool = False) -> None:
-        """Keep ``view`` for later reads (``shared``: its bytes are in a reply already)."""
-        if shared:
-            _share(view)
-        with self._lock:
-            old = self._items.pop(name, None)
-            self._bytes += view.nbytes - (old.nbytes if old is not None else 0)
-            self._items[name] = view
-            self.kept += 1
-            while self._bytes > self.limit and self._items:
-                self._bytes -= self._items.popitem(last=False)[1].nbytes
-                self.unused += 1
-
-    def get(self, name: str, end: int) -> memoryview | None:
-        """The bytes of ``name``; a read up to ``end`` = its last byte takes them out."""
-        with self._lock:
-            view = self._items.get(name)
-            if view is not None and end >= view.nbytes:
-                self.taken += 1
-                del self._items[name]
-                self._bytes -= view.nbytes
-            elif view is not None:
-                _share(view)
-            return view
-
-    def discard(self, name: str) -> None:
-        with self._lock:
-            view = self._items.pop(name, None)
-            if view is not None:
-                self._bytes -= view.nbytes
-
-
-def _share(view) -> None:
+def share(view) -> None:
+    """A second user may see ``view``'s bytes: its memory is never given away."""
     held = owner(view)
     if held is not None:
         held.shared = True

@@ -40,12 +40,13 @@ import google_crc32c
 
 from . import pieces
 from .crc import crc32c
-from .direct import DirectReads, Ready
+from .direct import DirectReads
 from .fds import FdCache
 from .held import Obj
 from .index import Index, Row, write_file
 from .known import Known
 from .prepare import Preparer
+from .ready import Ready
 from .store import (
     FD_GRACE,
     BlockStore,
@@ -88,9 +89,9 @@ class DiskBlockStore(BlockStore):
         self.counts: Counter[str] = Counter()  # checked, checked_bytes, bad, gone
         self._checking: dict[str, concurrent.futures.Future] = {}  # file name -> its check under way
         self._advised: OrderedDict[str, None] = OrderedDict()  # checked files advised to the kernel
-        self._prepare = Preparer(self._prepare_now, prepare_workers)
+        self._prepare = Preparer(prepare_workers)
         self._direct = DirectReads(self.block_size)
-        self._ready = Ready(READY_BYTES)
+        self._ready = Ready(READY_BYTES, on_room=lambda hint: self._ahead(hint, released=True))
         self._apply([], self._index.cull())  # a reopen with a smaller limit shrinks at once
 
     def _apply(self, stored: list[Row], removed: list[tuple[str, str]]) -> None:
@@ -247,9 +248,10 @@ class DiskBlockStore(BlockStore):
         self._ready.discard(obj.ref)
 
     def prepare(self, content_id: str, ranges, size: int | None) -> None:
-        """Each object of ``ranges`` not checked yet is checked on a prepare thread (which
-        reads it into the page cache), several at once; a checked one is advised to the
-        kernel (``POSIX_FADV_WILLNEED``) once.  Only the map is looked at here."""
+        """Each object of ``ranges`` not checked yet is checked on a prepare thread, past the
+        page cache into the window of checked objects (``ready.py``) while it has room, else
+        queued there until a read takes an object out; a checked one is advised to the kernel
+        (``POSIX_FADV_WILLNEED``) once.  Only the map is looked at here."""
         for index, obj in self._known.overlapping(content_id, ranges, size):
             with self._lock:
                 if obj.ref in self._checking or obj.ref in self._advised:
@@ -258,14 +260,32 @@ class DiskBlockStore(BlockStore):
                     self._advised[obj.ref] = None
                     while len(self._advised) > ADVISED:
                         self._advised.popitem(last=False)
-            self._prepare.submit(content_id, index, obj)
+            if obj.checked:
+                self._prepare.submit(self._advise, obj)
+            else:
+                self._ahead((content_id, index, obj))
 
-    def _prepare_now(self, content_id: str, index: int, obj: Obj) -> None:
-        """On a prepare thread: check ``obj`` (reading it into the page cache), or, checked
-        already, ask the kernel to read it ahead."""
-        if not obj.checked:
-            self._check(content_id, index, obj, want_bytes=False, how="ahead")
-            return
+    def _ahead(self, hint: tuple, released: bool = False) -> bool:
+        """Check ``hint``'s object on a prepare thread if the window has room (reserved for
+        it), else leave it queued in the window (``on_room`` calls this again, ``released``).
+        False: nothing to do, its reader got there first."""
+        obj = hint[2]
+        if obj.checked:
+            return False
+        if self._ready.reserve(obj.length, hint, released=released) \
+                and not self._prepare.submit(self._check_ahead, *hint):
+            self._ready.settle(obj.length)  # the prepare backlog is full: its read checks it
+        return True
+
+    def _check_ahead(self, content_id: str, index: int, obj: Obj) -> None:
+        """On a prepare thread, room reserved in the window: the check, its bytes kept there."""
+        try:
+            if not obj.checked:
+                self._check(content_id, index, obj, want_bytes=False, how="ahead")
+        finally:
+            self._ready.settle(obj.length)
+
+    def _advise(self, obj: Obj) -> None:
         fd = self._fds.get(obj.ref)
         if fd is not None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)

@@ -16,29 +16,30 @@ log = logging.getLogger("cache")
 
 
 class Preparer:
-    def __init__(self, work: Callable[..., None], workers: int = 4, max_pending: int = 256) -> None:
-        self._work = work
+    def __init__(self, workers: int = 4, max_pending: int = 256) -> None:
         self._max_pending = max_pending
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future] = set()
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="cache-prepare")
         self.dropped = 0
 
-    def submit(self, *args) -> None:
+    def submit(self, work: Callable[..., None], *args) -> bool:
+        """``work(*args)`` on a prepare thread; False if dropped (backlog full, or closed)."""
         with self._lock:
             if len(self._pending) >= self._max_pending:
                 self.dropped += 1
-                return
+                return False
             try:
-                fut = self._pool.submit(self._run, args)
+                fut = self._pool.submit(self._run, work, args)
             except RuntimeError:  # closed
-                return
+                return False
             self._pending.add(fut)
         fut.add_done_callback(self._done)
+        return True
 
-    def _run(self, args) -> None:
+    def _run(self, work: Callable[..., None], args) -> None:
         try:
-            self._work(*args)
+            work(*args)
         except Exception:  # a hint: never an error anyone waits for
             log.debug("block store: prepare failed", exc_info=True)
 

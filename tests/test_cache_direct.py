@@ -12,7 +12,8 @@ import tempfile
 import pytest
 
 from cache import DiskBlockStore, Segment
-from cache.direct import DirectReads, Owned, Ready, owner
+from cache.direct import DirectReads, Owned, owner
+from cache.ready import Ready
 from cache.store import join_segments
 from netmount.mounting import replies
 from netmount.mounting.lifecycle import libfuse3_path
@@ -105,15 +106,39 @@ def test_where_o_direct_is_refused_objects_are_checked_through_the_page_cache(wh
         assert store._direct.usable is False and store.counts["checked"] == 9
 
 
-def test_ready_keeps_a_bounded_number_of_bytes_and_shares_what_a_part_read_takes():
-    ready = Ready(3 * BS)
+def test_the_window_queues_what_finds_no_room_and_lets_it_go_as_reads_take_objects_out():
+    released, now = [], [0.0]
+    ready = Ready(2 * BS, on_room=released.append, age=5.0, clock=lambda: now[0])
     views = [Owned(BS).view() for _ in range(4)]
-    for n, v in enumerate(views):
-        ready.put(str(n), v)
-    assert ready.get("0", BS) is None and ready.unused == 1  # the oldest went
-    assert ready.get("1", 10) is views[1] and owner(views[1]).shared  # a part: others may come
-    assert ready.get("2", BS) is views[2] and not owner(views[2]).shared  # all of it: taken out
-    assert ready.get("2", BS) is None
+    for n in range(2):
+        assert ready.reserve(BS, ("hint", n))
+        ready.put(str(n), views[n])
+        ready.settle(BS)
+    assert not ready.reserve(BS, ("hint", 2)) and not ready.reserve(BS, ("hint", 3)) and released == []
+    assert ready.get("0", 10) is views[0] and owner(views[0]).shared and released == []  # a part: kept
+    assert ready.get("0", BS) is views[0] and released == [("hint", 2)]  # all of it: out, room for one
+    assert ready.get("0", BS) is None
+    assert not ready.reserve(BS, ("hint", 4))  # room, but hint 3 waits first: in turn
+    assert released == [("hint", 2), ("hint", 3)]
+    assert ready.reserve(BS, ("hint", 3), released=True)
+    assert not ready.reserve(BS, ("hint", 2), released=True)  # no room now: queued again
+    now[0] = 6.0  # "1" waited past its age unread: dropped, which lets the next hint go
+    assert not ready.reserve(BS, ("hint", 5)) and released[2:] == [("hint", 4)]
+    assert ready.get("1", BS) is None and ready.unused == 1 and ready.taken == 1
+
+
+def test_a_prepare_larger_than_the_window_checks_ahead_as_the_reader_goes(where, monkeypatch):
+    monkeypatch.setattr("cache.disk.READY_BYTES", 3 * BS)
+    data = stored(where)
+    with DiskBlockStore(where, BS, 1 << 30) as store:
+        store.prepare("k", [(0, SIZE)], SIZE)
+        assert store.drain(30) and store.counts["checked"] == 3  # the window's worth, the rest queued
+        for i in range(9):
+            (seg,) = store.segments("k", i * BS, min(BS, SIZE - i * BS), SIZE)
+            assert seg.data is not None, i  # checked ahead, into memory
+            assert join_segments([seg]) == data[i * BS : (i + 1) * BS]
+            assert store.drain(30)
+        assert store.counts["checked"] == 9 and store._ready.taken == 9 and store._ready.unused == 0
 
 
 def _reply_of(r: replies.Replies, seg: Segment) -> tuple[int, bytes]:
