@@ -57,10 +57,8 @@ class Ready:
         with self._lock:
             self._bytes -= size
 
-    def put(self, name: str, view: memoryview, *, shared: bool = False) -> None:
-        """Keep ``view`` for later reads (``shared``: its bytes are in a reply already)."""
-        if shared:
-            share(view)
+    def put(self, name: str, view: memoryview) -> None:
+        """Keep ``view`` for later reads."""
         with self._lock:
             old = self._items.pop(name, None)
             self._bytes += view.nbytes - (old[0].nbytes if old is not None else 0)

@@ -87,6 +87,9 @@ def _bind_libfuse3():
 _fuse = _bind_libfuse3()
 FUSE, FuseOSError, Operations, _libfuse = _fuse.FUSE, _fuse.FuseOSError, _fuse.Operations, _fuse._libfuse
 LIBFUSE_VERSION = (_fuse.fuse_version_major, _fuse.fuse_version_minor)
+# libfuse 3.12+ takes max_threads, and keeps idle workers (older ones end them, so a kept
+# Python thread state would outlive its thread: threadstate.py)
+WORKERS_KEPT = LIBFUSE_VERSION >= (3, 12)
 
 CONTROL_DIR = "/.netmount"
 STATS_FILE = CONTROL_DIR + "/stats.json"
@@ -400,7 +403,7 @@ def serve(ops: NetmountFS, mountpoint: str, *, allow_other: bool = False, debug:
         fsname=label.replace(",", "_"), subtype="netmount",
         kernel_cache=True, attr_timeout=2.0, entry_timeout=3600.0, negative_timeout=negative_timeout,
     )
-    if LIBFUSE_VERSION >= (3, 12):
+    if WORKERS_KEPT:
         # libfuse3 serves at most 10 requests at once by default (libfuse2 had no cap): reads
         # wait on the network, so let page faults of many threads wait together
         options["max_threads"] = options["max_idle_threads"] = 64  # workers kept: threadstate.py
@@ -423,7 +426,7 @@ class _FUSE(FUSE):
         super().__init__(operations, mountpoint, **options)
 
     def _wrapper(self, func, *args, **kwargs):  # every callback from libfuse goes through here
-        if LIBFUSE_VERSION >= (3, 12):  # its idle workers are kept (older ones end them: states would leak)
+        if WORKERS_KEPT:
             keep_thread_state()
         return super()._wrapper(func, *args, **kwargs)
 

@@ -26,6 +26,8 @@ import logging
 import os
 import tempfile
 
+from cache.direct import owner
+
 log = logging.getLogger("netmount.fs")
 
 FUSE_BUF_IS_FD = 1 << 1
@@ -126,7 +128,7 @@ def _merged(segments) -> list[tuple[int, int, int, bytes | None]]:
 def _given(data, pos: int, length: int) -> int | None:
     """The memory of ``data``, whole, if its owner gives it to this reply (libfuse frees it):
     an object read past the page cache that no other reply uses (``cache.direct``)."""
-    held = getattr(getattr(data, "obj", None), "owner", None)
+    held = owner(data)
     if held is None or pos != 0 or length != memoryview(data).nbytes:
         return None
     return held.give()
